@@ -1,0 +1,75 @@
+//! The error body every failed API request returns, and its stable machine-readable codes.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of every 4xx and 5xx answer of the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable reason; scripts match on this, never on `message`.
+    pub code: ErrorCode,
+    /// A sentence for people.
+    pub message: String,
+    /// The input field at fault, as a path such as `crash_loop.max_starts`, when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The id the server logged this request under (also in the `x-request-id` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Stable error codes. New codes may be added; existing ones never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not well-formed JSON, or a query parameter is malformed.
+    MalformedRequest,
+    /// 401: no credentials, or they are unknown, expired or revoked.
+    Unauthenticated,
+    /// 401: the username or password given to `/login` is wrong.
+    InvalidCredentials,
+    /// 403: the caller is known but lacks the permission.
+    Forbidden,
+    /// 404: no route matches the path.
+    RouteNotFound,
+    /// 404: the named robot does not exist.
+    RobotNotFound,
+    /// 404: the API token does not exist (or belongs to someone else).
+    TokenNotFound,
+    /// 405: the route exists but not for this method.
+    MethodNotAllowed,
+    /// 409: a robot with this name exists already.
+    RobotExists,
+    /// 413: the request body is larger than the server accepts.
+    PayloadTooLarge,
+    /// 415: the body is not declared as `application/json`.
+    UnsupportedMediaType,
+    /// 422: the body is JSON but a field is missing, unknown or invalid; `field` names it.
+    InvalidField,
+    /// 503: the database cannot be reached.
+    Unavailable,
+    /// 500: a fault inside the server; the detail is in the server's log under `request_id`.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::RobotNotFound => "robot_not_found",
+            ErrorCode::TokenNotFound => "token_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RobotExists => "robot_exists",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}

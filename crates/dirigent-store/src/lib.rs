@@ -1,0 +1,183 @@
+//! Dirigent's storage: one schema on two backends, SQLite (the embedded default) and
+//! PostgreSQL (when several orchestrator nodes share a database).
+//!
+//! Every query is written once in SQL that both dialects accept (`$1` placeholders, `RETURNING`,
+//! `ON CONFLICT`) and executed through [`dispatch!`], which compiles it for each backend's
+//! native driver. Where the dialects must differ, the backend is matched explicitly.
+//!
+//! **Architecture Invariant.** Only this crate talks to the database, and it returns domain
+//! types, never rows. On SQLite every write goes through one connection (SQLite has a single
+//! writer, and queueing in the pool beats `SQLITE_BUSY` retries); reads use a small pool.
+//! Acknowledged writes are durable: WAL with `synchronous=FULL`.
+
+mod accounts;
+mod robots;
+
+use std::{str::FromStr, time::Duration};
+
+use jiff::Timestamp;
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToken, UserId};
+
+/// What can go wrong in the store, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    Conflict,
+    #[error("the database URL is not valid: {0}")]
+    InvalidUrl(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply the database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> StoreError {
+        match err {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => StoreError::Conflict,
+            err => StoreError::Backend(err),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which database engine a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone, shared by every task of the server.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite { reader: SqlitePool, writer: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool for reads (`reader`) or writes
+/// (`writer`); the body is compiled once per backend.
+macro_rules! dispatch {
+    ($store:expr, $role:ident, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::Backend::Sqlite { $role: $pool, .. } => $body,
+            $crate::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating an SQLite file when
+    /// missing, and applies pending migrations. Several nodes may open one PostgreSQL database
+    /// at once: migrations run under an advisory lock.
+    pub async fn open(url: &str) -> StoreResult<Store> {
+        let store = if url.starts_with("sqlite:") {
+            Store::open_sqlite(url).await?
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Store::open_postgres(url).await?
+        } else {
+            return Err(StoreError::InvalidUrl(
+                "it must start with sqlite:// or postgres://".to_owned(),
+            ));
+        };
+        match &store.backend {
+            Backend::Sqlite { writer, .. } => SQLITE_MIGRATIONS.run(writer).await?,
+            Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(store)
+    }
+
+    async fn open_sqlite(url: &str) -> StoreResult<Store> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|err| StoreError::InvalidUrl(err.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(StoreError::Connect)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(StoreError::Connect)?;
+        Ok(Store { backend: Backend::Sqlite { reader, writer } })
+    }
+
+    async fn open_postgres(url: &str) -> StoreResult<Store> {
+        let options =
+            PgConnectOptions::from_str(url).map_err(|err| StoreError::InvalidUrl(err.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Connect)?;
+        Ok(Store { backend: Backend::Postgres(pool) })
+    }
+
+    pub fn backend_kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Answers whether the database can be reached and queried now.
+    pub async fn ping(&self) -> StoreResult<()> {
+        dispatch!(self, reader, pool => sqlx::query("SELECT 1").execute(pool).await.map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Closes every connection; pending writes finish first.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { reader, writer } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Stored times are milliseconds since the Unix epoch.
+fn to_millis(time: Timestamp) -> i64 {
+    time.as_millisecond()
+}
+
+fn from_millis(column: &str, millis: i64) -> StoreResult<Timestamp> {
+    Timestamp::from_millisecond(millis)
+        .map_err(|err| StoreError::Corrupt(format!("{column} = {millis}: {err}")))
+}
+
+fn from_millis_opt(column: &str, millis: Option<i64>) -> StoreResult<Option<Timestamp>> {
+    millis.map(|millis| from_millis(column, millis)).transpose()
+}

@@ -1,0 +1,8 @@
+//! The store's story suite: the same assertions on SQLite and on PostgreSQL.
+//!
+//! PostgreSQL tests connect to `DIRIGENT_TEST_PG_URL` (the test command `scripts/test` sets
+//! it, starting a server when none runs) and work in a schema of their own, dropped at the end.
+
+mod accounts;
+mod backends;
+mod robots;
