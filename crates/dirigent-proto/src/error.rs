@@ -40,6 +40,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
     RobotExists,
+    /// 409: the caller has a live API token of this name already.
+    TokenExists,
     /// 413: the request body is larger than the server accepts.
     PayloadTooLarge,
     /// 415: the body is not declared as `application/json`.
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::TokenNotFound => "token_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
+            ErrorCode::TokenExists => "token_exists",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidField => "invalid_field",

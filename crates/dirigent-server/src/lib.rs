@@ -1,1 +1,103 @@
-//! x
+//! The Dirigent orchestrator: `dirigent serve` in a library.
+//!
+//! [`start`] opens the store, makes sure an administrator exists, binds the listener and
+//! serves the HTTP API until [`RunningServer::shutdown`]. The binary only turns its flags and
+//! config file into a [`ServerConfig`] and prints what [`start`] reports.
+//!
+//! Code map: `api/` holds the routes of `/api/v1` (thin: parse, authorize, call the store,
+//! render), `auth/` who the caller is and what they may do, `http` the cross-cutting
+//! middleware (request ids, error bodies, size limits), `error` the one error type every route
+//! answers with.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+mod http;
+
+pub use http::app;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use dirigent_store::{Store, StoreError};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+pub use crate::{clock::Clock, config::ServerConfig};
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<ServerConfig>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("database {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("cannot create the first administrator: {0}")]
+    Bootstrap(String),
+}
+
+/// A server that is accepting connections.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    generated_admin_password: Option<String>,
+    store: Store,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the database (applying migrations), creates the `admin` user on an empty database,
+/// binds the listener and starts serving.
+pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningServer, StartError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let store = Store::open(config.database_url.expose())
+        .await
+        .map_err(|source| StartError::Store { url: config.database_url.to_string(), source })?;
+    let generated_admin_password =
+        auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await?;
+
+    let state = AppState { store: store.clone(), clock, config: Arc::new(config) };
+    let app = http::app(state);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%local_addr, backend = ?store.backend_kind(), "serving");
+    Ok(RunningServer { local_addr, generated_admin_password, store, stop, serving })
+}
+
+impl RunningServer {
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The password generated for `admin` on an empty database; to be shown once.
+    pub fn generated_admin_password(&self) -> Option<&str> {
+        self.generated_admin_password.as_deref()
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, closes the database.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        let served = self.serving.await.unwrap_or_else(|err| Err(std::io::Error::other(err)));
+        self.store.close().await;
+        served
+    }
+}

@@ -76,6 +76,14 @@ struct ApiTokenRow {
 }
 
 impl Store {
+    /// Whether any user exists.
+    pub async fn has_users(&self) -> StoreResult<bool> {
+        let found: Option<i64> = dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT 1 FROM users LIMIT 1").fetch_optional(pool).await
+        })?;
+        Ok(found.is_some())
+    }
+
     /// Creates a user only if there is none yet; answers whether it did. Safe when several
     /// nodes start on one empty database at once: exactly one of them creates the user.
     pub async fn create_first_user(

@@ -37,6 +37,8 @@ pub enum StoreError {
     Connect(#[source] sqlx::Error),
     #[error("cannot apply the database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(#[source] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -48,6 +50,9 @@ impl From<sqlx::Error> for StoreError {
         match err {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             sqlx::Error::Database(ref db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(err)
+            }
             err => StoreError::Backend(err),
         }
     }

@@ -14,9 +14,11 @@ fn roles(names: &[&str]) -> Vec<String> {
 }
 
 store_test!(first_user_is_created_once, |store| {
+    assert!(!store.has_users().await.unwrap());
     assert!(store.create_first_user("admin", "hash-1", &roles(&["admin"]), at(0)).await.unwrap());
     assert!(!store.create_first_user("admin", "hash-2", &roles(&["admin"]), at(1)).await.unwrap());
     assert!(!store.create_first_user("other", "hash-3", &roles(&["admin"]), at(1)).await.unwrap());
+    assert!(store.has_users().await.unwrap());
     let record = store.login_record("admin").await.unwrap();
     assert_eq!(record.password_hash, "hash-1");
     assert_eq!(record.roles, ["admin"]);

@@ -1,0 +1,88 @@
+//! The HTTP API: `/api/v1/…` plus `/healthz` and `/readyz`, each route registered together
+//! with its OpenAPI description, so the document served at `/api/v1/openapi.json` is generated
+//! from the same code that routes.
+//!
+//! Handlers are thin: take a [`Caller`](crate::auth::Caller), declare the permission they
+//! need, parse, call the store, convert to wire types.
+
+mod health;
+mod json;
+mod robots;
+mod session;
+mod tokens;
+
+use std::sync::LazyLock;
+
+use axum::response::IntoResponse;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{Http, HttpAuthScheme, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{AppState, auth::Caller, error::ApiError};
+
+pub use json::{ApiJson, PathSegment};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Dirigent API",
+        description = "Dirigent keeps an array of software robots working without interruption. \
+            Authenticate with `Authorization: Bearer TOKEN`, where TOKEN comes from \
+            `POST /api/v1/login` or is an API token. Errors answer `{\"code\", \"message\", \"field\"?, \"request_id\"}`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(dirigent_proto::error::ErrorBody)),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// Every route of the API with its description.
+pub fn router() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(session::login))
+        .routes(routes!(session::logout))
+        .routes(routes!(session::me))
+        .routes(routes!(tokens::list_tokens, tokens::create_token))
+        .routes(routes!(tokens::revoke_token))
+        .routes(routes!(robots::list_robots, robots::create_robot))
+        .routes(routes!(robots::get_robot, robots::replace_robot, robots::delete_robot));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .nest("/api/v1", v1)
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+static OPENAPI_JSON: LazyLock<Result<String, String>> =
+    LazyLock::new(|| openapi().to_pretty_json().map_err(|err| err.to_string()));
+
+/// The OpenAPI 3 document of this API.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json"),
+        (status = 401, body = dirigent_proto::error::ErrorBody),
+    )
+)]
+async fn openapi_json(_caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    let doc = OPENAPI_JSON.as_ref().map_err(ApiError::internal)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], doc.clone()))
+}

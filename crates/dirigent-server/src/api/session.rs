@@ -1,0 +1,90 @@
+//! Logging in and out, and who the caller is.
+
+use axum::{Json, extract::State, http::StatusCode};
+use dirigent_proto::{
+    auth::{LoginRequest, LoginResponse, Me},
+    error::{ErrorBody, ErrorCode},
+};
+use dirigent_store::CredentialKind;
+
+use crate::{
+    AppState,
+    api::ApiJson,
+    auth::{self, Caller, secrets},
+    error::ApiError,
+};
+
+/// Exchanges a username and password for a session token.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = LoginResponse),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub(super) async fn login(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    if dirigent_domain::user::MAX_PASSWORD_LEN < request.password.len() || 256 < request.username.len() {
+        return Err(wrong_credentials());
+    }
+    let Some(user_id) = auth::check_login(&state.store, &request.username, &request.password).await? else {
+        tracing::info!(username = request.username, "login refused");
+        return Err(wrong_credentials());
+    };
+    let token = secrets::new_token(secrets::SESSION_PREFIX).map_err(ApiError::internal)?;
+    let now = state.clock.now();
+    let expires_at = now.saturating_add(state.config.session_ttl).map_err(ApiError::internal)?;
+    state.store.insert_session(user_id, &secrets::token_digest(&token), now, expires_at).await?;
+    Ok(Json(LoginResponse { token, expires_at }))
+}
+
+fn wrong_credentials() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidCredentials, "wrong username or password")
+}
+
+/// Ends the caller's login session.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The session token no longer works"),
+        (status = 401, body = ErrorBody),
+        (status = 422, description = "The credential is an API token, not a session", body = ErrorBody),
+    )
+)]
+pub(super) async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    if caller.credential != CredentialKind::Session {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidField,
+            "logout ends a login session; revoke an API token with DELETE /api/v1/tokens/{id}",
+        ));
+    }
+    let gone = || ApiError::unauthenticated("the session has ended already");
+    state.store.delete_session(&caller.token_digest).await.map_err(|err| ApiError::from_store(err, gone, gone))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who the credentials belong to.
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody))
+)]
+pub(super) async fn me(caller: Caller) -> Json<Me> {
+    let credential = match caller.credential {
+        CredentialKind::Session => "session",
+        CredentialKind::ApiToken { .. } => "api_token",
+    };
+    Json(Me { username: caller.username, roles: caller.roles, credential: credential.to_owned() })
+}

@@ -1,0 +1,157 @@
+//! Who is calling and what they may do.
+//!
+//! Every route of `/api/v1` except `/login` takes a [`Caller`], which authenticates the
+//! `Authorization: Bearer` token (a login session or an API token) or answers 401. A handler
+//! then declares the permission it needs with [`Caller::require`] — the one place where
+//! permissions are checked — before touching anything.
+
+pub mod secrets;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use dirigent_domain::access::{self, Action, Permission, Resource};
+use dirigent_store::{Credential, CredentialKind, Store, StoreError, UserId};
+use jiff::{SignedDuration, Timestamp};
+
+use crate::{AppState, StartError, config::Secret, error::ApiError};
+
+/// An authenticated caller and the permissions their roles grant.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: UserId,
+    pub username: String,
+    pub roles: Vec<String>,
+    pub credential: CredentialKind,
+    /// The digest of the bearer token, to end a session at logout.
+    pub token_digest: String,
+    permissions: Vec<Permission>,
+}
+
+impl Caller {
+    /// Allows the request if the caller may do `action` on the resource of kind `resource`
+    /// named `target` (or, without a target, on some resource of that kind); 403 otherwise.
+    pub fn require(&self, resource: Resource, action: Action, target: Option<&str>) -> Result<(), ApiError> {
+        if self.may(resource, action, target) {
+            return Ok(());
+        }
+        let on = match target {
+            Some(name) => format!("{resource} named {name:?}"),
+            None => resource.to_string(),
+        };
+        Err(ApiError::forbidden(format!("{} may not {action} {on}", self.username)))
+    }
+
+    /// Whether the caller may do `action` on `target`; for filtering lists.
+    pub fn may(&self, resource: Resource, action: Action, target: Option<&str>) -> bool {
+        access::allows(&self.permissions, resource, action, target)
+    }
+}
+
+/// API tokens record their last use at most this often, so reads stay reads.
+const LAST_USED_RESOLUTION: SignedDuration = SignedDuration::from_secs(60);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(ApiError::unauthenticated(
+                "authentication required: send Authorization: Bearer TOKEN (from POST /api/v1/login or an API token)",
+            ));
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be: Bearer TOKEN"))?;
+        let digest = secrets::token_digest(token);
+        let found = if token.starts_with(secrets::SESSION_PREFIX) {
+            state.store.session_credential(&digest).await
+        } else if token.starts_with(secrets::API_TOKEN_PREFIX) {
+            state.store.api_token_credential(&digest).await
+        } else {
+            Err(StoreError::NotFound)
+        };
+        let refused = || ApiError::unauthenticated("the token is unknown, expired or revoked");
+        let credential: Credential = found.map_err(|err| ApiError::from_store(err, refused, refused))?;
+
+        let now = state.clock.now();
+        if credential.expires_at.is_some_and(|expires_at| expires_at <= now) {
+            return Err(refused());
+        }
+        if let CredentialKind::ApiToken { id } = &credential.kind {
+            let stale = credential
+                .last_used_at
+                .is_none_or(|used| LAST_USED_RESOLUTION <= now.duration_since(used));
+            if stale {
+                state.store.touch_api_token(id, now).await?;
+            }
+        }
+        Ok(Caller {
+            permissions: permissions_of(&credential.roles),
+            user_id: credential.user_id,
+            username: credential.username,
+            roles: credential.roles,
+            credential: credential.kind,
+            token_digest: digest,
+        })
+    }
+}
+
+/// The union of the permissions of the given roles; unknown role names grant nothing.
+fn permissions_of(roles: &[String]) -> Vec<Permission> {
+    roles.iter().filter_map(|role| access::builtin_role(role)).flatten().collect()
+}
+
+/// Checks a username and password; answers the user's id, or `None` when either is wrong
+/// (or the user is disabled). Takes as long for an unknown user as for a wrong password.
+pub async fn check_login(store: &Store, username: &str, password: &str) -> Result<Option<UserId>, ApiError> {
+    let record = match store.login_record(username).await {
+        Ok(record) => Some(record),
+        Err(StoreError::NotFound) => None,
+        Err(err) => return Err(err.into()),
+    };
+    let hash = record.as_ref().map(|record| record.password_hash.clone());
+    let password = password.to_owned();
+    let matches = tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => secrets::verify_password(&password, &hash),
+        None => {
+            // Spend the same work as a real check, so timing does not reveal which users exist.
+            let _ = secrets::hash_password(&password);
+            false
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(record.filter(|record| matches && !record.disabled).map(|record| record.user_id))
+}
+
+/// Creates `admin` on an empty database, with the configured password or a generated one.
+/// Answers the generated password, which the caller shows once.
+pub async fn bootstrap_admin(
+    store: &Store,
+    configured: Option<&Secret>,
+    now: Timestamp,
+) -> Result<Option<String>, StartError> {
+    let bootstrap_error = |err: &dyn std::fmt::Display| StartError::Bootstrap(err.to_string());
+    if store.has_users().await.map_err(|err| bootstrap_error(&err))? {
+        return Ok(None);
+    }
+    let (password, generated) = match configured {
+        Some(secret) => (secret.expose().to_owned(), false),
+        None => (secrets::new_password().map_err(|err| bootstrap_error(&err))?, true),
+    };
+    let to_hash = password.clone();
+    let hash = tokio::task::spawn_blocking(move || secrets::hash_password(&to_hash))
+        .await
+        .map_err(|err| bootstrap_error(&err))?
+        .map_err(StartError::Bootstrap)?;
+    let created = store
+        .create_first_user("admin", &hash, &["admin".to_owned()], now)
+        .await
+        .map_err(|err| bootstrap_error(&err))?;
+    if created {
+        tracing::info!("created the first user, admin");
+    }
+    Ok((created && generated).then_some(password))
+}

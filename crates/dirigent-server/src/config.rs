@@ -1,0 +1,101 @@
+//! The server's validated settings. Reading them from a file, the environment and flags is
+//! the binary's job; this is what it produces.
+
+use std::{fmt, net::SocketAddr};
+
+use jiff::SignedDuration;
+
+/// Everything `dirigent serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    /// The password of `admin` when the database is empty; generated when absent.
+    pub admin_password: Option<Secret>,
+    /// How long a login session lasts.
+    pub session_ttl: SignedDuration,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl ServerConfig {
+    pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+    pub const DEFAULT_SESSION_TTL: SignedDuration = SignedDuration::from_hours(12);
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+}
+
+/// A database URL whose password never appears in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: String) -> DatabaseUrl {
+        DatabaseUrl(url)
+    }
+
+    /// The URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // scheme://user:password@host → scheme://user:***@host
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str(&self.0);
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                write!(f, "{scheme}://{user}:***@{host}")
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// A secret value that never appears in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: String) -> Secret {
+        Secret(secret)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        for (url, shown) in [
+            ("postgres://dirigent:s3cret@db:5432/prod", "postgres://dirigent:***@db:5432/prod"),
+            ("postgres://dirigent@db/prod", "postgres://dirigent@db/prod"),
+            ("sqlite://./dirigent-data/dirigent.db", "sqlite://./dirigent-data/dirigent.db"),
+        ] {
+            let url = DatabaseUrl::new(url.to_owned());
+            assert_eq!(url.to_string(), shown);
+            assert_eq!(format!("{url:?}"), format!("\"{shown}\""));
+        }
+        assert_eq!(format!("{:?}", Secret::new("hunter22".into())), "\"***\"");
+    }
+}

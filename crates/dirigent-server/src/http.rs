@@ -1,0 +1,78 @@
+//! The HTTP application: the API routes plus the middleware every response passes through —
+//! request ids, JSON error bodies, size limits, security headers, tracing.
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::Response,
+};
+use dirigent_proto::error::ErrorBody;
+use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
+
+use crate::{AppState, api, error::ApiError};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP application over `state`, ready to serve.
+pub fn app(state: AppState) -> Router {
+    let (routes, _openapi) = api::router().split_for_parts();
+    routes
+        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn(render_errors))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Gives every response an `x-request-id` and every error response the JSON [`ErrorBody`],
+/// whether the error came from a handler ([`ApiError`] in the extensions) or from the router
+/// and its layers (a bare status). Logs the hidden detail of server errors.
+async fn render_errors(request: Request, next: Next) -> Response {
+    let request_id = match getrandom::u64() {
+        Ok(n) => format!("{n:016x}"),
+        Err(_) => "unknown".to_owned(),
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return response;
+    }
+    let error = response
+        .extensions_mut()
+        .remove::<ApiError>()
+        .unwrap_or_else(|| ApiError::for_status(status));
+    if error.status.is_server_error() {
+        tracing::error!(%request_id, %method, path, status = error.status.as_u16(), detail = error.detail.as_deref().unwrap_or(""), "request failed");
+    }
+    let body = ErrorBody {
+        code: error.code,
+        message: error.message,
+        field: error.field,
+        request_id: Some(request_id),
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let (mut parts, _) = response.into_parts();
+    parts.status = error.status;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if error.status == StatusCode::UNAUTHORIZED {
+        parts.headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    Response::from_parts(parts, Body::from(json))
+}

@@ -1,0 +1,108 @@
+//! A fresh application on a temporary SQLite database with a manual clock, and a compact way
+//! to send it requests.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, Method, Request, StatusCode},
+};
+use dirigent_server::{
+    AppState, Clock, ServerConfig,
+    clock::ManualClock,
+    config::{DatabaseUrl, Secret},
+};
+use dirigent_store::Store;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub(crate) const ADMIN_PASSWORD: &str = "admin-password-1";
+
+pub(crate) struct TestApp {
+    pub(crate) router: Router,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) store: Store,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl Answer {
+    /// The error code of an error answer.
+    pub(crate) fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or_default()
+    }
+}
+
+pub(crate) fn config(database_url: String) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: DatabaseUrl::new(database_url),
+        admin_password: Some(Secret::new(ADMIN_PASSWORD.to_owned())),
+        session_ttl: ServerConfig::DEFAULT_SESSION_TTL,
+        max_body_bytes: 64 * 1024,
+    }
+}
+
+impl TestApp {
+    pub(crate) async fn new() -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("dirigent.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap()));
+        let config = config(url);
+        dirigent_server::auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await.unwrap();
+        let state = AppState { store: store.clone(), clock: clock.clone(), config: Arc::new(config) };
+        TestApp { router: dirigent_server::app(state), clock, store, _dir: dir }
+    }
+
+    /// Sends a request; `body` is sent as JSON when given.
+    pub(crate) async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).unwrap())),
+            None => request.body(Body::empty()),
+        };
+        self.raw(request.unwrap()).await
+    }
+
+    pub(crate) async fn raw(&self, request: Request<Body>) -> Answer {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        Answer { status, headers, body }
+    }
+
+    pub(crate) async fn login(&self, username: &str, password: &str) -> String {
+        let answer = self
+            .send(Method::POST, "/api/v1/login", None, Some(json!({"username": username, "password": password})))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        answer.body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub(crate) async fn admin(&self) -> String {
+        self.login("admin", ADMIN_PASSWORD).await
+    }
+
+    /// Creates a user holding `roles` and answers a session token of theirs.
+    pub(crate) async fn user_with_roles(&self, username: &str, roles: &[&str]) -> String {
+        let hash = dirigent_server::auth::secrets::hash_password("user-password-1").unwrap();
+        let roles: Vec<String> = roles.iter().map(|role| (*role).to_owned()).collect();
+        self.store.insert_user(username, &hash, &roles, self.clock.now()).await.unwrap();
+        self.login(username, "user-password-1").await
+    }
+}
