@@ -1,1 +1,213 @@
-//! x
+//! A typed client of Dirigent's HTTP API, used by the CLI, the agent and the tests.
+//!
+//! Every method maps one route; an error answer of the server becomes
+//! [`ClientError::Api`] carrying the server's stable code and message.
+
+use std::fmt;
+
+use dirigent_proto::{
+    auth::{CreateTokenRequest, CreatedToken, Health, LoginRequest, LoginResponse, Me, TokenInfo},
+    error::ErrorBody,
+    robot::{Robot, RobotSpec},
+};
+use reqwest::{Method, StatusCode, Url};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// What can go wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{}", .body.message)]
+    Api { status: StatusCode, body: ErrorBody },
+    #[error("the server URL {url:?} is not valid: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot reach the server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the server's answer could not be read: {0}")]
+    Decode(String),
+}
+
+/// A connection to one server, with or without credentials.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the server at `base_url` (`http://host:port`), sending `token` as
+    /// `Authorization: Bearer` when given.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let invalid = |reason: String| ClientError::InvalidUrl {
+            url: base_url.to_owned(),
+            reason,
+        };
+        let base = Url::parse(base_url).map_err(|err| invalid(err.to_string()))?;
+        if !["http", "https"].contains(&base.scheme()) || base.cannot_be_a_base() {
+            return Err(invalid("it must start with http:// or https://".to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("dirigent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| invalid(err.to_string()))?;
+        Ok(Client { http, base, token })
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, &["healthz"], None::<&()>).await
+    }
+
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<LoginResponse, ClientError> {
+        let request = LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
+        self.call(Method::POST, &["api", "v1", "login"], Some(&request))
+            .await
+    }
+
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.call_empty(Method::POST, &["api", "v1", "logout"], None::<&()>)
+            .await
+    }
+
+    pub async fn me(&self) -> Result<Me, ClientError> {
+        self.call(Method::GET, &["api", "v1", "me"], None::<&()>)
+            .await
+    }
+
+    pub async fn robots(&self) -> Result<Vec<Robot>, ClientError> {
+        self.call(Method::GET, &["api", "v1", "robots"], None::<&()>)
+            .await
+    }
+
+    pub async fn robot(&self, name: &str) -> Result<Robot, ClientError> {
+        self.call(Method::GET, &["api", "v1", "robots", name], None::<&()>)
+            .await
+    }
+
+    pub async fn create_robot(&self, spec: &RobotSpec) -> Result<Robot, ClientError> {
+        self.call(Method::POST, &["api", "v1", "robots"], Some(spec))
+            .await
+    }
+
+    pub async fn replace_robot(&self, name: &str, spec: &RobotSpec) -> Result<Robot, ClientError> {
+        self.call(Method::PUT, &["api", "v1", "robots", name], Some(spec))
+            .await
+    }
+
+    pub async fn delete_robot(&self, name: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["api", "v1", "robots", name], None::<&()>)
+            .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.call(Method::GET, &["api", "v1", "tokens"], None::<&()>)
+            .await
+    }
+
+    pub async fn create_token(
+        &self,
+        request: &CreateTokenRequest,
+    ) -> Result<CreatedToken, ClientError> {
+        self.call(Method::POST, &["api", "v1", "tokens"], Some(request))
+            .await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["api", "v1", "tokens", id], None::<&()>)
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let bytes = self.send(method, segments, body).await?;
+        serde_json::from_slice(&bytes).map_err(|err| ClientError::Decode(err.to_string()))
+    }
+
+    async fn call_empty(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&impl Serialize>,
+    ) -> Result<(), ClientError> {
+        self.send(method, segments, body).await.map(drop)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&impl Serialize>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(segments)?;
+        let mut request = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let unreachable = |err: reqwest::Error| ClientError::Unreachable {
+            url: self.base_url().to_owned(),
+            reason: root_cause(&err),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
+            code: dirigent_proto::error::ErrorCode::Internal,
+            message: format!("the server answered {status} without an error body"),
+            field: None,
+            request_id: None,
+        });
+        Err(ClientError::Api { status, body })
+    }
+
+    /// The URL of a route, each segment percent-encoded, so a name can never change the path.
+    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidUrl {
+                url: self.base.to_string(),
+                reason: "cannot be a base".to_owned(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+}
+
+/// The innermost cause of a transport error: "Connection refused (os error 111)" rather than
+/// "error sending request".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}

@@ -133,7 +133,10 @@ impl NamePattern {
 
     pub fn parse(pattern: &str) -> Result<NamePattern, InvalidField> {
         if pattern.is_empty() || 128 < pattern.len() {
-            return Err(InvalidField::new("pattern", "must have 1 to 128 characters"));
+            return Err(InvalidField::new(
+                "pattern",
+                "must have 1 to 128 characters",
+            ));
         }
         Ok(NamePattern(pattern.to_owned()))
     }
@@ -173,11 +176,19 @@ pub struct Permission {
 
 impl Permission {
     fn all_of(resource: Resource) -> Permission {
-        Permission { resource, actions: resource.actions().to_vec(), pattern: NamePattern::any() }
+        Permission {
+            resource,
+            actions: resource.actions().to_vec(),
+            pattern: NamePattern::any(),
+        }
     }
 
     fn some_of(resource: Resource, actions: &[Action]) -> Permission {
-        Permission { resource, actions: actions.to_vec(), pattern: NamePattern::any() }
+        Permission {
+            resource,
+            actions: actions.to_vec(),
+            pattern: NamePattern::any(),
+        }
     }
 }
 
@@ -234,7 +245,12 @@ pub fn builtin_role(name: &str) -> Option<Vec<Permission>> {
 
 /// Whether `permissions` allow `action` on the resource of kind `resource` named `target`, or,
 /// with no target, on at least some resource of that kind (to list them, say).
-pub fn allows(permissions: &[Permission], resource: Resource, action: Action, target: Option<&str>) -> bool {
+pub fn allows(
+    permissions: &[Permission],
+    resource: Resource,
+    action: Action,
+    target: Option<&str>,
+) -> bool {
     permissions.iter().any(|perm| {
         perm.resource == resource
             && perm.actions.contains(&action)
@@ -248,7 +264,11 @@ mod tests {
 
     #[track_caller]
     fn check_pattern(pattern: &str, name: &str, expect: bool) {
-        assert_eq!(NamePattern::parse(pattern).unwrap().matches(name), expect, "{pattern} ~ {name}");
+        assert_eq!(
+            NamePattern::parse(pattern).unwrap().matches(name),
+            expect,
+            "{pattern} ~ {name}"
+        );
     }
 
     #[test]
@@ -269,7 +289,11 @@ mod tests {
     #[track_caller]
     fn check_role(role: &str, resource: Resource, action: Action, expect: bool) {
         let perms = builtin_role(role).unwrap();
-        assert_eq!(allows(&perms, resource, action, Some("x")), expect, "{role}: {action} {resource}");
+        assert_eq!(
+            allows(&perms, resource, action, Some("x")),
+            expect,
+            "{role}: {action} {resource}"
+        );
     }
 
     #[test]
@@ -300,8 +324,18 @@ mod tests {
             actions: vec![Action::Read, Action::Run],
             pattern: NamePattern::parse("finance-*").unwrap(),
         }];
-        assert!(allows(&perms, Resource::Robots, Action::Run, Some("finance-invoices")));
-        assert!(!allows(&perms, Resource::Robots, Action::Run, Some("hr-payroll")));
+        assert!(allows(
+            &perms,
+            Resource::Robots,
+            Action::Run,
+            Some("finance-invoices")
+        ));
+        assert!(!allows(
+            &perms,
+            Resource::Robots,
+            Action::Run,
+            Some("hr-payroll")
+        ));
         assert!(allows(&perms, Resource::Robots, Action::Read, None));
         assert!(!allows(&perms, Resource::Robots, Action::Stop, None));
         assert!(!allows(&perms, Resource::Queues, Action::Read, None));

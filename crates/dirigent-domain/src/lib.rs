@@ -20,6 +20,9 @@ pub struct InvalidField {
 
 impl InvalidField {
     pub fn new(field: impl Into<String>, reason: impl fmt::Display) -> InvalidField {
-        InvalidField { field: field.into(), reason: reason.to_string() }
+        InvalidField {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
     }
 }

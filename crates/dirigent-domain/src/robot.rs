@@ -27,9 +27,14 @@ pub mod defaults {
 
     pub const MAX_PARALLEL: u32 = 1;
     pub const STOP_GRACE_SECONDS: u32 = 30;
-    pub const RESTART_BACKOFF: RestartBackoff =
-        RestartBackoff { initial_seconds: 1, max_seconds: 300 };
-    pub const CRASH_LOOP: CrashLoopGuard = CrashLoopGuard { max_starts: 5, window_seconds: 300 };
+    pub const RESTART_BACKOFF: RestartBackoff = RestartBackoff {
+        initial_seconds: 1,
+        max_seconds: 300,
+    };
+    pub const CRASH_LOOP: CrashLoopGuard = CrashLoopGuard {
+        max_starts: 5,
+        window_seconds: 300,
+    };
 }
 
 /// A valid robot name: `[a-z0-9][a-z0-9._-]*`, at most 64 characters.
@@ -85,8 +90,9 @@ impl AgentSelector {
                 ));
             };
             let (key, value) = (key.trim(), value.trim());
-            check_name("agent", key, "._-/")
-                .map_err(|err| InvalidField::new("agent", format!("label key {key:?}: {}", err.reason)))?;
+            check_name("agent", key, "._-/").map_err(|err| {
+                InvalidField::new("agent", format!("label key {key:?}: {}", err.reason))
+            })?;
             if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '=') {
                 return Err(InvalidField::new(
                     "agent",
@@ -94,7 +100,10 @@ impl AgentSelector {
                 ));
             }
             if labels.insert(key.to_owned(), value.to_owned()).is_some() {
-                return Err(InvalidField::new("agent", format!("label {key:?} is given twice")));
+                return Err(InvalidField::new(
+                    "agent",
+                    format!("label {key:?} is given twice"),
+                ));
             }
         }
         Ok(AgentSelector::Labels(labels))
@@ -222,10 +231,16 @@ impl RobotDraft {
         }
 
         if self.argv.is_empty() {
-            return Err(InvalidField::new("argv", "must name at least the program to run"));
+            return Err(InvalidField::new(
+                "argv",
+                "must name at least the program to run",
+            ));
         }
         if MAX_ARGV < self.argv.len() {
-            return Err(InvalidField::new("argv", format!("must have at most {MAX_ARGV} elements")));
+            return Err(InvalidField::new(
+                "argv",
+                format!("must have at most {MAX_ARGV} elements"),
+            ));
         }
         for (idx, arg) in self.argv.iter().enumerate() {
             let field = format!("argv[{idx}]");
@@ -233,7 +248,10 @@ impl RobotDraft {
                 return Err(InvalidField::new(field, "must not contain a NUL byte"));
             }
             if MAX_ARG_BYTES < arg.len() {
-                return Err(InvalidField::new(field, format!("must be at most {MAX_ARG_BYTES} bytes")));
+                return Err(InvalidField::new(
+                    field,
+                    format!("must be at most {MAX_ARG_BYTES} bytes"),
+                ));
             }
         }
         if self.argv[0].trim().is_empty() {
@@ -259,18 +277,29 @@ impl RobotDraft {
 
         let env = self.env.unwrap_or_default();
         if MAX_ENV < env.len() {
-            return Err(InvalidField::new("env", format!("must have at most {MAX_ENV} variables")));
+            return Err(InvalidField::new(
+                "env",
+                format!("must have at most {MAX_ENV} variables"),
+            ));
         }
         for (key, value) in &env {
             let field = format!("env.{key}");
             let mut chars = key.chars();
-            let valid_name = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid_name = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid_name {
-                return Err(InvalidField::new(field, "is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+                return Err(InvalidField::new(
+                    field,
+                    "is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
             }
             if key.starts_with("DIRIGENT_") {
-                return Err(InvalidField::new(field, "names beginning with DIRIGENT_ are reserved"));
+                return Err(InvalidField::new(
+                    field,
+                    "names beginning with DIRIGENT_ are reserved",
+                ));
             }
             if value.contains('\0') || MAX_ENV_VALUE_BYTES < value.len() {
                 return Err(InvalidField::new(
@@ -284,15 +313,32 @@ impl RobotDraft {
 
         let max_parallel = self.max_parallel.unwrap_or(defaults::MAX_PARALLEL);
         check_range("max_parallel", max_parallel, 1, MAX_PARALLEL)?;
-        let stop_grace_seconds = self.stop_grace_seconds.unwrap_or(defaults::STOP_GRACE_SECONDS);
-        check_range("stop_grace_seconds", stop_grace_seconds, 0, MAX_STOP_GRACE_SECONDS)?;
+        let stop_grace_seconds = self
+            .stop_grace_seconds
+            .unwrap_or(defaults::STOP_GRACE_SECONDS);
+        check_range(
+            "stop_grace_seconds",
+            stop_grace_seconds,
+            0,
+            MAX_STOP_GRACE_SECONDS,
+        )?;
         if let Some(seconds) = self.max_duration_seconds {
             check_range("max_duration_seconds", seconds, 1, MAX_DURATION_SECONDS)?;
         }
 
         let restart_backoff = self.restart_backoff.unwrap_or(defaults::RESTART_BACKOFF);
-        check_range("restart_backoff.initial_seconds", restart_backoff.initial_seconds, 0, MAX_BACKOFF_SECONDS)?;
-        check_range("restart_backoff.max_seconds", restart_backoff.max_seconds, 0, MAX_BACKOFF_SECONDS)?;
+        check_range(
+            "restart_backoff.initial_seconds",
+            restart_backoff.initial_seconds,
+            0,
+            MAX_BACKOFF_SECONDS,
+        )?;
+        check_range(
+            "restart_backoff.max_seconds",
+            restart_backoff.max_seconds,
+            0,
+            MAX_BACKOFF_SECONDS,
+        )?;
         if restart_backoff.max_seconds < restart_backoff.initial_seconds {
             return Err(InvalidField::new(
                 "restart_backoff.max_seconds",
@@ -329,7 +375,10 @@ impl RobotDraft {
 
 fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<(), InvalidField> {
     if value < min || max < value {
-        return Err(InvalidField::new(field, format!("must be between {min} and {max}, not {value}")));
+        return Err(InvalidField::new(
+            field,
+            format!("must be between {min} and {max}, not {value}"),
+        ));
     }
     Ok(())
 }
@@ -339,7 +388,11 @@ mod tests {
     use super::*;
 
     fn draft() -> RobotDraft {
-        RobotDraft { name: "invoices".into(), argv: vec!["python3".into(), "bot.py".into()], ..RobotDraft::default() }
+        RobotDraft {
+            name: "invoices".into(),
+            argv: vec!["python3".into(), "bot.py".into()],
+            ..RobotDraft::default()
+        }
     }
 
     #[track_caller]
@@ -368,28 +421,74 @@ mod tests {
     #[test]
     fn each_rule_names_its_field() {
         check_rejects(|r| r.name = "Invoices".into(), "name", "must start with");
-        check_rejects(|r| r.name = "inv oices".into(), "name", "' ' is not allowed");
+        check_rejects(
+            |r| r.name = "inv oices".into(),
+            "name",
+            "' ' is not allowed",
+        );
         check_rejects(|r| r.name = String::new(), "name", "must not be empty");
         check_rejects(|r| r.name = "a".repeat(65), "name", "at most 64");
         check_rejects(|r| r.argv.clear(), "argv", "at least the program");
         check_rejects(|r| r.argv = vec![" ".into()], "argv[0]", "program");
         check_rejects(|r| r.argv.push("a\0b".into()), "argv[2]", "NUL");
-        check_rejects(|r| r.working_dir = Some("relative/dir".into()), "working_dir", "absolute");
-        check_rejects(|r| r.env = Some([("1X".into(), "v".into())].into()), "env.1X", "variable name");
-        check_rejects(|r| r.env = Some([("DIRIGENT_RUN_ID".into(), "v".into())].into()), "env.DIRIGENT_RUN_ID", "reserved");
-        check_rejects(|r| r.agent = Some("os=".into()), "agent", "needs a value");
-        check_rejects(|r| r.agent = Some("os=linux,os=mac".into()), "agent", "twice");
-        check_rejects(|r| r.agent = Some("PC 1".into()), "agent", "must start with");
-        check_rejects(|r| r.max_parallel = Some(0), "max_parallel", "between 1 and");
-        check_rejects(|r| r.stop_grace_seconds = Some(100_000), "stop_grace_seconds", "between 0 and");
-        check_rejects(|r| r.max_duration_seconds = Some(0), "max_duration_seconds", "between 1 and");
         check_rejects(
-            |r| r.restart_backoff = Some(RestartBackoff { initial_seconds: 10, max_seconds: 5 }),
+            |r| r.working_dir = Some("relative/dir".into()),
+            "working_dir",
+            "absolute",
+        );
+        check_rejects(
+            |r| r.env = Some([("1X".into(), "v".into())].into()),
+            "env.1X",
+            "variable name",
+        );
+        check_rejects(
+            |r| r.env = Some([("DIRIGENT_RUN_ID".into(), "v".into())].into()),
+            "env.DIRIGENT_RUN_ID",
+            "reserved",
+        );
+        check_rejects(|r| r.agent = Some("os=".into()), "agent", "needs a value");
+        check_rejects(
+            |r| r.agent = Some("os=linux,os=mac".into()),
+            "agent",
+            "twice",
+        );
+        check_rejects(
+            |r| r.agent = Some("PC 1".into()),
+            "agent",
+            "must start with",
+        );
+        check_rejects(
+            |r| r.max_parallel = Some(0),
+            "max_parallel",
+            "between 1 and",
+        );
+        check_rejects(
+            |r| r.stop_grace_seconds = Some(100_000),
+            "stop_grace_seconds",
+            "between 0 and",
+        );
+        check_rejects(
+            |r| r.max_duration_seconds = Some(0),
+            "max_duration_seconds",
+            "between 1 and",
+        );
+        check_rejects(
+            |r| {
+                r.restart_backoff = Some(RestartBackoff {
+                    initial_seconds: 10,
+                    max_seconds: 5,
+                })
+            },
             "restart_backoff.max_seconds",
             "less than initial",
         );
         check_rejects(
-            |r| r.crash_loop = Some(CrashLoopGuard { max_starts: 0, window_seconds: 60 }),
+            |r| {
+                r.crash_loop = Some(CrashLoopGuard {
+                    max_starts: 0,
+                    window_seconds: 60,
+                })
+            },
             "crash_loop.max_starts",
             "between 1 and",
         );
@@ -402,7 +501,13 @@ mod tests {
             ("pc-17", AgentSelector::Named("pc-17".into())),
             (
                 " site=berlin , os=linux",
-                AgentSelector::Labels([("os".into(), "linux".into()), ("site".into(), "berlin".into())].into()),
+                AgentSelector::Labels(
+                    [
+                        ("os".into(), "linux".into()),
+                        ("site".into(), "berlin".into()),
+                    ]
+                    .into(),
+                ),
             ),
         ] {
             let parsed = AgentSelector::parse(text).unwrap();

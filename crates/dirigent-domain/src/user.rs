@@ -40,7 +40,10 @@ pub fn check_password(field: &str, password: &str) -> Result<(), InvalidField> {
         ));
     }
     if password.len() > MAX_PASSWORD_LEN {
-        return Err(InvalidField::new(field, format!("must be at most {MAX_PASSWORD_LEN} bytes")));
+        return Err(InvalidField::new(
+            field,
+            format!("must be at most {MAX_PASSWORD_LEN} bytes"),
+        ));
     }
     Ok(())
 }
@@ -56,9 +59,15 @@ pub(crate) fn check_name(field: &str, name: &str, punctuation: &str) -> Result<(
         return Err(InvalidField::new(field, "must be at most 64 characters"));
     }
     if !allowed(first) {
-        return Err(InvalidField::new(field, "must start with a lowercase letter or a digit"));
+        return Err(InvalidField::new(
+            field,
+            "must start with a lowercase letter or a digit",
+        ));
     }
-    if let Some(bad) = name.chars().find(|&c| !allowed(c) && !punctuation.contains(c)) {
+    if let Some(bad) = name
+        .chars()
+        .find(|&c| !allowed(c) && !punctuation.contains(c))
+    {
         return Err(InvalidField::new(
             field,
             format!(

@@ -100,3 +100,34 @@ pub struct Robot {
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
 }
+
+impl Robot {
+    /// The definition of this robot as a spec, to edit and send back with `PUT`.
+    pub fn to_spec(&self) -> RobotSpec {
+        RobotSpec {
+            name: Some(self.name.clone()),
+            description: Some(self.description.clone()),
+            argv: self.argv.clone(),
+            working_dir: self.working_dir.clone(),
+            env: Some(self.env.clone()),
+            agent: self.agent.clone(),
+            max_parallel: Some(self.max_parallel),
+            stop_grace_seconds: Some(self.stop_grace_seconds),
+            max_duration_seconds: self.max_duration_seconds,
+            restart_policy: Some(self.restart_policy),
+            restart_backoff: Some(self.restart_backoff),
+            crash_loop: Some(self.crash_loop),
+            needs_display: Some(self.needs_display),
+        }
+    }
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on_failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}

@@ -88,9 +88,15 @@ mod tests {
     #[test]
     fn database_passwords_are_redacted() {
         for (url, shown) in [
-            ("postgres://dirigent:s3cret@db:5432/prod", "postgres://dirigent:***@db:5432/prod"),
+            (
+                "postgres://dirigent:s3cret@db:5432/prod",
+                "postgres://dirigent:***@db:5432/prod",
+            ),
             ("postgres://dirigent@db/prod", "postgres://dirigent@db/prod"),
-            ("sqlite://./dirigent-data/dirigent.db", "sqlite://./dirigent-data/dirigent.db"),
+            (
+                "sqlite://./dirigent-data/dirigent.db",
+                "sqlite://./dirigent-data/dirigent.db",
+            ),
         ] {
             let url = DatabaseUrl::new(url.to_owned());
             assert_eq!(url.to_string(), shown);

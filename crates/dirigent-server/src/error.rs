@@ -25,7 +25,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None, detail: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            detail: None,
+        }
     }
 
     pub fn invalid(err: InvalidField) -> ApiError {
@@ -39,7 +45,11 @@ impl ApiError {
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, message)
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            message,
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {
@@ -63,15 +73,17 @@ impl ApiError {
     pub fn for_status(status: StatusCode) -> ApiError {
         let (code, message) = match status {
             StatusCode::NOT_FOUND => (ErrorCode::RouteNotFound, "no such route"),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                (ErrorCode::MethodNotAllowed, "this route does not accept this method")
-            }
+            StatusCode::METHOD_NOT_ALLOWED => (
+                ErrorCode::MethodNotAllowed,
+                "this route does not accept this method",
+            ),
             StatusCode::PAYLOAD_TOO_LARGE => {
                 (ErrorCode::PayloadTooLarge, "the request body is too large")
             }
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                (ErrorCode::UnsupportedMediaType, "the request body must be application/json")
-            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                ErrorCode::UnsupportedMediaType,
+                "the request body must be application/json",
+            ),
             StatusCode::UNAUTHORIZED => (ErrorCode::Unauthenticated, "authentication required"),
             StatusCode::FORBIDDEN => (ErrorCode::Forbidden, "not allowed"),
             status if status.is_client_error() => (ErrorCode::MalformedRequest, "bad request"),
@@ -107,7 +119,11 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         let fault = err.to_string();
-        ApiError::from_store(err, || ApiError::internal(&fault), || ApiError::internal(&fault))
+        ApiError::from_store(
+            err,
+            || ApiError::internal(&fault),
+            || ApiError::internal(&fault),
+        )
     }
 }
 

@@ -37,7 +37,10 @@ pub struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("database {url}: {source}")]
     Store { url: String, source: StoreError },
     #[error("cannot create the first administrator: {0}")]
@@ -55,20 +58,34 @@ pub struct RunningServer {
 
 /// Opens the database (applying migrations), creates the `admin` user on an empty database,
 /// binds the listener and starts serving.
-pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningServer, StartError> {
+pub async fn start(
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, StartError> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let store = Store::open(config.database_url.expose())
         .await
-        .map_err(|source| StartError::Store { url: config.database_url.to_string(), source })?;
+        .map_err(|source| StartError::Store {
+            url: config.database_url.to_string(),
+            source,
+        })?;
     let generated_admin_password =
         auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await?;
 
-    let state = AppState { store: store.clone(), clock, config: Arc::new(config) };
+    let state = AppState {
+        store: store.clone(),
+        clock,
+        config: Arc::new(config),
+    };
     let app = http::app(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(async move {
@@ -79,7 +96,13 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Runnin
             .await
     });
     tracing::info!(%local_addr, backend = ?store.backend_kind(), "serving");
-    Ok(RunningServer { local_addr, generated_admin_password, store, stop, serving })
+    Ok(RunningServer {
+        local_addr,
+        generated_admin_password,
+        store,
+        stop,
+        serving,
+    })
 }
 
 impl RunningServer {
@@ -96,7 +119,10 @@ impl RunningServer {
     /// Stops accepting connections, lets requests in flight finish, closes the database.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.stop.send(());
-        let served = self.serving.await.unwrap_or_else(|err| Err(std::io::Error::other(err)));
+        let served = self
+            .serving
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)));
         self.store.close().await;
         served
     }

@@ -79,7 +79,7 @@ impl Store {
     /// Whether any user exists.
     pub async fn has_users(&self) -> StoreResult<bool> {
         let found: Option<i64> = dispatch!(self, reader, pool => {
-            sqlx::query_scalar("SELECT 1 FROM users LIMIT 1").fetch_optional(pool).await
+            sqlx::query_scalar("SELECT id FROM users LIMIT 1").fetch_optional(pool).await
         })?;
         Ok(found.is_some())
     }
@@ -137,15 +137,14 @@ impl Store {
 
     /// What a login by `username` is checked against; `NotFound` for an unknown user.
     pub async fn login_record(&self, username: &str) -> StoreResult<LoginRecord> {
-        let (id, username, password_hash, roles, disabled): (i64, String, String, String, bool) =
-            dispatch!(self, reader, pool => {
-                sqlx::query_as(
-                    "SELECT id, username, password_hash, roles, disabled FROM users WHERE username = $1",
-                )
-                .bind(username)
-                .fetch_one(pool)
-                .await
-            })?;
+        let (id, username, password_hash, roles, disabled): (i64, String, String, String, bool) = dispatch!(self, reader, pool => {
+            sqlx::query_as(
+                "SELECT id, username, password_hash, roles, disabled FROM users WHERE username = $1",
+            )
+            .bind(username)
+            .fetch_one(pool)
+            .await
+        })?;
         Ok(LoginRecord {
             user_id: UserId(id),
             username,
@@ -287,7 +286,12 @@ impl Store {
     }
 
     /// Revokes a live API token of `user_id`; `NotFound` when there is none with that id.
-    pub async fn revoke_api_token(&self, user_id: UserId, id: &str, now: Timestamp) -> StoreResult<()> {
+    pub async fn revoke_api_token(
+        &self,
+        user_id: UserId,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
         let n_rows: u64 = dispatch!(self, writer, pool => {
             sqlx::query(
                 "UPDATE api_tokens SET revoked_at = $3 \

@@ -75,7 +75,10 @@ pub struct Store {
 
 #[derive(Debug, Clone)]
 enum Backend {
-    Sqlite { reader: SqlitePool, writer: SqlitePool },
+    Sqlite {
+        reader: SqlitePool,
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -133,19 +136,23 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(StoreError::Connect)?;
-        Ok(Store { backend: Backend::Sqlite { reader, writer } })
+        Ok(Store {
+            backend: Backend::Sqlite { reader, writer },
+        })
     }
 
     async fn open_postgres(url: &str) -> StoreResult<Store> {
-        let options =
-            PgConnectOptions::from_str(url).map_err(|err| StoreError::InvalidUrl(err.to_string()))?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|err| StoreError::InvalidUrl(err.to_string()))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
             .map_err(StoreError::Connect)?;
-        Ok(Store { backend: Backend::Postgres(pool) })
+        Ok(Store {
+            backend: Backend::Postgres(pool),
+        })
     }
 
     pub fn backend_kind(&self) -> BackendKind {

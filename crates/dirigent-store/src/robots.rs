@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use dirigent_domain::robot::{
-    AgentSelector, CrashLoopGuard, RestartBackoff, RestartPolicy, Robot, RobotDefinition,
-    RobotName,
+    AgentSelector, CrashLoopGuard, RestartBackoff, RestartPolicy, Robot, RobotDefinition, RobotName,
 };
 use jiff::Timestamp;
 
@@ -65,7 +64,11 @@ struct RobotRow {
 
 impl Store {
     /// Stores a new robot; `Conflict` when the name is taken.
-    pub async fn insert_robot(&self, robot: &RobotDefinition, now: Timestamp) -> StoreResult<Robot> {
+    pub async fn insert_robot(
+        &self,
+        robot: &RobotDefinition,
+        now: Timestamp,
+    ) -> StoreResult<Robot> {
         let encoded = Encoded::new(robot)?;
         dispatch!(self, writer, pool => {
             bind_definition!(
@@ -82,11 +85,19 @@ impl Store {
             .await
             .map(|done| done.rows_affected())
         })?;
-        Ok(Robot { definition: robot.clone(), created_at: now, updated_at: now })
+        Ok(Robot {
+            definition: robot.clone(),
+            created_at: now,
+            updated_at: now,
+        })
     }
 
     /// Replaces the definition of an existing robot; `NotFound` when there is none.
-    pub async fn replace_robot(&self, robot: &RobotDefinition, now: Timestamp) -> StoreResult<Robot> {
+    pub async fn replace_robot(
+        &self,
+        robot: &RobotDefinition,
+        now: Timestamp,
+    ) -> StoreResult<Robot> {
         let encoded = Encoded::new(robot)?;
         let created_at: i64 = dispatch!(self, writer, pool => {
             bind_definition!(
@@ -170,15 +181,15 @@ impl RobotRow {
             StoreError::Corrupt(format!("robot {:?}, {column}: {detail}", self.name))
         };
         let name = RobotName::parse(&self.name).map_err(|err| corrupt("name", &err))?;
-        let argv: Vec<String> = serde_json::from_str(&self.argv).map_err(|err| corrupt("argv", &err))?;
+        let argv: Vec<String> =
+            serde_json::from_str(&self.argv).map_err(|err| corrupt("argv", &err))?;
         let env: BTreeMap<String, String> =
             serde_json::from_str(&self.env).map_err(|err| corrupt("env", &err))?;
         let agent = AgentSelector::parse(&self.agent).map_err(|err| corrupt("agent", &err))?;
         let restart_policy = RestartPolicy::parse(&self.restart_policy)
             .ok_or_else(|| corrupt("restart_policy", &self.restart_policy))?;
-        let seconds = |column: &str, value: i64| {
-            u32::try_from(value).map_err(|err| corrupt(column, &err))
-        };
+        let seconds =
+            |column: &str, value: i64| u32::try_from(value).map_err(|err| corrupt(column, &err));
         let definition = RobotDefinition {
             name,
             description: self.description.clone(),
@@ -194,12 +205,21 @@ impl RobotRow {
                 .transpose()?,
             restart_policy,
             restart_backoff: RestartBackoff {
-                initial_seconds: seconds("restart_backoff_initial_seconds", self.restart_backoff_initial_seconds)?,
-                max_seconds: seconds("restart_backoff_max_seconds", self.restart_backoff_max_seconds)?,
+                initial_seconds: seconds(
+                    "restart_backoff_initial_seconds",
+                    self.restart_backoff_initial_seconds,
+                )?,
+                max_seconds: seconds(
+                    "restart_backoff_max_seconds",
+                    self.restart_backoff_max_seconds,
+                )?,
             },
             crash_loop: CrashLoopGuard {
                 max_starts: seconds("crash_loop_max_starts", self.crash_loop_max_starts)?,
-                window_seconds: seconds("crash_loop_window_seconds", self.crash_loop_window_seconds)?,
+                window_seconds: seconds(
+                    "crash_loop_window_seconds",
+                    self.crash_loop_window_seconds,
+                )?,
             },
             needs_display: self.needs_display,
         };

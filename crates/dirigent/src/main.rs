@@ -1,1 +1,80 @@
-fn main(){}
+//! `dirigent`: the one binary. `dirigent serve` runs the orchestrator; every other verb is a
+//! thin client of its HTTP API (`dirigent login`, `dirigent robot …`, `dirigent token …`).
+//!
+//! This file only declares the command line and hands each verb to its module.
+
+mod cli;
+mod serve;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Dirigent keeps an array of software robots working without interruption.
+#[derive(Debug, Parser)]
+#[command(name = "dirigent", version, propagate_version = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orchestrator (HTTP API; embedded SQLite unless a database URL is given).
+    Serve(serve::ServeArgs),
+    /// Log in to a server and keep the session token for the next commands.
+    Login(cli::session::LoginArgs),
+    /// End the kept session and forget its token.
+    Logout(cli::ClientArgs),
+    /// Show who the current credentials belong to.
+    Whoami(cli::ClientArgs),
+    /// Robot definitions: ls, show, create, update, rm.
+    #[command(subcommand)]
+    Robot(cli::robot::RobotCommand),
+    /// Your API tokens: ls, create, revoke.
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match args.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Login(args) => cli::session::login(args).await,
+            Command::Logout(args) => cli::session::logout(args).await,
+            Command::Whoami(args) => cli::session::whoami(args).await,
+            Command::Robot(command) => cli::robot::run(command).await,
+            Command::Token(command) => cli::token::run(command).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(cli::exit_code(&err))
+        }
+    }
+}
+
+/// Where the CLI keeps its session token: `$DIRIGENT_CONFIG_DIR`, else
+/// `$XDG_CONFIG_HOME/dirigent`, else `~/.config/dirigent`.
+fn config_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DIRIGENT_CONFIG_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|dir| !dir.is_empty()) {
+        return Some(PathBuf::from(dir).join("dirigent"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config").join("dirigent"))
+}

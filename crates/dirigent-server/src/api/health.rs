@@ -8,7 +8,9 @@ use crate::{AppState, error::ApiError};
 /// The process is alive and serving.
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
 pub(super) async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".to_owned() })
+    Json(Health {
+        status: "ok".to_owned(),
+    })
 }
 
 /// The database can be reached: the node can do useful work.
@@ -20,5 +22,7 @@ pub(super) async fn healthz() -> Json<Health> {
 )]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(Health { status: "ok".to_owned() }))
+    Ok(Json(Health {
+        status: "ok".to_owned(),
+    }))
 }

@@ -32,12 +32,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         if !is_json {
             return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE),
-                status => ApiError::new(status, ErrorCode::MalformedRequest, rejection.body_text()),
-            }
-        })?;
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
+                    }
+                    status => {
+                        ApiError::new(status, ErrorCode::MalformedRequest, rejection.body_text())
+                    }
+                })?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -58,7 +63,9 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     // serde reports a missing field on the object that lacks it; name the field itself.
     let reason = strip_position(&inner.to_string());
-    let missing = reason.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    let missing = reason
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
     let (field, reason) = match missing {
         Some(missing) if path == "." => (missing.to_owned(), "is required".to_owned()),
         Some(missing) => (format!("{path}.{missing}"), "is required".to_owned()),
@@ -69,11 +76,22 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         (Some(field.clone()), format!("{field}: {reason}"))
     };
-    Err(ApiError { field, ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidField, message) })
+    Err(ApiError {
+        field,
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidField,
+            message,
+        )
+    })
 }
 
 fn malformed(err: &serde_json::Error) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::MalformedRequest, format!("the body is not valid JSON: {err}"))
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::MalformedRequest,
+        format!("the body is not valid JSON: {err}"),
+    )
 }
 
 /// serde_json appends " at line L column C", which says nothing to a caller who sent a field.
@@ -91,9 +109,15 @@ impl<S: Send + Sync> FromRequestParts<S> for PathSegment {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<PathSegment, ApiError> {
-        let Path(segment) = Path::<String>::from_request_parts(parts, state).await.map_err(|rejection| {
-            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::MalformedRequest, rejection.body_text())
-        })?;
+        let Path(segment) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::MalformedRequest,
+                    rejection.body_text(),
+                )
+            })?;
         Ok(PathSegment(segment))
     }
 }
@@ -125,19 +149,63 @@ mod tests {
         let err = parse_json::<Outer>(body.as_bytes()).unwrap_err();
         assert_eq!(err.status, status, "{body}: {err:?}");
         assert_eq!(err.field.as_deref(), field, "{body}: {err:?}");
-        assert!(err.message.contains(message_part), "{body}: {}", err.message);
+        assert!(
+            err.message.contains(message_part),
+            "{body}: {}",
+            err.message
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         check("{", StatusCode::BAD_REQUEST, None, "not valid JSON");
-        check(r#"{"name": "x"} x"#, StatusCode::BAD_REQUEST, None, "not valid JSON");
-        check(r#""text""#, StatusCode::UNPROCESSABLE_ENTITY, None, "invalid type");
-        check("{}", StatusCode::UNPROCESSABLE_ENTITY, Some("name"), "name: is required");
-        check(r#"{"name": 1}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("name"), "invalid type: integer");
-        check(r#"{"name": "x", "nmae": 1}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("nmae"), "unknown field `nmae`");
-        check(r#"{"name": "x", "inner": {}}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("inner.count"), "is required");
-        check(r#"{"name": "x", "inner": {"count": -1}}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("inner.count"), "invalid value");
-        check(r#"{"name": "x", "map": {"a": "b"}}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("map.a"), "invalid type");
+        check(
+            r#"{"name": "x"} x"#,
+            StatusCode::BAD_REQUEST,
+            None,
+            "not valid JSON",
+        );
+        check(
+            r#""text""#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            "invalid type",
+        );
+        check(
+            "{}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+            "name: is required",
+        );
+        check(
+            r#"{"name": 1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+            "invalid type: integer",
+        );
+        check(
+            r#"{"name": "x", "nmae": 1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("nmae"),
+            "unknown field `nmae`",
+        );
+        check(
+            r#"{"name": "x", "inner": {}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("inner.count"),
+            "is required",
+        );
+        check(
+            r#"{"name": "x", "inner": {"count": -1}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("inner.count"),
+            "invalid value",
+        );
+        check(
+            r#"{"name": "x", "map": {"a": "b"}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("map.a"),
+            "invalid type",
+        );
     }
 }

@@ -42,7 +42,10 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -56,7 +59,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(robots::list_robots, robots::create_robot))
-        .routes(routes!(robots::get_robot, robots::replace_robot, robots::delete_robot));
+        .routes(routes!(
+            robots::get_robot,
+            robots::replace_robot,
+            robots::delete_robot
+        ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -84,5 +91,8 @@ static OPENAPI_JSON: LazyLock<Result<String, String>> =
 )]
 async fn openapi_json(_caller: Caller) -> Result<impl IntoResponse, ApiError> {
     let doc = OPENAPI_JSON.as_ref().map_err(ApiError::internal)?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], doc.clone()))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.clone(),
+    ))
 }

@@ -31,12 +31,21 @@ use crate::{
     security(("bearer" = [])),
     responses((status = 200, body = [Robot]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_robots(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Robot>>, ApiError> {
+pub(super) async fn list_robots(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Robot>>, ApiError> {
     caller.require(Resource::Robots, Action::Read, None)?;
     let robots = state.store.robots().await?;
     let visible = robots
         .into_iter()
-        .filter(|robot| caller.may(Resource::Robots, Action::Read, Some(robot.definition.name.as_str())))
+        .filter(|robot| {
+            caller.may(
+                Resource::Robots,
+                Action::Read,
+                Some(robot.definition.name.as_str()),
+            )
+        })
         .map(to_wire)
         .collect();
     Ok(Json(visible))
@@ -69,15 +78,25 @@ pub(super) async fn create_robot(
     let definition = to_domain(name, spec).map_err(ApiError::invalid)?;
     let name = definition.name.to_string();
     let exists = || {
-        ApiError::new(StatusCode::CONFLICT, ErrorCode::RobotExists, format!("a robot named {name:?} exists already"))
+        ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::RobotExists,
+            format!("a robot named {name:?} exists already"),
+        )
     };
     let robot = state
         .store
         .insert_robot(&definition, state.clock.now())
         .await
-        .map_err(|err| ApiError::from_store(err, || ApiError::internal("robot vanished"), exists))?;
+        .map_err(|err| {
+            ApiError::from_store(err, || ApiError::internal("robot vanished"), exists)
+        })?;
     let location = format!("/api/v1/robots/{name}");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(to_wire(robot))))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(to_wire(robot)),
+    ))
 }
 
 /// One robot's definition.
@@ -100,7 +119,11 @@ pub(super) async fn get_robot(
     PathSegment(name): PathSegment,
 ) -> Result<Json<Robot>, ApiError> {
     caller.require(Resource::Robots, Action::Read, Some(&name))?;
-    let robot = state.store.robot(&name).await.map_err(|err| robot_store_error(err, &name))?;
+    let robot = state
+        .store
+        .robot(&name)
+        .await
+        .map_err(|err| robot_store_error(err, &name))?;
     Ok(Json(to_wire(robot)))
 }
 
@@ -127,7 +150,11 @@ pub(super) async fn replace_robot(
     ApiJson(spec): ApiJson<RobotSpec>,
 ) -> Result<Json<Robot>, ApiError> {
     caller.require(Resource::Robots, Action::Edit, Some(&name))?;
-    if spec.name.as_ref().is_some_and(|body_name| *body_name != name) {
+    if spec
+        .name
+        .as_ref()
+        .is_some_and(|body_name| *body_name != name)
+    {
         return Err(ApiError::invalid(InvalidField::new(
             "name",
             format!("must be {name:?}, as in the path, or be left out (robots cannot be renamed)"),
@@ -162,12 +189,22 @@ pub(super) async fn delete_robot(
     PathSegment(name): PathSegment,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Resource::Robots, Action::Edit, Some(&name))?;
-    state.store.delete_robot(&name).await.map_err(|err| robot_store_error(err, &name))?;
+    state
+        .store
+        .delete_robot(&name)
+        .await
+        .map_err(|err| robot_store_error(err, &name))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 fn robot_store_error(err: dirigent_store::StoreError, name: &str) -> ApiError {
-    let missing = || ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RobotNotFound, format!("no robot named {name:?}"));
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::RobotNotFound,
+            format!("no robot named {name:?}"),
+        )
+    };
     ApiError::from_store(err, missing, missing)
 }
 

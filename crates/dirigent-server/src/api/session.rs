@@ -30,22 +30,35 @@ pub(super) async fn login(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    if dirigent_domain::user::MAX_PASSWORD_LEN < request.password.len() || 256 < request.username.len() {
+    if dirigent_domain::user::MAX_PASSWORD_LEN < request.password.len()
+        || 256 < request.username.len()
+    {
         return Err(wrong_credentials());
     }
-    let Some(user_id) = auth::check_login(&state.store, &request.username, &request.password).await? else {
+    let Some(user_id) =
+        auth::check_login(&state.store, &request.username, &request.password).await?
+    else {
         tracing::info!(username = request.username, "login refused");
         return Err(wrong_credentials());
     };
     let token = secrets::new_token(secrets::SESSION_PREFIX).map_err(ApiError::internal)?;
     let now = state.clock.now();
-    let expires_at = now.saturating_add(state.config.session_ttl).map_err(ApiError::internal)?;
-    state.store.insert_session(user_id, &secrets::token_digest(&token), now, expires_at).await?;
+    let expires_at = now
+        .saturating_add(state.config.session_ttl)
+        .map_err(ApiError::internal)?;
+    state
+        .store
+        .insert_session(user_id, &secrets::token_digest(&token), now, expires_at)
+        .await?;
     Ok(Json(LoginResponse { token, expires_at }))
 }
 
 fn wrong_credentials() -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidCredentials, "wrong username or password")
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::InvalidCredentials,
+        "wrong username or password",
+    )
 }
 
 /// Ends the caller's login session.
@@ -60,7 +73,10 @@ fn wrong_credentials() -> ApiError {
         (status = 422, description = "The credential is an API token, not a session", body = ErrorBody),
     )
 )]
-pub(super) async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
     if caller.credential != CredentialKind::Session {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -69,7 +85,11 @@ pub(super) async fn logout(State(state): State<AppState>, caller: Caller) -> Res
         ));
     }
     let gone = || ApiError::unauthenticated("the session has ended already");
-    state.store.delete_session(&caller.token_digest).await.map_err(|err| ApiError::from_store(err, gone, gone))?;
+    state
+        .store
+        .delete_session(&caller.token_digest)
+        .await
+        .map_err(|err| ApiError::from_store(err, gone, gone))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -86,5 +106,9 @@ pub(super) async fn me(caller: Caller) -> Json<Me> {
         CredentialKind::Session => "session",
         CredentialKind::ApiToken { .. } => "api_token",
     };
-    Json(Me { username: caller.username, roles: caller.roles, credential: credential.to_owned() })
+    Json(Me {
+        username: caller.username,
+        roles: caller.roles,
+        credential: credential.to_owned(),
+    })
 }

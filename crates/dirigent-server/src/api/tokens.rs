@@ -29,7 +29,10 @@ use crate::{
     security(("bearer" = [])),
     responses((status = 200, body = [TokenInfo]), (status = 401, body = ErrorBody))
 )]
-pub(super) async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+pub(super) async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let tokens = state.store.api_tokens(caller.user_id).await?;
     Ok(Json(tokens.into_iter().map(token_info).collect()))
 }
@@ -55,11 +58,20 @@ pub(super) async fn create_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let name = request.name.trim();
     if name.is_empty() || 64 < name.chars().count() || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(InvalidField::new("name", "must have 1 to 64 printable characters")));
+        return Err(ApiError::invalid(InvalidField::new(
+            "name",
+            "must have 1 to 64 printable characters",
+        )));
     }
     let now = state.clock.now();
-    if request.expires_at.is_some_and(|expires_at| expires_at <= now) {
-        return Err(ApiError::invalid(InvalidField::new("expires_at", "must be in the future")));
+    if request
+        .expires_at
+        .is_some_and(|expires_at| expires_at <= now)
+    {
+        return Err(ApiError::invalid(InvalidField::new(
+            "expires_at",
+            "must be in the future",
+        )));
     }
     let secret = secrets::new_token(secrets::API_TOKEN_PREFIX).map_err(ApiError::internal)?;
     let new = NewApiToken {
@@ -69,7 +81,11 @@ pub(super) async fn create_token(
         expires_at: request.expires_at,
     };
     let taken = || {
-        ApiError::new(StatusCode::CONFLICT, ErrorCode::TokenExists, format!("you have a token named {name:?} already"))
+        ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::TokenExists,
+            format!("you have a token named {name:?} already"),
+        )
     };
     let stored = state
         .store
@@ -77,8 +93,17 @@ pub(super) async fn create_token(
         .await
         .map_err(|err| ApiError::from_store(err, || ApiError::internal("token vanished"), taken))?;
     let location = format!("/api/v1/tokens/{}", stored.id);
-    let created = CreatedToken { id: stored.id, name: stored.name, token: secret, expires_at: stored.expires_at };
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)))
+    let created = CreatedToken {
+        id: stored.id,
+        name: stored.name,
+        token: secret,
+        expires_at: stored.expires_at,
+    };
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(created),
+    ))
 }
 
 /// Revokes one of the caller's API tokens at once.
@@ -100,7 +125,11 @@ pub(super) async fn revoke_token(
     PathSegment(id): PathSegment,
 ) -> Result<StatusCode, ApiError> {
     let missing = || {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::TokenNotFound, format!("you have no live token with id {id:?}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::TokenNotFound,
+            format!("you have no live token with id {id:?}"),
+        )
     };
     let now = state.clock.now();
     state

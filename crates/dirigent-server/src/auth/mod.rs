@@ -29,7 +29,12 @@ pub struct Caller {
 impl Caller {
     /// Allows the request if the caller may do `action` on the resource of kind `resource`
     /// named `target` (or, without a target, on some resource of that kind); 403 otherwise.
-    pub fn require(&self, resource: Resource, action: Action, target: Option<&str>) -> Result<(), ApiError> {
+    pub fn require(
+        &self,
+        resource: Resource,
+        action: Action,
+        target: Option<&str>,
+    ) -> Result<(), ApiError> {
         if self.may(resource, action, target) {
             return Ok(());
         }
@@ -37,7 +42,10 @@ impl Caller {
             Some(name) => format!("{resource} named {name:?}"),
             None => resource.to_string(),
         };
-        Err(ApiError::forbidden(format!("{} may not {action} {on}", self.username)))
+        Err(ApiError::forbidden(format!(
+            "{} may not {action} {on}",
+            self.username
+        )))
     }
 
     /// Whether the caller may do `action` on `target`; for filtering lists.
@@ -63,7 +71,9 @@ impl FromRequestParts<AppState> for Caller {
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be: Bearer TOKEN"))?;
+            .ok_or_else(|| {
+                ApiError::unauthenticated("the Authorization header must be: Bearer TOKEN")
+            })?;
         let digest = secrets::token_digest(token);
         let found = if token.starts_with(secrets::SESSION_PREFIX) {
             state.store.session_credential(&digest).await
@@ -73,10 +83,14 @@ impl FromRequestParts<AppState> for Caller {
             Err(StoreError::NotFound)
         };
         let refused = || ApiError::unauthenticated("the token is unknown, expired or revoked");
-        let credential: Credential = found.map_err(|err| ApiError::from_store(err, refused, refused))?;
+        let credential: Credential =
+            found.map_err(|err| ApiError::from_store(err, refused, refused))?;
 
         let now = state.clock.now();
-        if credential.expires_at.is_some_and(|expires_at| expires_at <= now) {
+        if credential
+            .expires_at
+            .is_some_and(|expires_at| expires_at <= now)
+        {
             return Err(refused());
         }
         if let CredentialKind::ApiToken { id } = &credential.kind {
@@ -100,12 +114,20 @@ impl FromRequestParts<AppState> for Caller {
 
 /// The union of the permissions of the given roles; unknown role names grant nothing.
 fn permissions_of(roles: &[String]) -> Vec<Permission> {
-    roles.iter().filter_map(|role| access::builtin_role(role)).flatten().collect()
+    roles
+        .iter()
+        .filter_map(|role| access::builtin_role(role))
+        .flatten()
+        .collect()
 }
 
 /// Checks a username and password; answers the user's id, or `None` when either is wrong
 /// (or the user is disabled). Takes as long for an unknown user as for a wrong password.
-pub async fn check_login(store: &Store, username: &str, password: &str) -> Result<Option<UserId>, ApiError> {
+pub async fn check_login(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<Option<UserId>, ApiError> {
     let record = match store.login_record(username).await {
         Ok(record) => Some(record),
         Err(StoreError::NotFound) => None,
@@ -123,7 +145,9 @@ pub async fn check_login(store: &Store, username: &str, password: &str) -> Resul
     })
     .await
     .map_err(ApiError::internal)?;
-    Ok(record.filter(|record| matches && !record.disabled).map(|record| record.user_id))
+    Ok(record
+        .filter(|record| matches && !record.disabled)
+        .map(|record| record.user_id))
 }
 
 /// Creates `admin` on an empty database, with the configured password or a generated one.
@@ -134,12 +158,19 @@ pub async fn bootstrap_admin(
     now: Timestamp,
 ) -> Result<Option<String>, StartError> {
     let bootstrap_error = |err: &dyn std::fmt::Display| StartError::Bootstrap(err.to_string());
-    if store.has_users().await.map_err(|err| bootstrap_error(&err))? {
+    if store
+        .has_users()
+        .await
+        .map_err(|err| bootstrap_error(&err))?
+    {
         return Ok(None);
     }
     let (password, generated) = match configured {
         Some(secret) => (secret.expose().to_owned(), false),
-        None => (secrets::new_password().map_err(|err| bootstrap_error(&err))?, true),
+        None => (
+            secrets::new_password().map_err(|err| bootstrap_error(&err))?,
+            true,
+        ),
     };
     let to_hash = password.clone();
     let hash = tokio::task::spawn_blocking(move || secrets::hash_password(&to_hash))

@@ -51,8 +51,10 @@ fn documented_operations() -> BTreeSet<(String, String)> {
 
 #[test]
 fn the_document_lists_every_route() {
-    let expected: BTreeSet<(String, String)> =
-        OPERATIONS.iter().map(|(method, path, _)| ((*method).to_owned(), (*path).to_owned())).collect();
+    let expected: BTreeSet<(String, String)> = OPERATIONS
+        .iter()
+        .map(|(method, path, _)| ((*method).to_owned(), (*path).to_owned()))
+        .collect();
     assert_eq!(documented_operations(), expected);
 }
 
@@ -60,18 +62,35 @@ fn the_document_lists_every_route() {
 async fn every_route_answers_401_without_credentials() {
     let app = TestApp::new().await;
     for (method, path, access) in OPERATIONS {
-        let path = path.replace("{name}", "some-robot").replace("{id}", "tok_0");
+        let path = path
+            .replace("{name}", "some-robot")
+            .replace("{id}", "tok_0");
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let body = [Method::POST, Method::PUT].contains(&method).then(|| json!({}));
-        for token in [None, Some("dgs_not-a-real-session"), Some("dgt_not-a-real-token"), Some("garbage")] {
+        let body = [Method::POST, Method::PUT]
+            .contains(&method)
+            .then(|| json!({}));
+        for token in [
+            None,
+            Some("dgs_not-a-real-session"),
+            Some("dgt_not-a-real-token"),
+            Some("garbage"),
+        ] {
             let answer = app.send(method.clone(), &path, token, body.clone()).await;
             match access {
                 Access::Authenticated => {
-                    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{method} {path} with {token:?}");
+                    assert_eq!(
+                        answer.status,
+                        StatusCode::UNAUTHORIZED,
+                        "{method} {path} with {token:?}"
+                    );
                     assert_eq!(answer.code(), "unauthenticated");
                     assert_eq!(answer.headers["www-authenticate"], "Bearer");
                 }
-                Access::Open => assert_ne!(answer.status, StatusCode::UNAUTHORIZED, "{method} {path} is open"),
+                Access::Open => assert_ne!(
+                    answer.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} is open"
+                ),
             }
         }
     }
@@ -81,7 +100,9 @@ async fn every_route_answers_401_without_credentials() {
 async fn the_document_is_served_to_callers() {
     let app = TestApp::new().await;
     let token = app.admin().await;
-    let answer = app.send(Method::GET, "/api/v1/openapi.json", Some(&token), None).await;
+    let answer = app
+        .send(Method::GET, "/api/v1/openapi.json", Some(&token), None)
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body["openapi"].as_str().unwrap().starts_with("3."));
     assert!(answer.body["components"]["schemas"]["RobotSpec"].is_object());
@@ -93,13 +114,17 @@ async fn errors_are_json_with_a_request_id() {
     let app = TestApp::new().await;
     let token = app.admin().await;
 
-    let answer = app.send(Method::GET, "/api/v1/nothing-here", Some(&token), None).await;
+    let answer = app
+        .send(Method::GET, "/api/v1/nothing-here", Some(&token), None)
+        .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(answer.code(), "route_not_found");
     let request_id = answer.body["request_id"].as_str().unwrap();
     assert_eq!(answer.headers["x-request-id"], request_id);
 
-    let answer = app.send(Method::PATCH, "/api/v1/robots", Some(&token), None).await;
+    let answer = app
+        .send(Method::PATCH, "/api/v1/robots", Some(&token), None)
+        .await;
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(answer.code(), "method_not_allowed");
 
@@ -116,27 +141,57 @@ async fn bodies_are_bounded_typed_and_well_formed() {
     let app = TestApp::new().await;
     let token = app.admin().await;
     let post = |content_type: Option<&str>, body: Vec<u8>| {
-        let mut request =
-            Request::builder().method(Method::POST).uri("/api/v1/robots").header("authorization", format!("Bearer {token}"));
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/robots")
+            .header("authorization", format!("Bearer {token}"));
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
         request.body(Body::from(body)).unwrap()
     };
 
-    let huge = format!(r#"{{"name": "big", "argv": ["x"], "description": "{}"}}"#, "a".repeat(100 * 1024));
-    let answer = app.raw(post(Some("application/json"), huge.into_bytes())).await;
-    assert_eq!((answer.status, answer.code()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    let huge = format!(
+        r#"{{"name": "big", "argv": ["x"], "description": "{}"}}"#,
+        "a".repeat(100 * 1024)
+    );
+    let answer = app
+        .raw(post(Some("application/json"), huge.into_bytes()))
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
 
-    let answer = app.raw(post(None, br#"{"name": "a", "argv": ["x"]}"#.to_vec())).await;
-    assert_eq!((answer.status, answer.code()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let answer = app
+        .raw(post(None, br#"{"name": "a", "argv": ["x"]}"#.to_vec()))
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
 
-    let answer = app.raw(post(Some("text/plain"), br#"{"name": "a", "argv": ["x"]}"#.to_vec())).await;
+    let answer = app
+        .raw(post(
+            Some("text/plain"),
+            br#"{"name": "a", "argv": ["x"]}"#.to_vec(),
+        ))
+        .await;
     assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    let answer = app.raw(post(Some("application/json"), b"{\"name\": ".to_vec())).await;
-    assert_eq!((answer.status, answer.code()), (StatusCode::BAD_REQUEST, "malformed_request"));
+    let answer = app
+        .raw(post(Some("application/json"), b"{\"name\": ".to_vec()))
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::BAD_REQUEST, "malformed_request")
+    );
 
-    let answer = app.raw(post(Some("application/json; charset=utf-8"), br#"{"name": "a", "argv": ["x"]}"#.to_vec())).await;
+    let answer = app
+        .raw(post(
+            Some("application/json; charset=utf-8"),
+            br#"{"name": "a", "argv": ["x"]}"#.to_vec(),
+        ))
+        .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
 }

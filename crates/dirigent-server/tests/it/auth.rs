@@ -9,15 +9,38 @@ use crate::support::{ADMIN_PASSWORD, TestApp};
 #[tokio::test]
 async fn wrong_credentials_are_refused_alike() {
     let app = TestApp::new().await;
-    for (username, password) in [("admin", "wrong-password"), ("ghost", ADMIN_PASSWORD), ("admin", "")] {
+    for (username, password) in [
+        ("admin", "wrong-password"),
+        ("ghost", ADMIN_PASSWORD),
+        ("admin", ""),
+    ] {
         let answer = app
-            .send(Method::POST, "/api/v1/login", None, Some(json!({"username": username, "password": password})))
+            .send(
+                Method::POST,
+                "/api/v1/login",
+                None,
+                Some(json!({"username": username, "password": password})),
+            )
             .await;
-        assert_eq!((answer.status, answer.code()), (StatusCode::UNAUTHORIZED, "invalid_credentials"), "{username}");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            "{username}"
+        );
         assert_eq!(answer.body["message"], "wrong username or password");
     }
-    let answer = app.send(Method::POST, "/api/v1/login", None, Some(json!({"username": "admin"}))).await;
-    assert_eq!((answer.status, answer.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("password")));
+    let answer = app
+        .send(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"username": "admin"})),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("password"))
+    );
 }
 
 #[tokio::test]
@@ -26,20 +49,40 @@ async fn a_session_works_until_logout_or_expiry() {
     let token = app.admin().await;
     assert!(token.starts_with("dgs_"));
 
-    let me = app.send(Method::GET, "/api/v1/me", Some(&token), None).await;
-    assert_eq!(me.body, json!({"username": "admin", "roles": ["admin"], "credential": "session"}));
+    let me = app
+        .send(Method::GET, "/api/v1/me", Some(&token), None)
+        .await;
+    assert_eq!(
+        me.body,
+        json!({"username": "admin", "roles": ["admin"], "credential": "session"})
+    );
 
-    let answer = app.send(Method::POST, "/api/v1/logout", Some(&token), None).await;
+    let answer = app
+        .send(Method::POST, "/api/v1/logout", Some(&token), None)
+        .await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
-    let answer = app.send(Method::GET, "/api/v1/me", Some(&token), None).await;
+    let answer = app
+        .send(Method::GET, "/api/v1/me", Some(&token), None)
+        .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
 
     let token = app.admin().await;
-    app.clock.advance(SignedDuration::from_hours(12) - SignedDuration::from_secs(1));
-    assert_eq!(app.send(Method::GET, "/api/v1/me", Some(&token), None).await.status, StatusCode::OK);
+    app.clock
+        .advance(SignedDuration::from_hours(12) - SignedDuration::from_secs(1));
+    assert_eq!(
+        app.send(Method::GET, "/api/v1/me", Some(&token), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
     app.clock.advance(SignedDuration::from_secs(1));
-    let answer = app.send(Method::GET, "/api/v1/me", Some(&token), None).await;
-    assert_eq!((answer.status, answer.code()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    let answer = app
+        .send(Method::GET, "/api/v1/me", Some(&token), None)
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
 }
 
 #[tokio::test]
@@ -48,37 +91,82 @@ async fn api_tokens_are_shown_once_used_listed_and_revoked() {
     let session = app.admin().await;
 
     let created = app
-        .send(Method::POST, "/api/v1/tokens", Some(&session), Some(json!({"name": "deploy script"})))
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&session),
+            Some(json!({"name": "deploy script"})),
+        )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     let secret = created.body["token"].as_str().unwrap().to_owned();
     let id = created.body["id"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("dgt_"));
 
-    let again = app.send(Method::POST, "/api/v1/tokens", Some(&session), Some(json!({"name": "deploy script"}))).await;
-    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "token_exists"));
+    let again = app
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&session),
+            Some(json!({"name": "deploy script"})),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.code()),
+        (StatusCode::CONFLICT, "token_exists")
+    );
 
-    let me = app.send(Method::GET, "/api/v1/me", Some(&secret), None).await;
+    let me = app
+        .send(Method::GET, "/api/v1/me", Some(&secret), None)
+        .await;
     assert_eq!(me.body["credential"], "api_token");
-    let robots = app.send(Method::GET, "/api/v1/robots", Some(&secret), None).await;
+    let robots = app
+        .send(Method::GET, "/api/v1/robots", Some(&secret), None)
+        .await;
     assert_eq!(robots.status, StatusCode::OK);
 
-    let listed = app.send(Method::GET, "/api/v1/tokens", Some(&session), None).await;
+    let listed = app
+        .send(Method::GET, "/api/v1/tokens", Some(&session), None)
+        .await;
     let listed = listed.body.as_array().unwrap().clone();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["name"], "deploy script");
     assert_eq!(listed[0]["last_used_at"], "2027-01-15T08:00:00Z");
-    assert!(listed[0].get("token").is_none(), "the secret is never listed");
+    assert!(
+        listed[0].get("token").is_none(),
+        "the secret is never listed"
+    );
 
-    let logout = app.send(Method::POST, "/api/v1/logout", Some(&secret), None).await;
+    let logout = app
+        .send(Method::POST, "/api/v1/logout", Some(&secret), None)
+        .await;
     assert_eq!(logout.status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let revoked = app.send(Method::DELETE, &format!("/api/v1/tokens/{id}"), Some(&session), None).await;
+    let revoked = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            Some(&session),
+            None,
+        )
+        .await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT);
-    let refused = app.send(Method::GET, "/api/v1/me", Some(&secret), None).await;
+    let refused = app
+        .send(Method::GET, "/api/v1/me", Some(&secret), None)
+        .await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-    let twice = app.send(Method::DELETE, &format!("/api/v1/tokens/{id}"), Some(&session), None).await;
-    assert_eq!((twice.status, twice.code()), (StatusCode::NOT_FOUND, "token_not_found"));
+    let twice = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            Some(&session),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (twice.status, twice.code()),
+        (StatusCode::NOT_FOUND, "token_not_found")
+    );
 }
 
 #[tokio::test]
@@ -86,19 +174,52 @@ async fn expiring_tokens_stop_working_on_time() {
     let app = TestApp::new().await;
     let session = app.admin().await;
     let past = app
-        .send(Method::POST, "/api/v1/tokens", Some(&session), Some(json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"})))
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&session),
+            Some(json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"})),
+        )
         .await;
-    assert_eq!((past.status, past.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("expires_at")));
-    let blank = app.send(Method::POST, "/api/v1/tokens", Some(&session), Some(json!({"name": "  "}))).await;
-    assert_eq!((blank.status, blank.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("name")));
+    assert_eq!(
+        (past.status, past.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("expires_at"))
+    );
+    let blank = app
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&session),
+            Some(json!({"name": "  "})),
+        )
+        .await;
+    assert_eq!(
+        (blank.status, blank.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name"))
+    );
 
     let created = app
-        .send(Method::POST, "/api/v1/tokens", Some(&session), Some(json!({"name": "ci", "expires_at": "2027-01-15T09:00:00Z"})))
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&session),
+            Some(json!({"name": "ci", "expires_at": "2027-01-15T09:00:00Z"})),
+        )
         .await;
     let secret = created.body["token"].as_str().unwrap().to_owned();
-    assert_eq!(app.send(Method::GET, "/api/v1/me", Some(&secret), None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.send(Method::GET, "/api/v1/me", Some(&secret), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
     app.clock.advance(SignedDuration::from_hours(1));
-    assert_eq!(app.send(Method::GET, "/api/v1/me", Some(&secret), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.send(Method::GET, "/api/v1/me", Some(&secret), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -106,11 +227,27 @@ async fn users_see_only_their_own_tokens() {
     let app = TestApp::new().await;
     let admin = app.admin().await;
     let vera = app.user_with_roles("vera", &["viewer"]).await;
-    let created = app.send(Method::POST, "/api/v1/tokens", Some(&admin), Some(json!({"name": "a"}))).await;
+    let created = app
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&admin),
+            Some(json!({"name": "a"})),
+        )
+        .await;
     let id = created.body["id"].as_str().unwrap();
 
-    let listed = app.send(Method::GET, "/api/v1/tokens", Some(&vera), None).await;
+    let listed = app
+        .send(Method::GET, "/api/v1/tokens", Some(&vera), None)
+        .await;
     assert_eq!(listed.body, json!([]));
-    let revoke = app.send(Method::DELETE, &format!("/api/v1/tokens/{id}"), Some(&vera), None).await;
+    let revoke = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            Some(&vera),
+            None,
+        )
+        .await;
     assert_eq!(revoke.status, StatusCode::NOT_FOUND);
 }

@@ -1,6 +1,13 @@
 //! The server's integration tests: the API in process through `Router::oneshot`, and real
 //! sockets where starting and stopping matter.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a failed test should panic"
+)]
+
 mod api_contract;
 mod auth;
 mod robots;

@@ -55,15 +55,34 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("dirigent.db").display());
         let store = Store::open(&url).await.unwrap();
-        let clock = Arc::new(ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap()));
+        let clock = Arc::new(ManualClock::new(
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        ));
         let config = config(url);
-        dirigent_server::auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await.unwrap();
-        let state = AppState { store: store.clone(), clock: clock.clone(), config: Arc::new(config) };
-        TestApp { router: dirigent_server::app(state), clock, store, _dir: dir }
+        dirigent_server::auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now())
+            .await
+            .unwrap();
+        let state = AppState {
+            store: store.clone(),
+            clock: clock.clone(),
+            config: Arc::new(config),
+        };
+        TestApp {
+            router: dirigent_server::app(state),
+            clock,
+            store,
+            _dir: dir,
+        }
     }
 
     /// Sends a request; `body` is sent as JSON when given.
-    pub(crate) async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -81,14 +100,29 @@ impl TestApp {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        Answer { status, headers, body }
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub(crate) async fn login(&self, username: &str, password: &str) -> String {
         let answer = self
-            .send(Method::POST, "/api/v1/login", None, Some(json!({"username": username, "password": password})))
+            .send(
+                Method::POST,
+                "/api/v1/login",
+                None,
+                Some(json!({"username": username, "password": password})),
+            )
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
         answer.body["token"].as_str().unwrap().to_owned()
@@ -102,7 +136,10 @@ impl TestApp {
     pub(crate) async fn user_with_roles(&self, username: &str, roles: &[&str]) -> String {
         let hash = dirigent_server::auth::secrets::hash_password("user-password-1").unwrap();
         let roles: Vec<String> = roles.iter().map(|role| (*role).to_owned()).collect();
-        self.store.insert_user(username, &hash, &roles, self.clock.now()).await.unwrap();
+        self.store
+            .insert_user(username, &hash, &roles, self.clock.now())
+            .await
+            .unwrap();
         self.login(username, "user-password-1").await
     }
 }

@@ -15,43 +15,88 @@ fn roles(names: &[&str]) -> Vec<String> {
 
 store_test!(first_user_is_created_once, |store| {
     assert!(!store.has_users().await.unwrap());
-    assert!(store.create_first_user("admin", "hash-1", &roles(&["admin"]), at(0)).await.unwrap());
-    assert!(!store.create_first_user("admin", "hash-2", &roles(&["admin"]), at(1)).await.unwrap());
-    assert!(!store.create_first_user("other", "hash-3", &roles(&["admin"]), at(1)).await.unwrap());
+    assert!(
+        store
+            .create_first_user("admin", "hash-1", &roles(&["admin"]), at(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_first_user("admin", "hash-2", &roles(&["admin"]), at(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_first_user("other", "hash-3", &roles(&["admin"]), at(1))
+            .await
+            .unwrap()
+    );
     assert!(store.has_users().await.unwrap());
     let record = store.login_record("admin").await.unwrap();
     assert_eq!(record.password_hash, "hash-1");
     assert_eq!(record.roles, ["admin"]);
     assert!(!record.disabled);
-    assert!(matches!(store.login_record("other").await.unwrap_err(), StoreError::NotFound));
+    assert!(matches!(
+        store.login_record("other").await.unwrap_err(),
+        StoreError::NotFound
+    ));
 });
 
 store_test!(sessions_story, |store| {
-    let alice = store.insert_user("alice", "h", &roles(&["viewer", "operator"]), at(0)).await.unwrap();
-    let err = store.insert_user("alice", "h", &roles(&[]), at(0)).await.unwrap_err();
+    let alice = store
+        .insert_user("alice", "h", &roles(&["viewer", "operator"]), at(0))
+        .await
+        .unwrap();
+    let err = store
+        .insert_user("alice", "h", &roles(&[]), at(0))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict), "{err}");
 
-    store.insert_session(alice, "digest-a", at(1), at(100)).await.unwrap();
+    store
+        .insert_session(alice, "digest-a", at(1), at(100))
+        .await
+        .unwrap();
     let credential = store.session_credential("digest-a").await.unwrap();
     assert_eq!(credential.user_id, alice);
     assert_eq!(credential.username, "alice");
     assert_eq!(credential.roles, ["viewer", "operator"]);
     assert_eq!(credential.kind, CredentialKind::Session);
     assert_eq!(credential.expires_at, Some(at(100)));
-    assert!(matches!(store.session_credential("digest-b").await.unwrap_err(), StoreError::NotFound));
+    assert!(matches!(
+        store.session_credential("digest-b").await.unwrap_err(),
+        StoreError::NotFound
+    ));
 
-    store.insert_session(alice, "digest-old", at(1), at(50)).await.unwrap();
+    store
+        .insert_session(alice, "digest-old", at(1), at(50))
+        .await
+        .unwrap();
     assert_eq!(store.delete_expired_sessions(at(60)).await.unwrap(), 1);
     assert!(store.session_credential("digest-a").await.is_ok());
 
     store.delete_session("digest-a").await.unwrap();
-    assert!(matches!(store.session_credential("digest-a").await.unwrap_err(), StoreError::NotFound));
-    assert!(matches!(store.delete_session("digest-a").await.unwrap_err(), StoreError::NotFound));
+    assert!(matches!(
+        store.session_credential("digest-a").await.unwrap_err(),
+        StoreError::NotFound
+    ));
+    assert!(matches!(
+        store.delete_session("digest-a").await.unwrap_err(),
+        StoreError::NotFound
+    ));
 });
 
 store_test!(api_tokens_story, |store| {
-    let bob = store.insert_user("bob", "h", &roles(&["developer"]), at(0)).await.unwrap();
-    let carol = store.insert_user("carol", "h", &roles(&["viewer"]), at(0)).await.unwrap();
+    let bob = store
+        .insert_user("bob", "h", &roles(&["developer"]), at(0))
+        .await
+        .unwrap();
+    let carol = store
+        .insert_user("carol", "h", &roles(&["viewer"]), at(0))
+        .await
+        .unwrap();
     let token = |id: &str, name: &str, expires_at| NewApiToken {
         id: id.to_owned(),
         name: name.to_owned(),
@@ -59,11 +104,26 @@ store_test!(api_tokens_story, |store| {
         expires_at,
     };
 
-    store.insert_api_token(bob, &token("t1", "ci", None), at(1)).await.unwrap();
-    store.insert_api_token(bob, &token("t2", "deploy", Some(at(500))), at(2)).await.unwrap();
-    let err = store.insert_api_token(bob, &token("t3", "ci", None), at(3)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict), "a live name is unique per user: {err}");
-    store.insert_api_token(carol, &token("t4", "ci", None), at(3)).await.unwrap();
+    store
+        .insert_api_token(bob, &token("t1", "ci", None), at(1))
+        .await
+        .unwrap();
+    store
+        .insert_api_token(bob, &token("t2", "deploy", Some(at(500))), at(2))
+        .await
+        .unwrap();
+    let err = store
+        .insert_api_token(bob, &token("t3", "ci", None), at(3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict),
+        "a live name is unique per user: {err}"
+    );
+    store
+        .insert_api_token(carol, &token("t4", "ci", None), at(3))
+        .await
+        .unwrap();
 
     let listed = store.api_tokens(bob).await.unwrap();
     let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
@@ -72,16 +132,41 @@ store_test!(api_tokens_story, |store| {
 
     let credential = store.api_token_credential("digest-t1").await.unwrap();
     assert_eq!(credential.username, "bob");
-    assert_eq!(credential.kind, CredentialKind::ApiToken { id: "t1".into() });
+    assert_eq!(
+        credential.kind,
+        CredentialKind::ApiToken { id: "t1".into() }
+    );
     assert_eq!(credential.last_used_at, None);
     store.touch_api_token("t1", at(7)).await.unwrap();
-    assert_eq!(store.api_token_credential("digest-t1").await.unwrap().last_used_at, Some(at(7)));
+    assert_eq!(
+        store
+            .api_token_credential("digest-t1")
+            .await
+            .unwrap()
+            .last_used_at,
+        Some(at(7))
+    );
 
-    let err = store.revoke_api_token(carol, "t1", at(8)).await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound), "only the owner revokes: {err}");
+    let err = store
+        .revoke_api_token(carol, "t1", at(8))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound),
+        "only the owner revokes: {err}"
+    );
     store.revoke_api_token(bob, "t1", at(8)).await.unwrap();
-    assert!(matches!(store.api_token_credential("digest-t1").await.unwrap_err(), StoreError::NotFound));
-    assert!(matches!(store.revoke_api_token(bob, "t1", at(9)).await.unwrap_err(), StoreError::NotFound));
-    store.insert_api_token(bob, &token("t5", "ci", None), at(10)).await.unwrap();
+    assert!(matches!(
+        store.api_token_credential("digest-t1").await.unwrap_err(),
+        StoreError::NotFound
+    ));
+    assert!(matches!(
+        store.revoke_api_token(bob, "t1", at(9)).await.unwrap_err(),
+        StoreError::NotFound
+    ));
+    store
+        .insert_api_token(bob, &token("t5", "ci", None), at(10))
+        .await
+        .unwrap();
     assert_eq!(store.api_tokens(bob).await.unwrap().len(), 2);
 });

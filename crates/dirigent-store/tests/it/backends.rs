@@ -73,10 +73,13 @@ impl FreshSchema {
 
     pub(crate) async fn drop(self) {
         let mut conn = admin_connection().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.name)))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 }
 
@@ -94,7 +97,10 @@ async fn sqlite_file_is_created_in_wal_mode() {
     assert_eq!(store.backend_kind(), BackendKind::Sqlite);
     store.ping().await.unwrap();
     assert!(dir.path().join("dirigent.db").exists());
-    assert!(dir.path().join("dirigent.db-wal").exists(), "WAL journal expected");
+    assert!(
+        dir.path().join("dirigent.db-wal").exists(),
+        "WAL journal expected"
+    );
 }
 
 #[tokio::test]
@@ -129,8 +135,12 @@ async fn nodes_starting_together_on_one_postgres_do_not_race() {
 async fn bad_urls_are_refused_with_a_reason() {
     let err = Store::open("mysql://localhost/x").await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidUrl(_)), "{err}");
-    let err = Store::open("postgres://postgres@127.0.0.1:1/test").await.unwrap_err();
+    let err = Store::open("postgres://postgres@127.0.0.1:1/test")
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Connect(_)), "{err}");
-    let err = Store::open("sqlite:///nonexistent-dir/sub/dirigent.db").await.unwrap_err();
+    let err = Store::open("sqlite:///nonexistent-dir/sub/dirigent.db")
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Connect(_)), "{err}");
 }

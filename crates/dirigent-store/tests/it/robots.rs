@@ -28,17 +28,31 @@ fn at(seconds: i64) -> Timestamp {
 store_test!(robot_story, |store| {
     assert!(store.robots().await.unwrap().is_empty());
 
-    let created = store.insert_robot(&definition("invoices"), at(0)).await.unwrap();
-    store.insert_robot(&definition("archive"), at(1)).await.unwrap();
-    let err = store.insert_robot(&definition("invoices"), at(2)).await.unwrap_err();
+    let created = store
+        .insert_robot(&definition("invoices"), at(0))
+        .await
+        .unwrap();
+    store
+        .insert_robot(&definition("archive"), at(1))
+        .await
+        .unwrap();
+    let err = store
+        .insert_robot(&definition("invoices"), at(2))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict), "{err}");
 
     let read = store.robot("invoices").await.unwrap();
     assert_eq!(read, created);
     assert_eq!(read.created_at, at(0));
 
-    let names: Vec<String> =
-        store.robots().await.unwrap().into_iter().map(|r| r.definition.name.to_string()).collect();
+    let names: Vec<String> = store
+        .robots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.definition.name.to_string())
+        .collect();
     assert_eq!(names, ["archive", "invoices"]);
 
     let mut changed = definition("invoices");
@@ -50,11 +64,20 @@ store_test!(robot_story, |store| {
     assert_eq!(replaced.updated_at, at(10));
     assert_eq!(store.robot("invoices").await.unwrap(), replaced);
 
-    let err = store.replace_robot(&definition("missing"), at(11)).await.unwrap_err();
+    let err = store
+        .replace_robot(&definition("missing"), at(11))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err}");
 
     store.delete_robot("invoices").await.unwrap();
-    assert!(matches!(store.robot("invoices").await.unwrap_err(), StoreError::NotFound));
-    assert!(matches!(store.delete_robot("invoices").await.unwrap_err(), StoreError::NotFound));
+    assert!(matches!(
+        store.robot("invoices").await.unwrap_err(),
+        StoreError::NotFound
+    ));
+    assert!(matches!(
+        store.delete_robot("invoices").await.unwrap_err(),
+        StoreError::NotFound
+    ));
     assert_eq!(store.robots().await.unwrap().len(), 1);
 });

@@ -1,0 +1,111 @@
+//! The CLI verbs: each builds a [`Client`] from flags, environment and the kept session,
+//! calls the API and prints a table for people or, with `--json`, JSON for scripts.
+//!
+//! Exit codes: 0 done, 1 failed, 2 bad usage, 3 not logged in or not allowed, 4 not found,
+//! 5 conflict (exists already), 6 invalid input, 7 server unreachable.
+
+pub(crate) mod robot;
+pub(crate) mod session;
+pub(crate) mod token;
+
+use anyhow::Context;
+use clap::Args;
+use dirigent_client::{Client, ClientError};
+use serde::Serialize;
+
+/// Where the server is and who is calling; shared by every client verb.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClientArgs {
+    /// Server URL [default: the one logged in to, else http://127.0.0.1:8420].
+    #[arg(long, env = "DIRIGENT_URL", global = true)]
+    url: Option<String>,
+    /// A session or API token [default: the one kept by `dirigent login`].
+    #[arg(long, env = "DIRIGENT_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:8420";
+
+impl ClientArgs {
+    /// The server URL to use: the flag or environment, else the kept session's, else the
+    /// default.
+    pub(crate) fn url(&self) -> String {
+        self.url
+            .clone()
+            .or_else(|| session::Kept::load().ok().flatten().map(|kept| kept.url))
+            .unwrap_or_else(|| DEFAULT_URL.to_owned())
+    }
+
+    /// A client with the token from the flag or environment, else the kept session's token
+    /// for this URL.
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
+        let url = self.url();
+        let token = match &self.token {
+            Some(token) => Some(token.clone()),
+            None => session::Kept::load()?
+                .filter(|kept| kept.url == url)
+                .map(|kept| kept.token),
+        };
+        Ok(Client::new(&url, token)?)
+    }
+}
+
+/// The exit code for an error: see the module documentation.
+pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { status, .. }) => match status.as_u16() {
+            401 | 403 => 3,
+            404 => 4,
+            409 => 5,
+            400 | 413 | 415 | 422 => 6,
+            _ => 1,
+        },
+        Some(ClientError::Unreachable { .. }) => 7,
+        Some(ClientError::InvalidUrl { .. }) => 6,
+        _ => 1,
+    }
+}
+
+/// Adds what a person needs to know to an API error: how to log in.
+pub(crate) fn explain(err: ClientError) -> anyhow::Error {
+    match err {
+        ClientError::Api { status, mut body } if status.as_u16() == 401 => {
+            body.message = format!(
+                "{} (log in with `dirigent login`, or set DIRIGENT_TOKEN)",
+                body.message
+            );
+            anyhow::Error::new(ClientError::Api { status, body })
+        }
+        err => anyhow::Error::new(err),
+    }
+}
+
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("rendering JSON")?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let render = |cells: &mut dyn Iterator<Item = &str>| {
+        let line: Vec<String> = cells
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    };
+    render(&mut header.iter().copied());
+    for row in rows {
+        render(&mut row.iter().map(String::as_str));
+    }
+}

@@ -1,0 +1,266 @@
+//! The CLI against a real server: the newcomer's tour, files, tokens and exit codes.
+
+use crate::support::{ServerProcess, fails, ok, run, run_with_input};
+
+const PASSWORD: &str = "tour-password-1";
+
+fn logged_in_server() -> ServerProcess {
+    let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
+    let login = server.cli(&[
+        "login",
+        "--url",
+        &server.url,
+        "--username",
+        "admin",
+        "--password-stdin",
+    ]);
+    ok(run_with_input(login, &format!("{PASSWORD}\n")));
+    server
+}
+
+#[test]
+fn the_tour_creates_shows_updates_and_removes_a_robot() {
+    let server = logged_in_server();
+    let cli = |args: &[&str]| run(server.cli(args));
+
+    let created = ok(cli(&[
+        "robot",
+        "create",
+        "hello",
+        "--env",
+        "GREETING=hi",
+        "--max-duration",
+        "60",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING",
+    ]));
+    assert!(
+        created.contains("command          sh -c 'echo $GREETING'"),
+        "{created}"
+    );
+    assert!(created.contains("max duration     60 s"), "{created}");
+
+    let listed = ok(cli(&["robot", "ls"]));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "AGENT", "PARALLEL", "RESTART", "COMMAND"]
+    );
+    assert!(lines[1].starts_with("hello  any"), "{listed}");
+
+    let updated = ok(cli(&[
+        "robot",
+        "update",
+        "hello",
+        "--max-parallel",
+        "4",
+        "--unset-env",
+        "GREETING",
+        "--no-max-duration",
+        "--restart-policy",
+        "on-failure",
+    ]));
+    assert!(updated.contains("max parallel     4"), "{updated}");
+    assert!(updated.contains("env              (none)"), "{updated}");
+    assert!(updated.contains("max duration     none"), "{updated}");
+    assert!(updated.contains("restart policy   on_failure"), "{updated}");
+    assert!(
+        updated.contains("command          sh -c 'echo $GREETING'"),
+        "flags leave other fields alone: {updated}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(cli(&["robot", "show", "hello", "--json"]))).unwrap();
+    assert_eq!(json["max_parallel"], 4);
+
+    ok(cli(&["robot", "rm", "hello"]));
+    fails(
+        cli(&["robot", "show", "hello"]),
+        4,
+        "no robot named \"hello\"",
+    );
+    assert_eq!(ok(cli(&["robot", "ls", "--json"])).trim(), "[]");
+}
+
+#[test]
+fn robots_come_from_toml_and_json_files() {
+    let server = logged_in_server();
+    let dir = server.dir.path();
+    std::fs::write(
+        dir.join("invoices.toml"),
+        "name = \"invoices\"\nargv = [\"python3\", \"-u\", \"invoices.py\"]\nagent = \"os=linux\"\nrestart_policy = \"always\"\n\n[crash_loop]\nmax_starts = 2\nwindow_seconds = 30\n",
+    )
+    .unwrap();
+    let created = ok(run(server.cli(&[
+        "robot",
+        "create",
+        "--file",
+        "invoices.toml",
+        "--max-parallel",
+        "2",
+    ])));
+    assert!(created.contains("agent            os=linux"), "{created}");
+    assert!(
+        created.contains("max parallel     2"),
+        "flags win over the file: {created}"
+    );
+    assert!(
+        created.contains("crash loop       more than 2 starts in 30 s"),
+        "{created}"
+    );
+
+    std::fs::write(
+        dir.join("replace.json"),
+        r#"{"argv": ["python3", "v2.py"], "description": "second version"}"#,
+    )
+    .unwrap();
+    let updated = ok(run(server.cli(&[
+        "robot",
+        "update",
+        "invoices",
+        "--file",
+        "replace.json",
+    ])));
+    assert!(
+        updated.contains("description      second version"),
+        "{updated}"
+    );
+    assert!(
+        updated.contains("agent            any"),
+        "a file replaces the whole definition: {updated}"
+    );
+
+    std::fs::write(
+        dir.join("typo.toml"),
+        "name = \"x\"\nargv = [\"a\"]\nmax_paralel = 2\n",
+    )
+    .unwrap();
+    fails(
+        run(server.cli(&["robot", "create", "--file", "typo.toml"])),
+        1,
+        "unknown field `max_paralel`",
+    );
+}
+
+#[test]
+fn errors_have_readable_messages_and_distinct_exit_codes() {
+    let server = logged_in_server();
+    let cli = |args: &[&str]| run(server.cli(args));
+    ok(cli(&["robot", "create", "dup", "--", "true"]));
+    fails(
+        cli(&["robot", "create", "dup", "--", "true"]),
+        5,
+        "a robot named \"dup\" exists already",
+    );
+    fails(
+        cli(&["robot", "create", "Bad", "--", "true"]),
+        6,
+        "name: must start with a lowercase letter or a digit",
+    );
+    fails(
+        cli(&[
+            "robot",
+            "create",
+            "ok",
+            "--working-dir",
+            "rel",
+            "--",
+            "true",
+        ]),
+        6,
+        "working_dir: must be an absolute path",
+    );
+    fails(
+        cli(&["robot", "create", "noargv"]),
+        1,
+        "give the program to run after `--`",
+    );
+    fails(
+        cli(&["robot", "create", "x", "--env", "NOEQUALS", "--", "true"]),
+        1,
+        "--env takes KEY=VALUE",
+    );
+    fails(
+        cli(&["robot", "show", "../../etc"]),
+        4,
+        "no robot named \"../../etc\"",
+    );
+    fails(
+        cli(&["robot", "ls", "--token", "dgt_wrong"]),
+        3,
+        "log in with `dirigent login`",
+    );
+    fails(
+        cli(&["robot", "ls", "--url", "http://127.0.0.1:1"]),
+        7,
+        "cannot reach the server at http://127.0.0.1:1",
+    );
+    fails(
+        cli(&["robot", "ls", "--url", "ftp://x"]),
+        6,
+        "must start with http:// or https://",
+    );
+    let usage = cli(&["robot", "frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let login = server.cli(&[
+        "login",
+        "--url",
+        &server.url,
+        "--username",
+        "admin",
+        "--password-stdin",
+    ]);
+    fails(
+        run_with_input(login, "wrong-password\n"),
+        3,
+        "wrong username or password",
+    );
+}
+
+#[test]
+fn api_tokens_work_from_the_environment_and_can_be_revoked() {
+    let server = logged_in_server();
+    let secret = ok(run(server.cli(&[
+        "token",
+        "create",
+        "ci",
+        "--expires-in",
+        "30d",
+    ])))
+    .trim()
+    .to_owned();
+    assert!(secret.starts_with("dgt_"), "{secret}");
+    let listed = ok(run(server.cli(&["token", "ls"])));
+    assert!(listed.lines().nth(1).unwrap().contains(" ci "), "{listed}");
+    let id = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    ok(run(server.cli(&["logout"])));
+    fails(
+        run(server.cli(&["robot", "ls", "--url", &server.url])),
+        3,
+        "authentication required",
+    );
+
+    let mut with_token = server.cli(&["whoami", "--json", "--url", &server.url]);
+    with_token.env("DIRIGENT_TOKEN", &secret);
+    assert!(ok(run(with_token)).contains("\"credential\": \"api_token\""));
+
+    let mut revoke = server.cli(&["token", "revoke", &id, "--url", &server.url]);
+    revoke.env("DIRIGENT_TOKEN", &secret);
+    ok(run(revoke));
+    let mut refused = server.cli(&["robot", "ls", "--url", &server.url]);
+    refused.env("DIRIGENT_TOKEN", &secret);
+    fails(run(refused), 3, "unknown, expired or revoked");
+    let usage = run(server.cli(&["token", "create", "x", "--expires-in", "5y"]));
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(crate::support::stderr(&usage).contains("the unit must be d, h, m or s"));
+}

@@ -1,0 +1,159 @@
+//! Running the `dirigent` binary: a server process on 127.0.0.1:0 and CLI invocations with
+//! their own config directory.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_dirigent");
+
+/// A command of the binary with a clean environment of Dirigent variables.
+pub(crate) fn dirigent(config_dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    for var in [
+        "DIRIGENT_URL",
+        "DIRIGENT_TOKEN",
+        "DIRIGENT_LISTEN",
+        "DIRIGENT_DATA",
+        "DIRIGENT_DATABASE_URL",
+        "DIRIGENT_ADMIN_PASSWORD",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("DIRIGENT_CONFIG_DIR", config_dir)
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// A `dirigent serve` process, stopped with SIGTERM when dropped.
+pub(crate) struct ServerProcess {
+    child: Child,
+    pub(crate) url: String,
+    pub(crate) first_output: Vec<String>,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `dirigent serve` in a fresh directory with extra arguments and environment,
+    /// and reads what it prints up to its banner, which names the address and comes last.
+    pub(crate) fn start(extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = dirigent(&dir.path().join("config"))
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first_output = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert_ne!(
+                stdout.read_line(&mut line).unwrap(),
+                0,
+                "the server exited: {first_output:?}"
+            );
+            first_output.push(line.trim_end().to_owned());
+            if line.contains(" listening on ") {
+                break;
+            }
+        }
+        let banner = first_output.last().unwrap();
+        let url = banner
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first_output:?}"))
+            .to_owned();
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        ServerProcess {
+            child,
+            url,
+            first_output,
+            dir,
+        }
+    }
+
+    pub(crate) fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// A CLI command aimed at this server.
+    pub(crate) fn cli(&self, args: &[&str]) -> Command {
+        let mut command = dirigent(&self.config_dir());
+        command.current_dir(self.dir.path()).args(args);
+        command
+    }
+
+    /// Stops the server with SIGTERM and answers its exit status and standard error.
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let status = self.child.wait().unwrap();
+        (status, stderr)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command with `input` on standard input.
+pub(crate) fn run_with_input(mut command: Command, input: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub(crate) fn run(mut command: Command) -> Output {
+    command.stdin(Stdio::null()).output().unwrap()
+}
+
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the command succeeded and answers its standard output.
+#[track_caller]
+pub(crate) fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed with {:?}: {}",
+        output.status,
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Asserts the command failed with `code` and a message containing `message`.
+#[track_caller]
+pub(crate) fn fails(output: Output, code: i32, message: &str) {
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(message), "expected {message:?} in: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
