@@ -5,7 +5,9 @@
 //! testable with plain values and lets every caller (server, store, tests) share them.
 
 pub mod access;
+pub mod agent;
 pub mod robot;
+pub mod run;
 pub mod user;
 
 use std::fmt;

@@ -208,10 +208,39 @@ pub struct RobotDefinition {
     pub needs_display: bool,
 }
 
+/// Who drives a robot: automation (restart policy, triggers) or an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RobotMode {
+    /// Automation acts on the robot.
+    Auto,
+    /// An operator took control; automation leaves the robot alone until switched back.
+    Manual,
+}
+
+impl RobotMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RobotMode::Auto => "auto",
+            RobotMode::Manual => "manual",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RobotMode> {
+        match text {
+            "auto" => Some(RobotMode::Auto),
+            "manual" => Some(RobotMode::Manual),
+            _ => None,
+        }
+    }
+}
+
 /// A stored robot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Robot {
     pub definition: RobotDefinition,
+    pub mode: RobotMode,
+    /// Why the robot is in its mode (who switched it, or which rule).
+    pub mode_reason: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

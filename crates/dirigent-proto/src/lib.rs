@@ -5,6 +5,9 @@
 //! Domain types never derive `Serialize`: the server converts them to and from these types at
 //! the edge.
 
+pub mod agent;
 pub mod auth;
 pub mod error;
+pub mod link;
 pub mod robot;
+pub mod run;

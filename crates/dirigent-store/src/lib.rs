@@ -11,7 +11,9 @@
 //! Acknowledged writes are durable: WAL with `synchronous=FULL`.
 
 mod accounts;
+mod agents;
 mod robots;
+mod runs;
 
 use std::{str::FromStr, time::Duration};
 
@@ -23,6 +25,8 @@ use sqlx::{
 };
 
 pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToken, UserId};
+pub use agents::AgentFacts;
+pub use runs::{OutputLine, RunQuery};
 
 /// What can go wrong in the store, in terms a caller can act on.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use dirigent_domain::robot::{
-    AgentSelector, CrashLoopGuard, RestartBackoff, RestartPolicy, Robot, RobotDefinition, RobotName,
+    AgentSelector, CrashLoopGuard, RestartBackoff, RestartPolicy, Robot, RobotDefinition, RobotMode,
+    RobotName,
 };
 use jiff::Timestamp;
 
@@ -60,6 +61,8 @@ struct RobotRow {
     needs_display: bool,
     created_at: i64,
     updated_at: i64,
+    mode: String,
+    mode_reason: Option<String>,
 }
 
 impl Store {
@@ -87,6 +90,8 @@ impl Store {
         })?;
         Ok(Robot {
             definition: robot.clone(),
+            mode: RobotMode::Auto,
+            mode_reason: None,
             created_at: now,
             updated_at: now,
         })
@@ -99,35 +104,52 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<Robot> {
         let encoded = Encoded::new(robot)?;
-        let created_at: i64 = dispatch!(self, writer, pool => {
+        let n_rows: u64 = dispatch!(self, writer, pool => {
             bind_definition!(
-                sqlx::query_scalar(
+                sqlx::query(
                     "UPDATE robots SET description = $2, argv = $3, working_dir = $4, env = $5, \
                      agent = $6, max_parallel = $7, stop_grace_seconds = $8, \
                      max_duration_seconds = $9, restart_policy = $10, \
                      restart_backoff_initial_seconds = $11, restart_backoff_max_seconds = $12, \
                      crash_loop_max_starts = $13, crash_loop_window_seconds = $14, \
                      needs_display = $15, updated_at = $16 \
-                     WHERE name = $1 RETURNING created_at",
+                     WHERE name = $1",
                 ),
                 robot,
                 encoded
             )
             .bind(to_millis(now))
-            .fetch_one(pool)
+            .execute(pool)
             .await
+            .map(|done| done.rows_affected())
         })?;
-        Ok(Robot {
-            definition: robot.clone(),
-            created_at: from_millis("created_at", created_at)?,
-            updated_at: now,
-        })
+        if n_rows == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.robot(robot.name.as_str()).await
+    }
+
+    /// Switches a robot to `mode`, recording why; `NotFound` when there is no such robot.
+    pub async fn set_robot_mode(&self, name: &str, mode: RobotMode, reason: &str) -> StoreResult<()> {
+        let n_rows: u64 = dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE robots SET mode = $2, mode_reason = $3 WHERE name = $1")
+                .bind(name)
+                .bind(mode.as_str())
+                .bind(reason)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        if n_rows == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     /// The robot named `name`; `NotFound` when there is none.
     pub async fn robot(&self, name: &str) -> StoreResult<Robot> {
         let row: RobotRow = dispatch!(self, reader, pool => {
-            sqlx::query_as(concat!("SELECT ", columns!(), " FROM robots WHERE name = $1"))
+            sqlx::query_as(concat!("SELECT ", columns!(), ", mode, mode_reason FROM robots WHERE name = $1"))
                 .bind(name)
                 .fetch_one(pool)
                 .await
@@ -138,7 +160,7 @@ impl Store {
     /// Every robot, ordered by name.
     pub async fn robots(&self) -> StoreResult<Vec<Robot>> {
         let rows: Vec<RobotRow> = dispatch!(self, reader, pool => {
-            sqlx::query_as(concat!("SELECT ", columns!(), " FROM robots ORDER BY name"))
+            sqlx::query_as(concat!("SELECT ", columns!(), ", mode, mode_reason FROM robots ORDER BY name"))
                 .fetch_all(pool)
                 .await
         })?;
@@ -223,8 +245,11 @@ impl RobotRow {
             },
             needs_display: self.needs_display,
         };
+        let mode = RobotMode::parse(&self.mode).ok_or_else(|| corrupt("mode", &self.mode))?;
         Ok(Robot {
             definition,
+            mode,
+            mode_reason: self.mode_reason.clone(),
             created_at: from_millis("created_at", self.created_at)?,
             updated_at: from_millis("updated_at", self.updated_at)?,
         })

@@ -11,5 +11,6 @@
 )]
 
 mod accounts;
+mod agents_and_runs;
 mod backends;
 mod robots;

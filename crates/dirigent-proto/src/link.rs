@@ -1,0 +1,111 @@
+//! The agent link: the frames an agent and the server exchange over the WebSocket at
+//! `/agent/v1/connect`, as JSON text messages.
+//!
+//! Each side numbers what it sends (`id`, from 1, increasing) and the other acknowledges it.
+//! After a reconnect the sender resends what was not acknowledged, and the receiver applies
+//! only ids above the last one it applied: every event and command takes effect exactly once.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::run::Stream;
+
+/// From agent to server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentFrame {
+    /// First frame on every connection.
+    Hello(Hello),
+    Event { id: u64, event: AgentEvent },
+    /// Acknowledges the server's commands up to and including `id`.
+    Ack { id: u64 },
+    /// Sent after the resent events: the runs alive on the agent now.
+    Synced { live_runs: Vec<LiveRun> },
+}
+
+/// From server to agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Answers `Hello`: the last event id the server applied.
+    Welcome { last_event_id: u64 },
+    Command { id: u64, command: AgentCommand },
+    /// Acknowledges the agent's events up to and including `id`.
+    Ack { id: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub host: String,
+    pub os_user: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveRun {
+    pub run_id: String,
+    pub pid: u32,
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AgentCommand {
+    Start(StartSpec),
+    Pause { run_id: String },
+    Resume { run_id: String },
+    /// Safe stop: SIGTERM to the group, SIGKILL after `grace_seconds`.
+    Stop { run_id: String, grace_seconds: u32 },
+    /// Force stop: SIGKILL to the group.
+    Kill { run_id: String },
+}
+
+/// Everything an agent needs to start a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartSpec {
+    pub run_id: String,
+    pub robot: String,
+    pub argv: Vec<String>,
+    pub working_dir: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub stop_grace_seconds: u32,
+    pub max_duration_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEvent {
+    Started { run_id: String, pid: u32, at: Timestamp },
+    StartFailed { run_id: String, reason: String, at: Timestamp },
+    Paused { run_id: String, at: Timestamp },
+    Resumed { run_id: String, at: Timestamp },
+    Stopping { run_id: String, at: Timestamp },
+    Exited { run_id: String, at: Timestamp, exit_code: Option<i32>, signal: Option<i32>, ending: Ending },
+    Output { run_id: String, lines: Vec<OutputLine> },
+}
+
+/// How a run's end came about, as the agent saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// It exited by itself.
+    Natural,
+    /// It exited within the grace period of a safe stop.
+    Stopped,
+    /// It was killed: force stop, or a safe stop out of grace.
+    Killed,
+    /// Its maximum duration ran out.
+    TimedOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputLine {
+    pub seq: u64,
+    pub stream: Stream,
+    pub at: Timestamp,
+    pub text: String,
+}

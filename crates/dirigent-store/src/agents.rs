@@ -1,0 +1,274 @@
+//! Agents: enrollment, connection state, and the outbox of commands each has yet to
+//! acknowledge.
+
+use std::collections::BTreeMap;
+
+use dirigent_domain::agent::{Agent, AgentId};
+use jiff::Timestamp;
+
+use crate::{Store, StoreError, StoreResult, dispatch, from_millis_opt, to_millis};
+
+/// What an agent tells about itself when it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFacts {
+    pub host: String,
+    pub os_user: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    pub version: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct AgentRow {
+    id: i64,
+    name: String,
+    host: String,
+    os_user: String,
+    labels: String,
+    capacity: i64,
+    version: String,
+    online: bool,
+    draining: bool,
+    last_seen_at: Option<i64>,
+    active_runs: i64,
+}
+
+macro_rules! select_agents {
+    ($where:literal) => {
+        concat!(
+            "SELECT a.id, a.name, a.host, a.os_user, a.labels, a.capacity, a.version, a.online, \
+             a.draining, a.last_seen_at, \
+             (SELECT COUNT(*) FROM runs r WHERE r.agent_id = a.id \
+              AND r.state IN ('starting', 'running', 'paused', 'stopping')) AS active_runs \
+             FROM agents a ",
+            $where
+        )
+    };
+}
+
+impl Store {
+    /// Stores a one-time enrollment token (its digest) usable until `expires_at`.
+    pub async fn insert_enrollment_token(&self, token_hash: &str, now: Timestamp, expires_at: Timestamp) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query("INSERT INTO enrollment_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)")
+                .bind(token_hash)
+                .bind(to_millis(now))
+                .bind(to_millis(expires_at))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Uses up an enrollment token and enrolls an agent with a credential (its digest).
+    /// `NotFound` when the token is unknown, used or expired; `Conflict` when the name is taken.
+    pub async fn enroll_agent(&self, token_hash: &str, name: &str, credential_hash: &str, now: Timestamp) -> StoreResult<AgentId> {
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            let used = sqlx::query(
+                "UPDATE enrollment_tokens SET used_at = $2 \
+                 WHERE token_hash = $1 AND used_at IS NULL AND $2 < expires_at",
+            )
+            .bind(token_hash)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if used == 0 {
+                return Err(StoreError::NotFound);
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO agents (name, credential_hash, created_at) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(name)
+            .bind(credential_hash)
+            .bind(to_millis(now))
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(AgentId(id))
+        })
+    }
+
+    /// Creates the agent `name` with this credential, or gives the existing one this
+    /// credential: the built-in local agent's enrollment.
+    pub async fn upsert_agent_credential(&self, name: &str, credential_hash: &str, now: Timestamp) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query(
+                "INSERT INTO agents (name, credential_hash, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET credential_hash = excluded.credential_hash",
+            )
+            .bind(name)
+            .bind(credential_hash)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// The agent holding the credential with this digest; `NotFound` otherwise.
+    pub async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Agent> {
+        let row: AgentRow = dispatch!(self, reader, pool => {
+            sqlx::query_as(select_agents!("WHERE a.credential_hash = $1")).bind(credential_hash).fetch_one(pool).await
+        })?;
+        row.into_agent()
+    }
+
+    pub async fn agent(&self, name: &str) -> StoreResult<Agent> {
+        let row: AgentRow = dispatch!(self, reader, pool => {
+            sqlx::query_as(select_agents!("WHERE a.name = $1")).bind(name).fetch_one(pool).await
+        })?;
+        row.into_agent()
+    }
+
+    /// Every agent, by name.
+    pub async fn agents(&self) -> StoreResult<Vec<Agent>> {
+        let rows: Vec<AgentRow> = dispatch!(self, reader, pool => {
+            sqlx::query_as(select_agents!("ORDER BY a.name")).fetch_all(pool).await
+        })?;
+        rows.into_iter().map(AgentRow::into_agent).collect()
+    }
+
+    /// Records a connection: the agent's facts, online. Answers the last event id applied.
+    pub async fn agent_connected(&self, id: AgentId, facts: &AgentFacts, now: Timestamp) -> StoreResult<u64> {
+        let labels = serde_json::to_string(&facts.labels).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let last_event_id: i64 = dispatch!(self, writer, pool => {
+            sqlx::query_scalar(
+                "UPDATE agents SET host = $2, os_user = $3, labels = $4, capacity = $5, version = $6, \
+                 online = TRUE, last_seen_at = $7 WHERE id = $1 RETURNING last_event_id",
+            )
+            .bind(id.0)
+            .bind(&facts.host)
+            .bind(&facts.os_user)
+            .bind(&labels)
+            .bind(i64::from(facts.capacity))
+            .bind(&facts.version)
+            .bind(to_millis(now))
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(u64::try_from(last_event_id).unwrap_or(0))
+    }
+
+    /// Records that an agent was heard from at `now`, and whether it is connected.
+    pub async fn agent_seen(&self, id: AgentId, online: bool, now: Timestamp) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE agents SET online = $2, last_seen_at = $3 WHERE id = $1")
+                .bind(id.0)
+                .bind(online)
+                .bind(to_millis(now))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Marks every agent offline: at start, no connection exists yet.
+    pub async fn mark_all_agents_offline(&self) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE agents SET online = FALSE").execute(pool).await.map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    pub async fn set_agent_draining(&self, name: &str, draining: bool) -> StoreResult<()> {
+        let n_rows: u64 = dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE agents SET draining = $2 WHERE name = $1")
+                .bind(name)
+                .bind(draining)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        if n_rows == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Records that the agent's event `event_id` was applied.
+    pub async fn set_agent_last_event(&self, id: AgentId, event_id: u64) -> StoreResult<()> {
+        let event_id = i64::try_from(event_id).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE agents SET last_event_id = $2 WHERE id = $1 AND last_event_id < $2")
+                .bind(id.0)
+                .bind(event_id)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Queues a command (JSON) for an agent; answers its id, above every earlier one.
+    pub async fn queue_agent_command(&self, id: AgentId, body: &str, now: Timestamp) -> StoreResult<u64> {
+        let command_id: i64 = dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            let command_id: i64 = sqlx::query_scalar(
+                "UPDATE agents SET last_command_id = last_command_id + 1 WHERE id = $1 RETURNING last_command_id",
+            )
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO agent_commands (agent_id, id, body, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(id.0)
+                .bind(command_id)
+                .bind(body)
+                .bind(to_millis(now))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            command_id
+        });
+        Ok(u64::try_from(command_id).unwrap_or(0))
+    }
+
+    /// The commands an agent has not acknowledged, in order.
+    pub async fn pending_agent_commands(&self, id: AgentId) -> StoreResult<Vec<(u64, String)>> {
+        let rows: Vec<(i64, String)> = dispatch!(self, reader, pool => {
+            sqlx::query_as("SELECT id, body FROM agent_commands WHERE agent_id = $1 ORDER BY id")
+                .bind(id.0)
+                .fetch_all(pool)
+                .await
+        })?;
+        Ok(rows.into_iter().map(|(command_id, body)| (u64::try_from(command_id).unwrap_or(0), body)).collect())
+    }
+
+    /// Forgets the commands an agent acknowledged, up to and including `up_to`.
+    pub async fn ack_agent_commands(&self, id: AgentId, up_to: u64) -> StoreResult<()> {
+        let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+        dispatch!(self, writer, pool => {
+            sqlx::query("DELETE FROM agent_commands WHERE agent_id = $1 AND id <= $2")
+                .bind(id.0)
+                .bind(up_to)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+}
+
+impl AgentRow {
+    fn into_agent(self) -> StoreResult<Agent> {
+        let labels = serde_json::from_str(&self.labels)
+            .map_err(|err| StoreError::Corrupt(format!("agent {:?}, labels: {err}", self.name)))?;
+        Ok(Agent {
+            id: AgentId(self.id),
+            labels,
+            capacity: u32::try_from(self.capacity).unwrap_or(0),
+            online: self.online,
+            draining: self.draining,
+            last_seen_at: from_millis_opt("last_seen_at", self.last_seen_at)?,
+            active_runs: u32::try_from(self.active_runs).unwrap_or(0),
+            name: self.name,
+            host: self.host,
+            os_user: self.os_user,
+            version: self.version,
+        })
+    }
+}
