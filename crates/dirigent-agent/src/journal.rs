@@ -1,0 +1,218 @@
+//! The agent's journal: a local, durable outbox. Every event is written (and synced) here
+//! before it is sent, and stays until the server acknowledges it, so a network cut, an
+//! orchestrator restart or an agent restart loses no output line and no exit status. The
+//! journal also remembers the last command applied, so a resent command is applied once.
+//!
+//! The file holds one JSON record per line; it is rewritten compactly when it grows and
+//! everything in it has been acknowledged.
+
+use std::{
+    collections::VecDeque,
+    fs::{File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use dirigent_proto::link::AgentEvent;
+use serde::{Deserialize, Serialize};
+
+/// Rewrite the file once it is larger than this and fully acknowledged.
+const COMPACT_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Record {
+    Event { id: u64, event: AgentEvent },
+    Acked { id: u64 },
+    Applied { id: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {source}")]
+pub struct JournalError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    last_event_id: u64,
+    unacked: VecDeque<(u64, AgentEvent)>,
+    last_applied_command: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path` and reads back what it holds. A torn last
+    /// line, from a crash in the middle of a write, is ignored.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let error = |source| JournalError { path: path.to_owned(), source };
+        let mut last_event_id = 0;
+        let mut last_acked = 0;
+        let mut last_applied_command = 0;
+        let mut unacked = VecDeque::new();
+        match File::open(path) {
+            Ok(file) => {
+                for line in BufReader::new(file).lines() {
+                    let line = line.map_err(error)?;
+                    let Ok(record) = serde_json::from_str::<Record>(&line) else {
+                        tracing::warn!(path = %path.display(), "skipping an unreadable journal line");
+                        continue;
+                    };
+                    match record {
+                        Record::Event { id, event } => {
+                            last_event_id = last_event_id.max(id);
+                            unacked.push_back((id, event));
+                        }
+                        Record::Acked { id } => last_acked = last_acked.max(id),
+                        Record::Applied { id } => last_applied_command = last_applied_command.max(id),
+                    }
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(error(err)),
+        }
+        unacked.retain(|(id, _)| last_acked < *id);
+        // After a compaction only the acknowledgement remembers how far the ids went.
+        let last_event_id = last_event_id.max(last_acked);
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(error)?;
+        let bytes = file.metadata().map_err(error)?.len();
+        let mut journal = Journal { path: path.to_owned(), file, bytes, last_event_id, unacked, last_applied_command };
+        journal.compact()?;
+        Ok(journal)
+    }
+
+    /// Writes an event durably and answers its id.
+    pub fn append(&mut self, event: AgentEvent) -> Result<u64, JournalError> {
+        let id = self.last_event_id + 1;
+        let record = Record::Event { id, event };
+        self.write(&record, true)?;
+        self.last_event_id = id;
+        if let Record::Event { event, .. } = record {
+            self.unacked.push_back((id, event));
+        }
+        Ok(id)
+    }
+
+    /// The server applied every event up to `id`.
+    pub fn ack(&mut self, id: u64) -> Result<(), JournalError> {
+        let before = self.unacked.len();
+        while self.unacked.front().is_some_and(|(event_id, _)| *event_id <= id) {
+            self.unacked.pop_front();
+        }
+        if before != self.unacked.len() {
+            // Losing an ack costs a resend, which the server ignores: no need to sync.
+            self.write(&Record::Acked { id }, false)?;
+        }
+        self.compact()
+    }
+
+    /// The events not yet acknowledged, in order.
+    pub fn unacked(&self) -> impl Iterator<Item = &(u64, AgentEvent)> {
+        self.unacked.iter()
+    }
+
+    pub fn last_applied_command(&self) -> u64 {
+        self.last_applied_command
+    }
+
+    /// Records durably that the command `id` was applied.
+    pub fn applied(&mut self, id: u64) -> Result<(), JournalError> {
+        self.write(&Record::Applied { id }, true)?;
+        self.last_applied_command = id;
+        Ok(())
+    }
+
+    fn write(&mut self, record: &Record, sync: bool) -> Result<(), JournalError> {
+        let error = |source| JournalError { path: self.path.clone(), source };
+        let mut line = serde_json::to_vec(record).map_err(|err| error(err.into()))?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(error)?;
+        if sync {
+            self.file.sync_data().map_err(error)?;
+        }
+        self.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), JournalError> {
+        if !self.unacked.is_empty() || self.bytes < COMPACT_BYTES {
+            return Ok(());
+        }
+        let error = |source| JournalError { path: self.path.clone(), source };
+        let fresh = self.path.with_extension("compacting");
+        let mut file = File::create(&fresh).map_err(error)?;
+        let records = [Record::Acked { id: self.last_event_id }, Record::Applied { id: self.last_applied_command }];
+        let mut bytes = 0;
+        for record in &records {
+            let mut line = serde_json::to_vec(record).map_err(|err| error(err.into()))?;
+            line.push(b'\n');
+            file.write_all(&line).map_err(error)?;
+            bytes += line.len() as u64;
+        }
+        file.sync_all().map_err(error)?;
+        std::fs::rename(&fresh, &self.path).map_err(error)?;
+        self.file = OpenOptions::new().append(true).open(&self.path).map_err(error)?;
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use super::*;
+
+    fn paused(run_id: &str) -> AgentEvent {
+        AgentEvent::Paused { run_id: run_id.to_owned(), at: Timestamp::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn unacknowledged_events_and_the_applied_command_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut journal = Journal::open(&path).unwrap();
+        assert_eq!(journal.append(paused("a")).unwrap(), 1);
+        assert_eq!(journal.append(paused("b")).unwrap(), 2);
+        assert_eq!(journal.append(paused("c")).unwrap(), 3);
+        journal.ack(1).unwrap();
+        journal.applied(9).unwrap();
+        drop(journal);
+
+        // A crash in the middle of a write leaves a torn line.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"event\":{\"id\":4,\"ev").unwrap();
+        drop(file);
+
+        let mut journal = Journal::open(&path).unwrap();
+        let ids: Vec<u64> = journal.unacked().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [2, 3]);
+        assert_eq!(journal.last_applied_command(), 9);
+        assert_eq!(journal.append(paused("d")).unwrap(), 4, "ids continue");
+        journal.ack(4).unwrap();
+        assert_eq!(journal.unacked().count(), 0);
+    }
+
+    #[test]
+    fn a_fully_acknowledged_journal_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut journal = Journal::open(&path).unwrap();
+        let text = "x".repeat(64 * 1024);
+        let mut last = 0;
+        for _ in 0..20 {
+            let event = AgentEvent::StartFailed { run_id: "r".into(), reason: text.clone(), at: Timestamp::UNIX_EPOCH };
+            last = journal.append(event).unwrap();
+        }
+        journal.applied(5).unwrap();
+        assert!(COMPACT_BYTES < std::fs::metadata(&path).unwrap().len());
+        journal.ack(last).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 100, "compacted");
+        drop(journal);
+        let mut journal = Journal::open(&path).unwrap();
+        assert_eq!(journal.last_applied_command(), 5);
+        assert_eq!(journal.append(paused("x")).unwrap(), last + 1, "ids never repeat");
+    }
+}

@@ -1,0 +1,265 @@
+//! `dirigent agent`: runs on each robot machine, keeps a WebSocket to the orchestrator open,
+//! carries out its commands with the [`runner`](runner) and reports every event through the
+//! durable [`journal`](journal).
+//!
+//! One task owns the journal, the runner and the connection: events from the runs are
+//! journaled whether or not the server is reachable, and sent when it is. The connection is
+//! re-opened after any failure with jittered exponential backoff.
+//!
+//! **Architecture Invariant.** The agent never touches the database; it knows the server only
+//! through the link protocol (`dirigent_proto::link`) and the HTTP API.
+
+pub mod journal;
+pub mod runner;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use dirigent_proto::link::{AgentEvent, AgentFrame, Hello, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+
+use crate::{
+    journal::{Journal, JournalError},
+    runner::{Runner, RunnerConfig},
+};
+
+/// Everything `dirigent agent` needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The orchestrator's base URL, `http://host:port`.
+    pub server_url: String,
+    /// Where the credential and the journal live.
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    /// Heartbeat interval (WebSocket ping).
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+const CREDENTIAL_FILE: &str = "credential";
+const JOURNAL_FILE: &str = "journal.jsonl";
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The credential kept in the data directory, if the agent is enrolled.
+pub fn stored_credential(data_dir: &std::path::Path) -> Result<Option<String>, AgentError> {
+    match std::fs::read_to_string(data_dir.join(CREDENTIAL_FILE)) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(AgentError::Setup(format!("reading {}: {err}", data_dir.join(CREDENTIAL_FILE).display()))),
+    }
+}
+
+/// Keeps a credential in the data directory, readable by the agent's user alone.
+pub fn store_credential(data_dir: &std::path::Path, credential: &str) -> Result<(), AgentError> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let setup = |err: std::io::Error| AgentError::Setup(format!("writing the credential in {}: {err}", data_dir.display()));
+    std::fs::create_dir_all(data_dir).map_err(setup)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(data_dir.join(CREDENTIAL_FILE))
+        .map_err(setup)?;
+    file.write_all(credential.as_bytes()).map_err(setup)?;
+    file.sync_all().map_err(setup)
+}
+
+/// Runs the agent until `shutdown` resolves. Robot processes keep running after the agent
+/// stops (they are in their own process groups).
+pub async fn run(config: AgentConfig, credential: String, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|err| AgentError::Setup(format!("creating {}: {err}", config.data_dir.display())))?;
+    let mut journal = Journal::open(&config.data_dir.join(JOURNAL_FILE))?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut runner = Runner::new(RunnerConfig { server_url: config.server_url.clone() }, events_tx);
+    let mut failures: u32 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let ended = tokio::select! {
+            ended = session(&config, &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
+            () = &mut shutdown => return Ok(()),
+        };
+        match ended {
+            Ok(never) => match never {},
+            Err(SessionError::Journal(err)) => return Err(err.into()),
+            Err(SessionError::Refused(reason)) => tracing::error!(reason, "the server refused this agent"),
+            Err(SessionError::Link(reason)) => tracing::info!(reason, server = config.server_url, "not connected"),
+        }
+        failures = failures.saturating_add(1);
+        let delay = backoff(failures);
+        // While waiting, keep journaling what the runs report.
+        let wait = tokio::time::sleep(delay);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                () = &mut shutdown => return Ok(()),
+                Some(event) = events.recv() => { journal.append(event)?; }
+            }
+        }
+    }
+}
+
+/// The delay before reconnecting after `failures` failures in a row: exponential, capped,
+/// with ±50 % jitter so that a fleet does not reconnect in step.
+fn backoff(failures: u32) -> Duration {
+    let exponential = BACKOFF_FIRST.saturating_mul(1 << failures.min(16)).min(BACKOFF_MAX);
+    let jitter = getrandom::u32().unwrap_or(u32::MAX / 2);
+    exponential.mul_f64(0.5 + f64::from(jitter) / f64::from(u32::MAX))
+}
+
+enum SessionError {
+    Link(String),
+    Refused(String),
+    Journal(JournalError),
+}
+
+impl From<JournalError> for SessionError {
+    fn from(err: JournalError) -> SessionError {
+        SessionError::Journal(err)
+    }
+}
+
+fn link_error(err: impl std::fmt::Display) -> SessionError {
+    SessionError::Link(err.to_string())
+}
+
+/// One connection: hello, welcome, resend what is unacknowledged, report the live runs, then
+/// relay events and commands until the connection ends.
+async fn session(
+    config: &AgentConfig,
+    credential: &str,
+    journal: &mut Journal,
+    runner: &mut Runner,
+    events: &mut mpsc::UnboundedReceiver<AgentEvent>,
+    failures: &mut u32,
+) -> Result<std::convert::Infallible, SessionError> {
+    let url = link_url(&config.server_url)?;
+    let mut request = url.into_client_request().map_err(link_error)?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {credential}")).map_err(link_error)?;
+    request.headers_mut().insert("authorization", bearer);
+    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
+        Ok(connected) => connected,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status() == 401 => {
+            return Err(SessionError::Refused("the credential is unknown or revoked; enroll again".to_owned()));
+        }
+        Err(err) => return Err(link_error(err)),
+    };
+
+    let hello = AgentFrame::Hello(Hello {
+        host: host_name(),
+        os_user: os_user(),
+        labels: config.labels.clone(),
+        capacity: config.capacity,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    send(&mut socket, &hello).await?;
+    let last_event_id = loop {
+        match receive(&mut socket).await? {
+            Some(ServerFrame::Welcome { last_event_id }) => break last_event_id,
+            Some(other) => return Err(SessionError::Link(format!("expected a welcome, got {other:?}"))),
+            None => continue,
+        }
+    };
+    *failures = 0;
+    journal.ack(last_event_id)?;
+    let resend: Vec<AgentFrame> =
+        journal.unacked().map(|(id, event)| AgentFrame::Event { id: *id, event: event.clone() }).collect();
+    for frame in &resend {
+        send(&mut socket, frame).await?;
+    }
+    send(&mut socket, &AgentFrame::Synced { live_runs: runner.live_runs() }).await?;
+    tracing::info!(server = config.server_url, resent = resend.len(), "connected");
+
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    heartbeat.reset();
+    loop {
+        tokio::select! {
+            Some(event) = events.recv() => {
+                let id = journal.append(event.clone())?;
+                send(&mut socket, &AgentFrame::Event { id, event }).await?;
+            }
+            frame = receive(&mut socket) => match frame? {
+                Some(ServerFrame::Command { id, command }) => {
+                    if journal.last_applied_command() < id {
+                        runner.apply(command);
+                        journal.applied(id)?;
+                    }
+                    send(&mut socket, &AgentFrame::Ack { id }).await?;
+                }
+                Some(ServerFrame::Ack { id }) => journal.ack(id)?,
+                Some(ServerFrame::Welcome { .. }) => tracing::warn!("unexpected second welcome"),
+                None => {}
+            },
+            _ = heartbeat.tick() => {
+                socket.send(Message::Ping(Vec::new().into())).await.map_err(link_error)?;
+            }
+        }
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(socket: &mut Socket, frame: &AgentFrame) -> Result<(), SessionError> {
+    let text = serde_json::to_string(frame).map_err(link_error)?;
+    socket.send(Message::Text(text.into())).await.map_err(link_error)
+}
+
+/// The next frame of the server; `None` for control messages. The end of the connection is
+/// an error.
+async fn receive(socket: &mut Socket) -> Result<Option<ServerFrame>, SessionError> {
+    match socket.next().await {
+        Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(err) => {
+                tracing::warn!(%err, "ignoring a malformed frame from the server");
+                Ok(None)
+            }
+        },
+        Some(Ok(Message::Close(close))) => {
+            let reason = close.map(|close| close.reason.to_string()).unwrap_or_default();
+            if reason.starts_with("refused:") {
+                return Err(SessionError::Refused(reason));
+            }
+            Err(SessionError::Link(format!("the server closed the connection {reason}")))
+        }
+        Some(Ok(_)) => Ok(None),
+        Some(Err(err)) => Err(link_error(err)),
+        None => Err(SessionError::Link("the connection ended".to_owned())),
+    }
+}
+
+fn link_url(server_url: &str) -> Result<String, SessionError> {
+    let base = server_url.trim_end_matches('/');
+    let rest = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        return Err(SessionError::Link(format!("the server URL {server_url:?} must start with http:// or https://")));
+    };
+    Ok(format!("{rest}/agent/v1/connect"))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
+}
+
+fn os_user() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => uid.to_string(),
+    }
+}
