@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub capacity: u32,
     /// Heartbeat interval (WebSocket ping).
     pub heartbeat: Duration,
+    /// Stop once no run is alive and the server has been unreachable this long (for the
+    /// built-in local agent, which should not outlive its orchestrator for nothing).
+    pub exit_when_orphaned: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +83,12 @@ pub fn store_credential(data_dir: &std::path::Path, credential: &str) -> Result<
 pub async fn run(config: AgentConfig, credential: String, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|err| AgentError::Setup(format!("creating {}: {err}", config.data_dir.display())))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     let mut journal = Journal::open(&config.data_dir.join(JOURNAL_FILE))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut runner = Runner::new(RunnerConfig { server_url: config.server_url.clone() }, events_tx);
     let mut failures: u32 = 0;
+    let mut offline_since = tokio::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
         let ended = tokio::select! {
@@ -96,7 +101,16 @@ pub async fn run(config: AgentConfig, credential: String, shutdown: impl Future<
             Err(SessionError::Refused(reason)) => tracing::error!(reason, "the server refused this agent"),
             Err(SessionError::Link(reason)) => tracing::info!(reason, server = config.server_url, "not connected"),
         }
+        if failures == 0 {
+            offline_since = tokio::time::Instant::now();
+        }
         failures = failures.saturating_add(1);
+        if let Some(limit) = config.exit_when_orphaned {
+            if runner.n_live() == 0 && limit <= offline_since.elapsed() {
+                tracing::info!("no run alive and the server unreachable: stopping");
+                return Ok(());
+            }
+        }
         let delay = backoff(failures);
         // While waiting, keep journaling what the runs report.
         let wait = tokio::time::sleep(delay);
@@ -109,6 +123,21 @@ pub async fn run(config: AgentConfig, credential: String, shutdown: impl Future<
             }
         }
     }
+}
+
+/// Holds an exclusive lock on the data directory for the agent's life: two agents sharing a
+/// journal would corrupt it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| AgentError::Setup(format!("opening {}: {err}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        AgentError::Setup(format!("another agent is running with the data directory {}", dir.display()))
+    })
 }
 
 /// The delay before reconnecting after `failures` failures in a row: exponential, capped,

@@ -6,7 +6,9 @@
 use std::fmt;
 
 use dirigent_proto::{
+    agent::{Agent, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse, EnrollmentToken},
     auth::{CreateTokenRequest, CreatedToken, Health, LoginRequest, LoginResponse, Me, TokenInfo},
+    run::{LogLine, Run, RunDetail, StartRunRequest},
     error::ErrorBody,
     robot::{Robot, RobotSpec},
 };
@@ -136,6 +138,116 @@ impl Client {
             .await
     }
 
+    pub async fn set_robot_auto(&self, name: &str) -> Result<Robot, ClientError> {
+        self.call(Method::POST, &["api", "v1", "robots", name, "auto"], None::<&()>).await
+    }
+
+    pub async fn start_run(&self, robot: &str) -> Result<Run, ClientError> {
+        let request = StartRunRequest { robot: robot.to_owned() };
+        self.call(Method::POST, &["api", "v1", "runs"], Some(&request)).await
+    }
+
+    /// Runs, newest first: of one robot, or active ones only.
+    pub async fn runs(&self, robot: Option<&str>, active_only: bool, limit: u32) -> Result<Vec<Run>, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(robot) = robot {
+            query.push(("robot", robot.to_owned()));
+        }
+        if active_only {
+            query.push(("active", "true".to_owned()));
+        }
+        self.call_query(Method::GET, &["api", "v1", "runs"], &query).await
+    }
+
+    pub async fn run(&self, id: &str) -> Result<RunDetail, ClientError> {
+        self.call(Method::GET, &["api", "v1", "runs", id], None::<&()>).await
+    }
+
+    /// Waits (up to `timeout_seconds`) until the run is in one of `states` or has ended.
+    pub async fn wait_run(&self, id: &str, states: &[&str], timeout_seconds: u32) -> Result<RunDetail, ClientError> {
+        let query = [("wait_for", states.join(",")), ("timeout_seconds", timeout_seconds.to_string())];
+        self.call_query(Method::GET, &["api", "v1", "runs", id], &query).await
+    }
+
+    /// `operation` is `pause`, `resume`, `stop`, `kill` or `restart`.
+    pub async fn operate_run(&self, id: &str, operation: &str) -> Result<Run, ClientError> {
+        self.call(Method::POST, &["api", "v1", "runs", id, operation], None::<&()>).await
+    }
+
+    pub async fn run_logs(&self, id: &str, after: u64, limit: u32) -> Result<Vec<LogLine>, ClientError> {
+        let query = [("after", after.to_string()), ("limit", limit.to_string())];
+        self.call_query(Method::GET, &["api", "v1", "runs", id, "logs"], &query).await
+    }
+
+    /// Follows a run's output: calls `on_line` for each line as it comes, and answers the
+    /// run once it has ended.
+    pub async fn follow_logs(&self, id: &str, after: u64, mut on_line: impl FnMut(LogLine)) -> Result<Run, ClientError> {
+        let url = self.url(&["api", "v1", "runs", id, "logs", "stream"])?;
+        let mut request = self.http.get(url).query(&[("after", after.to_string())]);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable =
+            |err: reqwest::Error| ClientError::Unreachable { url: self.base_url().to_owned(), reason: root_cause(&err) };
+        let mut response = request.send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(unreachable)?;
+            return Err(api_error(status, &bytes));
+        }
+        let mut pending = String::new();
+        let mut event = String::new();
+        let mut data = String::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(newline) = pending.find('\n') {
+                let line: String = pending.drain(..=newline).collect();
+                let line = line.trim_end_matches(['\r', '\n']);
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim_start());
+                } else if line.is_empty() && !data.is_empty() {
+                    let decode = |err: serde_json::Error| ClientError::Decode(err.to_string());
+                    match event.as_str() {
+                        "line" => on_line(serde_json::from_str(&data).map_err(decode)?),
+                        "end" => return serde_json::from_str(&data).map_err(decode),
+                        _ => {}
+                    }
+                    data.clear();
+                    event.clear();
+                }
+            }
+        }
+        Err(ClientError::Unreachable { url: self.base_url().to_owned(), reason: "the stream ended early".to_owned() })
+    }
+
+    pub async fn agents(&self) -> Result<Vec<Agent>, ClientError> {
+        self.call(Method::GET, &["api", "v1", "agents"], None::<&()>).await
+    }
+
+    pub async fn drain_agent(&self, name: &str, draining: bool) -> Result<Agent, ClientError> {
+        self.call(Method::POST, &["api", "v1", "agents", name, "drain"], Some(&DrainRequest { draining })).await
+    }
+
+    pub async fn create_enrollment_token(&self, expires_in_seconds: Option<u32>) -> Result<EnrollmentToken, ClientError> {
+        let request = CreateEnrollmentToken { expires_in_seconds };
+        self.call(Method::POST, &["api", "v1", "agents", "enrollment-tokens"], Some(&request)).await
+    }
+
+    /// Exchanges an enrollment token for an agent credential.
+    pub async fn enroll(&self, token: &str, name: &str) -> Result<EnrollResponse, ClientError> {
+        let request = EnrollRequest { token: token.to_owned(), name: name.to_owned() };
+        self.call(Method::POST, &["agent", "v1", "enroll"], Some(&request)).await
+    }
+
+    async fn call_query<T: DeserializeOwned>(&self, method: Method, segments: &[&str], query: &[(&str, String)]) -> Result<T, ClientError> {
+        let mut url = self.url(segments)?;
+        url.query_pairs_mut().extend_pairs(query);
+        let bytes = self.send_to(method, url, None::<&()>).await?;
+        serde_json::from_slice(&bytes).map_err(|err| ClientError::Decode(err.to_string()))
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -162,7 +274,11 @@ impl Client {
         body: Option<&impl Serialize>,
     ) -> Result<Vec<u8>, ClientError> {
         let url = self.url(segments)?;
-        let mut request = self.http.request(method, url.clone());
+        self.send_to(method, url, body).await
+    }
+
+    async fn send_to(&self, method: Method, url: Url, body: Option<&impl Serialize>) -> Result<Vec<u8>, ClientError> {
+        let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -179,13 +295,7 @@ impl Client {
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
-        let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
-            code: dirigent_proto::error::ErrorCode::Internal,
-            message: format!("the server answered {status} without an error body"),
-            field: None,
-            request_id: None,
-        });
-        Err(ClientError::Api { status, body })
+        Err(api_error(status, &bytes))
     }
 
     /// The URL of a route, each segment percent-encoded, so a name can never change the path.
@@ -200,6 +310,16 @@ impl Client {
             .extend(segments);
         Ok(url)
     }
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
+        code: dirigent_proto::error::ErrorCode::Internal,
+        message: format!("the server answered {status} without an error body"),
+        field: None,
+        request_id: None,
+    });
+    ClientError::Api { status, body }
 }
 
 /// The innermost cause of a transport error: "Connection refused (os error 111)" rather than

@@ -36,12 +36,20 @@ pub enum ErrorCode {
     RobotNotFound,
     /// 404: the API token does not exist (or belongs to someone else).
     TokenNotFound,
+    /// 404: no run has this id.
+    RunNotFound,
+    /// 404: no agent has this name.
+    AgentNotFound,
     /// 405: the route exists but not for this method.
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
     RobotExists,
     /// 409: the caller has a live API token of this name already.
     TokenExists,
+    /// 409: an agent of this name is enrolled already.
+    AgentExists,
+    /// 409: the run's state does not allow the operation (pausing an ended run, say).
+    InvalidState,
     /// 413: the request body is larger than the server accepts.
     PayloadTooLarge,
     /// 415: the body is not declared as `application/json`.
@@ -65,9 +73,13 @@ impl ErrorCode {
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::RobotNotFound => "robot_not_found",
             ErrorCode::TokenNotFound => "token_not_found",
+            ErrorCode::RunNotFound => "run_not_found",
+            ErrorCode::AgentNotFound => "agent_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",
+            ErrorCode::AgentExists => "agent_exists",
+            ErrorCode::InvalidState => "invalid_state",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidField => "invalid_field",

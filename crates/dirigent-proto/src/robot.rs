@@ -79,6 +79,13 @@ pub struct CrashLoop {
     pub window_seconds: u32,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RobotMode {
+    Auto,
+    Manual,
+}
+
 /// A robot as the server returns it: the definition with every default filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Robot {
@@ -95,6 +102,11 @@ pub struct Robot {
     pub restart_backoff: RestartBackoff,
     pub crash_loop: CrashLoop,
     pub needs_display: bool,
+    /// `auto`: automation (restart policy, triggers) acts on the robot; `manual`: an operator
+    /// took control, and automation leaves it alone until switched back.
+    pub mode: RobotMode,
+    /// Who or what set the mode, and why.
+    pub mode_reason: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]

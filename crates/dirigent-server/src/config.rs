@@ -16,6 +16,7 @@ pub struct ServerConfig {
     pub session_ttl: SignedDuration,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    pub fleet: crate::fleet::FleetSettings,
 }
 
 impl ServerConfig {

@@ -12,6 +12,8 @@ use dirigent_domain::InvalidField;
 use dirigent_proto::error::ErrorCode;
 use dirigent_store::StoreError;
 
+use crate::fleet::FleetError;
+
 /// A failed request: a status, a stable code, a message for people and maybe the field at
 /// fault. `detail` is for the server log only.
 #[derive(Debug, Clone)]
@@ -124,6 +126,22 @@ impl From<StoreError> for ApiError {
             || ApiError::internal(&fault),
             || ApiError::internal(&fault),
         )
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(err: FleetError) -> ApiError {
+        match err {
+            FleetError::RobotNotFound(name) => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RobotNotFound, format!("no robot named {name:?}"))
+            }
+            FleetError::RunNotFound(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, format!("no run with id {id:?}"))
+            }
+            FleetError::InvalidState(reason) => ApiError::new(StatusCode::CONFLICT, ErrorCode::InvalidState, reason),
+            FleetError::Store(err) => err.into(),
+            FleetError::Internal(detail) => ApiError::internal(detail),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fleet;
 mod http;
 
 pub use http::app;
@@ -29,6 +30,7 @@ pub use crate::{clock::Clock, config::ServerConfig};
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub fleet: Arc<fleet::Fleet>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ServerConfig>,
 }
@@ -81,11 +83,9 @@ pub async fn start(
     let generated_admin_password =
         auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await?;
 
-    let state = AppState {
-        store: store.clone(),
-        clock,
-        config: Arc::new(config),
-    };
+    let fleet = fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
+    fleet.recover().await.map_err(|err| StartError::Bootstrap(format!("recovering runs: {err}")))?;
+    let state = AppState { store: store.clone(), fleet, clock, config: Arc::new(config) };
     let app = http::app(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(async move {
@@ -114,6 +114,14 @@ impl RunningServer {
     /// The password generated for `admin` on an empty database; to be shown once.
     pub fn generated_admin_password(&self) -> Option<&str> {
         self.generated_admin_password.as_deref()
+    }
+
+    /// Gives the agent `name` this credential, enrolling it if needed: the built-in local
+    /// agent's enrollment.
+    pub async fn provision_agent(&self, name: &str, credential: &str) -> Result<(), StoreError> {
+        #[allow(clippy::disallowed_methods, reason = "a creation time, outside any rule")]
+        let now = clock::SystemClock.now();
+        self.store.upsert_agent_credential(name, &auth::secrets::token_digest(credential), now).await
     }
 
     /// Stops accepting connections, lets requests in flight finish, closes the database.

@@ -35,6 +35,8 @@ pub struct Credential {
 pub enum CredentialKind {
     Session,
     ApiToken { id: String },
+    /// The token of a run, given to its robot; reaches only that run.
+    RunToken { run_id: String },
 }
 
 /// An API token to store.

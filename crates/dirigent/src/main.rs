@@ -3,6 +3,7 @@
 //!
 //! This file only declares the command line and hands each verb to its module.
 
+mod agent;
 mod cli;
 mod serve;
 
@@ -28,7 +29,13 @@ enum Command {
     Logout(cli::ClientArgs),
     /// Show who the current credentials belong to.
     Whoami(cli::ClientArgs),
-    /// Robot definitions: ls, show, create, update, rm.
+    /// Run the agent of this robot machine (`--server URL`), or manage agents: ls,
+    /// enroll-token, drain, undrain.
+    Agent(agent::AgentArgs),
+    /// Runs: start, ls, show, pause, resume, stop, kill, restart, logs, wait.
+    #[command(subcommand)]
+    Run(cli::run::RunCommand),
+    /// Robot definitions: ls, show, create, update, auto, rm.
     #[command(subcommand)]
     Robot(cli::robot::RobotCommand),
     /// Your API tokens: ls, create, revoke.
@@ -54,6 +61,8 @@ fn main() -> ExitCode {
             Command::Login(args) => cli::session::login(args).await,
             Command::Logout(args) => cli::session::logout(args).await,
             Command::Whoami(args) => cli::session::whoami(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Run(command) => cli::run::run(command).await,
             Command::Robot(command) => cli::robot::run(command).await,
             Command::Token(command) => cli::token::run(command).await,
         }
@@ -77,4 +86,27 @@ fn config_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("dirigent"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config").join("dirigent"))
+}
+
+/// Server and agent logs go to standard error; `DIRIGENT_LOG` takes a filter.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DIRIGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = interrupt.await;
+        }
+    }
 }

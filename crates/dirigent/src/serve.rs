@@ -10,7 +10,9 @@ use dirigent_server::{
     clock::SystemClock,
     config::{DatabaseUrl, Secret},
 };
+use dirigent_server::{RunningServer, auth::secrets, fleet::FleetSettings};
 use jiff::SignedDuration;
+use std::time::Duration;
 use serde::Deserialize;
 
 #[derive(Debug, Args)]
@@ -41,6 +43,9 @@ pub(crate) struct ServeArgs {
         hide_env_values = true
     )]
     admin_password: Option<String>,
+    /// Do not run the built-in local agent.
+    #[arg(long)]
+    no_local_agent: bool,
 }
 
 /// The settings file. Every key is optional; flags and environment variables win over it.
@@ -53,13 +58,19 @@ struct SettingsFile {
     admin_password: Option<String>,
     session_ttl_seconds: Option<u32>,
     max_body_bytes: Option<usize>,
+    /// An agent silent this long has its runs marked lost.
+    agent_lost_after_seconds: Option<u32>,
+    local_agent: Option<bool>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let (config, data_dir) = resolve(args)?;
-    init_tracing();
+    let (config, data_dir, local_agent) = resolve(args)?;
+    crate::init_tracing();
     let database = config.database_url.to_string();
     let server = dirigent_server::start(config, Arc::new(SystemClock)).await?;
+    if local_agent {
+        start_local_agent(&server, &data_dir.join("local-agent")).await?;
+    }
     if let Some(password) = server.generated_admin_password() {
         println!("Created the first user: admin, password: {password}");
         println!(
@@ -74,15 +85,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         server.local_addr(),
         data_dir.display(),
     );
-    shutdown_signal().await;
-    eprintln!("stopping: finishing requests in flight");
+    crate::shutdown_signal().await;
+    eprintln!("stopping: finishing requests in flight (robots keep running)");
     server.shutdown().await.context("stopping the server")?;
     Ok(())
 }
 
 /// Merges file, environment and flags into the server's settings, and creates the data
 /// directory. Answers the settings and the data directory.
-fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf)> {
+fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -139,14 +150,22 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf)> {
         Some(bytes) => bytes,
         None => ServerConfig::DEFAULT_MAX_BODY_BYTES,
     };
+    let mut fleet = FleetSettings::default();
+    match file.agent_lost_after_seconds {
+        Some(0) => bail!("agent_lost_after_seconds must be at least 1"),
+        Some(seconds) => fleet.lost_after = Duration::from_secs(u64::from(seconds)),
+        None => {}
+    }
+    let local_agent = !args.no_local_agent && file.local_agent.unwrap_or(true);
     let config = ServerConfig {
         listen,
         database_url: DatabaseUrl::new(database_url),
         admin_password: admin_password.map(Secret::new),
         session_ttl,
         max_body_bytes,
+        fleet,
     };
-    Ok((config, data_dir))
+    Ok((config, data_dir, local_agent))
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -171,26 +190,40 @@ fn one_line(message: &str) -> String {
         .join(" ")
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DIRIGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
+/// Starts the built-in local agent as a process of its own, in its own process group, so
+/// that it and its robots outlive a restart of the orchestrator. It enrolls itself with a
+/// credential kept in `dir`; if a previous one still runs, the new one finds the directory
+/// locked and leaves. With nothing to run and no orchestrator for a minute, it stops.
+async fn start_local_agent(server: &RunningServer, dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let credential = match dirigent_agent::stored_credential(dir)? {
+        Some(credential) => credential,
+        None => {
+            let credential = secrets::new_token(secrets::AGENT_CREDENTIAL_PREFIX).context("making a credential")?;
+            dirigent_agent::store_credential(dir, &credential)?;
+            credential
         }
-        Err(_) => {
-            let _ = interrupt.await;
-        }
-    }
+    };
+    server.provision_agent("local", &credential).await.context("enrolling the local agent")?;
+    let addr = server.local_addr();
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let exe = std::env::current_exe().context("finding the dirigent binary")?;
+    #[allow(clippy::disallowed_methods, reason = "the orchestrator starts its local agent, not a robot")]
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["agent", "--server", &format!("http://{host}:{}", addr.port()), "--exit-when-orphaned", "60"])
+        .arg("--data")
+        .arg(dir)
+        .env_remove("DIRIGENT_ADMIN_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    let child = command.spawn().context("starting the local agent")?;
+    // The agent is a daemon of its own: nobody waits for it but init.
+    std::mem::forget(child);
+    Ok(())
 }

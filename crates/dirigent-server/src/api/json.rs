@@ -102,6 +102,28 @@ fn strip_position(message: &str) -> String {
     }
 }
 
+/// Query parameters; unknown or malformed ones are a 422 naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<ApiQuery<T>, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|err| {
+            let path = err.path().to_string();
+            let reason = err.into_inner().to_string();
+            let field = (path != ".").then_some(path);
+            let message = match &field {
+                Some(field) => format!("query parameter {field}: {reason}"),
+                None => format!("query: {reason}"),
+            };
+            ApiError { field, ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidField, message) }
+        })
+    }
+}
+
 /// A single path segment such as a robot name; undecodable segments are a 400.
 pub struct PathSegment(pub String);
 

@@ -5,9 +5,11 @@
 //! Handlers are thin: take a [`Caller`](crate::auth::Caller), declare the permission they
 //! need, parse, call the store, convert to wire types.
 
+mod agents;
 mod health;
 mod json;
 mod robots;
+mod runs;
 mod session;
 mod tokens;
 
@@ -22,7 +24,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{AppState, auth::Caller, error::ApiError};
 
-pub use json::{ApiJson, PathSegment};
+pub use json::{ApiJson, ApiQuery, PathSegment};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,14 +61,26 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(robots::list_robots, robots::create_robot))
-        .routes(routes!(
-            robots::get_robot,
-            robots::replace_robot,
-            robots::delete_robot
-        ));
+        .routes(routes!(robots::get_robot, robots::replace_robot, robots::delete_robot))
+        .routes(routes!(robots::set_auto))
+        .routes(routes!(runs::list_runs, runs::create_run))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::pause_run))
+        .routes(routes!(runs::resume_run))
+        .routes(routes!(runs::stop_run))
+        .routes(routes!(runs::kill_run))
+        .routes(routes!(runs::restart_run))
+        .routes(routes!(runs::run_logs))
+        .routes(routes!(runs::follow_logs))
+        .routes(routes!(agents::list_agents))
+        .routes(routes!(agents::get_agent))
+        .routes(routes!(agents::drain_agent))
+        .routes(routes!(agents::create_enrollment_token));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(agents::enroll))
+        .routes(routes!(crate::fleet::link::connect))
         .nest("/api/v1", v1)
 }
 

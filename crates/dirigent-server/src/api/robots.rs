@@ -13,7 +13,7 @@ use dirigent_domain::{
 };
 use dirigent_proto::{
     error::{ErrorBody, ErrorCode},
-    robot::{CrashLoop, RestartBackoff, RestartPolicy, Robot, RobotSpec},
+    robot::{CrashLoop, RestartBackoff, RestartPolicy, Robot, RobotMode, RobotSpec},
 };
 
 use crate::{
@@ -197,6 +197,31 @@ pub(super) async fn delete_robot(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Returns a robot to auto mode: automation (restart policy, triggers) acts on it again.
+#[utoipa::path(
+    post,
+    path = "/robots/{name}/auto",
+    tag = "robots",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The robot's name")),
+    responses(
+        (status = 200, body = Robot),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(super) async fn set_auto(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(name): PathSegment,
+) -> Result<Json<Robot>, ApiError> {
+    caller.require(Resource::Robots, Action::Run, Some(&name))?;
+    state.fleet.set_auto(&name, &caller.username).await?;
+    let robot = state.store.robot(&name).await.map_err(|err| robot_store_error(err, &name))?;
+    Ok(Json(to_wire(robot)))
+}
+
 fn robot_store_error(err: dirigent_store::StoreError, name: &str) -> ApiError {
     let missing = || {
         ApiError::new(
@@ -264,6 +289,11 @@ fn to_wire(robot: domain::Robot) -> Robot {
             window_seconds: definition.crash_loop.window_seconds,
         },
         needs_display: definition.needs_display,
+        mode: match robot.mode {
+            domain::RobotMode::Auto => RobotMode::Auto,
+            domain::RobotMode::Manual => RobotMode::Manual,
+        },
+        mode_reason: robot.mode_reason,
         created_at: robot.created_at,
         updated_at: robot.updated_at,
     }

@@ -105,6 +105,7 @@ pub(super) async fn me(caller: Caller) -> Json<Me> {
     let credential = match caller.credential {
         CredentialKind::Session => "session",
         CredentialKind::ApiToken { .. } => "api_token",
+        CredentialKind::RunToken { .. } => "run_token",
     };
     Json(Me {
         username: caller.username,

@@ -33,7 +33,7 @@ pub(super) async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    let tokens = state.store.api_tokens(caller.user_id).await?;
+    let tokens = state.store.api_tokens(caller.user()?).await?;
     Ok(Json(tokens.into_iter().map(token_info).collect()))
 }
 
@@ -89,7 +89,7 @@ pub(super) async fn create_token(
     };
     let stored = state
         .store
-        .insert_api_token(caller.user_id, &new, now)
+        .insert_api_token(caller.user()?, &new, now)
         .await
         .map_err(|err| ApiError::from_store(err, || ApiError::internal("token vanished"), taken))?;
     let location = format!("/api/v1/tokens/{}", stored.id);
@@ -134,7 +134,7 @@ pub(super) async fn revoke_token(
     let now = state.clock.now();
     state
         .store
-        .revoke_api_token(caller.user_id, &id, now)
+        .revoke_api_token(caller.user()?, &id, now)
         .await
         .map_err(|err| ApiError::from_store(err, missing, missing))?;
     Ok(StatusCode::NO_CONTENT)

@@ -17,7 +17,8 @@ use crate::{AppState, StartError, config::Secret, error::ApiError};
 /// An authenticated caller and the permissions their roles grant.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub user_id: UserId,
+    /// The user behind the credential; none for a run token.
+    pub user_id: Option<UserId>,
     pub username: String,
     pub roles: Vec<String>,
     pub credential: CredentialKind,
@@ -48,6 +49,23 @@ impl Caller {
         )))
     }
 
+    /// Allows `action` (`read` or `logs`) on a run: to its own robot through its run token,
+    /// otherwise by the permissions on runs, scoped by the run's robot name.
+    pub fn require_run(&self, run_id: &str, robot: &str, action: Action) -> Result<(), ApiError> {
+        if let CredentialKind::RunToken { run_id: own } = &self.credential {
+            if own == run_id {
+                return Ok(());
+            }
+            return Err(ApiError::forbidden("a run token reaches only its own run"));
+        }
+        self.require(Resource::Runs, action, Some(robot))
+    }
+
+    /// The user behind the credential; 403 for run tokens, which act for no user.
+    pub fn user(&self) -> Result<UserId, ApiError> {
+        self.user_id.ok_or_else(|| ApiError::forbidden("a run token cannot do this"))
+    }
+
     /// Whether the caller may do `action` on `target`; for filtering lists.
     pub fn may(&self, resource: Resource, action: Action, target: Option<&str>) -> bool {
         access::allows(&self.permissions, resource, action, target)
@@ -75,6 +93,18 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::unauthenticated("the Authorization header must be: Bearer TOKEN")
             })?;
         let digest = secrets::token_digest(token);
+        let refused = || ApiError::unauthenticated("the token is unknown, expired or revoked");
+        if token.starts_with(secrets::RUN_TOKEN_PREFIX) {
+            let run = state.store.run_by_token(&digest).await.map_err(|err| ApiError::from_store(err, refused, refused))?;
+            return Ok(Caller {
+                user_id: None,
+                username: format!("run:{}", run.id),
+                roles: Vec::new(),
+                credential: CredentialKind::RunToken { run_id: run.id },
+                token_digest: digest,
+                permissions: Vec::new(),
+            });
+        }
         let found = if token.starts_with(secrets::SESSION_PREFIX) {
             state.store.session_credential(&digest).await
         } else if token.starts_with(secrets::API_TOKEN_PREFIX) {
@@ -82,9 +112,7 @@ impl FromRequestParts<AppState> for Caller {
         } else {
             Err(StoreError::NotFound)
         };
-        let refused = || ApiError::unauthenticated("the token is unknown, expired or revoked");
-        let credential: Credential =
-            found.map_err(|err| ApiError::from_store(err, refused, refused))?;
+        let credential: Credential = found.map_err(|err| ApiError::from_store(err, refused, refused))?;
 
         let now = state.clock.now();
         if credential
@@ -103,7 +131,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(Caller {
             permissions: permissions_of(&credential.roles),
-            user_id: credential.user_id,
+            user_id: Some(credential.user_id),
             username: credential.username,
             roles: credential.roles,
             credential: credential.kind,

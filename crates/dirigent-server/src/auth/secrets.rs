@@ -11,6 +11,12 @@ use sha2::{Digest, Sha256};
 pub const SESSION_PREFIX: &str = "dgs_";
 /// Prefix of API tokens.
 pub const API_TOKEN_PREFIX: &str = "dgt_";
+/// Prefix of run tokens, given to a robot for the life of its run.
+pub const RUN_TOKEN_PREFIX: &str = "dgr_";
+/// Prefix of agent credentials.
+pub const AGENT_CREDENTIAL_PREFIX: &str = "dga_";
+/// Prefix of enrollment tokens.
+pub const ENROLLMENT_PREFIX: &str = "dge_";
 
 /// Hashes a password with argon2id (m=19 MiB, t=2, p=1) and a random salt, as a PHC string.
 /// CPU-heavy: call it from `spawn_blocking`.

@@ -28,6 +28,23 @@ const OPERATIONS: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/robots/{name}", Access::Authenticated),
     ("PUT", "/api/v1/robots/{name}", Access::Authenticated),
     ("DELETE", "/api/v1/robots/{name}", Access::Authenticated),
+    ("POST", "/api/v1/robots/{name}/auto", Access::Authenticated),
+    ("GET", "/api/v1/runs", Access::Authenticated),
+    ("POST", "/api/v1/runs", Access::Authenticated),
+    ("GET", "/api/v1/runs/{id}", Access::Authenticated),
+    ("POST", "/api/v1/runs/{id}/pause", Access::Authenticated),
+    ("POST", "/api/v1/runs/{id}/resume", Access::Authenticated),
+    ("POST", "/api/v1/runs/{id}/stop", Access::Authenticated),
+    ("POST", "/api/v1/runs/{id}/kill", Access::Authenticated),
+    ("POST", "/api/v1/runs/{id}/restart", Access::Authenticated),
+    ("GET", "/api/v1/runs/{id}/logs", Access::Authenticated),
+    ("GET", "/api/v1/runs/{id}/logs/stream", Access::Authenticated),
+    ("GET", "/api/v1/agents", Access::Authenticated),
+    ("GET", "/api/v1/agents/{name}", Access::Authenticated),
+    ("POST", "/api/v1/agents/{name}/drain", Access::Authenticated),
+    ("POST", "/api/v1/agents/enrollment-tokens", Access::Authenticated),
+    ("POST", "/agent/v1/enroll", Access::Open),
+    ("GET", "/agent/v1/connect", Access::Authenticated),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,7 @@ pub(crate) fn config(database_url: String) -> ServerConfig {
         admin_password: Some(Secret::new(ADMIN_PASSWORD.to_owned())),
         session_ttl: ServerConfig::DEFAULT_SESSION_TTL,
         max_body_bytes: 64 * 1024,
+        fleet: dirigent_server::fleet::FleetSettings::default(),
     }
 }
 
@@ -62,11 +63,8 @@ impl TestApp {
         dirigent_server::auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now())
             .await
             .unwrap();
-        let state = AppState {
-            store: store.clone(),
-            clock: clock.clone(),
-            config: Arc::new(config),
-        };
+        let fleet = dirigent_server::fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
+        let state = AppState { store: store.clone(), fleet, clock: clock.clone(), config: Arc::new(config) };
         TestApp {
             router: dirigent_server::app(state),
             clock,

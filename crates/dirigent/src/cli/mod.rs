@@ -5,6 +5,7 @@
 //! 5 conflict (exists already), 6 invalid input, 7 server unreachable.
 
 pub(crate) mod robot;
+pub(crate) mod run;
 pub(crate) mod session;
 pub(crate) mod token;
 

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use dirigent_proto::robot::{CrashLoop, RestartBackoff, RestartPolicy, Robot, RobotSpec};
+use dirigent_proto::robot::{CrashLoop, RestartBackoff, RestartPolicy, Robot, RobotMode, RobotSpec};
 
 use crate::cli::{ClientArgs, explain, print_json, print_table};
 
@@ -28,6 +28,12 @@ pub(crate) enum RobotCommand {
     /// Change a robot: the given flags change only their fields; `--file` replaces the
     /// whole definition.
     Update(UpdateArgs),
+    /// Return a robot to auto mode: automation (restart policy, triggers) acts on it again.
+    Auto {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete a robot's definition.
     Rm {
         name: String,
@@ -209,6 +215,10 @@ pub(crate) async fn run(command: RobotCommand) -> anyhow::Result<()> {
                 .map_err(explain)?;
             report(&args.client, &robot, "Updated")
         }
+        RobotCommand::Auto { name, client } => {
+            let robot = client.client()?.set_robot_auto(&name).await.map_err(explain)?;
+            report(&client, &robot, "Switched to auto:")
+        }
         RobotCommand::Rm { name, client } => {
             client
                 .client()?
@@ -384,6 +394,7 @@ fn print_robot(robot: &Robot) {
             "needs display",
             if robot.needs_display { "yes" } else { "no" }.to_owned(),
         ),
+        ("mode", describe_mode(robot)),
         ("created", robot.created_at.to_string()),
         ("updated", robot.updated_at.to_string()),
     ];
@@ -408,4 +419,15 @@ fn shell_words(argv: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn describe_mode(robot: &Robot) -> String {
+    let mode = match robot.mode {
+        RobotMode::Auto => "auto",
+        RobotMode::Manual => "manual",
+    };
+    match &robot.mode_reason {
+        Some(reason) => format!("{mode} ({reason})"),
+        None => mode.to_owned(),
+    }
 }

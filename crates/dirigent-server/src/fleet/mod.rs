@@ -1,0 +1,647 @@
+//! The fleet: connected agents and the runs on them.
+//!
+//! Every change of a run's state goes through [`Fleet`], under one lock, in this order:
+//! decide with the domain's rules, store, send the agent its command (durably queued first),
+//! publish a [`FleetEvent`]. The agents' WebSocket connections (`link`) feed agent events back
+//! in through [`Fleet::apply_event`]. Nothing here polls: placement runs when something that
+//! can change it happens (a run is created or ends, an agent connects or is drained), and
+//! timers wake it for restart backoff and for agents that went silent.
+
+pub mod link;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use dirigent_domain::{
+    agent::{Agent, AgentId, place},
+    robot::{Robot, RobotMode},
+    run::{self, Ending, Operation, Run, RunState, Transition},
+};
+use dirigent_proto::link::{AgentCommand, AgentEvent, LiveRun, ServerFrame, StartSpec};
+use dirigent_store::{OutputLine, Store, StoreError};
+use jiff::Timestamp;
+use tokio::sync::{broadcast, mpsc};
+
+pub use link::connect;
+pub(crate) use link::enroll;
+
+use crate::{Clock, auth::secrets};
+
+/// How the fleet treats silence.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSettings {
+    /// An agent silent this long has its runs marked `lost`.
+    pub lost_after: Duration,
+    /// A connection with no frame (not even a ping) for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for FleetSettings {
+    fn default() -> FleetSettings {
+        FleetSettings { lost_after: Duration::from_secs(60), idle_timeout: Duration::from_secs(45) }
+    }
+}
+
+/// Something that happened in the fleet, for live views.
+#[derive(Debug, Clone)]
+pub enum FleetEvent {
+    /// A run changed; this is its new state.
+    Run(Box<Run>),
+    /// New output lines of a run.
+    Output { run_id: String, lines: Arc<Vec<OutputLine>> },
+    /// An agent connected, disconnected or changed.
+    Agent { name: String },
+}
+
+/// Why an operation on the fleet failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("no robot named {0:?}")]
+    RobotNotFound(String),
+    #[error("no run with id {0:?}")]
+    RunNotFound(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type FleetResult<T> = Result<T, FleetError>;
+
+/// Who asked for a change; recorded as the transition's cause.
+#[derive(Debug, Clone)]
+pub enum Cause {
+    User(String),
+    Agent(String),
+    RestartPolicy,
+    Rule(&'static str),
+}
+
+impl Cause {
+    fn label(&self) -> String {
+        match self {
+            Cause::User(name) => format!("user:{name}"),
+            Cause::Agent(name) => format!("agent:{name}"),
+            Cause::RestartPolicy => "restart_policy".to_owned(),
+            Cause::Rule(rule) => format!("rule:{rule}"),
+        }
+    }
+}
+
+struct Connection {
+    serial: u64,
+    frames: mpsc::UnboundedSender<ServerFrame>,
+}
+
+pub struct Fleet {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    settings: FleetSettings,
+    connections: Mutex<HashMap<AgentId, Connection>>,
+    next_serial: std::sync::atomic::AtomicU64,
+    changes: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<FleetEvent>,
+}
+
+impl Fleet {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, settings: FleetSettings) -> Arc<Fleet> {
+        let (events, _) = broadcast::channel(4096);
+        Arc::new(Fleet {
+            store,
+            clock,
+            settings,
+            connections: Mutex::new(HashMap::new()),
+            next_serial: std::sync::atomic::AtomicU64::new(1),
+            changes: tokio::sync::Mutex::new(()),
+            events,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
+        self.events.subscribe()
+    }
+
+    /// At start no agent is connected: mark them offline, and give each agent that holds
+    /// runs until the deadline to come back.
+    pub async fn recover(self: &Arc<Fleet>) -> FleetResult<()> {
+        self.store.mark_all_agents_offline().await?;
+        let holders: HashSet<AgentId> = self
+            .store
+            .active_runs()
+            .await?
+            .into_iter()
+            .filter(|run| run.state.holds_agent())
+            .filter_map(|run| run.agent_id)
+            .collect();
+        for agent_id in holders {
+            self.watch_silence(agent_id, 0);
+        }
+        self.dispatch().await
+    }
+
+    /// Creates a run of `robot_name`, queued until placed on an agent.
+    pub async fn start_run(self: &Arc<Fleet>, robot_name: &str, cause: Cause) -> FleetResult<Run> {
+        let run = {
+            let _changes = self.changes.lock().await;
+            let robot = self.robot(robot_name).await?;
+            if let Cause::User(user) = &cause {
+                self.take_manual_control(&robot, user, "started a run").await?;
+            }
+            self.create_run(&robot, cause, None).await?
+        };
+        self.dispatch().await?;
+        Ok(self.store.run(&run.id).await?)
+    }
+
+    /// Pauses, resumes, safe-stops or force-stops a run.
+    pub async fn operate(self: &Arc<Fleet>, run_id: &str, operation: Operation, user: &str) -> FleetResult<Run> {
+        let run = {
+            let _changes = self.changes.lock().await;
+            let mut run = self.run(run_id).await?;
+            run::check_operation(run.state, operation).map_err(FleetError::InvalidState)?;
+            if let Ok(robot) = self.store.robot(&run.robot).await {
+                self.take_manual_control(&robot, user, &format!("asked to {} a run", operation.as_str())).await?;
+            }
+            let cause = Cause::User(user.to_owned());
+            if run.state == RunState::Queued {
+                // Never started: it ends here.
+                let state = if operation == Operation::Kill { RunState::Killed } else { RunState::Stopped };
+                run.stop_requested = true;
+                run.ended_at = Some(self.clock.now());
+                self.transition(&mut run, state, &cause, Some("cancelled before it started".to_owned())).await?;
+                self.after_end(&run).await?;
+            } else {
+                let Some(agent_id) = run.agent_id else {
+                    return Err(FleetError::Internal(format!("run {run_id} is {} without an agent", run.state.as_str())));
+                };
+                let command = match operation {
+                    Operation::Pause => AgentCommand::Pause { run_id: run.id.clone() },
+                    Operation::Resume => AgentCommand::Resume { run_id: run.id.clone() },
+                    Operation::Stop => {
+                        let robot = self.store.robot(&run.robot).await;
+                        let grace_seconds = robot.map(|robot| robot.definition.stop_grace_seconds).unwrap_or(30);
+                        AgentCommand::Stop { run_id: run.id.clone(), grace_seconds }
+                    }
+                    Operation::Kill => AgentCommand::Kill { run_id: run.id.clone() },
+                };
+                if matches!(operation, Operation::Stop | Operation::Kill) && !run.stop_requested {
+                    run.stop_requested = true;
+                    if run.state == RunState::Stopping {
+                        self.store.update_run(&run, None).await?;
+                    } else {
+                        self.transition(&mut run, RunState::Stopping, &cause, None).await?;
+                    }
+                }
+                self.send(agent_id, command).await?;
+            }
+            run
+        };
+        Ok(run)
+    }
+
+    /// Safe-stops a run (if it is active) and queues a new run of its robot.
+    pub async fn restart_run(self: &Arc<Fleet>, run_id: &str, user: &str) -> FleetResult<Run> {
+        let run = self.run(run_id).await?;
+        if run.state.is_active() && run.state != RunState::Stopping {
+            self.operate(run_id, Operation::Stop, user).await?;
+        }
+        self.start_run(&run.robot, Cause::User(user.to_owned())).await
+    }
+
+    /// Returns a robot to auto mode.
+    pub async fn set_auto(self: &Arc<Fleet>, robot_name: &str, user: &str) -> FleetResult<()> {
+        let _changes = self.changes.lock().await;
+        self.store
+            .set_robot_mode(robot_name, RobotMode::Auto, &format!("switched to auto by {user}"))
+            .await
+            .map_err(|err| not_found_as(err, || FleetError::RobotNotFound(robot_name.to_owned())))
+    }
+
+    /// Waits until the run reaches one of `states` or ends, for at most `timeout`; answers
+    /// the run as it is then.
+    pub async fn wait_for(&self, run_id: &str, states: &[RunState], timeout: Duration) -> FleetResult<Run> {
+        let mut events = self.subscribe();
+        let run = self.run(run_id).await?;
+        if states.contains(&run.state) || run.state.is_final() {
+            return Ok(run);
+        }
+        let reached = tokio::time::timeout(timeout, async {
+            loop {
+                match events.recv().await {
+                    Ok(FleetEvent::Run(run)) if run.id == run_id && (states.contains(&run.state) || run.state.is_final()) => {
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Ok(run) = self.store.run(run_id).await {
+                            if states.contains(&run.state) || run.state.is_final() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+        .await;
+        let _ = reached;
+        self.run(run_id).await
+    }
+
+    /// Applies one event reported by an agent.
+    pub(crate) async fn apply_event(self: &Arc<Fleet>, agent: &Agent, event: AgentEvent) -> FleetResult<()> {
+        let run_id = match &event {
+            AgentEvent::Started { run_id, .. }
+            | AgentEvent::StartFailed { run_id, .. }
+            | AgentEvent::Paused { run_id, .. }
+            | AgentEvent::Resumed { run_id, .. }
+            | AgentEvent::Stopping { run_id, .. }
+            | AgentEvent::Exited { run_id, .. }
+            | AgentEvent::Output { run_id, .. } => run_id.clone(),
+        };
+        if let AgentEvent::Output { lines, .. } = event {
+            let lines: Vec<OutputLine> = lines
+                .into_iter()
+                .map(|line| OutputLine {
+                    seq: line.seq,
+                    stream: match line.stream {
+                        dirigent_proto::run::Stream::Stdout => "stdout".to_owned(),
+                        dirigent_proto::run::Stream::Stderr => "stderr".to_owned(),
+                    },
+                    at: line.at,
+                    text: line.text,
+                })
+                .collect();
+            self.store.append_output(&run_id, &lines).await?;
+            let _ = self.events.send(FleetEvent::Output { run_id, lines: Arc::new(lines) });
+            return Ok(());
+        }
+
+        let ended = {
+            let _changes = self.changes.lock().await;
+            let mut run = match self.store.run(&run_id).await {
+                Ok(run) => run,
+                Err(StoreError::NotFound) => {
+                    tracing::warn!(agent = agent.name, run_id, "event about an unknown run");
+                    return Ok(());
+                }
+                Err(err) => return Err(err.into()),
+            };
+            if run.agent_id != Some(agent.id) {
+                tracing::warn!(agent = agent.name, run_id, "event about a run placed elsewhere");
+                return Ok(());
+            }
+            let cause = Cause::Agent(agent.name.clone());
+            match event {
+                AgentEvent::Started { pid, at, .. } if run.state == RunState::Starting => {
+                    run.pid = Some(pid);
+                    run.started_at = Some(at);
+                    self.transition(&mut run, RunState::Running, &cause, None).await?;
+                    false
+                }
+                AgentEvent::StartFailed { reason, at, .. } if run.state.is_active() => {
+                    run.ended_at = Some(at);
+                    self.transition(&mut run, RunState::Failed, &cause, Some(reason)).await?;
+                    true
+                }
+                AgentEvent::Paused { .. } if run.state == RunState::Running => {
+                    self.transition(&mut run, RunState::Paused, &cause, None).await?;
+                    false
+                }
+                AgentEvent::Resumed { .. } if run.state == RunState::Paused => {
+                    self.transition(&mut run, RunState::Running, &cause, None).await?;
+                    false
+                }
+                AgentEvent::Stopping { .. } if matches!(run.state, RunState::Running | RunState::Paused) => {
+                    run.stop_requested = true;
+                    self.transition(&mut run, RunState::Stopping, &cause, None).await?;
+                    false
+                }
+                AgentEvent::Exited { at, exit_code, signal, ending, .. } if run.state.is_active() || run.state == RunState::Lost => {
+                    let ending = match ending {
+                        dirigent_proto::link::Ending::Natural => Ending::Natural,
+                        dirigent_proto::link::Ending::Stopped => Ending::Stopped,
+                        dirigent_proto::link::Ending::Killed => Ending::Killed,
+                        dirigent_proto::link::Ending::TimedOut => Ending::TimedOut,
+                    };
+                    let state = run::final_state(ending, exit_code, run.stop_requested);
+                    run.exit_code = exit_code;
+                    run.signal = signal;
+                    run.ended_at = Some(at);
+                    let reason = describe_exit(exit_code, signal);
+                    let was_lost = run.state == RunState::Lost;
+                    self.transition(&mut run, state, &cause, Some(reason)).await?;
+                    !was_lost
+                }
+                other => {
+                    tracing::debug!(agent = agent.name, run_id, state = run.state.as_str(), ?other, "event changes nothing");
+                    false
+                }
+            };
+            if run.state.is_final() {
+                self.store.set_run_token(&run.id, None).await?;
+                self.after_end(&run).await?;
+            }
+            run.state.is_final()
+        };
+        if ended {
+            self.dispatch().await?;
+        }
+        Ok(())
+    }
+
+    /// Reconciles with what a (re)connected agent reports alive: runs it no longer has are
+    /// lost; runs it has that ended here are killed there, so no second copy lives on.
+    pub(crate) async fn agent_synced(self: &Arc<Fleet>, agent: &Agent, live_runs: &[LiveRun]) -> FleetResult<()> {
+        {
+            let _changes = self.changes.lock().await;
+            let alive: HashMap<&str, &LiveRun> = live_runs.iter().map(|live| (live.run_id.as_str(), live)).collect();
+            for mut run in self.store.active_runs().await? {
+                let on_agent = run.agent_id == Some(agent.id);
+                let alive_here = alive.contains_key(run.id.as_str());
+                if on_agent && !alive_here && matches!(run.state, RunState::Running | RunState::Paused | RunState::Stopping) {
+                    run.ended_at = Some(self.clock.now());
+                    let reason = Some("the agent no longer runs it (was it restarted?)".to_owned());
+                    self.transition(&mut run, RunState::Lost, &Cause::Agent(agent.name.clone()), reason).await?;
+                    self.store.set_run_token(&run.id, None).await?;
+                    self.after_end(&run).await?;
+                }
+            }
+            for live in live_runs {
+                let known = self.store.run(&live.run_id).await;
+                let keep = matches!(&known, Ok(run) if run.agent_id == Some(agent.id) && run.state.is_active());
+                if !keep {
+                    tracing::warn!(agent = agent.name, run_id = live.run_id, "killing a run this server considers ended");
+                    self.send(agent.id, AgentCommand::Kill { run_id: live.run_id.clone() }).await?;
+                }
+            }
+        }
+        self.dispatch().await
+    }
+
+    /// Places queued runs on agents with free places, in the order they were created.
+    pub async fn dispatch(self: &Arc<Fleet>) -> FleetResult<()> {
+        let _changes = self.changes.lock().await;
+        let now = self.clock.now();
+        let mut agents = self.store.agents().await?;
+        let active = self.store.active_runs().await?;
+        let mut holding: HashMap<String, u32> = HashMap::new();
+        for run in active.iter().filter(|run| run.state.holds_agent()) {
+            *holding.entry(run.robot.clone()).or_default() += 1;
+        }
+        let mut robots: HashMap<String, Option<Robot>> = HashMap::new();
+        let mut next_wake: Option<Timestamp> = None;
+        for mut run in active.into_iter().filter(|run| run.state == RunState::Queued) {
+            if let Some(not_before) = run.not_before.filter(|at| now < *at) {
+                next_wake = Some(next_wake.map_or(not_before, |wake| wake.min(not_before)));
+                continue;
+            }
+            if !robots.contains_key(&run.robot) {
+                let robot = match self.store.robot(&run.robot).await {
+                    Ok(robot) => Some(robot),
+                    Err(StoreError::NotFound) => None,
+                    Err(err) => return Err(err.into()),
+                };
+                robots.insert(run.robot.clone(), robot);
+            }
+            let Some(Some(robot)) = robots.get(&run.robot) else {
+                run.ended_at = Some(now);
+                let reason = Some("its robot was deleted".to_owned());
+                self.transition(&mut run, RunState::Failed, &Cause::Rule("dispatch"), reason).await?;
+                continue;
+            };
+            let running = holding.get(&run.robot).copied().unwrap_or(0);
+            if robot.definition.max_parallel <= running {
+                let reason = format!("waiting: the robot runs {running} of {} allowed at once", robot.definition.max_parallel);
+                self.note_reason(&mut run, reason).await?;
+                continue;
+            }
+            let slots: Vec<_> = agents.iter().map(Agent::slot).collect();
+            let placed = match place(&robot.definition.agent, &slots) {
+                Ok(slot) => slot.name.clone(),
+                Err(reason) => {
+                    self.note_reason(&mut run, reason).await?;
+                    continue;
+                }
+            };
+            let Some(agent) = agents.iter_mut().find(|agent| agent.name == placed) else { continue };
+            agent.active_runs += 1;
+            *holding.entry(run.robot.clone()).or_default() += 1;
+            let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX).map_err(|err| FleetError::Internal(err.to_string()))?;
+            self.store.set_run_token(&run.id, Some(&secrets::token_digest(&token))).await?;
+            run.agent_id = Some(agent.id);
+            run.agent = Some(agent.name.clone());
+            let mut env = robot.definition.env.clone();
+            env.insert("DIRIGENT_RUN_TOKEN".to_owned(), token);
+            let spec = StartSpec {
+                run_id: run.id.clone(),
+                robot: run.robot.clone(),
+                argv: robot.definition.argv.clone(),
+                working_dir: robot.definition.working_dir.clone(),
+                env,
+                stop_grace_seconds: robot.definition.stop_grace_seconds,
+                max_duration_seconds: robot.definition.max_duration_seconds,
+            };
+            let reason = (!agent.online).then(|| format!("waiting for agent {} to connect", agent.name));
+            self.transition(&mut run, RunState::Starting, &Cause::Rule("dispatch"), reason).await?;
+            self.send(agent.id, AgentCommand::Start(spec)).await?;
+        }
+        if let Some(wake) = next_wake {
+            self.wake_at(wake);
+        }
+        Ok(())
+    }
+
+    /// What happens after a run ended: the restart policy, guarded against crash loops.
+    async fn after_end(self: &Arc<Fleet>, run: &Run) -> FleetResult<()> {
+        let robot = match self.store.robot(&run.robot).await {
+            Ok(robot) => robot,
+            Err(StoreError::NotFound) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        if robot.mode != RobotMode::Auto || !run::should_restart(robot.definition.restart_policy, run.state) {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let guard = robot.definition.crash_loop;
+        let since = now - jiff::SignedDuration::from_secs(i64::from(guard.window_seconds));
+        let earlier = self.store.automatic_starts(&run.robot, since).await?;
+        if run::is_crash_loop(guard, &earlier, now) {
+            let reason = format!(
+                "crash loop: more than {} automatic starts within {} s; switched to manual",
+                guard.max_starts, guard.window_seconds
+            );
+            tracing::warn!(robot = run.robot, reason, "crash-loop guard");
+            self.store.set_robot_mode(&run.robot, RobotMode::Manual, &reason).await?;
+            return Ok(());
+        }
+        let recent = self.store.ended_runs(&run.robot, 32).await?;
+        let failures = recent.iter().take_while(|ended| matches!(ended.state, RunState::Failed | RunState::TimedOut | RunState::Lost)).count();
+        let delay = run::restart_delay(robot.definition.restart_backoff, u32::try_from(failures).unwrap_or(u32::MAX));
+        let not_before = (!delay.is_zero()).then(|| now.saturating_add(delay).unwrap_or(now));
+        self.create_run(&robot, Cause::RestartPolicy, not_before).await?;
+        Ok(())
+    }
+
+    async fn create_run(&self, robot: &Robot, cause: Cause, not_before: Option<Timestamp>) -> FleetResult<Run> {
+        let now = self.clock.now();
+        let id = secrets::new_id("run_").map_err(|err| FleetError::Internal(err.to_string()))?;
+        let reason = match not_before {
+            Some(at) => format!("restart backoff until {at}"),
+            None => "waiting for an agent".to_owned(),
+        };
+        let run = Run {
+            id,
+            robot: robot.definition.name.to_string(),
+            agent_id: None,
+            agent: None,
+            state: RunState::Queued,
+            reason: Some(reason.clone()),
+            stop_requested: false,
+            automatic: !matches!(cause, Cause::User(_)),
+            pid: None,
+            exit_code: None,
+            signal: None,
+            not_before,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+        };
+        let transition = Transition { state: RunState::Queued, at: now, cause: cause.label(), reason: Some(reason) };
+        self.store.insert_run(&run, &transition).await?;
+        let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
+        Ok(run)
+    }
+
+    async fn take_manual_control(&self, robot: &Robot, user: &str, what: &str) -> FleetResult<()> {
+        if robot.mode == RobotMode::Manual {
+            return Ok(());
+        }
+        let reason = format!("{user} {what}");
+        self.store.set_robot_mode(robot.definition.name.as_str(), RobotMode::Manual, &reason).await?;
+        Ok(())
+    }
+
+    async fn transition(&self, run: &mut Run, state: RunState, cause: &Cause, reason: Option<String>) -> FleetResult<()> {
+        run.state = state;
+        run.reason = reason.clone();
+        let transition = Transition { state, at: self.clock.now(), cause: cause.label(), reason };
+        self.store.update_run(run, Some(&transition)).await?;
+        let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
+        Ok(())
+    }
+
+    async fn note_reason(&self, run: &mut Run, reason: String) -> FleetResult<()> {
+        if run.reason.as_deref() == Some(reason.as_str()) {
+            return Ok(());
+        }
+        run.reason = Some(reason);
+        self.store.update_run(run, None).await?;
+        let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
+        Ok(())
+    }
+
+    /// Queues a command for an agent durably, and sends it at once if it is connected.
+    async fn send(&self, agent_id: AgentId, command: AgentCommand) -> FleetResult<()> {
+        let body = serde_json::to_string(&command).map_err(|err| FleetError::Internal(err.to_string()))?;
+        let id = self.store.queue_agent_command(agent_id, &body, self.clock.now()).await?;
+        let connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(connection) = connections.get(&agent_id) {
+            let _ = connection.frames.send(ServerFrame::Command { id, command });
+        }
+        Ok(())
+    }
+
+    async fn robot(&self, name: &str) -> FleetResult<Robot> {
+        self.store.robot(name).await.map_err(|err| not_found_as(err, || FleetError::RobotNotFound(name.to_owned())))
+    }
+
+    pub async fn run(&self, id: &str) -> FleetResult<Run> {
+        self.store.run(id).await.map_err(|err| not_found_as(err, || FleetError::RunNotFound(id.to_owned())))
+    }
+
+    /// Dispatches again at `at` (restart backoff).
+    fn wake_at(self: &Arc<Fleet>, at: Timestamp) {
+        let delay = at.duration_since(self.clock.now()).unsigned_abs();
+        let fleet = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(err) = fleet.dispatch().await {
+                tracing::error!(%err, "dispatching after a backoff");
+            }
+        });
+    }
+
+    /// Marks the agent's runs lost if it has not reconnected (with a newer connection than
+    /// `serial`) within the deadline.
+    fn watch_silence(self: &Arc<Fleet>, agent_id: AgentId, serial: u64) {
+        let fleet = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(fleet.settings.lost_after).await;
+            let reconnected = {
+                let connections = fleet.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                connections.get(&agent_id).is_some_and(|connection| serial < connection.serial)
+            };
+            if reconnected {
+                return;
+            }
+            if let Err(err) = fleet.mark_lost(agent_id).await {
+                tracing::error!(%err, "marking the runs of a silent agent lost");
+            }
+        });
+    }
+
+    async fn mark_lost(self: &Arc<Fleet>, agent_id: AgentId) -> FleetResult<()> {
+        {
+            let _changes = self.changes.lock().await;
+            let seconds = self.settings.lost_after.as_secs();
+            for mut run in self.store.active_runs().await? {
+                if run.agent_id == Some(agent_id) && run.state.holds_agent() {
+                    run.ended_at = Some(self.clock.now());
+                    let reason = Some(format!("its agent was silent for more than {seconds} s"));
+                    self.transition(&mut run, RunState::Lost, &Cause::Rule("agent_silent"), reason).await?;
+                    self.store.set_run_token(&run.id, None).await?;
+                    self.after_end(&run).await?;
+                }
+            }
+        }
+        self.dispatch().await
+    }
+
+    fn register(&self, agent_id: AgentId, frames: mpsc::UnboundedSender<ServerFrame>) -> u64 {
+        let serial = self.next_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        connections.insert(agent_id, Connection { serial, frames });
+        serial
+    }
+
+    /// Forgets a connection; answers whether it was still the agent's current one.
+    fn unregister(&self, agent_id: AgentId, serial: u64) -> bool {
+        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if connections.get(&agent_id).is_some_and(|connection| connection.serial == serial) {
+            connections.remove(&agent_id);
+            return true;
+        }
+        false
+    }
+}
+
+fn describe_exit(exit_code: Option<i32>, signal: Option<i32>) -> String {
+    match (exit_code, signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("ended by signal {signal}"),
+        (None, None) => "ended".to_owned(),
+    }
+}
+
+fn not_found_as(err: StoreError, not_found: impl FnOnce() -> FleetError) -> FleetError {
+    match err {
+        StoreError::NotFound => not_found(),
+        err => FleetError::Store(err),
+    }
+}

@@ -1,0 +1,171 @@
+//! `dirigent agent`: without a subcommand, runs the agent of this robot machine; with one
+//! (`ls`, `enroll-token`, `drain`, `undrain`), manages agents through the API.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use dirigent_agent::AgentConfig;
+use dirigent_client::Client;
+
+use crate::cli::{ClientArgs, explain, print_json, print_table};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: RunAgentArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunAgentArgs {
+    /// The orchestrator's URL.
+    #[arg(long, env = "DIRIGENT_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// Where the credential and the journal are kept.
+    #[arg(long, env = "DIRIGENT_AGENT_DATA", value_name = "DIR", default_value = "./dirigent-agent")]
+    data: PathBuf,
+    /// A one-time enrollment token (from `dirigent agent enroll-token`), needed on the first start.
+    #[arg(long, env = "DIRIGENT_ENROLL_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    enroll_token: Option<String>,
+    /// The name to enroll under [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Labels robots can select this agent by: `key=value,key=value`.
+    #[arg(long, value_name = "LABELS", default_value = "")]
+    labels: String,
+    /// Runs this agent takes at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    capacity: u32,
+    /// Stop when no run is alive and the server was unreachable this many seconds.
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    exit_when_orphaned: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// List the agents with their state and load.
+    Ls(ClientArgs),
+    /// Create a one-time enrollment token for a new agent (printed once).
+    EnrollToken {
+        /// How long it can be used, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        expires_in: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop giving an agent new runs; it finishes those it has.
+    Drain {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give a drained agent runs again.
+    Undrain {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    match args.command {
+        None => run_agent(args.run).await,
+        Some(AgentCommand::Ls(client_args)) => {
+            let agents = client_args.client()?.agents().await.map_err(explain)?;
+            if client_args.json {
+                return print_json(&agents);
+            }
+            let rows: Vec<Vec<String>> = agents
+                .into_iter()
+                .map(|agent| {
+                    let labels: Vec<String> = agent.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+                    vec![
+                        agent.name,
+                        format!("{:?}", agent.state).to_lowercase(),
+                        format!("{}/{}", agent.active_runs, agent.capacity),
+                        agent.host,
+                        agent.os_user,
+                        labels.join(","),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "STATE", "RUNS", "HOST", "USER", "LABELS"], &rows);
+            Ok(())
+        }
+        Some(AgentCommand::EnrollToken { expires_in, client }) => {
+            let token = client.client()?.create_enrollment_token(Some(expires_in)).await.map_err(explain)?;
+            if client.json {
+                return print_json(&token);
+            }
+            eprintln!("Enrollment token, usable once until {}:", token.expires_at);
+            println!("{}", token.token);
+            Ok(())
+        }
+        Some(AgentCommand::Drain { name, client }) => drain(&name, true, &client).await,
+        Some(AgentCommand::Undrain { name, client }) => drain(&name, false, &client).await,
+    }
+}
+
+async fn drain(name: &str, draining: bool, client_args: &ClientArgs) -> anyhow::Result<()> {
+    let agent = client_args.client()?.drain_agent(name, draining).await.map_err(explain)?;
+    if client_args.json {
+        return print_json(&agent);
+    }
+    eprintln!("Agent {} is {}.", agent.name, format!("{:?}", agent.state).to_lowercase());
+    Ok(())
+}
+
+async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
+    let Some(server) = args.server else {
+        bail!("give the orchestrator's URL: dirigent agent --server http://HOST:8420");
+    };
+    let labels = parse_labels(&args.labels)?;
+    if args.capacity == 0 || 10_000 < args.capacity {
+        bail!("--capacity must be between 1 and 10000");
+    }
+    let credential = match dirigent_agent::stored_credential(&args.data)? {
+        Some(credential) => credential,
+        None => {
+            let Some(token) = args.enroll_token else {
+                bail!(
+                    "this agent is not enrolled: give --enroll-token (create one with `dirigent agent enroll-token`)"
+                );
+            };
+            let name = match args.name {
+                Some(name) => name,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|name| name.trim().to_lowercase())
+                    .context("reading the host name (or give --name)")?,
+            };
+            let enrolled = Client::new(&server, None)?.enroll(&token, &name).await.map_err(explain)?;
+            dirigent_agent::store_credential(&args.data, &enrolled.credential)?;
+            eprintln!("Enrolled as agent {}.", enrolled.name);
+            enrolled.credential
+        }
+    };
+    crate::init_tracing();
+    let config = AgentConfig {
+        server_url: server,
+        data_dir: args.data,
+        labels,
+        capacity: args.capacity,
+        heartbeat: Duration::from_secs(15),
+        exit_when_orphaned: args.exit_when_orphaned.map(Duration::from_secs),
+    };
+    dirigent_agent::run(config, credential, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--labels takes key=value pairs, not {pair:?}");
+        };
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
+}
