@@ -47,7 +47,10 @@ impl Journal {
     /// Opens (or creates) the journal at `path` and reads back what it holds. A torn last
     /// line, from a crash in the middle of a write, is ignored.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let error = |source| JournalError { path: path.to_owned(), source };
+        let error = |source| JournalError {
+            path: path.to_owned(),
+            source,
+        };
         let mut last_event_id = 0;
         let mut last_acked = 0;
         let mut last_applied_command = 0;
@@ -66,7 +69,9 @@ impl Journal {
                             unacked.push_back((id, event));
                         }
                         Record::Acked { id } => last_acked = last_acked.max(id),
-                        Record::Applied { id } => last_applied_command = last_applied_command.max(id),
+                        Record::Applied { id } => {
+                            last_applied_command = last_applied_command.max(id)
+                        }
                     }
                 }
             }
@@ -76,9 +81,20 @@ impl Journal {
         unacked.retain(|(id, _)| last_acked < *id);
         // After a compaction only the acknowledgement remembers how far the ids went.
         let last_event_id = last_event_id.max(last_acked);
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(error)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(error)?;
         let bytes = file.metadata().map_err(error)?.len();
-        let mut journal = Journal { path: path.to_owned(), file, bytes, last_event_id, unacked, last_applied_command };
+        let mut journal = Journal {
+            path: path.to_owned(),
+            file,
+            bytes,
+            last_event_id,
+            unacked,
+            last_applied_command,
+        };
         journal.compact()?;
         Ok(journal)
     }
@@ -98,7 +114,11 @@ impl Journal {
     /// The server applied every event up to `id`.
     pub fn ack(&mut self, id: u64) -> Result<(), JournalError> {
         let before = self.unacked.len();
-        while self.unacked.front().is_some_and(|(event_id, _)| *event_id <= id) {
+        while self
+            .unacked
+            .front()
+            .is_some_and(|(event_id, _)| *event_id <= id)
+        {
             self.unacked.pop_front();
         }
         if before != self.unacked.len() {
@@ -125,7 +145,10 @@ impl Journal {
     }
 
     fn write(&mut self, record: &Record, sync: bool) -> Result<(), JournalError> {
-        let error = |source| JournalError { path: self.path.clone(), source };
+        let error = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
         let mut line = serde_json::to_vec(record).map_err(|err| error(err.into()))?;
         line.push(b'\n');
         self.file.write_all(&line).map_err(error)?;
@@ -140,10 +163,20 @@ impl Journal {
         if !self.unacked.is_empty() || self.bytes < COMPACT_BYTES {
             return Ok(());
         }
-        let error = |source| JournalError { path: self.path.clone(), source };
+        let error = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
         let fresh = self.path.with_extension("compacting");
         let mut file = File::create(&fresh).map_err(error)?;
-        let records = [Record::Acked { id: self.last_event_id }, Record::Applied { id: self.last_applied_command }];
+        let records = [
+            Record::Acked {
+                id: self.last_event_id,
+            },
+            Record::Applied {
+                id: self.last_applied_command,
+            },
+        ];
         let mut bytes = 0;
         for record in &records {
             let mut line = serde_json::to_vec(record).map_err(|err| error(err.into()))?;
@@ -153,7 +186,10 @@ impl Journal {
         }
         file.sync_all().map_err(error)?;
         std::fs::rename(&fresh, &self.path).map_err(error)?;
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(error)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(error)?;
         self.bytes = bytes;
         Ok(())
     }
@@ -166,7 +202,10 @@ mod tests {
     use super::*;
 
     fn paused(run_id: &str) -> AgentEvent {
-        AgentEvent::Paused { run_id: run_id.to_owned(), at: Timestamp::UNIX_EPOCH }
+        AgentEvent::Paused {
+            run_id: run_id.to_owned(),
+            at: Timestamp::UNIX_EPOCH,
+        }
     }
 
     #[test]
@@ -203,7 +242,11 @@ mod tests {
         let text = "x".repeat(64 * 1024);
         let mut last = 0;
         for _ in 0..20 {
-            let event = AgentEvent::StartFailed { run_id: "r".into(), reason: text.clone(), at: Timestamp::UNIX_EPOCH };
+            let event = AgentEvent::StartFailed {
+                run_id: "r".into(),
+                reason: text.clone(),
+                at: Timestamp::UNIX_EPOCH,
+            };
             last = journal.append(event).unwrap();
         }
         journal.applied(5).unwrap();
@@ -213,6 +256,10 @@ mod tests {
         drop(journal);
         let mut journal = Journal::open(&path).unwrap();
         assert_eq!(journal.last_applied_command(), 5);
-        assert_eq!(journal.append(paused("x")).unwrap(), last + 1, "ids never repeat");
+        assert_eq!(
+            journal.append(paused("x")).unwrap(),
+            last + 1,
+            "ids never repeat"
+        );
     }
 }

@@ -58,14 +58,22 @@ pub fn stored_credential(data_dir: &std::path::Path) -> Result<Option<String>, A
     match std::fs::read_to_string(data_dir.join(CREDENTIAL_FILE)) {
         Ok(text) => Ok(Some(text.trim().to_owned())),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(AgentError::Setup(format!("reading {}: {err}", data_dir.join(CREDENTIAL_FILE).display()))),
+        Err(err) => Err(AgentError::Setup(format!(
+            "reading {}: {err}",
+            data_dir.join(CREDENTIAL_FILE).display()
+        ))),
     }
 }
 
 /// Keeps a credential in the data directory, readable by the agent's user alone.
 pub fn store_credential(data_dir: &std::path::Path, credential: &str) -> Result<(), AgentError> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let setup = |err: std::io::Error| AgentError::Setup(format!("writing the credential in {}: {err}", data_dir.display()));
+    let setup = |err: std::io::Error| {
+        AgentError::Setup(format!(
+            "writing the credential in {}: {err}",
+            data_dir.display()
+        ))
+    };
     std::fs::create_dir_all(data_dir).map_err(setup)?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -80,13 +88,23 @@ pub fn store_credential(data_dir: &std::path::Path, credential: &str) -> Result<
 
 /// Runs the agent until `shutdown` resolves. Robot processes keep running after the agent
 /// stops (they are in their own process groups).
-pub async fn run(config: AgentConfig, credential: String, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|err| AgentError::Setup(format!("creating {}: {err}", config.data_dir.display())))?;
+pub async fn run(
+    config: AgentConfig,
+    credential: String,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|err| {
+        AgentError::Setup(format!("creating {}: {err}", config.data_dir.display()))
+    })?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let mut journal = Journal::open(&config.data_dir.join(JOURNAL_FILE))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut runner = Runner::new(RunnerConfig { server_url: config.server_url.clone() }, events_tx);
+    let mut runner = Runner::new(
+        RunnerConfig {
+            server_url: config.server_url.clone(),
+        },
+        events_tx,
+    );
     let mut failures: u32 = 0;
     let mut offline_since = tokio::time::Instant::now();
     tokio::pin!(shutdown);
@@ -98,8 +116,12 @@ pub async fn run(config: AgentConfig, credential: String, shutdown: impl Future<
         match ended {
             Ok(never) => match never {},
             Err(SessionError::Journal(err)) => return Err(err.into()),
-            Err(SessionError::Refused(reason)) => tracing::error!(reason, "the server refused this agent"),
-            Err(SessionError::Link(reason)) => tracing::info!(reason, server = config.server_url, "not connected"),
+            Err(SessionError::Refused(reason)) => {
+                tracing::error!(reason, "the server refused this agent")
+            }
+            Err(SessionError::Link(reason)) => {
+                tracing::info!(reason, server = config.server_url, "not connected")
+            }
         }
         if failures == 0 {
             offline_since = tokio::time::Instant::now();
@@ -135,15 +157,27 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fil
         .write(true)
         .open(&path)
         .map_err(|err| AgentError::Setup(format!("opening {}: {err}", path.display())))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        AgentError::Setup(format!("another agent is running with the data directory {}", dir.display()))
-    })
+    let mut lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| {
+            AgentError::Setup(format!(
+                "another agent is running with the data directory {}",
+                dir.display()
+            ))
+        })?;
+    // The holder's pid, for people (and scripts) looking for the agent.
+    use std::io::{Seek, Write};
+    let _ = lock.set_len(0);
+    let _ = lock.rewind();
+    let _ = write!(lock, "{}", std::process::id());
+    Ok(lock)
 }
 
 /// The delay before reconnecting after `failures` failures in a row: exponential, capped,
 /// with ±50 % jitter so that a fleet does not reconnect in step.
 fn backoff(failures: u32) -> Duration {
-    let exponential = BACKOFF_FIRST.saturating_mul(1 << failures.min(16)).min(BACKOFF_MAX);
+    let exponential = BACKOFF_FIRST
+        .saturating_mul(1 << failures.min(16))
+        .min(BACKOFF_MAX);
     let jitter = getrandom::u32().unwrap_or(u32::MAX / 2);
     exponential.mul_f64(0.5 + f64::from(jitter) / f64::from(u32::MAX))
 }
@@ -181,7 +215,9 @@ async fn session(
     let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
         Ok(connected) => connected,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status() == 401 => {
-            return Err(SessionError::Refused("the credential is unknown or revoked; enroll again".to_owned()));
+            return Err(SessionError::Refused(
+                "the credential is unknown or revoked; enroll again".to_owned(),
+            ));
         }
         Err(err) => return Err(link_error(err)),
     };
@@ -197,19 +233,38 @@ async fn session(
     let last_event_id = loop {
         match receive(&mut socket).await? {
             Some(ServerFrame::Welcome { last_event_id }) => break last_event_id,
-            Some(other) => return Err(SessionError::Link(format!("expected a welcome, got {other:?}"))),
+            Some(other) => {
+                return Err(SessionError::Link(format!(
+                    "expected a welcome, got {other:?}"
+                )));
+            }
             None => continue,
         }
     };
     *failures = 0;
     journal.ack(last_event_id)?;
-    let resend: Vec<AgentFrame> =
-        journal.unacked().map(|(id, event)| AgentFrame::Event { id: *id, event: event.clone() }).collect();
+    let resend: Vec<AgentFrame> = journal
+        .unacked()
+        .map(|(id, event)| AgentFrame::Event {
+            id: *id,
+            event: event.clone(),
+        })
+        .collect();
     for frame in &resend {
         send(&mut socket, frame).await?;
     }
-    send(&mut socket, &AgentFrame::Synced { live_runs: runner.live_runs() }).await?;
-    tracing::info!(server = config.server_url, resent = resend.len(), "connected");
+    send(
+        &mut socket,
+        &AgentFrame::Synced {
+            live_runs: runner.live_runs(),
+        },
+    )
+    .await?;
+    tracing::info!(
+        server = config.server_url,
+        resent = resend.len(),
+        "connected"
+    );
 
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.reset();
@@ -238,11 +293,15 @@ async fn session(
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn send(socket: &mut Socket, frame: &AgentFrame) -> Result<(), SessionError> {
     let text = serde_json::to_string(frame).map_err(link_error)?;
-    socket.send(Message::Text(text.into())).await.map_err(link_error)
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(link_error)
 }
 
 /// The next frame of the server; `None` for control messages. The end of the connection is
@@ -257,11 +316,15 @@ async fn receive(socket: &mut Socket) -> Result<Option<ServerFrame>, SessionErro
             }
         },
         Some(Ok(Message::Close(close))) => {
-            let reason = close.map(|close| close.reason.to_string()).unwrap_or_default();
+            let reason = close
+                .map(|close| close.reason.to_string())
+                .unwrap_or_default();
             if reason.starts_with("refused:") {
                 return Err(SessionError::Refused(reason));
             }
-            Err(SessionError::Link(format!("the server closed the connection {reason}")))
+            Err(SessionError::Link(format!(
+                "the server closed the connection {reason}"
+            )))
         }
         Some(Ok(_)) => Ok(None),
         Some(Err(err)) => Err(link_error(err)),
@@ -276,13 +339,17 @@ fn link_url(server_url: &str) -> Result<String, SessionError> {
     } else if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else {
-        return Err(SessionError::Link(format!("the server URL {server_url:?} must start with http:// or https://")));
+        return Err(SessionError::Link(format!(
+            "the server URL {server_url:?} must start with http:// or https://"
+        )));
     };
     Ok(format!("{rest}/agent/v1/connect"))
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn os_user() -> String {

@@ -68,7 +68,13 @@ impl Runner {
     /// A runner that reports on `events`.
     pub fn new(config: RunnerConfig, events: mpsc::UnboundedSender<AgentEvent>) -> Runner {
         let (ended_tx, ended) = mpsc::unbounded_channel();
-        Runner { config, events, runs: HashMap::new(), ended, ended_tx }
+        Runner {
+            config,
+            events,
+            runs: HashMap::new(),
+            ended,
+            ended_tx,
+        }
     }
 
     /// The runs alive now.
@@ -77,7 +83,11 @@ impl Runner {
         let mut live: Vec<LiveRun> = self
             .runs
             .iter()
-            .map(|(run_id, handle)| LiveRun { run_id: run_id.clone(), pid: handle.pid, paused: handle.paused })
+            .map(|(run_id, handle)| LiveRun {
+                run_id: run_id.clone(),
+                pid: handle.pid,
+                paused: handle.paused,
+            })
             .collect();
         live.sort_by(|a, b| a.run_id.cmp(&b.run_id));
         live
@@ -96,9 +106,15 @@ impl Runner {
             AgentCommand::Start(spec) => self.start(spec),
             AgentCommand::Pause { run_id } => self.control(&run_id, Control::Pause),
             AgentCommand::Resume { run_id } => self.control(&run_id, Control::Resume),
-            AgentCommand::Stop { run_id, grace_seconds } => {
-                self.control(&run_id, Control::Stop { grace: Duration::from_secs(u64::from(grace_seconds)) })
-            }
+            AgentCommand::Stop {
+                run_id,
+                grace_seconds,
+            } => self.control(
+                &run_id,
+                Control::Stop {
+                    grace: Duration::from_secs(u64::from(grace_seconds)),
+                },
+            ),
             AgentCommand::Kill { run_id } => self.control(&run_id, Control::Kill),
         }
     }
@@ -124,26 +140,53 @@ impl Runner {
 
     fn start(&mut self, spec: StartSpec) {
         if self.runs.contains_key(&spec.run_id) {
-            tracing::info!(run_id = spec.run_id, "start of a run that is alive already: ignored");
+            tracing::info!(
+                run_id = spec.run_id,
+                "start of a run that is alive already: ignored"
+            );
             return;
         }
         let now = now();
         let child = match spawn(&self.config, &spec) {
             Ok(child) => child,
             Err(reason) => {
-                let _ = self.events.send(AgentEvent::StartFailed { run_id: spec.run_id, reason, at: now });
+                let _ = self.events.send(AgentEvent::StartFailed {
+                    run_id: spec.run_id,
+                    reason,
+                    at: now,
+                });
                 return;
             }
         };
         let Some(pid) = child.id() else {
             let reason = "the process ended before it could be watched".to_owned();
-            let _ = self.events.send(AgentEvent::StartFailed { run_id: spec.run_id, reason, at: now });
+            let _ = self.events.send(AgentEvent::StartFailed {
+                run_id: spec.run_id,
+                reason,
+                at: now,
+            });
             return;
         };
-        let _ = self.events.send(AgentEvent::Started { run_id: spec.run_id.clone(), pid, at: now });
+        let _ = self.events.send(AgentEvent::Started {
+            run_id: spec.run_id.clone(),
+            pid,
+            at: now,
+        });
         let (control, control_rx) = mpsc::unbounded_channel();
-        self.runs.insert(spec.run_id.clone(), LiveHandle { pid, paused: false, control });
-        let supervisor = Supervisor { spec, pid, events: self.events.clone(), ended: self.ended_tx.clone() };
+        self.runs.insert(
+            spec.run_id.clone(),
+            LiveHandle {
+                pid,
+                paused: false,
+                control,
+            },
+        );
+        let supervisor = Supervisor {
+            spec,
+            pid,
+            events: self.events.clone(),
+            ended: self.ended_tx.clone(),
+        };
         tokio::spawn(supervisor.run(child, control_rx));
     }
 }
@@ -152,7 +195,10 @@ fn spawn(config: &RunnerConfig, spec: &StartSpec) -> Result<tokio::process::Chil
     let Some((program, args)) = spec.argv.split_first() else {
         return Err("the robot has no program to run".to_owned());
     };
-    #[allow(clippy::disallowed_methods, reason = "the runner is where robot processes are spawned")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the runner is where robot processes are spawned"
+    )]
     let mut command = Command::new(program);
     command
         .args(args)
@@ -167,7 +213,9 @@ fn spawn(config: &RunnerConfig, spec: &StartSpec) -> Result<tokio::process::Chil
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }
-    command.spawn().map_err(|err| format!("cannot start {program:?}: {err}"))
+    command
+        .spawn()
+        .map_err(|err| format!("cannot start {program:?}: {err}"))
 }
 
 /// Watches one run from spawn to reaping.
@@ -179,13 +227,23 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, mut child: tokio::process::Child, mut control: mpsc::UnboundedReceiver<Control>) {
+    async fn run(
+        self,
+        mut child: tokio::process::Child,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
         let run_id = self.spec.run_id.clone();
         let group = Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
         let (lines_tx, mut lines) = mpsc::channel::<(Stream, String)>(1024);
         let readers = [
-            child.stdout.take().map(|out| tokio::spawn(read_lines(out, Stream::Stdout, lines_tx.clone()))),
-            child.stderr.take().map(|err| tokio::spawn(read_lines(err, Stream::Stderr, lines_tx.clone()))),
+            child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(read_lines(out, Stream::Stdout, lines_tx.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|err| tokio::spawn(read_lines(err, Stream::Stderr, lines_tx.clone()))),
         ];
         drop(lines_tx);
 
@@ -266,7 +324,10 @@ impl Supervisor {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(run_id, "output pipes still open after the run ended (a process left its group)");
+            tracing::warn!(
+                run_id,
+                "output pipes still open after the run ended (a process left its group)"
+            );
         }
         for reader in readers.into_iter().flatten() {
             reader.abort();
@@ -284,7 +345,13 @@ impl Supervisor {
             }
         };
         let _ = self.ended.send(run_id.clone());
-        self.send(Some(AgentEvent::Exited { run_id, at: now(), exit_code, signal: signal_number, ending }));
+        self.send(Some(AgentEvent::Exited {
+            run_id,
+            at: now(),
+            exit_code,
+            signal: signal_number,
+            ending,
+        }));
     }
 
     /// SIGTERM to the group (continued first if paused), and the deadline for SIGKILL.
@@ -294,7 +361,10 @@ impl Supervisor {
             signal(group, Signal::SIGCONT);
             *paused = false;
         }
-        self.send(Some(AgentEvent::Stopping { run_id: self.spec.run_id.clone(), at: now() }));
+        self.send(Some(AgentEvent::Stopping {
+            run_id: self.spec.run_id.clone(),
+            at: now(),
+        }));
         Instant::now() + grace
     }
 
@@ -306,6 +376,14 @@ impl Supervisor {
 }
 
 fn signal(group: Pid, signal: Signal) {
+    // A group id of 0 or 1 would reach the agent's own group or every process: never a run.
+    if group.as_raw() <= 1 {
+        tracing::error!(
+            group = group.as_raw(),
+            "refusing to signal this process group"
+        );
+        return;
+    }
     // ESRCH means the group is gone already: nothing to do.
     let _ = killpg(group, signal);
 }
@@ -319,12 +397,21 @@ struct OutputBatcher {
 
 impl OutputBatcher {
     fn new(run_id: String) -> OutputBatcher {
-        OutputBatcher { run_id, next_seq: 1, lines: Vec::new() }
+        OutputBatcher {
+            run_id,
+            next_seq: 1,
+            lines: Vec::new(),
+        }
     }
 
     /// Adds a line; answers whether the batch is full.
     fn push(&mut self, stream: Stream, text: String) -> bool {
-        self.lines.push(OutputLine { seq: self.next_seq, stream, at: now(), text });
+        self.lines.push(OutputLine {
+            seq: self.next_seq,
+            stream,
+            at: now(),
+            text,
+        });
         self.next_seq += 1;
         BATCH_LINES <= self.lines.len()
     }
@@ -333,16 +420,26 @@ impl OutputBatcher {
         if self.lines.is_empty() {
             return None;
         }
-        Some(AgentEvent::Output { run_id: self.run_id.clone(), lines: std::mem::take(&mut self.lines) })
+        Some(AgentEvent::Output {
+            run_id: self.run_id.clone(),
+            lines: std::mem::take(&mut self.lines),
+        })
     }
 }
 
-async fn read_lines(pipe: impl AsyncRead + Unpin, stream: Stream, lines: mpsc::Sender<(Stream, String)>) {
+async fn read_lines(
+    pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    lines: mpsc::Sender<(Stream, String)>,
+) {
     let mut reader = BufReader::new(pipe);
     let mut buffer = Vec::new();
     loop {
         buffer.clear();
-        let read = (&mut reader).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut buffer).await;
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buffer)
+            .await;
         match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {
@@ -363,7 +460,10 @@ async fn read_lines(pipe: impl AsyncRead + Unpin, stream: Stream, lines: mpsc::S
 
 /// The wall clock, at millisecond precision, for the times of events.
 fn now() -> Timestamp {
-    #[allow(clippy::disallowed_methods, reason = "events carry the agent's wall-clock time")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "events carry the agent's wall-clock time"
+    )]
     let now = Timestamp::now();
     Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
 }

@@ -6,11 +6,13 @@
 use std::fmt;
 
 use dirigent_proto::{
-    agent::{Agent, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse, EnrollmentToken},
+    agent::{
+        Agent, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse, EnrollmentToken,
+    },
     auth::{CreateTokenRequest, CreatedToken, Health, LoginRequest, LoginResponse, Me, TokenInfo},
-    run::{LogLine, Run, RunDetail, StartRunRequest},
     error::ErrorBody,
     robot::{Robot, RobotSpec},
+    run::{LogLine, Run, RunDetail, StartRunRequest},
 };
 use reqwest::{Method, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -139,16 +141,29 @@ impl Client {
     }
 
     pub async fn set_robot_auto(&self, name: &str) -> Result<Robot, ClientError> {
-        self.call(Method::POST, &["api", "v1", "robots", name, "auto"], None::<&()>).await
+        self.call(
+            Method::POST,
+            &["api", "v1", "robots", name, "auto"],
+            None::<&()>,
+        )
+        .await
     }
 
     pub async fn start_run(&self, robot: &str) -> Result<Run, ClientError> {
-        let request = StartRunRequest { robot: robot.to_owned() };
-        self.call(Method::POST, &["api", "v1", "runs"], Some(&request)).await
+        let request = StartRunRequest {
+            robot: robot.to_owned(),
+        };
+        self.call(Method::POST, &["api", "v1", "runs"], Some(&request))
+            .await
     }
 
     /// Runs, newest first: of one robot, or active ones only.
-    pub async fn runs(&self, robot: Option<&str>, active_only: bool, limit: u32) -> Result<Vec<Run>, ClientError> {
+    pub async fn runs(
+        &self,
+        robot: Option<&str>,
+        active_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Run>, ClientError> {
         let mut query = vec![("limit", limit.to_string())];
         if let Some(robot) = robot {
             query.push(("robot", robot.to_owned()));
@@ -156,39 +171,68 @@ impl Client {
         if active_only {
             query.push(("active", "true".to_owned()));
         }
-        self.call_query(Method::GET, &["api", "v1", "runs"], &query).await
+        self.call_query(Method::GET, &["api", "v1", "runs"], &query)
+            .await
     }
 
     pub async fn run(&self, id: &str) -> Result<RunDetail, ClientError> {
-        self.call(Method::GET, &["api", "v1", "runs", id], None::<&()>).await
+        self.call(Method::GET, &["api", "v1", "runs", id], None::<&()>)
+            .await
     }
 
     /// Waits (up to `timeout_seconds`) until the run is in one of `states` or has ended.
-    pub async fn wait_run(&self, id: &str, states: &[&str], timeout_seconds: u32) -> Result<RunDetail, ClientError> {
-        let query = [("wait_for", states.join(",")), ("timeout_seconds", timeout_seconds.to_string())];
-        self.call_query(Method::GET, &["api", "v1", "runs", id], &query).await
+    pub async fn wait_run(
+        &self,
+        id: &str,
+        states: &[&str],
+        timeout_seconds: u32,
+    ) -> Result<RunDetail, ClientError> {
+        let query = [
+            ("wait_for", states.join(",")),
+            ("timeout_seconds", timeout_seconds.to_string()),
+        ];
+        self.call_query(Method::GET, &["api", "v1", "runs", id], &query)
+            .await
     }
 
     /// `operation` is `pause`, `resume`, `stop`, `kill` or `restart`.
     pub async fn operate_run(&self, id: &str, operation: &str) -> Result<Run, ClientError> {
-        self.call(Method::POST, &["api", "v1", "runs", id, operation], None::<&()>).await
+        self.call(
+            Method::POST,
+            &["api", "v1", "runs", id, operation],
+            None::<&()>,
+        )
+        .await
     }
 
-    pub async fn run_logs(&self, id: &str, after: u64, limit: u32) -> Result<Vec<LogLine>, ClientError> {
+    pub async fn run_logs(
+        &self,
+        id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, ClientError> {
         let query = [("after", after.to_string()), ("limit", limit.to_string())];
-        self.call_query(Method::GET, &["api", "v1", "runs", id, "logs"], &query).await
+        self.call_query(Method::GET, &["api", "v1", "runs", id, "logs"], &query)
+            .await
     }
 
     /// Follows a run's output: calls `on_line` for each line as it comes, and answers the
     /// run once it has ended.
-    pub async fn follow_logs(&self, id: &str, after: u64, mut on_line: impl FnMut(LogLine)) -> Result<Run, ClientError> {
+    pub async fn follow_logs(
+        &self,
+        id: &str,
+        after: u64,
+        mut on_line: impl FnMut(LogLine),
+    ) -> Result<Run, ClientError> {
         let url = self.url(&["api", "v1", "runs", id, "logs", "stream"])?;
         let mut request = self.http.get(url).query(&[("after", after.to_string())]);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let unreachable =
-            |err: reqwest::Error| ClientError::Unreachable { url: self.base_url().to_owned(), reason: root_cause(&err) };
+        let unreachable = |err: reqwest::Error| ClientError::Unreachable {
+            url: self.base_url().to_owned(),
+            reason: root_cause(&err),
+        };
         let mut response = request.send().await.map_err(unreachable)?;
         if !response.status().is_success() {
             let status = response.status();
@@ -219,29 +263,55 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Unreachable { url: self.base_url().to_owned(), reason: "the stream ended early".to_owned() })
+        Err(ClientError::Unreachable {
+            url: self.base_url().to_owned(),
+            reason: "the stream ended early".to_owned(),
+        })
     }
 
     pub async fn agents(&self) -> Result<Vec<Agent>, ClientError> {
-        self.call(Method::GET, &["api", "v1", "agents"], None::<&()>).await
+        self.call(Method::GET, &["api", "v1", "agents"], None::<&()>)
+            .await
     }
 
     pub async fn drain_agent(&self, name: &str, draining: bool) -> Result<Agent, ClientError> {
-        self.call(Method::POST, &["api", "v1", "agents", name, "drain"], Some(&DrainRequest { draining })).await
+        self.call(
+            Method::POST,
+            &["api", "v1", "agents", name, "drain"],
+            Some(&DrainRequest { draining }),
+        )
+        .await
     }
 
-    pub async fn create_enrollment_token(&self, expires_in_seconds: Option<u32>) -> Result<EnrollmentToken, ClientError> {
+    pub async fn create_enrollment_token(
+        &self,
+        expires_in_seconds: Option<u32>,
+    ) -> Result<EnrollmentToken, ClientError> {
         let request = CreateEnrollmentToken { expires_in_seconds };
-        self.call(Method::POST, &["api", "v1", "agents", "enrollment-tokens"], Some(&request)).await
+        self.call(
+            Method::POST,
+            &["api", "v1", "agents", "enrollment-tokens"],
+            Some(&request),
+        )
+        .await
     }
 
     /// Exchanges an enrollment token for an agent credential.
     pub async fn enroll(&self, token: &str, name: &str) -> Result<EnrollResponse, ClientError> {
-        let request = EnrollRequest { token: token.to_owned(), name: name.to_owned() };
-        self.call(Method::POST, &["agent", "v1", "enroll"], Some(&request)).await
+        let request = EnrollRequest {
+            token: token.to_owned(),
+            name: name.to_owned(),
+        };
+        self.call(Method::POST, &["agent", "v1", "enroll"], Some(&request))
+            .await
     }
 
-    async fn call_query<T: DeserializeOwned>(&self, method: Method, segments: &[&str], query: &[(&str, String)]) -> Result<T, ClientError> {
+    async fn call_query<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
         let mut url = self.url(segments)?;
         url.query_pairs_mut().extend_pairs(query);
         let bytes = self.send_to(method, url, None::<&()>).await?;
@@ -277,7 +347,12 @@ impl Client {
         self.send_to(method, url, body).await
     }
 
-    async fn send_to(&self, method: Method, url: Url, body: Option<&impl Serialize>) -> Result<Vec<u8>, ClientError> {
+    async fn send_to(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<Vec<u8>, ClientError> {
         let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

@@ -55,7 +55,9 @@ impl AgentSelector {
         match self {
             AgentSelector::Any => true,
             AgentSelector::Named(name) => agent.name == *name,
-            AgentSelector::Labels(labels) => labels.iter().all(|(key, value)| agent.labels.get(key) == Some(value)),
+            AgentSelector::Labels(labels) => labels
+                .iter()
+                .all(|(key, value)| agent.labels.get(key) == Some(value)),
         }
     }
 }
@@ -63,8 +65,14 @@ impl AgentSelector {
 /// The agent a run of a robot with this selector should go to: among the matching agents that
 /// are online, not draining and not full, the one with the most free places (then by name).
 /// When there is none, the reason, for the queued run to show.
-pub fn place<'a>(selector: &AgentSelector, agents: &'a [AgentSlot]) -> Result<&'a AgentSlot, String> {
-    let matching: Vec<&AgentSlot> = agents.iter().filter(|agent| selector.matches(agent)).collect();
+pub fn place<'a>(
+    selector: &AgentSelector,
+    agents: &'a [AgentSlot],
+) -> Result<&'a AgentSlot, String> {
+    let matching: Vec<&AgentSlot> = agents
+        .iter()
+        .filter(|agent| selector.matches(agent))
+        .collect();
     let best = matching
         .iter()
         .filter(|agent| agent.online && !agent.draining && agent.active_runs < agent.capacity)
@@ -94,10 +102,19 @@ pub fn place<'a>(selector: &AgentSelector, agents: &'a [AgentSlot]) -> Result<&'
 mod tests {
     use super::*;
 
-    fn slot(name: &str, labels: &[(&str, &str)], capacity: u32, active_runs: u32, online: bool) -> AgentSlot {
+    fn slot(
+        name: &str,
+        labels: &[(&str, &str)],
+        capacity: u32,
+        active_runs: u32,
+        online: bool,
+    ) -> AgentSlot {
         AgentSlot {
             name: name.to_owned(),
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             capacity,
             active_runs,
             online,
@@ -123,13 +140,21 @@ mod tests {
         check("os=linux", &fleet, Ok("b"));
         check("a", &fleet, Ok("a"));
         check("site=berlin,os=linux", &fleet, Ok("b"));
-        check("os=windows", &fleet, Err("waiting for an agent labelled os=windows: offline"));
+        check(
+            "os=windows",
+            &fleet,
+            Err("waiting for an agent labelled os=windows: offline"),
+        );
         check("c", &fleet, Err("waiting for agent c: offline"));
         check("zz", &fleet, Err("waiting for agent zz: none is enrolled"));
         let full = [slot("a", &[], 1, 1, true)];
         check("", &full, Err("waiting for any agent: full or draining"));
         let mut draining = slot("a", &[], 4, 0, true);
         draining.draining = true;
-        check("", &[draining], Err("waiting for any agent: full or draining"));
+        check(
+            "",
+            &[draining],
+            Err("waiting for any agent: full or draining"),
+        );
     }
 }

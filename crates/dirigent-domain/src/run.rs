@@ -55,7 +55,9 @@ impl RunState {
     }
 
     pub fn parse(text: &str) -> Option<RunState> {
-        RunState::ALL.into_iter().find(|state| state.as_str() == text)
+        RunState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
     }
 
     /// Whether the run has ended for good.
@@ -65,7 +67,14 @@ impl RunState {
 
     /// Whether the run is waiting, starting or alive (and counts against limits).
     pub fn is_active(self) -> bool {
-        matches!(self, RunState::Queued | RunState::Starting | RunState::Running | RunState::Paused | RunState::Stopping)
+        matches!(
+            self,
+            RunState::Queued
+                | RunState::Starting
+                | RunState::Running
+                | RunState::Paused
+                | RunState::Stopping
+        )
     }
 
     /// Whether the run occupies a place on an agent.
@@ -170,7 +179,10 @@ pub fn final_state(ending: Ending, exit_code: Option<i32>, stop_requested: bool)
 pub fn should_restart(policy: RestartPolicy, state: RunState) -> bool {
     match policy {
         RestartPolicy::Never => false,
-        RestartPolicy::OnFailure => matches!(state, RunState::Failed | RunState::TimedOut | RunState::Lost),
+        RestartPolicy::OnFailure => matches!(
+            state,
+            RunState::Failed | RunState::TimedOut | RunState::Lost
+        ),
         RestartPolicy::Always => state.is_final(),
     }
 }
@@ -186,9 +198,16 @@ pub fn restart_delay(backoff: RestartBackoff, consecutive_failures: u32) -> Sign
 
 /// Whether one more automatic start at `now` would make more than `max_starts` within the
 /// window, given the times of earlier automatic starts.
-pub fn is_crash_loop(guard: CrashLoopGuard, earlier_auto_starts: &[Timestamp], now: Timestamp) -> bool {
+pub fn is_crash_loop(
+    guard: CrashLoopGuard,
+    earlier_auto_starts: &[Timestamp],
+    now: Timestamp,
+) -> bool {
     let window_start = now - SignedDuration::from_secs(i64::from(guard.window_seconds));
-    let in_window = earlier_auto_starts.iter().filter(|at| window_start < **at && **at <= now).count();
+    let in_window = earlier_auto_starts
+        .iter()
+        .filter(|at| window_start < **at && **at <= now)
+        .count();
     u32::try_from(in_window + 1).unwrap_or(u32::MAX) > guard.max_starts
 }
 
@@ -212,19 +231,38 @@ mod tests {
             (Lost, Kill, false),
         ];
         for (state, operation, expect) in table {
-            assert_eq!(check_operation(state, operation).is_ok(), expect, "{operation:?} on {state:?}");
+            assert_eq!(
+                check_operation(state, operation).is_ok(),
+                expect,
+                "{operation:?} on {state:?}"
+            );
         }
-        assert_eq!(check_operation(Succeeded, Stop).unwrap_err(), "the run has ended already; this one is succeeded");
+        assert_eq!(
+            check_operation(Succeeded, Stop).unwrap_err(),
+            "the run has ended already; this one is succeeded"
+        );
     }
 
     #[test]
     fn endings_become_final_states() {
-        assert_eq!(final_state(Ending::Natural, Some(0), false), RunState::Succeeded);
-        assert_eq!(final_state(Ending::Natural, Some(3), false), RunState::Failed);
+        assert_eq!(
+            final_state(Ending::Natural, Some(0), false),
+            RunState::Succeeded
+        );
+        assert_eq!(
+            final_state(Ending::Natural, Some(3), false),
+            RunState::Failed
+        );
         assert_eq!(final_state(Ending::Natural, None, false), RunState::Failed);
-        assert_eq!(final_state(Ending::Natural, Some(143), true), RunState::Stopped);
+        assert_eq!(
+            final_state(Ending::Natural, Some(143), true),
+            RunState::Stopped
+        );
         assert_eq!(final_state(Ending::Killed, None, true), RunState::Killed);
-        assert_eq!(final_state(Ending::TimedOut, Some(0), true), RunState::TimedOut);
+        assert_eq!(
+            final_state(Ending::TimedOut, Some(0), true),
+            RunState::TimedOut
+        );
     }
 
     #[test]
@@ -232,28 +270,52 @@ mod tests {
         assert!(!should_restart(RestartPolicy::Never, RunState::Failed));
         assert!(should_restart(RestartPolicy::OnFailure, RunState::Failed));
         assert!(should_restart(RestartPolicy::OnFailure, RunState::Lost));
-        assert!(!should_restart(RestartPolicy::OnFailure, RunState::Succeeded));
+        assert!(!should_restart(
+            RestartPolicy::OnFailure,
+            RunState::Succeeded
+        ));
         assert!(should_restart(RestartPolicy::Always, RunState::Succeeded));
         assert!(!should_restart(RestartPolicy::Always, RunState::Running));
     }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
-        let backoff = RestartBackoff { initial_seconds: 2, max_seconds: 30 };
-        let delays: Vec<i64> = (1..=6).map(|n| restart_delay(backoff, n).as_secs()).collect();
+        let backoff = RestartBackoff {
+            initial_seconds: 2,
+            max_seconds: 30,
+        };
+        let delays: Vec<i64> = (1..=6)
+            .map(|n| restart_delay(backoff, n).as_secs())
+            .collect();
         assert_eq!(delays, [2, 4, 8, 16, 30, 30]);
         assert_eq!(restart_delay(backoff, 0).as_secs(), 2);
-        assert_eq!(restart_delay(RestartBackoff { initial_seconds: 1, max_seconds: 86_400 }, 100).as_secs(), 86_400);
+        assert_eq!(
+            restart_delay(
+                RestartBackoff {
+                    initial_seconds: 1,
+                    max_seconds: 86_400
+                },
+                100
+            )
+            .as_secs(),
+            86_400
+        );
     }
 
     #[test]
     fn crash_loop_counts_starts_in_the_window() {
-        let guard = CrashLoopGuard { max_starts: 3, window_seconds: 60 };
+        let guard = CrashLoopGuard {
+            max_starts: 3,
+            window_seconds: 60,
+        };
         let at = |s: i64| Timestamp::from_second(1_000_000 + s).unwrap();
         let now = at(100);
         assert!(!is_crash_loop(guard, &[], now));
         assert!(!is_crash_loop(guard, &[at(50), at(60)], now));
         assert!(is_crash_loop(guard, &[at(50), at(60), at(90)], now));
-        assert!(!is_crash_loop(guard, &[at(10), at(40), at(60), at(90)], now), "at(10) and at(40) left the window");
+        assert!(
+            !is_crash_loop(guard, &[at(10), at(40), at(60), at(90)], now),
+            "at(10) and at(40) left the window"
+        );
     }
 }

@@ -18,11 +18,18 @@ use crate::run::Stream;
 pub enum AgentFrame {
     /// First frame on every connection.
     Hello(Hello),
-    Event { id: u64, event: AgentEvent },
+    Event {
+        id: u64,
+        event: AgentEvent,
+    },
     /// Acknowledges the server's commands up to and including `id`.
-    Ack { id: u64 },
+    Ack {
+        id: u64,
+    },
     /// Sent after the resent events: the runs alive on the agent now.
-    Synced { live_runs: Vec<LiveRun> },
+    Synced {
+        live_runs: Vec<LiveRun>,
+    },
 }
 
 /// From server to agent.
@@ -30,10 +37,17 @@ pub enum AgentFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Answers `Hello`: the last event id the server applied.
-    Welcome { last_event_id: u64 },
-    Command { id: u64, command: AgentCommand },
+    Welcome {
+        last_event_id: u64,
+    },
+    Command {
+        id: u64,
+        command: AgentCommand,
+    },
     /// Acknowledges the agent's events up to and including `id`.
-    Ack { id: u64 },
+    Ack {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,12 +70,21 @@ pub struct LiveRun {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum AgentCommand {
     Start(StartSpec),
-    Pause { run_id: String },
-    Resume { run_id: String },
+    Pause {
+        run_id: String,
+    },
+    Resume {
+        run_id: String,
+    },
     /// Safe stop: SIGTERM to the group, SIGKILL after `grace_seconds`.
-    Stop { run_id: String, grace_seconds: u32 },
+    Stop {
+        run_id: String,
+        grace_seconds: u32,
+    },
     /// Force stop: SIGKILL to the group.
-    Kill { run_id: String },
+    Kill {
+        run_id: String,
+    },
 }
 
 /// Everything an agent needs to start a run.
@@ -79,13 +102,39 @@ pub struct StartSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AgentEvent {
-    Started { run_id: String, pid: u32, at: Timestamp },
-    StartFailed { run_id: String, reason: String, at: Timestamp },
-    Paused { run_id: String, at: Timestamp },
-    Resumed { run_id: String, at: Timestamp },
-    Stopping { run_id: String, at: Timestamp },
-    Exited { run_id: String, at: Timestamp, exit_code: Option<i32>, signal: Option<i32>, ending: Ending },
-    Output { run_id: String, lines: Vec<OutputLine> },
+    Started {
+        run_id: String,
+        pid: u32,
+        at: Timestamp,
+    },
+    StartFailed {
+        run_id: String,
+        reason: String,
+        at: Timestamp,
+    },
+    Paused {
+        run_id: String,
+        at: Timestamp,
+    },
+    Resumed {
+        run_id: String,
+        at: Timestamp,
+    },
+    Stopping {
+        run_id: String,
+        at: Timestamp,
+    },
+    Exited {
+        run_id: String,
+        at: Timestamp,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        ending: Ending,
+    },
+    Output {
+        run_id: String,
+        lines: Vec<OutputLine>,
+    },
 }
 
 /// How a run's end came about, as the agent saw it.

@@ -50,7 +50,14 @@ impl RunState {
     }
 
     pub fn is_final(self) -> bool {
-        !matches!(self, RunState::Queued | RunState::Starting | RunState::Running | RunState::Paused | RunState::Stopping)
+        !matches!(
+            self,
+            RunState::Queued
+                | RunState::Starting
+                | RunState::Running
+                | RunState::Paused
+                | RunState::Stopping
+        )
     }
 }
 

@@ -132,13 +132,19 @@ impl From<StoreError> for ApiError {
 impl From<FleetError> for ApiError {
     fn from(err: FleetError) -> ApiError {
         match err {
-            FleetError::RobotNotFound(name) => {
-                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RobotNotFound, format!("no robot named {name:?}"))
+            FleetError::RobotNotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::RobotNotFound,
+                format!("no robot named {name:?}"),
+            ),
+            FleetError::RunNotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::RunNotFound,
+                format!("no run with id {id:?}"),
+            ),
+            FleetError::InvalidState(reason) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::InvalidState, reason)
             }
-            FleetError::RunNotFound(id) => {
-                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, format!("no run with id {id:?}"))
-            }
-            FleetError::InvalidState(reason) => ApiError::new(StatusCode::CONFLICT, ErrorCode::InvalidState, reason),
             FleetError::Store(err) => err.into(),
             FleetError::Internal(detail) => ApiError::internal(detail),
         }

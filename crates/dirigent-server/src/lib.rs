@@ -84,8 +84,16 @@ pub async fn start(
         auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await?;
 
     let fleet = fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
-    fleet.recover().await.map_err(|err| StartError::Bootstrap(format!("recovering runs: {err}")))?;
-    let state = AppState { store: store.clone(), fleet, clock, config: Arc::new(config) };
+    fleet
+        .recover()
+        .await
+        .map_err(|err| StartError::Bootstrap(format!("recovering runs: {err}")))?;
+    let state = AppState {
+        store: store.clone(),
+        fleet,
+        clock,
+        config: Arc::new(config),
+    };
     let app = http::app(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(async move {
@@ -119,9 +127,14 @@ impl RunningServer {
     /// Gives the agent `name` this credential, enrolling it if needed: the built-in local
     /// agent's enrollment.
     pub async fn provision_agent(&self, name: &str, credential: &str) -> Result<(), StoreError> {
-        #[allow(clippy::disallowed_methods, reason = "a creation time, outside any rule")]
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a creation time, outside any rule"
+        )]
         let now = clock::SystemClock.now();
-        self.store.upsert_agent_credential(name, &auth::secrets::token_digest(credential), now).await
+        self.store
+            .upsert_agent_credential(name, &auth::secrets::token_digest(credential), now)
+            .await
     }
 
     /// Stops accepting connections, lets requests in flight finish, closes the database.

@@ -34,9 +34,13 @@ pub struct Credential {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialKind {
     Session,
-    ApiToken { id: String },
+    ApiToken {
+        id: String,
+    },
     /// The token of a run, given to its robot; reaches only that run.
-    RunToken { run_id: String },
+    RunToken {
+        run_id: String,
+    },
 }
 
 /// An API token to store.

@@ -48,7 +48,12 @@ macro_rules! select_agents {
 
 impl Store {
     /// Stores a one-time enrollment token (its digest) usable until `expires_at`.
-    pub async fn insert_enrollment_token(&self, token_hash: &str, now: Timestamp, expires_at: Timestamp) -> StoreResult<()> {
+    pub async fn insert_enrollment_token(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
             sqlx::query("INSERT INTO enrollment_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)")
                 .bind(token_hash)
@@ -63,7 +68,13 @@ impl Store {
 
     /// Uses up an enrollment token and enrolls an agent with a credential (its digest).
     /// `NotFound` when the token is unknown, used or expired; `Conflict` when the name is taken.
-    pub async fn enroll_agent(&self, token_hash: &str, name: &str, credential_hash: &str, now: Timestamp) -> StoreResult<AgentId> {
+    pub async fn enroll_agent(
+        &self,
+        token_hash: &str,
+        name: &str,
+        credential_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<AgentId> {
         dispatch!(self, writer, pool => {
             let mut tx = pool.begin().await?;
             let used = sqlx::query(
@@ -93,7 +104,12 @@ impl Store {
 
     /// Creates the agent `name` with this credential, or gives the existing one this
     /// credential: the built-in local agent's enrollment.
-    pub async fn upsert_agent_credential(&self, name: &str, credential_hash: &str, now: Timestamp) -> StoreResult<()> {
+    pub async fn upsert_agent_credential(
+        &self,
+        name: &str,
+        credential_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
             sqlx::query(
                 "INSERT INTO agents (name, credential_hash, created_at) VALUES ($1, $2, $3) \
@@ -133,8 +149,14 @@ impl Store {
     }
 
     /// Records a connection: the agent's facts, online. Answers the last event id applied.
-    pub async fn agent_connected(&self, id: AgentId, facts: &AgentFacts, now: Timestamp) -> StoreResult<u64> {
-        let labels = serde_json::to_string(&facts.labels).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    pub async fn agent_connected(
+        &self,
+        id: AgentId,
+        facts: &AgentFacts,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let labels = serde_json::to_string(&facts.labels)
+            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
         let last_event_id: i64 = dispatch!(self, writer, pool => {
             sqlx::query_scalar(
                 "UPDATE agents SET host = $2, os_user = $3, labels = $4, capacity = $5, version = $6, \
@@ -192,7 +214,8 @@ impl Store {
 
     /// Records that the agent's event `event_id` was applied.
     pub async fn set_agent_last_event(&self, id: AgentId, event_id: u64) -> StoreResult<()> {
-        let event_id = i64::try_from(event_id).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let event_id =
+            i64::try_from(event_id).map_err(|err| StoreError::Corrupt(err.to_string()))?;
         dispatch!(self, writer, pool => {
             sqlx::query("UPDATE agents SET last_event_id = $2 WHERE id = $1 AND last_event_id < $2")
                 .bind(id.0)
@@ -205,7 +228,12 @@ impl Store {
     }
 
     /// Queues a command (JSON) for an agent; answers its id, above every earlier one.
-    pub async fn queue_agent_command(&self, id: AgentId, body: &str, now: Timestamp) -> StoreResult<u64> {
+    pub async fn queue_agent_command(
+        &self,
+        id: AgentId,
+        body: &str,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
         let command_id: i64 = dispatch!(self, writer, pool => {
             let mut tx = pool.begin().await?;
             let command_id: i64 = sqlx::query_scalar(
@@ -235,7 +263,10 @@ impl Store {
                 .fetch_all(pool)
                 .await
         })?;
-        Ok(rows.into_iter().map(|(command_id, body)| (u64::try_from(command_id).unwrap_or(0), body)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(command_id, body)| (u64::try_from(command_id).unwrap_or(0), body))
+            .collect())
     }
 
     /// Forgets the commands an agent acknowledged, up to and including `up_to`.

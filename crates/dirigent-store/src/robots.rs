@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use dirigent_domain::robot::{
-    AgentSelector, CrashLoopGuard, RestartBackoff, RestartPolicy, Robot, RobotDefinition, RobotMode,
-    RobotName,
+    AgentSelector, CrashLoopGuard, RestartBackoff, RestartPolicy, Robot, RobotDefinition,
+    RobotMode, RobotName,
 };
 use jiff::Timestamp;
 
@@ -130,7 +130,12 @@ impl Store {
     }
 
     /// Switches a robot to `mode`, recording why; `NotFound` when there is no such robot.
-    pub async fn set_robot_mode(&self, name: &str, mode: RobotMode, reason: &str) -> StoreResult<()> {
+    pub async fn set_robot_mode(
+        &self,
+        name: &str,
+        mode: RobotMode,
+        reason: &str,
+    ) -> StoreResult<()> {
         let n_rows: u64 = dispatch!(self, writer, pool => {
             sqlx::query("UPDATE robots SET mode = $2, mode_reason = $3 WHERE name = $1")
                 .bind(name)

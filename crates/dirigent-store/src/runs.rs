@@ -189,7 +189,11 @@ impl Store {
     }
 
     /// When the automatic runs of a robot created since `since` were created.
-    pub async fn automatic_starts(&self, robot: &str, since: Timestamp) -> StoreResult<Vec<Timestamp>> {
+    pub async fn automatic_starts(
+        &self,
+        robot: &str,
+        since: Timestamp,
+    ) -> StoreResult<Vec<Timestamp>> {
         let rows: Vec<i64> = dispatch!(self, reader, pool => {
             sqlx::query_scalar("SELECT created_at FROM runs WHERE robot = $1 AND automatic AND created_at > $2")
                 .bind(robot)
@@ -197,7 +201,9 @@ impl Store {
                 .fetch_all(pool)
                 .await
         })?;
-        rows.into_iter().map(|millis| from_millis("created_at", millis)).collect()
+        rows.into_iter()
+            .map(|millis| from_millis("created_at", millis))
+            .collect()
     }
 
     pub async fn run_transitions(&self, run_id: &str) -> StoreResult<Vec<Transition>> {
@@ -210,7 +216,8 @@ impl Store {
         rows.into_iter()
             .map(|(state, at, cause, reason)| {
                 Ok(Transition {
-                    state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("run state {state:?}")))?,
+                    state: RunState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("run state {state:?}")))?,
                     at: from_millis("at", at)?,
                     cause,
                     reason,
@@ -246,7 +253,12 @@ impl Store {
     }
 
     /// Output lines of a run after `after_seq`, in order, at most `limit`.
-    pub async fn output(&self, run_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<OutputLine>> {
+    pub async fn output(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<OutputLine>> {
         let rows: Vec<(i64, String, i64, String)> = dispatch!(self, reader, pool => {
             sqlx::query_as(
                 "SELECT seq, stream, at, text FROM run_output WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -259,7 +271,12 @@ impl Store {
         })?;
         rows.into_iter()
             .map(|(seq, stream, at, text)| {
-                Ok(OutputLine { seq: u64::try_from(seq).unwrap_or(0), stream, at: from_millis("at", at)?, text })
+                Ok(OutputLine {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    stream,
+                    at: from_millis("at", at)?,
+                    text,
+                })
             })
             .collect()
     }
@@ -290,11 +307,16 @@ impl RunRow {
         };
         let state = RunState::parse(&self.state).ok_or_else(|| corrupt("state", &self.state))?;
         let small = |column: &str, value: Option<i64>| {
-            value.map(|value| i32::try_from(value).map_err(|err| corrupt(column, &err))).transpose()
+            value
+                .map(|value| i32::try_from(value).map_err(|err| corrupt(column, &err)))
+                .transpose()
         };
         Ok(Run {
             state,
-            pid: self.pid.map(|pid| u32::try_from(pid).map_err(|err| corrupt("pid", &err))).transpose()?,
+            pid: self
+                .pid
+                .map(|pid| u32::try_from(pid).map_err(|err| corrupt("pid", &err)))
+                .transpose()?,
             exit_code: small("exit_code", self.exit_code)?,
             signal: small("signal", self.signal)?,
             not_before: from_millis_opt("not_before", self.not_before)?,

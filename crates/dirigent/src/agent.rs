@@ -25,10 +25,20 @@ struct RunAgentArgs {
     #[arg(long, env = "DIRIGENT_SERVER", value_name = "URL")]
     server: Option<String>,
     /// Where the credential and the journal are kept.
-    #[arg(long, env = "DIRIGENT_AGENT_DATA", value_name = "DIR", default_value = "./dirigent-agent")]
+    #[arg(
+        long,
+        env = "DIRIGENT_AGENT_DATA",
+        value_name = "DIR",
+        default_value = "./dirigent-agent"
+    )]
     data: PathBuf,
     /// A one-time enrollment token (from `dirigent agent enroll-token`), needed on the first start.
-    #[arg(long, env = "DIRIGENT_ENROLL_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DIRIGENT_ENROLL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     enroll_token: Option<String>,
     /// The name to enroll under [default: the host name].
     #[arg(long)]
@@ -81,7 +91,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = agents
                 .into_iter()
                 .map(|agent| {
-                    let labels: Vec<String> = agent.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+                    let labels: Vec<String> = agent
+                        .labels
+                        .iter()
+                        .map(|(key, value)| format!("{key}={value}"))
+                        .collect();
                     vec![
                         agent.name,
                         format!("{:?}", agent.state).to_lowercase(),
@@ -96,7 +110,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Some(AgentCommand::EnrollToken { expires_in, client }) => {
-            let token = client.client()?.create_enrollment_token(Some(expires_in)).await.map_err(explain)?;
+            let token = client
+                .client()?
+                .create_enrollment_token(Some(expires_in))
+                .await
+                .map_err(explain)?;
             if client.json {
                 return print_json(&token);
             }
@@ -110,11 +128,19 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn drain(name: &str, draining: bool, client_args: &ClientArgs) -> anyhow::Result<()> {
-    let agent = client_args.client()?.drain_agent(name, draining).await.map_err(explain)?;
+    let agent = client_args
+        .client()?
+        .drain_agent(name, draining)
+        .await
+        .map_err(explain)?;
     if client_args.json {
         return print_json(&agent);
     }
-    eprintln!("Agent {} is {}.", agent.name, format!("{:?}", agent.state).to_lowercase());
+    eprintln!(
+        "Agent {} is {}.",
+        agent.name,
+        format!("{:?}", agent.state).to_lowercase()
+    );
     Ok(())
 }
 
@@ -140,7 +166,10 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
                     .map(|name| name.trim().to_lowercase())
                     .context("reading the host name (or give --name)")?,
             };
-            let enrolled = Client::new(&server, None)?.enroll(&token, &name).await.map_err(explain)?;
+            let enrolled = Client::new(&server, None)?
+                .enroll(&token, &name)
+                .await
+                .map_err(explain)?;
             dirigent_agent::store_credential(&args.data, &enrolled.credential)?;
             eprintln!("Enrolled as agent {}.", enrolled.name);
             enrolled.credential
@@ -161,7 +190,11 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
 
 fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let mut labels = BTreeMap::new();
-    for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+    for pair in text
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+    {
         let Some((key, value)) = pair.split_once('=') else {
             bail!("--labels takes key=value pairs, not {pair:?}");
         };

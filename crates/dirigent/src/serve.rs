@@ -5,15 +5,15 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use dirigent_server::{RunningServer, auth::secrets, fleet::FleetSettings};
 use dirigent_server::{
     ServerConfig,
     clock::SystemClock,
     config::{DatabaseUrl, Secret},
 };
-use dirigent_server::{RunningServer, auth::secrets, fleet::FleetSettings};
 use jiff::SignedDuration;
-use std::time::Duration;
 use serde::Deserialize;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -199,12 +199,16 @@ async fn start_local_agent(server: &RunningServer, dir: &std::path::Path) -> any
     let credential = match dirigent_agent::stored_credential(dir)? {
         Some(credential) => credential,
         None => {
-            let credential = secrets::new_token(secrets::AGENT_CREDENTIAL_PREFIX).context("making a credential")?;
+            let credential = secrets::new_token(secrets::AGENT_CREDENTIAL_PREFIX)
+                .context("making a credential")?;
             dirigent_agent::store_credential(dir, &credential)?;
             credential
         }
     };
-    server.provision_agent("local", &credential).await.context("enrolling the local agent")?;
+    server
+        .provision_agent("local", &credential)
+        .await
+        .context("enrolling the local agent")?;
     let addr = server.local_addr();
     let host = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
@@ -213,14 +217,37 @@ async fn start_local_agent(server: &RunningServer, dir: &std::path::Path) -> any
         ip => ip.to_string(),
     };
     let exe = std::env::current_exe().context("finding the dirigent binary")?;
-    #[allow(clippy::disallowed_methods, reason = "the orchestrator starts its local agent, not a robot")]
+    // Its output goes to a file of its own: it must not depend on the terminal or pipe of an
+    // orchestrator it outlives.
+    let log_path = dir.join("agent.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the orchestrator starts its local agent, not a robot"
+    )]
     let mut command = std::process::Command::new(exe);
     command
-        .args(["agent", "--server", &format!("http://{host}:{}", addr.port()), "--exit-when-orphaned", "60"])
+        .args([
+            "agent",
+            "--server",
+            &format!("http://{host}:{}", addr.port()),
+            "--exit-when-orphaned",
+            "60",
+        ])
         .arg("--data")
         .arg(dir)
         .env_remove("DIRIGENT_ADMIN_PASSWORD")
         .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .env("NO_COLOR", "1")
         .process_group(0);
     let child = command.spawn().context("starting the local agent")?;
     // The agent is a daemon of its own: nobody waits for it but init.

@@ -14,7 +14,10 @@ use dirigent_domain::{
     robot::RobotName,
 };
 use dirigent_proto::{
-    agent::{Agent, AgentState, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse, EnrollmentToken},
+    agent::{
+        Agent, AgentState, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse,
+        EnrollmentToken,
+    },
     error::{ErrorBody, ErrorCode},
 };
 use jiff::SignedDuration;
@@ -35,10 +38,15 @@ use crate::{
     security(("bearer" = [])),
     responses((status = 200, body = [Agent]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_agents(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Agent>>, ApiError> {
+pub(super) async fn list_agents(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Agent>>, ApiError> {
     caller.require(Resource::Agents, Action::Read, None)?;
     let agents = state.store.agents().await?;
-    let visible = agents.into_iter().filter(|agent| caller.may(Resource::Agents, Action::Read, Some(&agent.name)));
+    let visible = agents
+        .into_iter()
+        .filter(|agent| caller.may(Resource::Agents, Action::Read, Some(&agent.name)));
     Ok(Json(visible.map(to_wire).collect()))
 }
 
@@ -62,7 +70,11 @@ pub(super) async fn get_agent(
     PathSegment(name): PathSegment,
 ) -> Result<Json<Agent>, ApiError> {
     caller.require(Resource::Agents, Action::Read, Some(&name))?;
-    let agent = state.store.agent(&name).await.map_err(|err| agent_error(err, &name))?;
+    let agent = state
+        .store
+        .agent(&name)
+        .await
+        .map_err(|err| agent_error(err, &name))?;
     Ok(Json(to_wire(agent)))
 }
 
@@ -88,11 +100,19 @@ pub(super) async fn drain_agent(
     ApiJson(request): ApiJson<DrainRequest>,
 ) -> Result<Json<Agent>, ApiError> {
     caller.require(Resource::Agents, Action::Admin, Some(&name))?;
-    state.store.set_agent_draining(&name, request.draining).await.map_err(|err| agent_error(err, &name))?;
+    state
+        .store
+        .set_agent_draining(&name, request.draining)
+        .await
+        .map_err(|err| agent_error(err, &name))?;
     if !request.draining {
         state.fleet.dispatch().await?;
     }
-    let agent = state.store.agent(&name).await.map_err(|err| agent_error(err, &name))?;
+    let agent = state
+        .store
+        .agent(&name)
+        .await
+        .map_err(|err| agent_error(err, &name))?;
     Ok(Json(to_wire(agent)))
 }
 
@@ -118,13 +138,24 @@ pub(super) async fn create_enrollment_token(
     caller.require(Resource::Agents, Action::Admin, None)?;
     let seconds = request.expires_in_seconds.unwrap_or(3600);
     if !(60..=7 * 24 * 3600).contains(&seconds) {
-        return Err(ApiError::invalid(InvalidField::new("expires_in_seconds", "must be between 60 and 604800")));
+        return Err(ApiError::invalid(InvalidField::new(
+            "expires_in_seconds",
+            "must be between 60 and 604800",
+        )));
     }
     let token = secrets::new_token(secrets::ENROLLMENT_PREFIX).map_err(ApiError::internal)?;
     let now = state.clock.now();
-    let expires_at = now.saturating_add(SignedDuration::from_secs(i64::from(seconds))).map_err(ApiError::internal)?;
-    state.store.insert_enrollment_token(&secrets::token_digest(&token), now, expires_at).await?;
-    Ok((StatusCode::CREATED, Json(EnrollmentToken { token, expires_at })))
+    let expires_at = now
+        .saturating_add(SignedDuration::from_secs(i64::from(seconds)))
+        .map_err(ApiError::internal)?;
+    state
+        .store
+        .insert_enrollment_token(&secrets::token_digest(&token), now, expires_at)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentToken { token, expires_at }),
+    ))
 }
 
 /// Exchanges an enrollment token (once) for the agent's own credential.
@@ -144,22 +175,44 @@ pub(super) async fn enroll(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let name = RobotName::parse(&request.name).map_err(|err| ApiError::invalid(InvalidField::new("name", err.reason)))?;
+    let name = RobotName::parse(&request.name)
+        .map_err(|err| ApiError::invalid(InvalidField::new("name", err.reason)))?;
     let refused = || {
-        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidCredentials, "the enrollment token is unknown, used or expired")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidCredentials,
+            "the enrollment token is unknown, used or expired",
+        )
     };
     let taken = || {
-        ApiError::new(StatusCode::CONFLICT, ErrorCode::AgentExists, format!("an agent named {:?} is enrolled already", request.name))
+        ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::AgentExists,
+            format!("an agent named {:?} is enrolled already", request.name),
+        )
     };
     let credential = fleet::enroll(&state.fleet, &request.token, name.as_str())
         .await
         .map_err(|err| ApiError::from_store(err, refused, taken))?;
     let location = format!("/api/v1/agents/{name}");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(EnrollResponse { name: name.to_string(), credential })))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(EnrollResponse {
+            name: name.to_string(),
+            credential,
+        }),
+    ))
 }
 
 fn agent_error(err: dirigent_store::StoreError, name: &str) -> ApiError {
-    let missing = || ApiError::new(StatusCode::NOT_FOUND, ErrorCode::AgentNotFound, format!("no agent named {name:?}"));
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::AgentNotFound,
+            format!("no agent named {name:?}"),
+        )
+    };
     ApiError::from_store(err, missing, missing)
 }
 

@@ -110,17 +110,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<ApiQuery<T>, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|err| {
-            let path = err.path().to_string();
-            let reason = err.into_inner().to_string();
-            let field = (path != ".").then_some(path);
-            let message = match &field {
-                Some(field) => format!("query parameter {field}: {reason}"),
-                None => format!("query: {reason}"),
-            };
-            ApiError { field, ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidField, message) }
-        })
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let reason = err.into_inner().to_string();
+                let field = (path != ".").then_some(path);
+                let message = match &field {
+                    Some(field) => format!("query parameter {field}: {reason}"),
+                    None => format!("query: {reason}"),
+                };
+                ApiError {
+                    field,
+                    ..ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        ErrorCode::InvalidField,
+                        message,
+                    )
+                }
+            })
     }
 }
 

@@ -61,7 +61,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(robots::list_robots, robots::create_robot))
-        .routes(routes!(robots::get_robot, robots::replace_robot, robots::delete_robot))
+        .routes(routes!(
+            robots::get_robot,
+            robots::replace_robot,
+            robots::delete_robot
+        ))
         .routes(routes!(robots::set_auto))
         .routes(routes!(runs::list_runs, runs::create_run))
         .routes(routes!(runs::get_run))

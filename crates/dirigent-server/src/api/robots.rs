@@ -218,7 +218,11 @@ pub(super) async fn set_auto(
 ) -> Result<Json<Robot>, ApiError> {
     caller.require(Resource::Robots, Action::Run, Some(&name))?;
     state.fleet.set_auto(&name, &caller.username).await?;
-    let robot = state.store.robot(&name).await.map_err(|err| robot_store_error(err, &name))?;
+    let robot = state
+        .store
+        .robot(&name)
+        .await
+        .map_err(|err| robot_store_error(err, &name))?;
     Ok(Json(to_wire(robot)))
 }
 

@@ -55,9 +55,16 @@ pub(super) async fn create_run(
     ApiJson(request): ApiJson<StartRunRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Resource::Robots, Action::Run, Some(&request.robot))?;
-    let run = state.fleet.start_run(&request.robot, Cause::User(caller.username.clone())).await?;
+    let run = state
+        .fleet
+        .start_run(&request.robot, Cause::User(caller.username.clone()))
+        .await?;
     let location = format!("/api/v1/runs/{}", run.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(to_wire(run))))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(to_wire(run)),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -89,13 +96,23 @@ pub(super) async fn list_runs(
     caller.require(Resource::Runs, Action::Read, query.robot.as_deref())?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(InvalidField::new("limit", "must be between 1 and 1000")));
+        return Err(ApiError::invalid(InvalidField::new(
+            "limit",
+            "must be between 1 and 1000",
+        )));
     }
     let runs = state
         .store
-        .runs(&dirigent_store::RunQuery { robot: query.robot.as_deref(), active_only: query.active, limit })
+        .runs(&dirigent_store::RunQuery {
+            robot: query.robot.as_deref(),
+            active_only: query.active,
+            limit,
+        })
         .await?;
-    let visible = runs.into_iter().filter(|run| caller.may(Resource::Runs, Action::Read, Some(&run.robot))).map(to_wire);
+    let visible = runs
+        .into_iter()
+        .filter(|run| caller.may(Resource::Runs, Action::Read, Some(&run.robot)))
+        .map(to_wire);
     Ok(Json(visible.collect()))
 }
 
@@ -133,16 +150,30 @@ pub(super) async fn get_run(
     let run = match query.wait_for {
         Some(wanted) => {
             let mut states = Vec::new();
-            for name in wanted.split(',').map(str::trim).filter(|name| !name.is_empty()) {
-                let state = domain::RunState::parse(name)
-                    .ok_or_else(|| ApiError::invalid(InvalidField::new("wait_for", format!("{name:?} is not a run state"))))?;
+            for name in wanted
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+            {
+                let state = domain::RunState::parse(name).ok_or_else(|| {
+                    ApiError::invalid(InvalidField::new(
+                        "wait_for",
+                        format!("{name:?} is not a run state"),
+                    ))
+                })?;
                 states.push(state);
             }
             let timeout = query.timeout_seconds.unwrap_or(30);
             if 300 < timeout {
-                return Err(ApiError::invalid(InvalidField::new("timeout_seconds", "must be at most 300")));
+                return Err(ApiError::invalid(InvalidField::new(
+                    "timeout_seconds",
+                    "must be at most 300",
+                )));
             }
-            state.fleet.wait_for(&id, &states, Duration::from_secs(u64::from(timeout))).await?
+            state
+                .fleet
+                .wait_for(&id, &states, Duration::from_secs(u64::from(timeout)))
+                .await?
         }
         None => run,
     };
@@ -191,8 +222,20 @@ macro_rules! operation {
     };
 }
 
-operation!(pause_run, "/runs/{id}/pause", Operation::Pause, Action::Pause, "Pauses a running run (SIGSTOP to its process group).");
-operation!(resume_run, "/runs/{id}/resume", Operation::Resume, Action::Pause, "Resumes a paused run (SIGCONT).");
+operation!(
+    pause_run,
+    "/runs/{id}/pause",
+    Operation::Pause,
+    Action::Pause,
+    "Pauses a running run (SIGSTOP to its process group)."
+);
+operation!(
+    resume_run,
+    "/runs/{id}/resume",
+    Operation::Resume,
+    Action::Pause,
+    "Resumes a paused run (SIGCONT)."
+);
 operation!(
     stop_run,
     "/runs/{id}/stop",
@@ -200,7 +243,13 @@ operation!(
     Action::Stop,
     "Safe stop: marks the run stop-requested, SIGTERM to its group, SIGKILL after the robot's grace period."
 );
-operation!(kill_run, "/runs/{id}/kill", Operation::Kill, Action::Kill, "Force stop: SIGKILL to the run's process group.");
+operation!(
+    kill_run,
+    "/runs/{id}/kill",
+    Operation::Kill,
+    Action::Kill,
+    "Force stop: SIGKILL to the run's process group."
+);
 
 /// Safe-stops the run and starts a new run of its robot; answers the new run.
 #[utoipa::path(
@@ -262,7 +311,10 @@ pub(super) async fn run_logs(
     caller.require_run(&run.id, &run.robot, Action::Logs)?;
     let limit = query.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::invalid(InvalidField::new("limit", "must be between 1 and 10000")));
+        return Err(ApiError::invalid(InvalidField::new(
+            "limit",
+            "must be between 1 and 10000",
+        )));
     }
     let lines = state.store.output(&id, query.after, limit).await?;
     Ok(Json(lines.into_iter().map(line_to_wire).collect()))
@@ -301,10 +353,19 @@ pub(super) async fn follow_logs(
     caller.require_run(&run.id, &run.robot, Action::Logs)?;
     // Subscribe before reading what is stored, so that nothing falls between the two.
     let events = state.fleet.subscribe();
-    let follower = Follower { state, run_id: id, last_seq: query.after, events, ended: false };
+    let follower = Follower {
+        state,
+        run_id: id,
+        last_seq: query.after,
+        events,
+        ended: false,
+    };
     let stream = stream::unfold(follower, |mut follower| async move {
         let events = follower.next_events().await?;
-        Some((stream::iter(events.into_iter().map(Ok::<Event, Infallible>)), follower))
+        Some((
+            stream::iter(events.into_iter().map(Ok::<Event, Infallible>)),
+            follower,
+        ))
     })
     .flatten();
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -342,7 +403,12 @@ impl Follower {
                     let fresh: Vec<Event> = lines
                         .iter()
                         .filter(|line| self.last_seq < line.seq)
-                        .filter_map(|line| Event::default().event("line").json_data(line_to_wire(line.clone())).ok())
+                        .filter_map(|line| {
+                            Event::default()
+                                .event("line")
+                                .json_data(line_to_wire(line.clone()))
+                                .ok()
+                        })
                         .collect();
                     if let Some(last) = lines.last() {
                         self.last_seq = self.last_seq.max(last.seq);
@@ -351,7 +417,9 @@ impl Follower {
                         return Some(fresh);
                     }
                 }
-                Ok(FleetEvent::Run(run)) if run.id == self.run_id && run.state.is_final() => return Some(Vec::new()),
+                Ok(FleetEvent::Run(run)) if run.id == self.run_id && run.state.is_final() => {
+                    return Some(Vec::new());
+                }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => return Some(Vec::new()),
                 Err(RecvError::Closed) => return None,
@@ -360,13 +428,26 @@ impl Follower {
     }
 
     async fn catch_up(&mut self) -> Vec<Event> {
-        let Ok(lines) = self.state.store.output(&self.run_id, self.last_seq, 1000).await else {
+        let Ok(lines) = self
+            .state
+            .store
+            .output(&self.run_id, self.last_seq, 1000)
+            .await
+        else {
             return Vec::new();
         };
         if let Some(last) = lines.last() {
             self.last_seq = last.seq;
         }
-        lines.into_iter().filter_map(|line| Event::default().event("line").json_data(line_to_wire(line)).ok()).collect()
+        lines
+            .into_iter()
+            .filter_map(|line| {
+                Event::default()
+                    .event("line")
+                    .json_data(line_to_wire(line))
+                    .ok()
+            })
+            .collect()
     }
 }
 
@@ -406,7 +487,11 @@ fn state_to_wire(state: domain::RunState) -> RunState {
 fn line_to_wire(line: dirigent_store::OutputLine) -> LogLine {
     LogLine {
         seq: line.seq,
-        stream: if line.stream == "stderr" { Stream::Stderr } else { Stream::Stdout },
+        stream: if line.stream == "stderr" {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        },
         at: line.at,
         text: line.text,
     }

@@ -63,7 +63,8 @@ impl Caller {
 
     /// The user behind the credential; 403 for run tokens, which act for no user.
     pub fn user(&self) -> Result<UserId, ApiError> {
-        self.user_id.ok_or_else(|| ApiError::forbidden("a run token cannot do this"))
+        self.user_id
+            .ok_or_else(|| ApiError::forbidden("a run token cannot do this"))
     }
 
     /// Whether the caller may do `action` on `target`; for filtering lists.
@@ -95,7 +96,11 @@ impl FromRequestParts<AppState> for Caller {
         let digest = secrets::token_digest(token);
         let refused = || ApiError::unauthenticated("the token is unknown, expired or revoked");
         if token.starts_with(secrets::RUN_TOKEN_PREFIX) {
-            let run = state.store.run_by_token(&digest).await.map_err(|err| ApiError::from_store(err, refused, refused))?;
+            let run = state
+                .store
+                .run_by_token(&digest)
+                .await
+                .map_err(|err| ApiError::from_store(err, refused, refused))?;
             return Ok(Caller {
                 user_id: None,
                 username: format!("run:{}", run.id),
@@ -112,7 +117,8 @@ impl FromRequestParts<AppState> for Caller {
         } else {
             Err(StoreError::NotFound)
         };
-        let credential: Credential = found.map_err(|err| ApiError::from_store(err, refused, refused))?;
+        let credential: Credential =
+            found.map_err(|err| ApiError::from_store(err, refused, refused))?;
 
         let now = state.clock.now();
         if credential

@@ -17,7 +17,12 @@ use dirigent_store::{AgentFacts, StoreError};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::{AppState, auth::secrets, error::ApiError, fleet::{Fleet, FleetEvent}};
+use crate::{
+    AppState,
+    auth::secrets,
+    error::ApiError,
+    fleet::{Fleet, FleetEvent},
+};
 
 /// The largest frame an agent may send.
 const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -30,8 +35,15 @@ pub struct AgentCaller(pub Agent);
 impl FromRequestParts<AppState> for AgentCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AgentCaller, ApiError> {
-        let refused = || ApiError::unauthenticated("an agent credential is required: Authorization: Bearer dga_…");
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<AgentCaller, ApiError> {
+        let refused = || {
+            ApiError::unauthenticated(
+                "an agent credential is required: Authorization: Bearer dga_…",
+            )
+        };
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -65,12 +77,14 @@ pub async fn connect(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let fleet = Arc::clone(&state.fleet);
-    upgrade.max_message_size(MAX_FRAME_BYTES).on_upgrade(move |socket| async move {
-        let name = agent.name.clone();
-        if let Err(reason) = serve(fleet, agent, socket).await {
-            tracing::info!(agent = name, reason, "agent link ended");
-        }
-    })
+    upgrade
+        .max_message_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            let name = agent.name.clone();
+            if let Err(reason) = serve(fleet, agent, socket).await {
+                tracing::info!(agent = name, reason, "agent link ended");
+            }
+        })
 }
 
 async fn serve(fleet: Arc<Fleet>, agent: Agent, socket: WebSocket) -> Result<(), String> {
@@ -83,30 +97,44 @@ async fn serve(fleet: Arc<Fleet>, agent: Agent, socket: WebSocket) -> Result<(),
     };
     let facts = facts(hello)?;
     let now = fleet.clock.now();
-    let last_event_id = fleet.store.agent_connected(agent.id, &facts, now).await.map_err(|err| err.to_string())?;
+    let last_event_id = fleet
+        .store
+        .agent_connected(agent.id, &facts, now)
+        .await
+        .map_err(|err| err.to_string())?;
 
     let (frames, mut outgoing) = mpsc::unbounded_channel::<ServerFrame>();
     let _ = frames.send(ServerFrame::Welcome { last_event_id });
     let serial = {
         // Under the lock no command can be queued between reading the backlog and registering.
         let _changes = fleet.changes.lock().await;
-        let pending = fleet.store.pending_agent_commands(agent.id).await.map_err(|err| err.to_string())?;
+        let pending = fleet
+            .store
+            .pending_agent_commands(agent.id)
+            .await
+            .map_err(|err| err.to_string())?;
         for (id, body) in pending {
             match serde_json::from_str(&body) {
                 Ok(command) => {
                     let _ = frames.send(ServerFrame::Command { id, command });
                 }
-                Err(err) => tracing::error!(agent = agent.name, id, %err, "unreadable queued command"),
+                Err(err) => {
+                    tracing::error!(agent = agent.name, id, %err, "unreadable queued command")
+                }
             }
         }
         fleet.register(agent.id, frames.clone())
     };
-    let _ = fleet.events.send(FleetEvent::Agent { name: agent.name.clone() });
+    let _ = fleet.events.send(FleetEvent::Agent {
+        name: agent.name.clone(),
+    });
     tracing::info!(agent = agent.name, host = facts.host, "agent connected");
 
     let writer = tokio::spawn(async move {
         while let Some(frame) = outgoing.recv().await {
-            let Ok(text) = serde_json::to_string(&frame) else { continue };
+            let Ok(text) = serde_json::to_string(&frame) else {
+                continue;
+            };
             if sink.send(Message::Text(text.into())).await.is_err() {
                 break;
             }
@@ -116,9 +144,14 @@ async fn serve(fleet: Arc<Fleet>, agent: Agent, socket: WebSocket) -> Result<(),
     let ended = read_frames(&fleet, &agent, last_event_id, &frames, &mut stream).await;
     writer.abort();
     if fleet.unregister(agent.id, serial) {
-        let _ = fleet.store.agent_seen(agent.id, false, fleet.clock.now()).await;
+        let _ = fleet
+            .store
+            .agent_seen(agent.id, false, fleet.clock.now())
+            .await;
         fleet.watch_silence(agent.id, serial);
-        let _ = fleet.events.send(FleetEvent::Agent { name: agent.name.clone() });
+        let _ = fleet.events.send(FleetEvent::Agent {
+            name: agent.name.clone(),
+        });
     }
     ended
 }
@@ -137,32 +170,54 @@ async fn read_frames(
             .map_err(|_| "silent past the idle timeout".to_owned())??;
         let now = fleet.clock.now();
         if jiff::SignedDuration::from_secs(30) <= now.duration_since(last_seen_written) {
-            fleet.store.agent_seen(agent.id, true, now).await.map_err(|err| err.to_string())?;
+            fleet
+                .store
+                .agent_seen(agent.id, true, now)
+                .await
+                .map_err(|err| err.to_string())?;
             last_seen_written = now;
         }
         match frame {
             None => {}
             Some(AgentFrame::Event { id, event }) => {
                 if last_applied < id {
-                    fleet.apply_event(agent, event).await.map_err(|err| err.to_string())?;
-                    fleet.store.set_agent_last_event(agent.id, id).await.map_err(|err| err.to_string())?;
+                    fleet
+                        .apply_event(agent, event)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    fleet
+                        .store
+                        .set_agent_last_event(agent.id, id)
+                        .await
+                        .map_err(|err| err.to_string())?;
                     last_applied = id;
                 }
                 let _ = frames.send(ServerFrame::Ack { id });
             }
             Some(AgentFrame::Ack { id }) => {
-                fleet.store.ack_agent_commands(agent.id, id).await.map_err(|err| err.to_string())?;
+                fleet
+                    .store
+                    .ack_agent_commands(agent.id, id)
+                    .await
+                    .map_err(|err| err.to_string())?;
             }
             Some(AgentFrame::Synced { live_runs }) => {
-                fleet.agent_synced(agent, &live_runs).await.map_err(|err| err.to_string())?;
+                fleet
+                    .agent_synced(agent, &live_runs)
+                    .await
+                    .map_err(|err| err.to_string())?;
             }
-            Some(AgentFrame::Hello(_)) => tracing::warn!(agent = agent.name, "ignoring a second hello"),
+            Some(AgentFrame::Hello(_)) => {
+                tracing::warn!(agent = agent.name, "ignoring a second hello")
+            }
         }
     }
 }
 
 /// The next frame; `None` for control messages and malformed frames (which are logged).
-async fn next_frame(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<Option<AgentFrame>, String> {
+async fn next_frame(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+) -> Result<Option<AgentFrame>, String> {
     match stream.next().await {
         Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
             Ok(frame) => Ok(Some(frame)),
@@ -179,7 +234,12 @@ async fn next_frame(stream: &mut futures_util::stream::SplitStream<WebSocket>) -
 
 fn facts(hello: Hello) -> Result<AgentFacts, String> {
     let too_long = |text: &str| 256 < text.len();
-    if 64 < hello.labels.len() || hello.labels.iter().any(|(key, value)| too_long(key) || too_long(value)) {
+    if 64 < hello.labels.len()
+        || hello
+            .labels
+            .iter()
+            .any(|(key, value)| too_long(key) || too_long(value))
+    {
         return Err("too many or too long labels".to_owned());
     }
     if too_long(&hello.host) || too_long(&hello.os_user) || too_long(&hello.version) {
@@ -196,10 +256,16 @@ fn facts(hello: Hello) -> Result<AgentFacts, String> {
 
 /// Enrolls an agent: used by the agents' HTTP handlers.
 pub(crate) async fn enroll(fleet: &Fleet, token: &str, name: &str) -> Result<String, StoreError> {
-    let credential = secrets::new_token(secrets::AGENT_CREDENTIAL_PREFIX).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    let credential = secrets::new_token(secrets::AGENT_CREDENTIAL_PREFIX)
+        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
     fleet
         .store
-        .enroll_agent(&secrets::token_digest(token), name, &secrets::token_digest(&credential), fleet.clock.now())
+        .enroll_agent(
+            &secrets::token_digest(token),
+            name,
+            &secrets::token_digest(&credential),
+            fleet.clock.now(),
+        )
         .await?;
     Ok(credential)
 }

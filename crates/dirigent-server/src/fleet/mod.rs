@@ -41,7 +41,10 @@ pub struct FleetSettings {
 
 impl Default for FleetSettings {
     fn default() -> FleetSettings {
-        FleetSettings { lost_after: Duration::from_secs(60), idle_timeout: Duration::from_secs(45) }
+        FleetSettings {
+            lost_after: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(45),
+        }
     }
 }
 
@@ -51,7 +54,10 @@ pub enum FleetEvent {
     /// A run changed; this is its new state.
     Run(Box<Run>),
     /// New output lines of a run.
-    Output { run_id: String, lines: Arc<Vec<OutputLine>> },
+    Output {
+        run_id: String,
+        lines: Arc<Vec<OutputLine>>,
+    },
     /// An agent connected, disconnected or changed.
     Agent { name: String },
 }
@@ -150,7 +156,8 @@ impl Fleet {
             let _changes = self.changes.lock().await;
             let robot = self.robot(robot_name).await?;
             if let Cause::User(user) = &cause {
-                self.take_manual_control(&robot, user, "started a run").await?;
+                self.take_manual_control(&robot, user, "started a run")
+                    .await?;
             }
             self.create_run(&robot, cause, None).await?
         };
@@ -159,42 +166,76 @@ impl Fleet {
     }
 
     /// Pauses, resumes, safe-stops or force-stops a run.
-    pub async fn operate(self: &Arc<Fleet>, run_id: &str, operation: Operation, user: &str) -> FleetResult<Run> {
+    pub async fn operate(
+        self: &Arc<Fleet>,
+        run_id: &str,
+        operation: Operation,
+        user: &str,
+    ) -> FleetResult<Run> {
         let run = {
             let _changes = self.changes.lock().await;
             let mut run = self.run(run_id).await?;
             run::check_operation(run.state, operation).map_err(FleetError::InvalidState)?;
             if let Ok(robot) = self.store.robot(&run.robot).await {
-                self.take_manual_control(&robot, user, &format!("asked to {} a run", operation.as_str())).await?;
+                self.take_manual_control(
+                    &robot,
+                    user,
+                    &format!("asked to {} a run", operation.as_str()),
+                )
+                .await?;
             }
             let cause = Cause::User(user.to_owned());
             if run.state == RunState::Queued {
                 // Never started: it ends here.
-                let state = if operation == Operation::Kill { RunState::Killed } else { RunState::Stopped };
+                let state = if operation == Operation::Kill {
+                    RunState::Killed
+                } else {
+                    RunState::Stopped
+                };
                 run.stop_requested = true;
                 run.ended_at = Some(self.clock.now());
-                self.transition(&mut run, state, &cause, Some("cancelled before it started".to_owned())).await?;
-                self.after_end(&run).await?;
+                self.transition(
+                    &mut run,
+                    state,
+                    &cause,
+                    Some("cancelled before it started".to_owned()),
+                )
+                .await?;
             } else {
                 let Some(agent_id) = run.agent_id else {
-                    return Err(FleetError::Internal(format!("run {run_id} is {} without an agent", run.state.as_str())));
+                    return Err(FleetError::Internal(format!(
+                        "run {run_id} is {} without an agent",
+                        run.state.as_str()
+                    )));
                 };
                 let command = match operation {
-                    Operation::Pause => AgentCommand::Pause { run_id: run.id.clone() },
-                    Operation::Resume => AgentCommand::Resume { run_id: run.id.clone() },
+                    Operation::Pause => AgentCommand::Pause {
+                        run_id: run.id.clone(),
+                    },
+                    Operation::Resume => AgentCommand::Resume {
+                        run_id: run.id.clone(),
+                    },
                     Operation::Stop => {
                         let robot = self.store.robot(&run.robot).await;
-                        let grace_seconds = robot.map(|robot| robot.definition.stop_grace_seconds).unwrap_or(30);
-                        AgentCommand::Stop { run_id: run.id.clone(), grace_seconds }
+                        let grace_seconds = robot
+                            .map(|robot| robot.definition.stop_grace_seconds)
+                            .unwrap_or(30);
+                        AgentCommand::Stop {
+                            run_id: run.id.clone(),
+                            grace_seconds,
+                        }
                     }
-                    Operation::Kill => AgentCommand::Kill { run_id: run.id.clone() },
+                    Operation::Kill => AgentCommand::Kill {
+                        run_id: run.id.clone(),
+                    },
                 };
                 if matches!(operation, Operation::Stop | Operation::Kill) && !run.stop_requested {
                     run.stop_requested = true;
                     if run.state == RunState::Stopping {
                         self.store.update_run(&run, None).await?;
                     } else {
-                        self.transition(&mut run, RunState::Stopping, &cause, None).await?;
+                        self.transition(&mut run, RunState::Stopping, &cause, None)
+                            .await?;
                     }
                 }
                 self.send(agent_id, command).await?;
@@ -210,21 +251,31 @@ impl Fleet {
         if run.state.is_active() && run.state != RunState::Stopping {
             self.operate(run_id, Operation::Stop, user).await?;
         }
-        self.start_run(&run.robot, Cause::User(user.to_owned())).await
+        self.start_run(&run.robot, Cause::User(user.to_owned()))
+            .await
     }
 
     /// Returns a robot to auto mode.
     pub async fn set_auto(self: &Arc<Fleet>, robot_name: &str, user: &str) -> FleetResult<()> {
         let _changes = self.changes.lock().await;
         self.store
-            .set_robot_mode(robot_name, RobotMode::Auto, &format!("switched to auto by {user}"))
+            .set_robot_mode(
+                robot_name,
+                RobotMode::Auto,
+                &format!("switched to auto by {user}"),
+            )
             .await
             .map_err(|err| not_found_as(err, || FleetError::RobotNotFound(robot_name.to_owned())))
     }
 
     /// Waits until the run reaches one of `states` or ends, for at most `timeout`; answers
     /// the run as it is then.
-    pub async fn wait_for(&self, run_id: &str, states: &[RunState], timeout: Duration) -> FleetResult<Run> {
+    pub async fn wait_for(
+        &self,
+        run_id: &str,
+        states: &[RunState],
+        timeout: Duration,
+    ) -> FleetResult<Run> {
         let mut events = self.subscribe();
         let run = self.run(run_id).await?;
         if states.contains(&run.state) || run.state.is_final() {
@@ -233,7 +284,10 @@ impl Fleet {
         let reached = tokio::time::timeout(timeout, async {
             loop {
                 match events.recv().await {
-                    Ok(FleetEvent::Run(run)) if run.id == run_id && (states.contains(&run.state) || run.state.is_final()) => {
+                    Ok(FleetEvent::Run(run))
+                        if run.id == run_id
+                            && (states.contains(&run.state) || run.state.is_final()) =>
+                    {
                         return;
                     }
                     Ok(_) => {}
@@ -254,7 +308,11 @@ impl Fleet {
     }
 
     /// Applies one event reported by an agent.
-    pub(crate) async fn apply_event(self: &Arc<Fleet>, agent: &Agent, event: AgentEvent) -> FleetResult<()> {
+    pub(crate) async fn apply_event(
+        self: &Arc<Fleet>,
+        agent: &Agent,
+        event: AgentEvent,
+    ) -> FleetResult<()> {
         let run_id = match &event {
             AgentEvent::Started { run_id, .. }
             | AgentEvent::StartFailed { run_id, .. }
@@ -278,7 +336,10 @@ impl Fleet {
                 })
                 .collect();
             self.store.append_output(&run_id, &lines).await?;
-            let _ = self.events.send(FleetEvent::Output { run_id, lines: Arc::new(lines) });
+            let _ = self.events.send(FleetEvent::Output {
+                run_id,
+                lines: Arc::new(lines),
+            });
             return Ok(());
         }
 
@@ -293,7 +354,11 @@ impl Fleet {
                 Err(err) => return Err(err.into()),
             };
             if run.agent_id != Some(agent.id) {
-                tracing::warn!(agent = agent.name, run_id, "event about a run placed elsewhere");
+                tracing::warn!(
+                    agent = agent.name,
+                    run_id,
+                    "event about a run placed elsewhere"
+                );
                 return Ok(());
             }
             let cause = Cause::Agent(agent.name.clone());
@@ -301,28 +366,41 @@ impl Fleet {
                 AgentEvent::Started { pid, at, .. } if run.state == RunState::Starting => {
                     run.pid = Some(pid);
                     run.started_at = Some(at);
-                    self.transition(&mut run, RunState::Running, &cause, None).await?;
+                    self.transition(&mut run, RunState::Running, &cause, None)
+                        .await?;
                     false
                 }
                 AgentEvent::StartFailed { reason, at, .. } if run.state.is_active() => {
                     run.ended_at = Some(at);
-                    self.transition(&mut run, RunState::Failed, &cause, Some(reason)).await?;
+                    self.transition(&mut run, RunState::Failed, &cause, Some(reason))
+                        .await?;
                     true
                 }
                 AgentEvent::Paused { .. } if run.state == RunState::Running => {
-                    self.transition(&mut run, RunState::Paused, &cause, None).await?;
+                    self.transition(&mut run, RunState::Paused, &cause, None)
+                        .await?;
                     false
                 }
                 AgentEvent::Resumed { .. } if run.state == RunState::Paused => {
-                    self.transition(&mut run, RunState::Running, &cause, None).await?;
+                    self.transition(&mut run, RunState::Running, &cause, None)
+                        .await?;
                     false
                 }
-                AgentEvent::Stopping { .. } if matches!(run.state, RunState::Running | RunState::Paused) => {
+                AgentEvent::Stopping { .. }
+                    if matches!(run.state, RunState::Running | RunState::Paused) =>
+                {
                     run.stop_requested = true;
-                    self.transition(&mut run, RunState::Stopping, &cause, None).await?;
+                    self.transition(&mut run, RunState::Stopping, &cause, None)
+                        .await?;
                     false
                 }
-                AgentEvent::Exited { at, exit_code, signal, ending, .. } if run.state.is_active() || run.state == RunState::Lost => {
+                AgentEvent::Exited {
+                    at,
+                    exit_code,
+                    signal,
+                    ending,
+                    ..
+                } if run.state.is_active() || run.state == RunState::Lost => {
                     let ending = match ending {
                         dirigent_proto::link::Ending::Natural => Ending::Natural,
                         dirigent_proto::link::Ending::Stopped => Ending::Stopped,
@@ -335,19 +413,21 @@ impl Fleet {
                     run.ended_at = Some(at);
                     let reason = describe_exit(exit_code, signal);
                     let was_lost = run.state == RunState::Lost;
-                    self.transition(&mut run, state, &cause, Some(reason)).await?;
+                    self.transition(&mut run, state, &cause, Some(reason))
+                        .await?;
                     !was_lost
                 }
                 other => {
-                    tracing::debug!(agent = agent.name, run_id, state = run.state.as_str(), ?other, "event changes nothing");
+                    tracing::debug!(
+                        agent = agent.name,
+                        run_id,
+                        state = run.state.as_str(),
+                        ?other,
+                        "event changes nothing"
+                    );
                     false
                 }
-            };
-            if run.state.is_final() {
-                self.store.set_run_token(&run.id, None).await?;
-                self.after_end(&run).await?;
             }
-            run.state.is_final()
         };
         if ended {
             self.dispatch().await?;
@@ -357,27 +437,54 @@ impl Fleet {
 
     /// Reconciles with what a (re)connected agent reports alive: runs it no longer has are
     /// lost; runs it has that ended here are killed there, so no second copy lives on.
-    pub(crate) async fn agent_synced(self: &Arc<Fleet>, agent: &Agent, live_runs: &[LiveRun]) -> FleetResult<()> {
+    pub(crate) async fn agent_synced(
+        self: &Arc<Fleet>,
+        agent: &Agent,
+        live_runs: &[LiveRun],
+    ) -> FleetResult<()> {
         {
             let _changes = self.changes.lock().await;
-            let alive: HashMap<&str, &LiveRun> = live_runs.iter().map(|live| (live.run_id.as_str(), live)).collect();
+            let alive: HashMap<&str, &LiveRun> = live_runs
+                .iter()
+                .map(|live| (live.run_id.as_str(), live))
+                .collect();
             for mut run in self.store.active_runs().await? {
                 let on_agent = run.agent_id == Some(agent.id);
                 let alive_here = alive.contains_key(run.id.as_str());
-                if on_agent && !alive_here && matches!(run.state, RunState::Running | RunState::Paused | RunState::Stopping) {
+                if on_agent
+                    && !alive_here
+                    && matches!(
+                        run.state,
+                        RunState::Running | RunState::Paused | RunState::Stopping
+                    )
+                {
                     run.ended_at = Some(self.clock.now());
                     let reason = Some("the agent no longer runs it (was it restarted?)".to_owned());
-                    self.transition(&mut run, RunState::Lost, &Cause::Agent(agent.name.clone()), reason).await?;
-                    self.store.set_run_token(&run.id, None).await?;
-                    self.after_end(&run).await?;
+                    self.transition(
+                        &mut run,
+                        RunState::Lost,
+                        &Cause::Agent(agent.name.clone()),
+                        reason,
+                    )
+                    .await?;
                 }
             }
             for live in live_runs {
                 let known = self.store.run(&live.run_id).await;
                 let keep = matches!(&known, Ok(run) if run.agent_id == Some(agent.id) && run.state.is_active());
                 if !keep {
-                    tracing::warn!(agent = agent.name, run_id = live.run_id, "killing a run this server considers ended");
-                    self.send(agent.id, AgentCommand::Kill { run_id: live.run_id.clone() }).await?;
+                    tracing::warn!(
+                        agent = agent.name,
+                        run_id = live.run_id,
+                        "killing a run this server considers ended"
+                    );
+                    self.send(
+                        agent.id,
+                        AgentCommand::Kill {
+                            run_id: live.run_id.clone(),
+                        },
+                    )
+                    .await?;
                 }
             }
         }
@@ -396,7 +503,10 @@ impl Fleet {
         }
         let mut robots: HashMap<String, Option<Robot>> = HashMap::new();
         let mut next_wake: Option<Timestamp> = None;
-        for mut run in active.into_iter().filter(|run| run.state == RunState::Queued) {
+        for mut run in active
+            .into_iter()
+            .filter(|run| run.state == RunState::Queued)
+        {
             if let Some(not_before) = run.not_before.filter(|at| now < *at) {
                 next_wake = Some(next_wake.map_or(not_before, |wake| wake.min(not_before)));
                 continue;
@@ -412,12 +522,16 @@ impl Fleet {
             let Some(Some(robot)) = robots.get(&run.robot) else {
                 run.ended_at = Some(now);
                 let reason = Some("its robot was deleted".to_owned());
-                self.transition(&mut run, RunState::Failed, &Cause::Rule("dispatch"), reason).await?;
+                self.transition(&mut run, RunState::Failed, &Cause::Rule("dispatch"), reason)
+                    .await?;
                 continue;
             };
             let running = holding.get(&run.robot).copied().unwrap_or(0);
             if robot.definition.max_parallel <= running {
-                let reason = format!("waiting: the robot runs {running} of {} allowed at once", robot.definition.max_parallel);
+                let reason = format!(
+                    "waiting: the robot runs {running} of {} allowed at once",
+                    robot.definition.max_parallel
+                );
                 self.note_reason(&mut run, reason).await?;
                 continue;
             }
@@ -429,11 +543,16 @@ impl Fleet {
                     continue;
                 }
             };
-            let Some(agent) = agents.iter_mut().find(|agent| agent.name == placed) else { continue };
+            let Some(agent) = agents.iter_mut().find(|agent| agent.name == placed) else {
+                continue;
+            };
             agent.active_runs += 1;
             *holding.entry(run.robot.clone()).or_default() += 1;
-            let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX).map_err(|err| FleetError::Internal(err.to_string()))?;
-            self.store.set_run_token(&run.id, Some(&secrets::token_digest(&token))).await?;
+            let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX)
+                .map_err(|err| FleetError::Internal(err.to_string()))?;
+            self.store
+                .set_run_token(&run.id, Some(&secrets::token_digest(&token)))
+                .await?;
             run.agent_id = Some(agent.id);
             run.agent = Some(agent.name.clone());
             let mut env = robot.definition.env.clone();
@@ -447,8 +566,15 @@ impl Fleet {
                 stop_grace_seconds: robot.definition.stop_grace_seconds,
                 max_duration_seconds: robot.definition.max_duration_seconds,
             };
-            let reason = (!agent.online).then(|| format!("waiting for agent {} to connect", agent.name));
-            self.transition(&mut run, RunState::Starting, &Cause::Rule("dispatch"), reason).await?;
+            let reason =
+                (!agent.online).then(|| format!("waiting for agent {} to connect", agent.name));
+            self.transition(
+                &mut run,
+                RunState::Starting,
+                &Cause::Rule("dispatch"),
+                reason,
+            )
+            .await?;
             self.send(agent.id, AgentCommand::Start(spec)).await?;
         }
         if let Some(wake) = next_wake {
@@ -464,7 +590,9 @@ impl Fleet {
             Err(StoreError::NotFound) => return Ok(()),
             Err(err) => return Err(err.into()),
         };
-        if robot.mode != RobotMode::Auto || !run::should_restart(robot.definition.restart_policy, run.state) {
+        if robot.mode != RobotMode::Auto
+            || !run::should_restart(robot.definition.restart_policy, run.state)
+        {
             return Ok(());
         }
         let now = self.clock.now();
@@ -477,18 +605,37 @@ impl Fleet {
                 guard.max_starts, guard.window_seconds
             );
             tracing::warn!(robot = run.robot, reason, "crash-loop guard");
-            self.store.set_robot_mode(&run.robot, RobotMode::Manual, &reason).await?;
+            self.store
+                .set_robot_mode(&run.robot, RobotMode::Manual, &reason)
+                .await?;
             return Ok(());
         }
         let recent = self.store.ended_runs(&run.robot, 32).await?;
-        let failures = recent.iter().take_while(|ended| matches!(ended.state, RunState::Failed | RunState::TimedOut | RunState::Lost)).count();
-        let delay = run::restart_delay(robot.definition.restart_backoff, u32::try_from(failures).unwrap_or(u32::MAX));
+        let failures = recent
+            .iter()
+            .take_while(|ended| {
+                matches!(
+                    ended.state,
+                    RunState::Failed | RunState::TimedOut | RunState::Lost
+                )
+            })
+            .count();
+        let delay = run::restart_delay(
+            robot.definition.restart_backoff,
+            u32::try_from(failures).unwrap_or(u32::MAX),
+        );
         let not_before = (!delay.is_zero()).then(|| now.saturating_add(delay).unwrap_or(now));
-        self.create_run(&robot, Cause::RestartPolicy, not_before).await?;
+        self.create_run(&robot, Cause::RestartPolicy, not_before)
+            .await?;
         Ok(())
     }
 
-    async fn create_run(&self, robot: &Robot, cause: Cause, not_before: Option<Timestamp>) -> FleetResult<Run> {
+    async fn create_run(
+        &self,
+        robot: &Robot,
+        cause: Cause,
+        not_before: Option<Timestamp>,
+    ) -> FleetResult<Run> {
         let now = self.clock.now();
         let id = secrets::new_id("run_").map_err(|err| FleetError::Internal(err.to_string()))?;
         let reason = match not_before {
@@ -512,7 +659,12 @@ impl Fleet {
             started_at: None,
             ended_at: None,
         };
-        let transition = Transition { state: RunState::Queued, at: now, cause: cause.label(), reason: Some(reason) };
+        let transition = Transition {
+            state: RunState::Queued,
+            at: now,
+            cause: cause.label(),
+            reason: Some(reason),
+        };
         self.store.insert_run(&run, &transition).await?;
         let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
         Ok(run)
@@ -523,15 +675,36 @@ impl Fleet {
             return Ok(());
         }
         let reason = format!("{user} {what}");
-        self.store.set_robot_mode(robot.definition.name.as_str(), RobotMode::Manual, &reason).await?;
+        self.store
+            .set_robot_mode(robot.definition.name.as_str(), RobotMode::Manual, &reason)
+            .await?;
         Ok(())
     }
 
-    async fn transition(&self, run: &mut Run, state: RunState, cause: &Cause, reason: Option<String>) -> FleetResult<()> {
+    /// Moves a run to `state`, recording why. When the run ends here, its token is revoked
+    /// and the restart policy consulted before the change is published, so that whoever sees
+    /// the end also sees what automation made of it.
+    async fn transition(
+        self: &Arc<Fleet>,
+        run: &mut Run,
+        state: RunState,
+        cause: &Cause,
+        reason: Option<String>,
+    ) -> FleetResult<()> {
+        let ends_here = state.is_final() && !run.state.is_final();
         run.state = state;
         run.reason = reason.clone();
-        let transition = Transition { state, at: self.clock.now(), cause: cause.label(), reason };
+        let transition = Transition {
+            state,
+            at: self.clock.now(),
+            cause: cause.label(),
+            reason,
+        };
         self.store.update_run(run, Some(&transition)).await?;
+        if ends_here {
+            self.store.set_run_token(&run.id, None).await?;
+            self.after_end(run).await?;
+        }
         let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
         Ok(())
     }
@@ -548,9 +721,16 @@ impl Fleet {
 
     /// Queues a command for an agent durably, and sends it at once if it is connected.
     async fn send(&self, agent_id: AgentId, command: AgentCommand) -> FleetResult<()> {
-        let body = serde_json::to_string(&command).map_err(|err| FleetError::Internal(err.to_string()))?;
-        let id = self.store.queue_agent_command(agent_id, &body, self.clock.now()).await?;
-        let connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let body =
+            serde_json::to_string(&command).map_err(|err| FleetError::Internal(err.to_string()))?;
+        let id = self
+            .store
+            .queue_agent_command(agent_id, &body, self.clock.now())
+            .await?;
+        let connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(connection) = connections.get(&agent_id) {
             let _ = connection.frames.send(ServerFrame::Command { id, command });
         }
@@ -558,11 +738,17 @@ impl Fleet {
     }
 
     async fn robot(&self, name: &str) -> FleetResult<Robot> {
-        self.store.robot(name).await.map_err(|err| not_found_as(err, || FleetError::RobotNotFound(name.to_owned())))
+        self.store
+            .robot(name)
+            .await
+            .map_err(|err| not_found_as(err, || FleetError::RobotNotFound(name.to_owned())))
     }
 
     pub async fn run(&self, id: &str) -> FleetResult<Run> {
-        self.store.run(id).await.map_err(|err| not_found_as(err, || FleetError::RunNotFound(id.to_owned())))
+        self.store
+            .run(id)
+            .await
+            .map_err(|err| not_found_as(err, || FleetError::RunNotFound(id.to_owned())))
     }
 
     /// Dispatches again at `at` (restart backoff).
@@ -584,8 +770,13 @@ impl Fleet {
         tokio::spawn(async move {
             tokio::time::sleep(fleet.settings.lost_after).await;
             let reconnected = {
-                let connections = fleet.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                connections.get(&agent_id).is_some_and(|connection| serial < connection.serial)
+                let connections = fleet
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                connections
+                    .get(&agent_id)
+                    .is_some_and(|connection| serial < connection.serial)
             };
             if reconnected {
                 return;
@@ -604,9 +795,13 @@ impl Fleet {
                 if run.agent_id == Some(agent_id) && run.state.holds_agent() {
                     run.ended_at = Some(self.clock.now());
                     let reason = Some(format!("its agent was silent for more than {seconds} s"));
-                    self.transition(&mut run, RunState::Lost, &Cause::Rule("agent_silent"), reason).await?;
-                    self.store.set_run_token(&run.id, None).await?;
-                    self.after_end(&run).await?;
+                    self.transition(
+                        &mut run,
+                        RunState::Lost,
+                        &Cause::Rule("agent_silent"),
+                        reason,
+                    )
+                    .await?;
                 }
             }
         }
@@ -614,16 +809,27 @@ impl Fleet {
     }
 
     fn register(&self, agent_id: AgentId, frames: mpsc::UnboundedSender<ServerFrame>) -> u64 {
-        let serial = self.next_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let serial = self
+            .next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         connections.insert(agent_id, Connection { serial, frames });
         serial
     }
 
     /// Forgets a connection; answers whether it was still the agent's current one.
     fn unregister(&self, agent_id: AgentId, serial: u64) -> bool {
-        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if connections.get(&agent_id).is_some_and(|connection| connection.serial == serial) {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if connections
+            .get(&agent_id)
+            .is_some_and(|connection| connection.serial == serial)
+        {
             connections.remove(&agent_id);
             return true;
         }

@@ -38,11 +38,19 @@ const OPERATIONS: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/runs/{id}/kill", Access::Authenticated),
     ("POST", "/api/v1/runs/{id}/restart", Access::Authenticated),
     ("GET", "/api/v1/runs/{id}/logs", Access::Authenticated),
-    ("GET", "/api/v1/runs/{id}/logs/stream", Access::Authenticated),
+    (
+        "GET",
+        "/api/v1/runs/{id}/logs/stream",
+        Access::Authenticated,
+    ),
     ("GET", "/api/v1/agents", Access::Authenticated),
     ("GET", "/api/v1/agents/{name}", Access::Authenticated),
     ("POST", "/api/v1/agents/{name}/drain", Access::Authenticated),
-    ("POST", "/api/v1/agents/enrollment-tokens", Access::Authenticated),
+    (
+        "POST",
+        "/api/v1/agents/enrollment-tokens",
+        Access::Authenticated,
+    ),
     ("POST", "/agent/v1/enroll", Access::Open),
     ("GET", "/agent/v1/connect", Access::Authenticated),
 ];

@@ -64,7 +64,12 @@ impl TestApp {
             .await
             .unwrap();
         let fleet = dirigent_server::fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
-        let state = AppState { store: store.clone(), fleet, clock: clock.clone(), config: Arc::new(config) };
+        let state = AppState {
+            store: store.clone(),
+            fleet,
+            clock: clock.clone(),
+            config: Arc::new(config),
+        };
         TestApp {
             router: dirigent_server::app(state),
             clock,

@@ -8,7 +8,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use dirigent_proto::robot::{CrashLoop, RestartBackoff, RestartPolicy, Robot, RobotMode, RobotSpec};
+use dirigent_proto::robot::{
+    CrashLoop, RestartBackoff, RestartPolicy, Robot, RobotMode, RobotSpec,
+};
 
 use crate::cli::{ClientArgs, explain, print_json, print_table};
 
@@ -216,7 +218,11 @@ pub(crate) async fn run(command: RobotCommand) -> anyhow::Result<()> {
             report(&args.client, &robot, "Updated")
         }
         RobotCommand::Auto { name, client } => {
-            let robot = client.client()?.set_robot_auto(&name).await.map_err(explain)?;
+            let robot = client
+                .client()?
+                .set_robot_auto(&name)
+                .await
+                .map_err(explain)?;
             report(&client, &robot, "Switched to auto:")
         }
         RobotCommand::Rm { name, client } => {

@@ -75,16 +75,33 @@ pub(crate) struct Target {
 
 pub(crate) async fn run(command: RunCommand) -> anyhow::Result<()> {
     match command {
-        RunCommand::Start { robot, wait, client } => {
+        RunCommand::Start {
+            robot,
+            wait,
+            client,
+        } => {
             let api = client.client()?;
             let mut run = api.start_run(&robot).await.map_err(explain)?;
             if wait {
-                run = api.wait_run(&run.id, &["running"], 60).await.map_err(explain)?.run;
+                run = api
+                    .wait_run(&run.id, &["running"], 60)
+                    .await
+                    .map_err(explain)?
+                    .run;
             }
             report(&client, &run)
         }
-        RunCommand::Ls { robot, active, limit, client } => {
-            let runs = client.client()?.runs(robot.as_deref(), active, limit).await.map_err(explain)?;
+        RunCommand::Ls {
+            robot,
+            active,
+            limit,
+            client,
+        } => {
+            let runs = client
+                .client()?
+                .runs(robot.as_deref(), active, limit)
+                .await
+                .map_err(explain)?;
             if client.json {
                 return print_json(&runs);
             }
@@ -101,7 +118,10 @@ pub(crate) async fn run(command: RunCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["ID", "ROBOT", "STATE", "AGENT", "CREATED", "REASON"], &rows);
+            print_table(
+                &["ID", "ROBOT", "STATE", "AGENT", "CREATED", "REASON"],
+                &rows,
+            );
             Ok(())
         }
         RunCommand::Show { id, client } => {
@@ -138,21 +158,37 @@ pub(crate) async fn run(command: RunCommand) -> anyhow::Result<()> {
             let mut after = 0;
             loop {
                 let lines = api.run_logs(&id, after, 10_000).await.map_err(explain)?;
-                let Some(last) = lines.last() else { return Ok(()) };
+                let Some(last) = lines.last() else {
+                    return Ok(());
+                };
                 after = last.seq;
                 lines.into_iter().for_each(print);
             }
         }
-        RunCommand::Wait { id, state, timeout, client } => {
+        RunCommand::Wait {
+            id,
+            state,
+            timeout,
+            client,
+        } => {
             let states: Vec<&str> = state.split(',').map(str::trim).collect();
-            let detail = client.client()?.wait_run(&id, &states, timeout).await.map_err(explain)?;
+            let detail = client
+                .client()?
+                .wait_run(&id, &states, timeout)
+                .await
+                .map_err(explain)?;
             report(&client, &detail.run)
         }
     }
 }
 
 async fn operate(target: Target, operation: &str) -> anyhow::Result<()> {
-    let run = target.client.client()?.operate_run(&target.id, operation).await.map_err(explain)?;
+    let run = target
+        .client
+        .client()?
+        .operate_run(&target.id, operation)
+        .await
+        .map_err(explain)?;
     report(&target.client, &run)
 }
 
@@ -160,23 +196,39 @@ fn report(client: &ClientArgs, run: &Run) -> anyhow::Result<()> {
     if client.json {
         return print_json(run);
     }
-    let reason = run.reason.as_deref().map(|reason| format!(" ({reason})")).unwrap_or_default();
+    let reason = run
+        .reason
+        .as_deref()
+        .map(|reason| format!(" ({reason})"))
+        .unwrap_or_default();
     println!("{} {} {}{reason}", run.id, run.robot, run.state.as_str());
     Ok(())
 }
 
 fn print_detail(detail: &RunDetail) {
     let run = &detail.run;
-    let when = |time: Option<Timestamp>| time.map_or_else(|| "-".to_owned(), |time| time.to_string());
+    let when =
+        |time: Option<Timestamp>| time.map_or_else(|| "-".to_owned(), |time| time.to_string());
     let fields = [
         ("id", run.id.clone()),
         ("robot", run.robot.clone()),
         ("state", run.state.as_str().to_owned()),
         ("reason", run.reason.clone().unwrap_or_default()),
         ("agent", run.agent.clone().unwrap_or_else(|| "-".to_owned())),
-        ("pid", run.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string())),
-        ("exit code", run.exit_code.map_or_else(|| "-".to_owned(), |code| code.to_string())),
-        ("stop requested", if run.stop_requested { "yes" } else { "no" }.to_owned()),
+        (
+            "pid",
+            run.pid
+                .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+        ),
+        (
+            "exit code",
+            run.exit_code
+                .map_or_else(|| "-".to_owned(), |code| code.to_string()),
+        ),
+        (
+            "stop requested",
+            if run.stop_requested { "yes" } else { "no" }.to_owned(),
+        ),
         ("created", run.created_at.to_string()),
         ("started", when(run.started_at)),
         ("ended", when(run.ended_at)),

@@ -13,6 +13,7 @@
 )]
 
 mod cli;
+mod lifecycle;
 mod serve;
 mod support;
 mod tidy;

@@ -5,6 +5,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::Arc,
 };
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_dirigent");
@@ -33,17 +34,33 @@ pub(crate) struct ServerProcess {
     child: Child,
     pub(crate) url: String,
     pub(crate) first_output: Vec<String>,
-    pub(crate) dir: tempfile::TempDir,
+    pub(crate) dir: Arc<tempfile::TempDir>,
+    /// The local agent outlives this server (another server takes the directory over).
+    dir_keeps_agent: bool,
 }
 
 impl ServerProcess {
     /// Starts `dirigent serve` in a fresh directory with extra arguments and environment,
     /// and reads what it prints up to its banner, which names the address and comes last.
     pub(crate) fn start(extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let dir = tempfile::tempdir().unwrap();
+        ServerProcess::start_in(
+            Arc::new(tempfile::tempdir().unwrap()),
+            "127.0.0.1:0",
+            extra,
+            env,
+        )
+    }
+
+    /// Starts `dirigent serve` in `dir` (which may hold the data of an earlier server).
+    pub(crate) fn start_in(
+        dir: Arc<tempfile::TempDir>,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let mut child = dirigent(&dir.path().join("config"))
             .current_dir(dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -76,6 +93,7 @@ impl ServerProcess {
             url,
             first_output,
             dir,
+            dir_keeps_agent: false,
         }
     }
 
@@ -90,10 +108,24 @@ impl ServerProcess {
         command
     }
 
+    /// The address the server listens on.
+    pub(crate) fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// Kills the server with SIGKILL, leaving its agents and robots alone; answers its
+    /// directory, to start another server on.
+    pub(crate) fn kill9(mut self) -> Arc<tempfile::TempDir> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = Arc::clone(&self.dir);
+        self.dir_keeps_agent = true;
+        dir
+    }
+
     /// Stops the server with SIGTERM and answers its exit status and standard error.
     pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        signal_process(self.child.id(), nix::sys::signal::Signal::SIGTERM);
         let mut stderr = String::new();
         std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         let status = self.child.wait().unwrap();
@@ -105,7 +137,37 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.dir_keeps_agent {
+            stop_agent(&self.dir.path().join("dirigent-data/local-agent"));
+        }
     }
+}
+
+/// Stops the agent holding the data directory `dir`, if one does (its pid is in `lock`).
+pub(crate) fn stop_agent(dir: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(dir.join("lock")) {
+        if let Ok(pid) = pid.trim().parse::<u32>() {
+            signal_process(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+/// Sends a signal to one process; refuses pids that would reach more than one.
+pub(crate) fn signal_process(pid: u32, signal: nix::sys::signal::Signal) {
+    assert!(1 < pid, "refusing to signal pid {pid}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        signal,
+    );
+}
+
+/// Sends a signal to a process group; refuses groups that would reach more than one.
+pub(crate) fn signal_group(pgid: u32, signal: nix::sys::signal::Signal) {
+    assert!(1 < pgid, "refusing to signal group {pgid}");
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(i32::try_from(pgid).unwrap()),
+        signal,
+    );
 }
 
 /// Runs a command with `input` on standard input.

@@ -1,0 +1,538 @@
+//! The robot lifecycle on real processes and signals: a real `dirigent serve` with its local
+//! agent (or a separately enrolled agent), shell and Python robots, and the CLI.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::support::{ServerProcess, dirigent, ok, run, run_with_input, stop_agent};
+
+const PASSWORD: &str = "lifecycle-password-1";
+
+fn server_with(extra: &[&str]) -> ServerProcess {
+    let server = ServerProcess::start(extra, &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
+    let login = server.cli(&[
+        "login",
+        "--url",
+        &server.url,
+        "--username",
+        "admin",
+        "--password-stdin",
+    ]);
+    ok(run_with_input(login, &format!("{PASSWORD}\n")));
+    server
+}
+
+fn json(server: &ServerProcess, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
+}
+
+fn create_robot(server: &ServerProcess, name: &str, flags: &[&str], argv: &[&str]) {
+    let mut args = vec!["robot", "create", name];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(argv);
+    ok(run(server.cli(&args)));
+}
+
+/// Starts a run and waits until it runs; answers its id and pid.
+fn start_running(server: &ServerProcess, robot: &str) -> (String, u32) {
+    let started = json(server, &["run", "start", robot, "--wait"]);
+    assert_eq!(started["state"], "running", "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    let pid = json(server, &["run", "show", &id])["pid"].as_u64().unwrap();
+    (id, u32::try_from(pid).unwrap())
+}
+
+/// Waits until the run is in `state` (or has ended) and asserts it is `state`.
+#[track_caller]
+fn wait_state(server: &ServerProcess, id: &str, state: &str) -> Value {
+    let run = json(
+        server,
+        &["run", "wait", id, "--state", state, "--timeout", "30"],
+    );
+    assert_eq!(run["state"], state, "{run}");
+    run
+}
+
+/// Follows the run's output until a line contains `needle`; answers the lines read.
+fn await_output(server: &ServerProcess, id: &str, needle: &str) -> Vec<String> {
+    let mut follow = server
+        .cli(&["run", "logs", id, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let needle = needle.to_owned();
+    let (found, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let done = line.contains(&needle);
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = found.send(seen);
+    });
+    let seen = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the output line did not come");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    seen
+}
+
+/// The processes whose process group is `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after_name) = stat.rfind(')').map(|idx| &stat[idx + 2..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        if fields.get(2).and_then(|pgrp| pgrp.parse::<u32>().ok()) == Some(pgid) && fields[0] != "Z"
+        {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+fn process_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+const HANDLES_TERM: &str =
+    "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.05; done";
+const IGNORES_TERM: &str = "trap '' TERM; echo ready; while true; do sleep 0.05; done";
+
+#[test]
+fn pause_resume_and_safe_stop_a_robot_that_handles_sigterm() {
+    let server = server_with(&[]);
+    create_robot(&server, "polite", &[], &["sh", "-c", HANDLES_TERM]);
+    let (id, pid) = start_running(&server, "polite");
+    await_output(&server, &id, "ready");
+
+    ok(run(server.cli(&["run", "pause", &id])));
+    wait_state(&server, &id, "paused");
+    assert_eq!(process_state(pid), 'T', "SIGSTOP reached the robot");
+    ok(run(server.cli(&["run", "resume", &id])));
+    wait_state(&server, &id, "running");
+    assert_ne!(process_state(pid), 'T');
+
+    ok(run(server.cli(&["run", "stop", &id])));
+    let ended = wait_state(&server, &id, "stopped");
+    assert_eq!(ended["exit_code"], 0, "{ended}");
+    let logs = ok(run(server.cli(&["run", "logs", &id])));
+    assert!(logs.contains("got TERM"), "{logs}");
+    assert!(group_members(pid).is_empty());
+
+    let detail = json(&server, &["run", "show", &id]);
+    let history: Vec<&str> = detail["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "queued", "starting", "running", "paused", "running", "stopping", "stopped"
+        ]
+    );
+    let causes: Vec<&str> = detail["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes[0], "user:admin");
+    assert_eq!(causes[2], "agent:local");
+    assert_eq!(
+        json(&server, &["robot", "show", "polite"])["mode"],
+        "manual",
+        "an operator's start takes manual control"
+    );
+}
+
+#[test]
+fn a_robot_that_ignores_sigterm_is_killed_after_its_grace() {
+    let server = server_with(&[]);
+    create_robot(
+        &server,
+        "stubborn",
+        &["--stop-grace", "1"],
+        &["sh", "-c", IGNORES_TERM],
+    );
+    let (id, pid) = start_running(&server, "stubborn");
+    await_output(&server, &id, "ready");
+    ok(run(server.cli(&["run", "stop", &id])));
+    let ended = wait_state(&server, &id, "killed");
+    assert_eq!(ended["signal"], 9, "{ended}");
+    assert!(group_members(pid).is_empty());
+
+    // Paused robots get SIGCONT with their SIGTERM, and force stop needs no grace.
+    let (id, pid) = start_running(&server, "stubborn");
+    ok(run(server.cli(&["run", "pause", &id])));
+    wait_state(&server, &id, "paused");
+    ok(run(server.cli(&["run", "kill", &id])));
+    wait_state(&server, &id, "killed");
+    assert!(group_members(pid).is_empty());
+}
+
+#[test]
+fn grandchildren_are_gone_after_stop_and_after_kill() {
+    let server = server_with(&[]);
+    let script = "sleep 1000 & sleep 1000 & (trap '' TERM; sleep 1000) & echo spawned; wait";
+    create_robot(
+        &server,
+        "family",
+        &["--stop-grace", "1"],
+        &["sh", "-c", script],
+    );
+    for operation in ["stop", "kill"] {
+        let (id, pid) = start_running(&server, "family");
+        await_output(&server, &id, "spawned");
+        assert!(
+            4 <= group_members(pid).len(),
+            "the robot and its grandchildren: {:?}",
+            group_members(pid)
+        );
+        ok(run(server.cli(&["run", operation, &id])));
+        let ended = json(
+            &server,
+            &[
+                "run",
+                "wait",
+                &id,
+                "--state",
+                "stopped,killed",
+                "--timeout",
+                "30",
+            ],
+        );
+        assert!(ended["ended_at"].is_string(), "{ended}");
+        assert_eq!(
+            group_members(pid),
+            Vec::<u32>::new(),
+            "nothing left after {operation}"
+        );
+    }
+}
+
+#[test]
+fn a_python_robot_reads_its_stop_flag_with_its_run_token() {
+    let server = server_with(&[]);
+    let script = r#"
+import json, os, signal, sys, time, urllib.request
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+url = os.environ["DIRIGENT_URL"] + "/api/v1/runs/" + os.environ["DIRIGENT_RUN_ID"]
+request = urllib.request.Request(url, headers={"Authorization": "Bearer " + os.environ["DIRIGENT_RUN_TOKEN"]})
+print("working", flush=True)
+while True:
+    run = json.load(urllib.request.urlopen(request))
+    if run["stop_requested"]:
+        print("stop requested, finishing", flush=True)
+        sys.exit(0)
+    time.sleep(0.05)
+"#;
+    create_robot(
+        &server,
+        "pybot",
+        &["--stop-grace", "20"],
+        &["python3", "-u", "-c", script],
+    );
+    let (id, _) = start_running(&server, "pybot");
+    await_output(&server, &id, "working");
+    ok(run(server.cli(&["run", "stop", &id])));
+    let ended = wait_state(&server, &id, "stopped");
+    assert_eq!(
+        ended["exit_code"], 0,
+        "it left by itself, before the grace ran out: {ended}"
+    );
+    let logs = ok(run(server.cli(&["run", "logs", &id])));
+    assert!(logs.contains("stop requested, finishing"), "{logs}");
+}
+
+#[test]
+fn limits_queue_runs_and_time_them_out() {
+    let server = server_with(&[]);
+    create_robot(&server, "single", &[], &["sh", "-c", HANDLES_TERM]);
+    let (first, _) = start_running(&server, "single");
+    let second = json(&server, &["run", "start", "single"]);
+    assert_eq!(second["state"], "queued");
+    assert_eq!(
+        second["reason"],
+        "waiting: the robot runs 1 of 1 allowed at once"
+    );
+    let second = second["id"].as_str().unwrap().to_owned();
+    ok(run(server.cli(&["run", "kill", &first])));
+    wait_state(&server, &second, "running");
+    ok(run(server.cli(&["run", "kill", &second])));
+    wait_state(&server, &second, "killed");
+
+    create_robot(
+        &server,
+        "slow",
+        &["--max-duration", "1", "--stop-grace", "1"],
+        &["sh", "-c", IGNORES_TERM],
+    );
+    let (id, pid) = start_running(&server, "slow");
+    let ended = wait_state(&server, &id, "timed_out");
+    assert!(
+        ended["reason"].as_str().unwrap().contains("signal 9"),
+        "{ended}"
+    );
+    assert!(group_members(pid).is_empty());
+
+    let cancelled = json(&server, &["run", "start", "single"]);
+    let cancelled = cancelled["id"].as_str().unwrap();
+    wait_state(&server, cancelled, "running");
+    let missing = run(server.cli(&["run", "pause", "run_nope"]));
+    assert_eq!(missing.status.code(), Some(4));
+    ok(run(server.cli(&["run", "kill", cancelled])));
+    wait_state(&server, cancelled, "killed");
+    let again = run(server.cli(&["run", "resume", cancelled]));
+    assert_eq!(
+        again.status.code(),
+        Some(5),
+        "resuming an ended run is a conflict"
+    );
+}
+
+#[test]
+fn a_crash_loop_switches_the_robot_to_manual() {
+    let server = server_with(&[]);
+    let gate = server.dir.path().join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; echo boom; exit 3",
+        gate.display()
+    );
+    create_robot(
+        &server,
+        "crashy",
+        &[
+            "--restart-policy",
+            "on-failure",
+            "--backoff-initial",
+            "0",
+            "--backoff-max",
+            "0",
+            "--crash-loop-max-starts",
+            "2",
+            "--crash-loop-window",
+            "600",
+        ],
+        &["sh", "-c", &script],
+    );
+    let (first, _) = start_running(&server, "crashy");
+    ok(run(server.cli(&["robot", "auto", "crashy"])));
+    std::fs::write(&gate, "").unwrap();
+
+    // The operator's run fails, then the restart policy starts it twice more; the third
+    // automatic start would exceed the guard.
+    wait_state(&server, &first, "failed");
+    for _ in 0..2 {
+        let runs = json(&server, &["run", "ls", "--robot", "crashy"]);
+        let newest = runs[0]["id"].as_str().unwrap().to_owned();
+        let ended = json(
+            &server,
+            &[
+                "run",
+                "wait",
+                &newest,
+                "--state",
+                "failed",
+                "--timeout",
+                "30",
+            ],
+        );
+        assert_eq!(ended["state"], "failed", "{ended}");
+    }
+    let runs = json(&server, &["run", "ls", "--robot", "crashy"]);
+    assert_eq!(runs.as_array().unwrap().len(), 3, "{runs}");
+    let robot = json(&server, &["robot", "show", "crashy"]);
+    assert_eq!(robot["mode"], "manual", "{robot}");
+    assert!(
+        robot["mode_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("crash loop: more than 2 automatic starts within 600 s"),
+        "{robot}"
+    );
+    let detail = json(&server, &["run", "show", runs[0]["id"].as_str().unwrap()]);
+    assert_eq!(detail["transitions"][0]["cause"], "restart_policy");
+}
+
+#[test]
+fn robots_and_their_output_survive_a_server_restart() {
+    let server = server_with(&[]);
+    create_robot(
+        &server,
+        "ticker",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.02; done",
+        ],
+    );
+    let (id, pid) = start_running(&server, "ticker");
+    await_output(&server, &id, "tick 3");
+    let listen = server.addr();
+    let dir = server.kill9();
+    assert!(
+        !group_members(pid).is_empty(),
+        "the robot outlives the server"
+    );
+
+    // Output goes on while the orchestrator is down; the agent journals it.
+    let restarted = ServerProcess::start_in(
+        Arc::clone(&dir),
+        &listen,
+        &[],
+        &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)],
+    );
+    let after = await_output(&restarted, &id, "tick 200");
+    assert!(
+        after.iter().any(|line| line == "tick 1"),
+        "the whole output is there"
+    );
+    let shown = json(&restarted, &["run", "show", &id]);
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert_eq!(shown["pid"], pid, "the same process, not a second copy");
+    let active = json(&restarted, &["run", "ls", "--active"]);
+    assert_eq!(active.as_array().unwrap().len(), 1, "{active}");
+
+    ok(run(restarted.cli(&["run", "kill", &id])));
+    wait_state(&restarted, &id, "killed");
+    let logs = ok(run(restarted.cli(&["run", "logs", &id])));
+    let numbers: Vec<u64> = logs
+        .lines()
+        .filter_map(|line| line.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(200 <= numbers.len());
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "no line lost or doubled"
+    );
+}
+
+#[test]
+fn an_enrolled_agent_takes_queued_runs_and_its_silence_loses_them() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    std::fs::write(
+        dir.path().join("fast.toml"),
+        "agent_lost_after_seconds = 1\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start_in(
+        Arc::clone(&dir),
+        "127.0.0.1:0",
+        &["--no-local-agent", "--config", "fast.toml"],
+        &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)],
+    );
+    let login = server.cli(&[
+        "login",
+        "--url",
+        &server.url,
+        "--username",
+        "admin",
+        "--password-stdin",
+    ]);
+    ok(run_with_input(login, &format!("{PASSWORD}\n")));
+    create_robot(
+        &server,
+        "remote",
+        &["--agent", "site=lab"],
+        &["sh", "-c", HANDLES_TERM],
+    );
+    let queued = json(&server, &["run", "start", "remote"]);
+    assert_eq!(queued["state"], "queued");
+    assert_eq!(
+        queued["reason"],
+        "waiting for an agent labelled site=lab: none is enrolled"
+    );
+    let id = queued["id"].as_str().unwrap().to_owned();
+
+    let token = ok(run(server.cli(&["agent", "enroll-token"])))
+        .trim()
+        .to_owned();
+    let agent_dir = dir.path().join("lab-agent");
+    let mut agent = dirigent(&server.config_dir())
+        .args([
+            "agent",
+            "--server",
+            &server.url,
+            "--name",
+            "lab-1",
+            "--labels",
+            "site=lab",
+            "--capacity",
+            "2",
+            "--enroll-token",
+            &token,
+        ])
+        .arg("--data")
+        .arg(&agent_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = wait_state(&server, &id, "running");
+    assert_eq!(running["agent"], "lab-1");
+    let agents = json(&server, &["agent", "ls"]);
+    assert_eq!(agents[0]["name"], "lab-1");
+    assert_eq!(agents[0]["labels"]["site"], "lab");
+    assert_eq!(agents[0]["active_runs"], 1);
+    let pid = u32::try_from(
+        json(&server, &["run", "show", &id])["pid"]
+            .as_u64()
+            .unwrap(),
+    )
+    .unwrap();
+
+    let used_again = run(server.cli(&[
+        "agent",
+        "--server",
+        &server.url,
+        "--enroll-token",
+        &token,
+        "--data",
+        "/tmp/nowhere-dirigent",
+    ]));
+    assert_eq!(
+        used_again.status.code(),
+        Some(3),
+        "an enrollment token works once"
+    );
+
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let lost = wait_state(&server, &id, "lost");
+    assert!(
+        lost["reason"].as_str().unwrap().contains("silent"),
+        "{lost}"
+    );
+    assert_eq!(json(&server, &["agent", "ls"])[0]["state"], "offline");
+    crate::support::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    stop_agent(&agent_dir);
+}
