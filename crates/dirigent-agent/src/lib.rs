@@ -127,11 +127,12 @@ pub async fn run(
             offline_since = tokio::time::Instant::now();
         }
         failures = failures.saturating_add(1);
-        if let Some(limit) = config.exit_when_orphaned {
-            if runner.n_live() == 0 && limit <= offline_since.elapsed() {
-                tracing::info!("no run alive and the server unreachable: stopping");
-                return Ok(());
-            }
+        if let Some(limit) = config.exit_when_orphaned
+            && runner.n_live() == 0
+            && limit <= offline_since.elapsed()
+        {
+            tracing::info!("no run alive and the server unreachable: stopping");
+            return Ok(());
         }
         let delay = backoff(failures);
         // While waiting, keep journaling what the runs report.

@@ -389,13 +389,13 @@ impl Follower {
         if !backlog.is_empty() {
             return Some(backlog);
         }
-        if let Ok(run) = self.state.store.run(&self.run_id).await {
-            if run.state.is_final() {
-                self.ended = true;
-                let mut events = self.catch_up().await;
-                events.push(Event::default().event("end").json_data(to_wire(run)).ok()?);
-                return Some(events);
-            }
+        if let Ok(run) = self.state.store.run(&self.run_id).await
+            && run.state.is_final()
+        {
+            self.ended = true;
+            let mut events = self.catch_up().await;
+            events.push(Event::default().event("end").json_data(to_wire(run)).ok()?);
+            return Some(events);
         }
         loop {
             match self.events.recv().await {

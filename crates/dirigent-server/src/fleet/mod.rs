@@ -292,10 +292,10 @@ impl Fleet {
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if let Ok(run) = self.store.run(run_id).await {
-                            if states.contains(&run.state) || run.state.is_final() {
-                                return;
-                            }
+                        if let Ok(run) = self.store.run(run_id).await
+                            && (states.contains(&run.state) || run.state.is_final())
+                        {
+                            return;
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return,

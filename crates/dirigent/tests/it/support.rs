@@ -145,10 +145,10 @@ impl Drop for ServerProcess {
 
 /// Stops the agent holding the data directory `dir`, if one does (its pid is in `lock`).
 pub(crate) fn stop_agent(dir: &Path) {
-    if let Ok(pid) = std::fs::read_to_string(dir.join("lock")) {
-        if let Ok(pid) = pid.trim().parse::<u32>() {
-            signal_process(pid, nix::sys::signal::Signal::SIGTERM);
-        }
+    if let Ok(pid) = std::fs::read_to_string(dir.join("lock"))
+        && let Ok(pid) = pid.trim().parse::<u32>()
+    {
+        signal_process(pid, nix::sys::signal::Signal::SIGTERM);
     }
 }
 
