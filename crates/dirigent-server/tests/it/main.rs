@@ -8,6 +8,7 @@
     reason = "a failed test should panic"
 )]
 
+mod agent_link;
 mod api_contract;
 mod auth;
 mod robots;

@@ -536,3 +536,29 @@ fn an_enrolled_agent_takes_queued_runs_and_its_silence_loses_them() {
     crate::support::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     stop_agent(&agent_dir);
 }
+
+#[test]
+fn restart_replaces_a_run_and_a_drained_agent_takes_no_new_runs() {
+    let server = server_with(&[]);
+    create_robot(&server, "svc", &[], &["sh", "-c", HANDLES_TERM]);
+    let (old, _) = start_running(&server, "svc");
+    let new = json(&server, &["run", "restart", &old]);
+    let new = new["id"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    wait_state(&server, &old, "stopped");
+    wait_state(&server, &new, "running");
+
+    let drained = json(&server, &["agent", "drain", "local"]);
+    assert_eq!(drained["state"], "draining");
+    assert_eq!(drained["active_runs"], 1, "it keeps its run");
+    ok(run(server.cli(&["run", "kill", &new])));
+    wait_state(&server, &new, "killed");
+    let waiting = json(&server, &["run", "start", "svc"]);
+    assert_eq!(waiting["state"], "queued");
+    assert_eq!(waiting["reason"], "waiting for any agent: full or draining");
+    ok(run(server.cli(&["agent", "undrain", "local"])));
+    let id = waiting["id"].as_str().unwrap();
+    wait_state(&server, id, "running");
+    ok(run(server.cli(&["run", "kill", id])));
+    wait_state(&server, id, "killed");
+}
