@@ -101,14 +101,28 @@ impl Journal {
 
     /// Writes an event durably and answers its id.
     pub fn append(&mut self, event: AgentEvent) -> Result<u64, JournalError> {
-        let id = self.last_event_id + 1;
-        let record = Record::Event { id, event };
-        self.write(&record, true)?;
-        self.last_event_id = id;
-        if let Record::Event { event, .. } = record {
-            self.unacked.push_back((id, event));
+        let ids = self.append_all(vec![event])?;
+        Ok(ids.first().copied().unwrap_or(self.last_event_id))
+    }
+
+    /// Writes events durably with one sync (group commit) and answers their ids.
+    pub fn append_all(&mut self, events: Vec<AgentEvent>) -> Result<Vec<u64>, JournalError> {
+        let mut ids = Vec::with_capacity(events.len());
+        for event in events {
+            let id = self.last_event_id + 1;
+            let record = Record::Event { id, event };
+            self.write(&record, false)?;
+            self.last_event_id = id;
+            if let Record::Event { event, .. } = record {
+                self.unacked.push_back((id, event));
+            }
+            ids.push(id);
         }
-        Ok(id)
+        self.file.sync_data().map_err(|source| JournalError {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(ids)
     }
 
     /// The server applied every event up to `id`.

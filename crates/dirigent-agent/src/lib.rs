@@ -142,10 +142,26 @@ pub async fn run(
             tokio::select! {
                 () = &mut wait => break,
                 () = &mut shutdown => return Ok(()),
-                Some(event) = events.recv() => { journal.append(event)?; }
+                Some(event) = events.recv() => { journal.append_all(drain_batch(event, &mut events))?; }
             }
         }
     }
+}
+
+/// The event just received and those already waiting behind it (up to a bound), to be
+/// journaled with one sync.
+fn drain_batch(
+    first: AgentEvent,
+    events: &mut mpsc::UnboundedReceiver<AgentEvent>,
+) -> Vec<AgentEvent> {
+    let mut batch = vec![first];
+    while batch.len() < 256 {
+        match events.try_recv() {
+            Ok(event) => batch.push(event),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Holds an exclusive lock on the data directory for the agent's life: two agents sharing a
@@ -213,7 +229,8 @@ async fn session(
     let mut request = url.into_client_request().map_err(link_error)?;
     let bearer = HeaderValue::from_str(&format!("Bearer {credential}")).map_err(link_error)?;
     request.headers_mut().insert("authorization", bearer);
-    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
+    let (mut socket, _) = // Frames are small and latency matters: no Nagle delay.
+    match tokio_tungstenite::connect_async_with_config(request, None, true).await {
         Ok(connected) => connected,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status() == 401 => {
             return Err(SessionError::Refused(
@@ -272,8 +289,11 @@ async fn session(
     loop {
         tokio::select! {
             Some(event) = events.recv() => {
-                let id = journal.append(event.clone())?;
-                send(&mut socket, &AgentFrame::Event { id, event }).await?;
+                let batch = drain_batch(event, events);
+                let ids = journal.append_all(batch.clone())?;
+                for (id, event) in ids.into_iter().zip(batch) {
+                    send(&mut socket, &AgentFrame::Event { id, event }).await?;
+                }
             }
             frame = receive(&mut socket) => match frame? {
                 Some(ServerFrame::Command { id, command }) => {

@@ -97,6 +97,10 @@ pub async fn start(
     let app = http::app(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(async move {
+        // Agent frames and API answers are small: no Nagle delay on any connection.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;

@@ -115,6 +115,52 @@ impl Store {
         Ok(())
     }
 
+    /// Places a queued run on its agent in one transaction: the run (now `starting`, with its
+    /// agent and the digest of its token), its transition, and the agent's start command
+    /// (JSON) queued. Answers the command's id.
+    pub async fn place_run(
+        &self,
+        run: &Run,
+        transition: &Transition,
+        token_hash: &str,
+        command: &str,
+    ) -> StoreResult<u64> {
+        let Some(agent_id) = run.agent_id else {
+            return Err(StoreError::Corrupt(format!(
+                "run {} placed without an agent",
+                run.id
+            )));
+        };
+        let command_id: i64 = dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE runs SET agent_id = $2, state = $3, reason = $4, token_hash = $5 WHERE id = $1")
+                .bind(&run.id)
+                .bind(agent_id.0)
+                .bind(run.state.as_str())
+                .bind(&run.reason)
+                .bind(token_hash)
+                .execute(&mut *tx)
+                .await?;
+            insert_transition!(&mut *tx, &run.id, transition);
+            let command_id: i64 = sqlx::query_scalar(
+                "UPDATE agents SET last_command_id = last_command_id + 1 WHERE id = $1 RETURNING last_command_id",
+            )
+            .bind(agent_id.0)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO agent_commands (agent_id, id, body, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(agent_id.0)
+                .bind(command_id)
+                .bind(command)
+                .bind(to_millis(transition.at))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            command_id
+        });
+        Ok(u64::try_from(command_id).unwrap_or(0))
+    }
+
     /// Sets the digest of the token a run's robot authenticates with; `None` revokes it.
     pub async fn set_run_token(&self, run_id: &str, token_hash: Option<&str>) -> StoreResult<()> {
         dispatch!(self, writer, pool => {

@@ -550,14 +550,12 @@ impl Fleet {
             *holding.entry(run.robot.clone()).or_default() += 1;
             let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX)
                 .map_err(|err| FleetError::Internal(err.to_string()))?;
-            self.store
-                .set_run_token(&run.id, Some(&secrets::token_digest(&token)))
-                .await?;
+            let token_hash = secrets::token_digest(&token);
             run.agent_id = Some(agent.id);
             run.agent = Some(agent.name.clone());
             let mut env = robot.definition.env.clone();
             env.insert("DIRIGENT_RUN_TOKEN".to_owned(), token);
-            let spec = StartSpec {
+            let command = AgentCommand::Start(StartSpec {
                 run_id: run.id.clone(),
                 robot: run.robot.clone(),
                 argv: robot.definition.argv.clone(),
@@ -565,17 +563,24 @@ impl Fleet {
                 env,
                 stop_grace_seconds: robot.definition.stop_grace_seconds,
                 max_duration_seconds: robot.definition.max_duration_seconds,
-            };
-            let reason =
+            });
+            run.state = RunState::Starting;
+            run.reason =
                 (!agent.online).then(|| format!("waiting for agent {} to connect", agent.name));
-            self.transition(
-                &mut run,
-                RunState::Starting,
-                &Cause::Rule("dispatch"),
-                reason,
-            )
-            .await?;
-            self.send(agent.id, AgentCommand::Start(spec)).await?;
+            let transition = Transition {
+                state: RunState::Starting,
+                at: now,
+                cause: Cause::Rule("dispatch").label(),
+                reason: run.reason.clone(),
+            };
+            let body = serde_json::to_string(&command)
+                .map_err(|err| FleetError::Internal(err.to_string()))?;
+            let command_id = self
+                .store
+                .place_run(&run, &transition, &token_hash, &body)
+                .await?;
+            self.push(agent.id, command_id, command);
+            let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
         }
         if let Some(wake) = next_wake {
             self.wake_at(wake);
@@ -727,6 +732,12 @@ impl Fleet {
             .store
             .queue_agent_command(agent_id, &body, self.clock.now())
             .await?;
+        self.push(agent_id, id, command);
+        Ok(())
+    }
+
+    /// Sends a command already queued durably to its agent, if it is connected.
+    fn push(&self, agent_id: AgentId, id: u64, command: AgentCommand) {
         let connections = self
             .connections
             .lock()
@@ -734,7 +745,6 @@ impl Fleet {
         if let Some(connection) = connections.get(&agent_id) {
             let _ = connection.frames.send(ServerFrame::Command { id, command });
         }
-        Ok(())
     }
 
     async fn robot(&self, name: &str) -> FleetResult<Robot> {
