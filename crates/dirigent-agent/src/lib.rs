@@ -229,8 +229,10 @@ async fn session(
     let mut request = url.into_client_request().map_err(link_error)?;
     let bearer = HeaderValue::from_str(&format!("Bearer {credential}")).map_err(link_error)?;
     request.headers_mut().insert("authorization", bearer);
-    let (mut socket, _) = // Frames are small and latency matters: no Nagle delay.
-    match tokio_tungstenite::connect_async_with_config(request, None, true).await {
+    // Frames are small and latency matters: no Nagle delay.
+    let (mut socket, _) = match tokio_tungstenite::connect_async_with_config(request, None, true)
+        .await
+    {
         Ok(connected) => connected,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status() == 401 => {
             return Err(SessionError::Refused(
