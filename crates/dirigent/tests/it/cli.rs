@@ -6,15 +6,7 @@ const PASSWORD: &str = "tour-password-1";
 
 fn logged_in_server() -> ServerProcess {
     let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
-    let login = server.cli(&[
-        "login",
-        "--url",
-        &server.url,
-        "--username",
-        "admin",
-        "--password-stdin",
-    ]);
-    ok(run_with_input(login, &format!("{PASSWORD}\n")));
+    server.login(PASSWORD);
     server
 }
 

@@ -10,21 +10,13 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, dirigent, ok, run, run_with_input, stop_agent};
+use crate::support::{ServerProcess, dirigent, ok, run, stop_agent};
 
 const PASSWORD: &str = "lifecycle-password-1";
 
 fn server_with(extra: &[&str]) -> ServerProcess {
     let server = ServerProcess::start(extra, &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
-    let login = server.cli(&[
-        "login",
-        "--url",
-        &server.url,
-        "--username",
-        "admin",
-        "--password-stdin",
-    ]);
-    ok(run_with_input(login, &format!("{PASSWORD}\n")));
+    server.login(PASSWORD);
     server
 }
 
@@ -450,15 +442,7 @@ fn an_enrolled_agent_takes_queued_runs_and_its_silence_loses_them() {
         &["--no-local-agent", "--config", "fast.toml"],
         &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)],
     );
-    let login = server.cli(&[
-        "login",
-        "--url",
-        &server.url,
-        "--username",
-        "admin",
-        "--password-stdin",
-    ]);
-    ok(run_with_input(login, &format!("{PASSWORD}\n")));
+    server.login(PASSWORD);
     create_robot(
         &server,
         "remote",

@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use crate::support::{ServerProcess, dirigent, fails, ok, run, run_with_input, stderr};
+use crate::support::{ServerProcess, dirigent, fails, ok, run, stderr};
 
 #[test]
 fn the_first_start_prints_a_password_that_logs_in() {
@@ -22,15 +22,7 @@ fn the_first_start_prints_a_password_that_logs_in() {
         "the default data directory"
     );
 
-    let login = server.cli(&[
-        "login",
-        "--url",
-        &server.url,
-        "--username",
-        "admin",
-        "--password-stdin",
-    ]);
-    ok(run_with_input(login, &format!("{password}\n")));
+    server.login(&password);
     let whoami = ok(run(server.cli(&["whoami", "--json"])));
     assert!(whoami.contains("\"username\": \"admin\""), "{whoami}");
 
@@ -46,15 +38,7 @@ fn the_first_start_prints_a_password_that_logs_in() {
 fn the_admin_password_comes_from_the_environment() {
     let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", "from-the-env-1")]);
     assert_eq!(server.first_output.len(), 1);
-    let login = server.cli(&[
-        "login",
-        "--url",
-        &server.url,
-        "--username",
-        "admin",
-        "--password-stdin",
-    ]);
-    ok(run_with_input(login, "from-the-env-1\n"));
+    server.login("from-the-env-1");
 }
 
 #[test]
@@ -80,15 +64,7 @@ fn settings_come_from_a_file_and_flags_win() {
         server.first_output
     );
     assert!(data.join("dirigent.db").exists());
-    let login = server.cli(&[
-        "login",
-        "--url",
-        &server.url,
-        "--username",
-        "admin",
-        "--password-stdin",
-    ]);
-    ok(run_with_input(login, "from-the-file-1\n"));
+    server.login("from-the-file-1");
 }
 
 fn serve(args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -97,6 +97,19 @@ impl ServerProcess {
         }
     }
 
+    /// Logs the CLI in to this server as `admin`, keeping the session in the config directory.
+    pub(crate) fn login(&self, password: &str) {
+        let login = self.cli(&[
+            "login",
+            "--url",
+            &self.url,
+            "--username",
+            "admin",
+            "--password-stdin",
+        ]);
+        ok(run_with_input(login, &format!("{password}\n")));
+    }
+
     pub(crate) fn config_dir(&self) -> PathBuf {
         self.dir.path().join("config")
     }
