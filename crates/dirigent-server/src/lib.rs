@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 mod http;
+mod janitor;
 
 pub use http::app;
 
@@ -56,6 +57,7 @@ pub struct RunningServer {
     store: Store,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
+    janitor: JoinHandle<()>,
 }
 
 /// Opens the database (applying migrations), creates the `admin` user on an empty database,
@@ -88,6 +90,7 @@ pub async fn start(
         .recover()
         .await
         .map_err(|err| StartError::Bootstrap(format!("recovering runs: {err}")))?;
+    let janitor = janitor::spawn(store.clone(), clock.clone());
     let state = AppState {
         store: store.clone(),
         fleet,
@@ -114,6 +117,7 @@ pub async fn start(
         store,
         stop,
         serving,
+        janitor,
     })
 }
 
@@ -144,6 +148,7 @@ impl RunningServer {
     /// Stops accepting connections, lets requests in flight finish, closes the database.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.stop.send(());
+        self.janitor.abort();
         let served = self
             .serving
             .await
