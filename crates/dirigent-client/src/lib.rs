@@ -9,7 +9,10 @@ use dirigent_proto::{
     agent::{
         Agent, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse, EnrollmentToken,
     },
-    auth::{CreateTokenRequest, CreatedToken, Health, LoginRequest, LoginResponse, Me, TokenInfo},
+    auth::{
+        AuditEntry, CreateTokenRequest, CreatedToken, Health, LoginRequest, LoginResponse, Me,
+        TokenInfo,
+    },
     error::ErrorBody,
     robot::{Robot, RobotSpec},
     run::{LogLine, Run, RunDetail, StartRunRequest},
@@ -267,6 +270,24 @@ impl Client {
             url: self.base_url().to_owned(),
             reason: "the stream ended early".to_owned(),
         })
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit(
+        &self,
+        actor: Option<&str>,
+        outcome: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(actor) = actor {
+            query.push(("actor", actor.to_owned()));
+        }
+        if let Some(outcome) = outcome {
+            query.push(("outcome", outcome.to_owned()));
+        }
+        self.call_query(Method::GET, &["api", "v1", "audit"], &query)
+            .await
     }
 
     pub async fn agents(&self) -> Result<Vec<Agent>, ClientError> {

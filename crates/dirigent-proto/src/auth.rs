@@ -70,3 +70,21 @@ pub struct Health {
     /// `ok`, or `unavailable` with a 503.
     pub status: String,
 }
+
+/// One record of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    /// `user:NAME`, `run:ID`, `agent:NAME` or `anonymous`.
+    pub actor: String,
+    /// The operation, such as `POST /api/v1/runs/{id}/stop`.
+    pub action: String,
+    /// The path it was asked on.
+    pub target: String,
+    pub address: String,
+    /// `allowed`, `denied` or `failed`.
+    pub outcome: String,
+    pub status: u16,
+}

@@ -56,6 +56,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 422: the body is JSON but a field is missing, unknown or invalid; `field` names it.
     InvalidField,
+    /// 429: too many failed logins for this username; `Retry-After` says when to try again.
+    TooManyAttempts,
     /// 503: the database cannot be reached.
     Unavailable,
     /// 500: a fault inside the server; the detail is in the server's log under `request_id`.
@@ -83,6 +85,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

@@ -23,6 +23,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub detail: Option<String>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -33,6 +35,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             detail: None,
+            retry_after: None,
         }
     }
 
@@ -43,6 +46,7 @@ impl ApiError {
             message: err.to_string(),
             field: Some(err.field),
             detail: None,
+            retry_after: None,
         }
     }
 

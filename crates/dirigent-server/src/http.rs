@@ -12,7 +12,7 @@ use axum::{
 use dirigent_proto::error::ErrorBody;
 use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
-use crate::{AppState, api, error::ApiError};
+use crate::{AppState, api, audit, error::ApiError};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -21,6 +21,7 @@ pub fn app(state: AppState) -> Router {
     let (routes, _openapi) = api::router().split_for_parts();
     routes
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn(render_errors))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -74,6 +75,11 @@ async fn render_errors(request: Request, next: Next) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(seconds) = error.retry_after {
+        parts
+            .headers
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     if error.status == StatusCode::UNAUTHORIZED {
         parts
             .headers

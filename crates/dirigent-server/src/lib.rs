@@ -10,6 +10,7 @@
 //! answers with.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -32,6 +33,7 @@ pub use crate::{clock::Clock, config::ServerConfig};
 pub struct AppState {
     pub store: Store,
     pub fleet: Arc<fleet::Fleet>,
+    pub login_throttle: Arc<auth::throttle::LoginThrottle>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ServerConfig>,
 }
@@ -94,6 +96,7 @@ pub async fn start(
     let state = AppState {
         store: store.clone(),
         fleet,
+        login_throttle: Arc::default(),
         clock,
         config: Arc::new(config),
     };
@@ -104,11 +107,14 @@ pub async fn start(
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(%local_addr, backend = ?store.backend_kind(), "serving");
     Ok(RunningServer {

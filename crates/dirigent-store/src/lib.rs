@@ -12,6 +12,7 @@
 
 mod accounts;
 mod agents;
+mod audit;
 mod robots;
 mod runs;
 
@@ -26,6 +27,7 @@ use sqlx::{
 
 pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToken, UserId};
 pub use agents::AgentFacts;
+pub use audit::{AuditQuery, AuditRecord};
 pub use runs::{OutputLine, RunQuery};
 
 /// What can go wrong in the store, in terms a caller can act on.

@@ -38,6 +38,8 @@ enum Command {
     /// Robot definitions: ls, show, create, update, auto, rm.
     #[command(subcommand)]
     Robot(cli::robot::RobotCommand),
+    /// The audit log: every change and every denial, newest first.
+    Audit(cli::audit::AuditArgs),
     /// Your API tokens: ls, create, revoke.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
             Command::Run(command) => cli::run::run(command).await,
             Command::Robot(command) => cli::robot::run(command).await,
             Command::Token(command) => cli::token::run(command).await,
+            Command::Audit(args) => cli::audit::run(args).await,
         }
     });
     match outcome {

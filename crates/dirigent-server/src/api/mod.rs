@@ -6,6 +6,7 @@
 //! need, parse, call the store, convert to wire types.
 
 mod agents;
+mod audit;
 mod health;
 mod json;
 mod robots;
@@ -79,7 +80,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::get_agent))
         .routes(routes!(agents::drain_agent))
-        .routes(routes!(agents::create_enrollment_token));
+        .routes(routes!(agents::create_enrollment_token))
+        .routes(routes!(audit::list_audit));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

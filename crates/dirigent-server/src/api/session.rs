@@ -1,6 +1,11 @@
 //! Logging in and out, and who the caller is.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Extension, Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use dirigent_proto::{
     auth::{LoginRequest, LoginResponse, Me},
     error::{ErrorBody, ErrorCode},
@@ -10,7 +15,8 @@ use dirigent_store::CredentialKind;
 use crate::{
     AppState,
     api::ApiJson,
-    auth::{self, Caller, secrets},
+    audit::AuditActor,
+    auth::{self, Caller, secrets, throttle::Admission},
     error::ApiError,
 };
 
@@ -23,24 +29,43 @@ use crate::{
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this user; see Retry-After", body = ErrorBody),
         (status = 422, body = ErrorBody),
     )
 )]
 pub(super) async fn login(
     State(state): State<AppState>,
+    actor: Option<Extension<AuditActor>>,
     ApiJson(request): ApiJson<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     if dirigent_domain::user::MAX_PASSWORD_LEN < request.password.len()
         || 256 < request.username.len()
     {
         return Err(wrong_credentials());
     }
+    if let Some(Extension(actor)) = actor {
+        actor.set(format!("user:{}", request.username));
+    }
+    let now = state.clock.now();
+    match state.login_throttle.admit(&request.username, now) {
+        Admission::Locked { until } => return Err(locked(until, now)),
+        Admission::Check { delay } => tokio::time::sleep(delay).await,
+    }
     let Some(user_id) =
         auth::check_login(&state.store, &request.username, &request.password).await?
     else {
         tracing::info!(username = request.username, "login refused");
-        return Err(wrong_credentials());
+        return Err(
+            match state
+                .login_throttle
+                .failed(&request.username, state.clock.now())
+            {
+                Some(until) => locked(until, state.clock.now()),
+                None => wrong_credentials(),
+            },
+        );
     };
+    state.login_throttle.succeeded(&request.username);
     let token = secrets::new_token(secrets::SESSION_PREFIX).map_err(ApiError::internal)?;
     let now = state.clock.now();
     let expires_at = now
@@ -50,7 +75,20 @@ pub(super) async fn login(
         .store
         .insert_session(user_id, &secrets::token_digest(&token), now, expires_at)
         .await?;
-    Ok(Json(LoginResponse { token, expires_at }))
+    Ok(Json(LoginResponse { token, expires_at }).into_response())
+}
+
+/// 429 with `Retry-After`: too many failed logins for the username.
+fn locked(until: jiff::Timestamp, now: jiff::Timestamp) -> ApiError {
+    let seconds = until.duration_since(now).as_secs().max(1);
+    ApiError {
+        retry_after: Some(u64::try_from(seconds).unwrap_or(1)),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyAttempts,
+            format!("too many failed logins for this user; try again in {seconds} s"),
+        )
+    }
 }
 
 fn wrong_credentials() -> ApiError {

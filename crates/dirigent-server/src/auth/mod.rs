@@ -6,13 +6,14 @@
 //! permissions are checked — before touching anything.
 
 pub mod secrets;
+pub mod throttle;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use dirigent_domain::access::{self, Action, Permission, Resource};
 use dirigent_store::{Credential, CredentialKind, Store, StoreError, UserId};
 use jiff::{SignedDuration, Timestamp};
 
-use crate::{AppState, StartError, config::Secret, error::ApiError};
+use crate::{AppState, StartError, audit::AuditActor, config::Secret, error::ApiError};
 
 /// An authenticated caller and the permissions their roles grant.
 #[derive(Debug, Clone)]
@@ -101,6 +102,7 @@ impl FromRequestParts<AppState> for Caller {
                 .run_by_token(&digest)
                 .await
                 .map_err(|err| ApiError::from_store(err, refused, refused))?;
+            AuditActor::name(&parts.extensions, format!("run:{}", run.id));
             return Ok(Caller {
                 user_id: None,
                 username: format!("run:{}", run.id),
@@ -135,6 +137,7 @@ impl FromRequestParts<AppState> for Caller {
                 state.store.touch_api_token(id, now).await?;
             }
         }
+        AuditActor::name(&parts.extensions, format!("user:{}", credential.username));
         Ok(Caller {
             permissions: permissions_of(&credential.roles),
             user_id: Some(credential.user_id),

@@ -51,6 +51,7 @@ const OPERATIONS: &[(&str, &str, Access)] = &[
         "/api/v1/agents/enrollment-tokens",
         Access::Authenticated,
     ),
+    ("GET", "/api/v1/audit", Access::Authenticated),
     ("POST", "/agent/v1/enroll", Access::Open),
     ("GET", "/agent/v1/connect", Access::Authenticated),
 ];

@@ -10,6 +10,7 @@
 
 mod agent_link;
 mod api_contract;
+mod audit;
 mod auth;
 mod robots;
 mod startup;

@@ -67,6 +67,7 @@ impl TestApp {
         let state = AppState {
             store: store.clone(),
             fleet,
+            login_throttle: Arc::default(),
             clock: clock.clone(),
             config: Arc::new(config),
         };

@@ -170,3 +170,82 @@ store_test!(api_tokens_story, |store| {
         .unwrap();
     assert_eq!(store.api_tokens(bob).await.unwrap().len(), 2);
 });
+
+store_test!(audit_story, |store| {
+    use dirigent_store::{AuditQuery, AuditRecord};
+    let record = |actor: &str, outcome: &str, seconds: i64| AuditRecord {
+        id: 0,
+        at: at(seconds),
+        actor: actor.to_owned(),
+        action: "POST /api/v1/robots".to_owned(),
+        target: "/api/v1/robots".to_owned(),
+        address: "127.0.0.1".to_owned(),
+        outcome: outcome.to_owned(),
+        status: if outcome == "denied" { 403 } else { 201 },
+    };
+    store
+        .insert_audit(&record("user:alice", "allowed", 1))
+        .await
+        .unwrap();
+    store
+        .insert_audit(&record("user:bob", "denied", 2))
+        .await
+        .unwrap();
+    store
+        .insert_audit(&record("user:alice", "denied", 3))
+        .await
+        .unwrap();
+
+    let all = store
+        .audit(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.at).collect::<Vec<_>>(),
+        [at(3), at(2), at(1)],
+        "newest first"
+    );
+    let alice = store
+        .audit(&AuditQuery {
+            actor: Some("user:alice"),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice.len(), 2);
+    let denied = store
+        .audit(&AuditQuery {
+            outcome: Some("denied"),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        denied.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>(),
+        ["user:alice", "user:bob"]
+    );
+    let page = store
+        .audit(&AuditQuery {
+            before_id: Some(all[1].id),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    let recent = store
+        .audit(&AuditQuery {
+            since: Some(at(2)),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(all[0].status, 403);
+});

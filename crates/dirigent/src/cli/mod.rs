@@ -4,6 +4,7 @@
 //! Exit codes: 0 done, 1 failed, 2 bad usage, 3 not logged in or not allowed, 4 not found,
 //! 5 conflict (exists already), 6 invalid input, 7 server unreachable.
 
+pub(crate) mod audit;
 pub(crate) mod robot;
 pub(crate) mod run;
 pub(crate) mod session;

@@ -256,3 +256,35 @@ fn api_tokens_work_from_the_environment_and_can_be_revoked() {
     assert_eq!(usage.status.code(), Some(2));
     assert!(crate::support::stderr(&usage).contains("the unit must be d, h, m or s"));
 }
+
+#[test]
+fn the_audit_log_shows_changes_and_denials() {
+    let server = logged_in_server();
+    ok(run(
+        server.cli(&["robot", "create", "audited", "--", "true"])
+    ));
+    let bad_token = run(server.cli(&["robot", "rm", "audited", "--token", "dgt_wrong"]));
+    assert_eq!(bad_token.status.code(), Some(3));
+    let table = ok(run(server.cli(&["audit", "--limit", "5"])));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("AT"), "{table}");
+    assert!(
+        lines[1].contains("anonymous")
+            && lines[1].contains("denied 401")
+            && lines[1].contains("DELETE /api/v1/robots/{name}"),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains("127.0.0.1"),
+        "the caller's address: {table}"
+    );
+    assert!(
+        lines[2].contains("user:admin")
+            && lines[2].contains("allowed 201")
+            && lines[2].contains("POST /api/v1/robots"),
+        "{table}"
+    );
+    let denied: serde_json::Value =
+        serde_json::from_str(&ok(run(server.cli(&["audit", "--denied", "--json"])))).unwrap();
+    assert_eq!(denied.as_array().unwrap().len(), 1, "{denied}");
+}

@@ -1,0 +1,84 @@
+//! Reading the audit log. There is no route that changes it.
+
+use axum::{Json, extract::State};
+use dirigent_domain::{
+    InvalidField,
+    access::{Action, Resource},
+};
+use dirigent_proto::{auth::AuditEntry, error::ErrorBody};
+use dirigent_store::AuditQuery;
+use jiff::Timestamp;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditParams {
+    /// Only this actor, such as `user:alice`.
+    actor: Option<String>,
+    /// Only `allowed`, `denied` or `failed`.
+    outcome: Option<String>,
+    /// Only records older than the one with this id (the next page).
+    before: Option<i64>,
+    /// Only records at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<Timestamp>,
+    /// At most this many, newest first (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+/// The audit log, newest first: every state-changing request and every denial.
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    security(("bearer" = [])),
+    params(AuditParams),
+    responses((status = 200, body = [AuditEntry]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn list_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    caller.require(Resource::Users, Action::Admin, None)?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(InvalidField::new(
+            "limit",
+            "must be between 1 and 1000",
+        )));
+    }
+    if let Some(outcome) = params.outcome.as_deref()
+        && !["allowed", "denied", "failed"].contains(&outcome)
+    {
+        return Err(ApiError::invalid(InvalidField::new(
+            "outcome",
+            "must be allowed, denied or failed",
+        )));
+    }
+    let query = AuditQuery {
+        actor: params.actor.as_deref(),
+        outcome: params.outcome.as_deref(),
+        before_id: params.before,
+        since: params.since,
+        limit,
+    };
+    let records = state.store.audit(&query).await?;
+    let entries = records
+        .into_iter()
+        .map(|record| AuditEntry {
+            id: record.id,
+            at: record.at,
+            actor: record.actor,
+            action: record.action,
+            target: record.target,
+            address: record.address,
+            outcome: record.outcome,
+            status: record.status,
+        })
+        .collect();
+    Ok(Json(entries))
+}

@@ -1,0 +1,171 @@
+//! The audit log and login throttling: who changed what, every denial, and brute force
+//! refused.
+
+use axum::http::{Method, StatusCode};
+use jiff::SignedDuration;
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN_PASSWORD, TestApp};
+
+async fn audit(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
+    let answer = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/audit{query}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    answer.body.as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn changes_and_denials_are_recorded_and_cannot_be_edited() {
+    let app = TestApp::new().await;
+    let admin = app.admin().await;
+    let viewer = app.user_with_roles("vera", &["viewer"]).await;
+
+    let created = app
+        .send(
+            Method::POST,
+            "/api/v1/robots",
+            Some(&admin),
+            Some(json!({"name": "payroll", "argv": ["x"]})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let denied = app
+        .send(
+            Method::PUT,
+            "/api/v1/robots/payroll",
+            Some(&viewer),
+            Some(json!({"argv": ["y"]})),
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let anonymous = app
+        .send(Method::DELETE, "/api/v1/robots/payroll", None, None)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let read = app
+        .send(Method::GET, "/api/v1/robots/payroll", Some(&viewer), None)
+        .await;
+    assert_eq!(read.status, StatusCode::OK);
+
+    let records = audit(&app, &admin, "?limit=20").await;
+    let summary: Vec<(String, String, String, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().to_owned(),
+                r["action"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expect = |actor: &str, action: &str, outcome: &str, status: u64| {
+        (
+            actor.to_owned(),
+            action.to_owned(),
+            outcome.to_owned(),
+            status,
+        )
+    };
+    assert_eq!(
+        summary[..3],
+        [
+            expect("anonymous", "DELETE /api/v1/robots/{name}", "denied", 401),
+            expect("user:vera", "PUT /api/v1/robots/{name}", "denied", 403),
+            expect("user:admin", "POST /api/v1/robots", "allowed", 201),
+        ],
+        "newest first; reads are not recorded"
+    );
+    assert_eq!(records[1]["target"], "/api/v1/robots/payroll");
+    assert!(
+        summary.contains(&expect("user:vera", "POST /api/v1/login", "allowed", 200)),
+        "logins are recorded"
+    );
+
+    let vera_only = audit(&app, &admin, "?actor=user:vera&outcome=denied").await;
+    assert_eq!(vera_only.len(), 1);
+    let next_page = audit(&app, &admin, &format!("?before={}", records[0]["id"])).await;
+    assert_eq!(next_page[0]["id"], records[1]["id"]);
+
+    assert_eq!(
+        app.send(Method::GET, "/api/v1/audit", Some(&viewer), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    for method in [Method::POST, Method::PUT, Method::DELETE] {
+        let answer = app
+            .send(method, "/api/v1/audit", Some(&admin), Some(json!({})))
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the log cannot be changed"
+        );
+    }
+    let bad = app
+        .send(
+            Method::GET,
+            "/api/v1/audit?outcome=maybe",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("outcome"))
+    );
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_lock_the_user_for_a_while() {
+    let app = TestApp::new().await;
+    let attempt = |password: &'static str| {
+        let app = &app;
+        async move {
+            app.send(
+                Method::POST,
+                "/api/v1/login",
+                None,
+                Some(json!({"username": "admin", "password": password})),
+            )
+            .await
+        }
+    };
+    for _ in 0..4 {
+        assert_eq!(
+            attempt("wrong-password").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let locked = attempt("wrong-password").await;
+    assert_eq!(
+        (locked.status, locked.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+    );
+    assert_eq!(locked.headers["retry-after"], "30");
+    let still = attempt(ADMIN_PASSWORD).await;
+    assert_eq!(
+        still.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+
+    app.clock.advance(SignedDuration::from_secs(30));
+    assert_eq!(attempt(ADMIN_PASSWORD).await.status, StatusCode::OK);
+    assert_eq!(
+        attempt("wrong-password").await.status,
+        StatusCode::UNAUTHORIZED,
+        "a success clears the count"
+    );
+
+    let admin = app.admin().await;
+    let denials = audit(&app, &admin, "?actor=user:admin&outcome=denied&limit=50").await;
+    assert_eq!(denials.len(), 7, "every refused login is in the audit log");
+}

@@ -1,0 +1,103 @@
+//! The audit log: who did what to which target, when, from where, and how it ended. Records
+//! are only ever added.
+
+use jiff::Timestamp;
+
+use crate::{Store, StoreResult, dispatch, from_millis, to_millis};
+
+/// One audited request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Assigned by the store; 0 for a record not yet stored.
+    pub id: i64,
+    pub at: Timestamp,
+    /// `user:NAME`, `run:ID`, `agent:NAME`, or `anonymous`.
+    pub actor: String,
+    /// What was asked, such as `POST /api/v1/runs/{id}/stop`.
+    pub action: String,
+    /// The path it was asked on.
+    pub target: String,
+    /// The caller's address.
+    pub address: String,
+    /// `allowed`, `denied` or `failed`.
+    pub outcome: String,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+/// Which audit records to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery<'a> {
+    pub actor: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+    /// Only records with an id below this one (paging backwards).
+    pub before_id: Option<i64>,
+    pub since: Option<Timestamp>,
+    pub limit: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    address: String,
+    outcome: String,
+    status: i64,
+}
+
+impl Store {
+    pub async fn insert_audit(&self, record: &AuditRecord) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, target, address, outcome, status) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(to_millis(record.at))
+            .bind(&record.actor)
+            .bind(&record.action)
+            .bind(&record.target)
+            .bind(&record.address)
+            .bind(&record.outcome)
+            .bind(i64::from(record.status))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    pub async fn audit(&self, query: &AuditQuery<'_>) -> StoreResult<Vec<AuditRecord>> {
+        let rows: Vec<AuditRow> = dispatch!(self, reader, pool => {
+            sqlx::query_as(
+                "SELECT id, at, actor, action, target, address, outcome, status FROM audit_log \
+                 WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR outcome = $2) \
+                 AND ($3 IS NULL OR id < $3) AND ($4 IS NULL OR at >= $4) \
+                 ORDER BY id DESC LIMIT $5",
+            )
+            .bind(query.actor)
+            .bind(query.outcome)
+            .bind(query.before_id)
+            .bind(query.since.map(to_millis))
+            .bind(i64::from(query.limit.max(1)))
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    id: row.id,
+                    at: from_millis("at", row.at)?,
+                    actor: row.actor,
+                    action: row.action,
+                    target: row.target,
+                    address: row.address,
+                    outcome: row.outcome,
+                    status: u16::try_from(row.status).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
