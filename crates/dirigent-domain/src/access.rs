@@ -90,7 +90,24 @@ impl Resource {
     }
 }
 
+impl Resource {
+    pub fn parse(text: &str) -> Option<Resource> {
+        Resource::ALL
+            .into_iter()
+            .find(|resource| resource.as_str() == text)
+    }
+}
+
 impl Action {
+    pub fn parse(text: &str) -> Option<Action> {
+        use Action::*;
+        [
+            Read, Run, Pause, Stop, Kill, Edit, Logs, Add, Process, Admin, Exec, View, Use,
+        ]
+        .into_iter()
+        .find(|action| action.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Read => "read",
@@ -175,6 +192,54 @@ pub struct Permission {
 }
 
 impl Permission {
+    /// Checks a permission given as text: a resource kind, actions that mean something for it,
+    /// and a name pattern (`*` when absent). The error names the field at fault.
+    pub fn parse(
+        resource: &str,
+        actions: &[String],
+        pattern: Option<&str>,
+    ) -> Result<Permission, InvalidField> {
+        let resource = Resource::parse(resource).ok_or_else(|| {
+            let kinds: Vec<&str> = Resource::ALL.iter().map(|kind| kind.as_str()).collect();
+            InvalidField::new(
+                "resource",
+                format!("{resource:?} is not one of {}", kinds.join(", ")),
+            )
+        })?;
+        if actions.is_empty() {
+            return Err(InvalidField::new(
+                "actions",
+                "must name at least one action",
+            ));
+        }
+        let mut parsed = Vec::with_capacity(actions.len());
+        for action in actions {
+            match Action::parse(action) {
+                Some(action) if resource.actions().contains(&action) => parsed.push(action),
+                _ => {
+                    let valid: Vec<&str> = resource
+                        .actions()
+                        .iter()
+                        .map(|action| action.as_str())
+                        .collect();
+                    return Err(InvalidField::new(
+                        "actions",
+                        format!(
+                            "{action:?} is not an action on {resource}: use {}",
+                            valid.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let pattern = NamePattern::parse(pattern.unwrap_or("*"))?;
+        Ok(Permission {
+            resource,
+            actions: parsed,
+            pattern,
+        })
+    }
+
     fn all_of(resource: Resource) -> Permission {
         Permission {
             resource,

@@ -88,3 +88,71 @@ pub struct AuditEntry {
     pub outcome: String,
     pub status: u16,
 }
+
+/// One permission: actions on a kind of resource whose names match a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionSpec {
+    /// robots, runs, triggers, calendars, queues, agents, sessions, logs, users, settings, console.
+    pub resource: String,
+    pub actions: Vec<String>,
+    /// Names it reaches, `*` matching any run of characters (default `*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+}
+
+/// `POST /api/v1/roles`, and a role as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub permissions: Vec<PermissionSpec>,
+    /// Built-in roles cannot be changed or deleted.
+    #[serde(default)]
+    pub builtin: bool,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// `PUT /api/v1/users/{name}`: what is given changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// A new password (an administrator's reset); ends the user's sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `POST /api/v1/me/password`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// A user as administrators see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub username: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}

@@ -38,6 +38,10 @@ pub enum ErrorCode {
     TokenNotFound,
     /// 404: no run has this id.
     RunNotFound,
+    /// 404: no user has this name.
+    UserNotFound,
+    /// 404: no role has this name.
+    RoleNotFound,
     /// 404: no agent has this name.
     AgentNotFound,
     /// 405: the route exists but not for this method.
@@ -46,6 +50,8 @@ pub enum ErrorCode {
     RobotExists,
     /// 409: the caller has a live API token of this name already.
     TokenExists,
+    /// 409: a user or role of this name exists already.
+    NameTaken,
     /// 409: an agent of this name is enrolled already.
     AgentExists,
     /// 409: the run's state does not allow the operation (pausing an ended run, say).
@@ -77,10 +83,13 @@ impl ErrorCode {
             ErrorCode::TokenNotFound => "token_not_found",
             ErrorCode::RunNotFound => "run_not_found",
             ErrorCode::AgentNotFound => "agent_not_found",
+            ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::RoleNotFound => "role_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",
             ErrorCode::AgentExists => "agent_exists",
+            ErrorCode::NameTaken => "name_taken",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",

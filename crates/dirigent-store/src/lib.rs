@@ -15,6 +15,7 @@ mod agents;
 mod audit;
 mod robots;
 mod runs;
+mod users;
 
 use std::{str::FromStr, time::Duration};
 
@@ -29,6 +30,7 @@ pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToke
 pub use agents::AgentFacts;
 pub use audit::{AuditQuery, AuditRecord};
 pub use runs::{OutputLine, RunQuery};
+pub use users::{RoleRecord, UserRecord};
 
 /// What can go wrong in the store, in terms a caller can act on.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ mod robots;
 mod runs;
 mod session;
 mod tokens;
+mod users;
 
 use std::sync::LazyLock;
 
@@ -81,7 +82,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::get_agent))
         .routes(routes!(agents::drain_agent))
         .routes(routes!(agents::create_enrollment_token))
-        .routes(routes!(audit::list_audit));
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(
+            users::get_user,
+            users::update_user,
+            users::delete_user
+        ))
+        .routes(routes!(users::logout_user))
+        .routes(routes!(users::change_password))
+        .routes(routes!(users::list_roles, users::create_role))
+        .routes(routes!(users::delete_role));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

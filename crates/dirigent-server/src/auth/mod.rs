@@ -139,7 +139,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         AuditActor::name(&parts.extensions, format!("user:{}", credential.username));
         Ok(Caller {
-            permissions: permissions_of(&credential.roles),
+            permissions: permissions_of(&state.store, &credential.roles).await?,
             user_id: Some(credential.user_id),
             username: credential.username,
             roles: credential.roles,
@@ -149,12 +149,34 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The union of the permissions of the given roles; unknown role names grant nothing.
-fn permissions_of(roles: &[String]) -> Vec<Permission> {
-    roles
+/// The union of the permissions of the given roles, built-in or custom; unknown role names
+/// (a custom role deleted since) grant nothing.
+async fn permissions_of(store: &Store, roles: &[String]) -> Result<Vec<Permission>, ApiError> {
+    let mut permissions = Vec::new();
+    for role in roles {
+        if let Some(builtin) = access::builtin_role(role) {
+            permissions.extend(builtin);
+            continue;
+        }
+        match store.role(role).await {
+            Ok(custom) => permissions.extend(parse_permissions(&custom.permissions)?),
+            Err(StoreError::NotFound) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(permissions)
+}
+
+/// The permissions of a custom role, stored as JSON of their wire form.
+pub(crate) fn parse_permissions(json: &str) -> Result<Vec<Permission>, ApiError> {
+    let specs: Vec<dirigent_proto::auth::PermissionSpec> =
+        serde_json::from_str(json).map_err(ApiError::internal)?;
+    specs
         .iter()
-        .filter_map(|role| access::builtin_role(role))
-        .flatten()
+        .map(|spec| {
+            Permission::parse(&spec.resource, &spec.actions, spec.pattern.as_deref())
+                .map_err(ApiError::internal)
+        })
         .collect()
 }
 

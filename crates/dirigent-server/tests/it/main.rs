@@ -15,3 +15,4 @@ mod auth;
 mod robots;
 mod startup;
 mod support;
+mod users;

@@ -249,3 +249,112 @@ store_test!(audit_story, |store| {
     assert_eq!(recent.len(), 2);
     assert_eq!(all[0].status, 403);
 });
+
+store_test!(users_and_roles_story, |store| {
+    use dirigent_store::RoleRecord;
+    let carol = store
+        .insert_user("carol", "h1", &roles(&["viewer"]), at(0))
+        .await
+        .unwrap();
+    store
+        .insert_user("dave", "h1", &roles(&["operator"]), at(0))
+        .await
+        .unwrap();
+    store
+        .insert_session(carol, "s1", at(1), at(100))
+        .await
+        .unwrap();
+    store
+        .insert_session(carol, "s2", at(1), at(100))
+        .await
+        .unwrap();
+
+    let names: Vec<String> = store
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["carol", "dave"]);
+    store
+        .update_user("carol", Some(&roles(&["developer"])), None, None, at(2))
+        .await
+        .unwrap();
+    let read = store.user("carol").await.unwrap();
+    assert_eq!(
+        (read.roles.clone(), read.disabled, read.updated_at),
+        (roles(&["developer"]), false, at(2))
+    );
+    assert!(
+        store.session_credential("s1").await.is_ok(),
+        "a change of roles keeps sessions"
+    );
+
+    store
+        .update_user("carol", None, None, Some("h2"), at(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.login_record("carol").await.unwrap().password_hash,
+        "h2"
+    );
+    assert!(
+        matches!(
+            store.session_credential("s1").await.unwrap_err(),
+            StoreError::NotFound
+        ),
+        "a new password ends sessions"
+    );
+
+    store
+        .insert_session(carol, "s3", at(4), at(100))
+        .await
+        .unwrap();
+    store
+        .update_user("carol", None, Some(true), None, at(5))
+        .await
+        .unwrap();
+    assert!(store.user("carol").await.unwrap().disabled);
+    assert!(matches!(
+        store.session_credential("s3").await.unwrap_err(),
+        StoreError::NotFound
+    ));
+    assert!(matches!(
+        store
+            .update_user("nobody", None, Some(true), None, at(5))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    ));
+
+    store
+        .insert_session(carol, "s4", at(6), at(100))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_user_sessions(carol).await.unwrap(), 1);
+    store.delete_user("dave").await.unwrap();
+    assert!(matches!(
+        store.delete_user("dave").await.unwrap_err(),
+        StoreError::NotFound
+    ));
+
+    let role = RoleRecord {
+        name: "finance-operator".into(),
+        description: "runs finance robots".into(),
+        permissions: "[]".into(),
+        created_at: at(7),
+    };
+    store.insert_role(&role).await.unwrap();
+    assert!(matches!(
+        store.insert_role(&role).await.unwrap_err(),
+        StoreError::Conflict
+    ));
+    assert_eq!(store.role("finance-operator").await.unwrap(), role);
+    assert_eq!(store.roles().await.unwrap().len(), 1);
+    store.delete_role("finance-operator").await.unwrap();
+    assert!(matches!(
+        store.role("finance-operator").await.unwrap_err(),
+        StoreError::NotFound
+    ));
+});
