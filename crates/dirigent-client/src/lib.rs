@@ -10,8 +10,8 @@ use dirigent_proto::{
         Agent, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse, EnrollmentToken,
     },
     auth::{
-        AuditEntry, CreateTokenRequest, CreatedToken, Health, LoginRequest, LoginResponse, Me,
-        TokenInfo,
+        AuditEntry, ChangePassword, CreateTokenRequest, CreateUser, CreatedToken, Health,
+        LoginRequest, LoginResponse, Me, RoleSpec, TokenInfo, UpdateUser, User,
     },
     error::ErrorBody,
     robot::{Robot, RobotSpec},
@@ -270,6 +270,65 @@ impl Client {
             url: self.base_url().to_owned(),
             reason: "the stream ended early".to_owned(),
         })
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>, ClientError> {
+        self.call(Method::GET, &["api", "v1", "users"], None::<&()>)
+            .await
+    }
+
+    pub async fn user(&self, name: &str) -> Result<User, ClientError> {
+        self.call(Method::GET, &["api", "v1", "users", name], None::<&()>)
+            .await
+    }
+
+    pub async fn create_user(&self, request: &CreateUser) -> Result<User, ClientError> {
+        self.call(Method::POST, &["api", "v1", "users"], Some(request))
+            .await
+    }
+
+    pub async fn update_user(&self, name: &str, request: &UpdateUser) -> Result<User, ClientError> {
+        self.call(Method::PUT, &["api", "v1", "users", name], Some(request))
+            .await
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["api", "v1", "users", name], None::<&()>)
+            .await
+    }
+
+    /// Ends every session of the user.
+    pub async fn logout_user(&self, name: &str) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::POST,
+            &["api", "v1", "users", name, "logout"],
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn change_password(&self, request: &ChangePassword) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::POST,
+            &["api", "v1", "me", "password"],
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn roles(&self) -> Result<Vec<RoleSpec>, ClientError> {
+        self.call(Method::GET, &["api", "v1", "roles"], None::<&()>)
+            .await
+    }
+
+    pub async fn create_role(&self, role: &RoleSpec) -> Result<RoleSpec, ClientError> {
+        self.call(Method::POST, &["api", "v1", "roles"], Some(role))
+            .await
+    }
+
+    pub async fn delete_role(&self, name: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &["api", "v1", "roles", name], None::<&()>)
+            .await
     }
 
     /// The audit log, newest first.

@@ -38,6 +38,12 @@ enum Command {
     /// Robot definitions: ls, show, create, update, auto, rm.
     #[command(subcommand)]
     Robot(cli::robot::RobotCommand),
+    /// Users: ls, show, create, update, rm, logout-everywhere, passwd.
+    #[command(subcommand)]
+    User(cli::user::UserCommand),
+    /// Roles: ls, create, rm.
+    #[command(subcommand)]
+    Role(cli::user::RoleCommand),
     /// The audit log: every change and every denial, newest first.
     Audit(cli::audit::AuditArgs),
     /// Your API tokens: ls, create, revoke.
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
             Command::Robot(command) => cli::robot::run(command).await,
             Command::Token(command) => cli::token::run(command).await,
             Command::Audit(args) => cli::audit::run(args).await,
+            Command::User(command) => cli::user::run_user(command).await,
+            Command::Role(command) => cli::user::run_role(command).await,
         }
     });
     match outcome {

@@ -9,6 +9,7 @@ pub(crate) mod robot;
 pub(crate) mod run;
 pub(crate) mod session;
 pub(crate) mod token;
+pub(crate) mod user;
 
 use anyhow::Context;
 use clap::Args;

@@ -288,3 +288,76 @@ fn the_audit_log_shows_changes_and_denials() {
         serde_json::from_str(&ok(run(server.cli(&["audit", "--denied", "--json"])))).unwrap();
     assert_eq!(denied.as_array().unwrap().len(), 1, "{denied}");
 }
+
+#[test]
+fn users_and_roles_from_the_command_line() {
+    let server = logged_in_server();
+    let cli = |args: &[&str]| run(server.cli(args));
+    ok(cli(&[
+        "role",
+        "create",
+        "fin",
+        "--permission",
+        "robots:read:finance-*",
+        "--description",
+        "finance readers",
+    ]));
+    fails(
+        cli(&["role", "create", "odd", "--permission", "robots:fly"]),
+        6,
+        "\"fly\" is not an action on robots",
+    );
+    let create = server.cli(&["user", "create", "fin", "--role", "fin", "--password-stdin"]);
+    ok(run_with_input(create, "fin-password-1\n"));
+    ok(cli(&["robot", "create", "finance-a", "--", "true"]));
+    ok(cli(&["robot", "create", "hr-b", "--", "true"]));
+
+    let other = server.dir.path().join("fin-config");
+    let as_fin = |args: &[&str]| {
+        let mut command = server.cli(args);
+        command.env("DIRIGENT_CONFIG_DIR", &other);
+        command
+    };
+    let login = as_fin(&[
+        "login",
+        "--url",
+        &server.url,
+        "--username",
+        "fin",
+        "--password-stdin",
+    ]);
+    ok(run_with_input(login, "fin-password-1\n"));
+    let visible = ok(run(as_fin(&["robot", "ls"])));
+    assert!(
+        visible.contains("finance-a") && !visible.contains("hr-b"),
+        "{visible}"
+    );
+    fails(
+        run(as_fin(&["robot", "rm", "finance-a"])),
+        3,
+        "fin may not edit robots named \"finance-a\"",
+    );
+
+    let users = ok(cli(&["user", "ls"]));
+    assert!(
+        users
+            .lines()
+            .any(|line| line.starts_with("fin ") && line.contains("enabled")),
+        "{users}"
+    );
+    let roles = ok(cli(&["role", "ls"]));
+    assert!(
+        roles
+            .lines()
+            .any(|line| line.starts_with("fin ") && line.contains("robots:read:finance-*")),
+        "{roles}"
+    );
+    ok(cli(&["user", "update", "fin", "--disable"]));
+    fails(
+        run(as_fin(&["robot", "ls"])),
+        3,
+        "unknown, expired or revoked",
+    );
+    ok(cli(&["user", "rm", "fin"]));
+    fails(cli(&["user", "show", "fin"]), 4, "no user named \"fin\"");
+}
