@@ -39,6 +39,9 @@ pub struct CreateTokenRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// Limit the token to these of your permissions; it carries all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<PermissionSpec>>,
 }
 
 /// The answer to `POST /api/v1/tokens`: the only time the secret is shown.

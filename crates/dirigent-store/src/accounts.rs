@@ -29,6 +29,8 @@ pub struct Credential {
     /// The credential is refused from this time on; never, when `None`.
     pub expires_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+    /// For an API token limited to some of its owner's permissions: those (JSON).
+    pub token_permissions: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct NewApiToken {
     pub name: String,
     pub token_hash: String,
     pub expires_at: Option<Timestamp>,
+    /// A subset of the owner's permissions (JSON); all of them when `None`.
+    pub permissions: Option<String>,
 }
 
 /// A live API token, as listed to its owner.
@@ -70,6 +74,7 @@ struct CredentialRow {
     token_id: Option<String>,
     expires_at: Option<i64>,
     last_used_at: Option<i64>,
+    token_permissions: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -208,7 +213,7 @@ impl Store {
         let row: CredentialRow = dispatch!(self, reader, pool => {
             sqlx::query_as(
                 "SELECT u.id AS user_id, u.username, u.roles, CAST(NULL AS TEXT) AS token_id, \
-                 s.expires_at, CAST(NULL AS BIGINT) AS last_used_at \
+                 s.expires_at, CAST(NULL AS BIGINT) AS last_used_at, CAST(NULL AS TEXT) AS token_permissions \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.token_hash = $1 AND NOT u.disabled",
             )
@@ -225,7 +230,7 @@ impl Store {
         let row: CredentialRow = dispatch!(self, reader, pool => {
             sqlx::query_as(
                 "SELECT u.id AS user_id, u.username, u.roles, t.id AS token_id, \
-                 t.expires_at, t.last_used_at \
+                 t.expires_at, t.last_used_at, t.permissions AS token_permissions \
                  FROM api_tokens t JOIN users u ON u.id = t.user_id \
                  WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND NOT u.disabled",
             )
@@ -245,8 +250,8 @@ impl Store {
     ) -> StoreResult<ApiToken> {
         dispatch!(self, writer, pool => {
             sqlx::query(
-                "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at, expires_at, permissions) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&token.id)
             .bind(user_id.0)
@@ -254,6 +259,7 @@ impl Store {
             .bind(&token.token_hash)
             .bind(to_millis(now))
             .bind(token.expires_at.map(to_millis))
+            .bind(&token.permissions)
             .execute(pool)
             .await
             .map(|done| done.rows_affected())
@@ -342,6 +348,7 @@ impl CredentialRow {
             },
             expires_at: from_millis_opt("expires_at", self.expires_at)?,
             last_used_at: from_millis_opt("last_used_at", self.last_used_at)?,
+            token_permissions: self.token_permissions,
         })
     }
 }

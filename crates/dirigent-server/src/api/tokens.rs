@@ -7,7 +7,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use dirigent_domain::InvalidField;
+use dirigent_domain::{InvalidField, access::Permission};
 use dirigent_proto::{
     auth::{CreateTokenRequest, CreatedToken, TokenInfo},
     error::{ErrorBody, ErrorCode},
@@ -73,12 +73,42 @@ pub(super) async fn create_token(
             "must be in the future",
         )));
     }
+    let permissions = match &request.permissions {
+        Some(specs) => {
+            let mut wire = Vec::with_capacity(specs.len());
+            for (idx, spec) in specs.iter().enumerate() {
+                let field = |inner: &str| format!("permissions[{idx}].{inner}");
+                let permission =
+                    Permission::parse(&spec.resource, &spec.actions, spec.pattern.as_deref())
+                        .map_err(|err| {
+                            ApiError::invalid(InvalidField::new(field(&err.field), err.reason))
+                        })?;
+                if let Some(action) = permission
+                    .actions
+                    .iter()
+                    .find(|action| !caller.may(permission.resource, **action, None))
+                {
+                    return Err(ApiError::invalid(InvalidField::new(
+                        field("actions"),
+                        format!(
+                            "you may not {action} {} yourself, so a token of yours cannot",
+                            permission.resource
+                        ),
+                    )));
+                }
+                wire.push(spec.clone());
+            }
+            Some(serde_json::to_string(&wire).map_err(ApiError::internal)?)
+        }
+        None => None,
+    };
     let secret = secrets::new_token(secrets::API_TOKEN_PREFIX).map_err(ApiError::internal)?;
     let new = NewApiToken {
         id: secrets::new_id("tok_").map_err(ApiError::internal)?,
         name: name.to_owned(),
         token_hash: secrets::token_digest(&secret),
         expires_at: request.expires_at,
+        permissions,
     };
     let taken = || {
         ApiError::new(

@@ -26,6 +26,9 @@ pub struct Caller {
     /// The digest of the bearer token, to end a session at logout.
     pub token_digest: String,
     permissions: Vec<Permission>,
+    /// An API token limited to some of its owner's permissions: those. The caller may do
+    /// only what both allow.
+    token_permissions: Option<Vec<Permission>>,
 }
 
 impl Caller {
@@ -71,6 +74,10 @@ impl Caller {
     /// Whether the caller may do `action` on `target`; for filtering lists.
     pub fn may(&self, resource: Resource, action: Action, target: Option<&str>) -> bool {
         access::allows(&self.permissions, resource, action, target)
+            && self
+                .token_permissions
+                .as_ref()
+                .is_none_or(|limited| access::allows(limited, resource, action, target))
     }
 }
 
@@ -110,6 +117,7 @@ impl FromRequestParts<AppState> for Caller {
                 credential: CredentialKind::RunToken { run_id: run.id },
                 token_digest: digest,
                 permissions: Vec::new(),
+                token_permissions: None,
             });
         }
         let found = if token.starts_with(secrets::SESSION_PREFIX) {
@@ -138,7 +146,13 @@ impl FromRequestParts<AppState> for Caller {
             }
         }
         AuditActor::name(&parts.extensions, format!("user:{}", credential.username));
+        let token_permissions = credential
+            .token_permissions
+            .as_deref()
+            .map(parse_permissions)
+            .transpose()?;
         Ok(Caller {
+            token_permissions,
             permissions: permissions_of(&state.store, &credential.roles).await?,
             user_id: Some(credential.user_id),
             username: credential.username,

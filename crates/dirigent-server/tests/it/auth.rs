@@ -251,3 +251,61 @@ async fn users_see_only_their_own_tokens() {
         .await;
     assert_eq!(revoke.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn tokens_can_carry_a_subset_of_their_owners_permissions() {
+    let app = TestApp::new().await;
+    let admin = app.admin().await;
+    let limited = app
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&admin),
+            Some(json!({"name": "reader", "permissions": [{"resource": "robots", "actions": ["read"]}]})),
+        )
+        .await;
+    assert_eq!(limited.status, StatusCode::CREATED, "{:?}", limited.body);
+    let secret = limited.body["token"].as_str().unwrap();
+    assert_eq!(
+        app.send(Method::GET, "/api/v1/robots", Some(secret), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let write = app
+        .send(
+            Method::POST,
+            "/api/v1/robots",
+            Some(secret),
+            Some(json!({"name": "x", "argv": ["x"]})),
+        )
+        .await;
+    assert_eq!(
+        write.status,
+        StatusCode::FORBIDDEN,
+        "the token holds less than its owner"
+    );
+    assert_eq!(
+        app.send(Method::GET, "/api/v1/users", Some(secret), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    let vera = app.user_with_roles("vera", &["viewer"]).await;
+    let escalate = app
+        .send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&vera),
+            Some(json!({"name": "more", "permissions": [{"resource": "robots", "actions": ["edit"]}]})),
+        )
+        .await;
+    assert_eq!(
+        (escalate.status, escalate.body["field"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("permissions[0].actions")
+        )
+    );
+}

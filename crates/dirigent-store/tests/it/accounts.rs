@@ -102,6 +102,7 @@ store_test!(api_tokens_story, |store| {
         name: name.to_owned(),
         token_hash: format!("digest-{id}"),
         expires_at,
+        permissions: (id == "t2").then(|| "[]".to_owned()),
     };
 
     store
@@ -137,6 +138,16 @@ store_test!(api_tokens_story, |store| {
         CredentialKind::ApiToken { id: "t1".into() }
     );
     assert_eq!(credential.last_used_at, None);
+    assert_eq!(credential.token_permissions, None);
+    assert_eq!(
+        store
+            .api_token_credential("digest-t2")
+            .await
+            .unwrap()
+            .token_permissions
+            .as_deref(),
+        Some("[]")
+    );
     store.touch_api_token("t1", at(7)).await.unwrap();
     assert_eq!(
         store

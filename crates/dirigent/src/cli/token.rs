@@ -17,6 +17,9 @@ pub(crate) enum TokenCommand {
         /// Lifetime, such as `30d`, `12h` or `90m`; no expiry when absent.
         #[arg(long, value_name = "DURATION", value_parser = parse_lifetime)]
         expires_in: Option<SignedDuration>,
+        /// Limit the token to this of your permissions (repeatable): RESOURCE:ACTIONS[:PATTERN].
+        #[arg(long = "permission", value_name = "RESOURCE:ACTIONS[:PATTERN]")]
+        permissions: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -57,8 +60,18 @@ pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Create {
             name,
             expires_in,
+            permissions,
             client,
         } => {
+            let permissions = if permissions.is_empty() {
+                None
+            } else {
+                let parsed: anyhow::Result<Vec<_>> = permissions
+                    .iter()
+                    .map(|text| crate::cli::user::parse_permission(text))
+                    .collect();
+                Some(parsed?)
+            };
             #[allow(
                 clippy::disallowed_methods,
                 reason = "a deadline relative to the wall clock the user reads"
@@ -69,7 +82,11 @@ pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<()> {
                 .transpose()?;
             let created = client
                 .client()?
-                .create_token(&CreateTokenRequest { name, expires_at })
+                .create_token(&CreateTokenRequest {
+                    name,
+                    expires_at,
+                    permissions,
+                })
                 .await
                 .map_err(explain)?;
             if client.json {

@@ -271,7 +271,7 @@ pub(crate) async fn run_role(command: RoleCommand) -> anyhow::Result<()> {
 }
 
 /// `resource:action,action[:pattern]`.
-fn parse_permission(text: &str) -> anyhow::Result<PermissionSpec> {
+pub(crate) fn parse_permission(text: &str) -> anyhow::Result<PermissionSpec> {
     let mut parts = text.splitn(3, ':');
     let (Some(resource), Some(actions)) = (parts.next(), parts.next()) else {
         bail!(
