@@ -56,6 +56,11 @@ pub(super) async fn create_token(
     caller: Caller,
     ApiJson(request): ApiJson<CreateTokenRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if caller.is_limited() {
+        return Err(ApiError::forbidden(
+            "a token limited to some permissions cannot create tokens",
+        ));
+    }
     let name = request.name.trim();
     if name.is_empty() || 64 < name.chars().count() || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(InvalidField::new(

@@ -65,6 +65,11 @@ impl Caller {
         self.require(Resource::Runs, action, Some(robot))
     }
 
+    /// Whether the credential is an API token limited to some of its owner's permissions.
+    pub fn is_limited(&self) -> bool {
+        self.token_permissions.is_some()
+    }
+
     /// The user behind the credential; 403 for run tokens, which act for no user.
     pub fn user(&self) -> Result<UserId, ApiError> {
         self.user_id

@@ -8,6 +8,7 @@
     reason = "a failed test should panic"
 )]
 
+mod access_matrix;
 mod agent_link;
 mod api_contract;
 mod audit;
