@@ -168,6 +168,15 @@ async fn errors_are_json_with_a_request_id() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, json!({"status": "ok"}));
     assert_eq!(answer.headers["x-content-type-options"], "nosniff");
+    assert_eq!(answer.headers["x-frame-options"], "DENY");
+    assert_eq!(answer.headers["referrer-policy"], "no-referrer");
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    assert!(
+        answer.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     let answer = app.send(Method::GET, "/readyz", None, None).await;
     assert_eq!(answer.status, StatusCode::OK);
 }
