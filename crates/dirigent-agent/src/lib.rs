@@ -253,11 +253,7 @@ async fn session(
     let last_event_id = loop {
         match receive(&mut socket).await? {
             Some(ServerFrame::Welcome { last_event_id }) => break last_event_id,
-            Some(other) => {
-                return Err(SessionError::Link(format!(
-                    "expected a welcome, got {other:?}"
-                )));
-            }
+            Some(other) => tracing::warn!(?other, "ignoring a frame before the welcome"),
             None => continue,
         }
     };
