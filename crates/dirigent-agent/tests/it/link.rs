@@ -51,6 +51,10 @@ async fn events_until(socket: &mut Socket, done: impl Fn(&Value) -> bool) -> Vec
 }
 
 #[tokio::test]
+#[allow(
+    clippy::result_large_err,
+    reason = "tungstenite's handshake callback returns its own error type"
+)]
 async fn garbage_is_ignored_and_commands_apply_once() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
