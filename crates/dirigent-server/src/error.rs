@@ -50,6 +50,21 @@ impl ApiError {
         }
     }
 
+    /// 404 for a named thing that does not exist.
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// Maps a store error of a lookup: `NotFound` becomes a 404 with `code` and `message`,
+    /// the rest as [`ApiError::from_store`] does.
+    pub fn from_lookup(err: StoreError, code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let missing = || ApiError::not_found(code, message);
+        match err {
+            StoreError::NotFound => missing(),
+            err => err.into(),
+        }
+    }
+
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -136,16 +151,12 @@ impl From<StoreError> for ApiError {
 impl From<FleetError> for ApiError {
     fn from(err: FleetError) -> ApiError {
         match err {
-            FleetError::RobotNotFound(name) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::RobotNotFound,
-                format!("no robot named {name:?}"),
-            ),
-            FleetError::RunNotFound(id) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::RunNotFound,
-                format!("no run with id {id:?}"),
-            ),
+            FleetError::RobotNotFound(name) => {
+                ApiError::not_found(ErrorCode::RobotNotFound, format!("no robot named {name:?}"))
+            }
+            FleetError::RunNotFound(id) => {
+                ApiError::not_found(ErrorCode::RunNotFound, format!("no run with id {id:?}"))
+            }
             FleetError::InvalidState(reason) => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::InvalidState, reason)
             }

@@ -206,14 +206,11 @@ pub(super) async fn enroll(
 }
 
 fn agent_error(err: dirigent_store::StoreError, name: &str) -> ApiError {
-    let missing = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::AgentNotFound,
-            format!("no agent named {name:?}"),
-        )
-    };
-    ApiError::from_store(err, missing, missing)
+    ApiError::from_lookup(
+        err,
+        ErrorCode::AgentNotFound,
+        format!("no agent named {name:?}"),
+    )
 }
 
 fn to_wire(agent: domain::Agent) -> Agent {

@@ -227,14 +227,11 @@ pub(super) async fn set_auto(
 }
 
 fn robot_store_error(err: dirigent_store::StoreError, name: &str) -> ApiError {
-    let missing = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::RobotNotFound,
-            format!("no robot named {name:?}"),
-        )
-    };
-    ApiError::from_store(err, missing, missing)
+    ApiError::from_lookup(
+        err,
+        ErrorCode::RobotNotFound,
+        format!("no robot named {name:?}"),
+    )
 }
 
 fn to_domain(name: String, spec: RobotSpec) -> Result<domain::RobotDefinition, InvalidField> {

@@ -159,19 +159,18 @@ pub(super) async fn revoke_token(
     caller: Caller,
     PathSegment(id): PathSegment,
 ) -> Result<StatusCode, ApiError> {
-    let missing = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::TokenNotFound,
-            format!("you have no live token with id {id:?}"),
-        )
-    };
     let now = state.clock.now();
     state
         .store
         .revoke_api_token(caller.user()?, &id, now)
         .await
-        .map_err(|err| ApiError::from_store(err, missing, missing))?;
+        .map_err(|err| {
+            ApiError::from_lookup(
+                err,
+                ErrorCode::TokenNotFound,
+                format!("you have no live token with id {id:?}"),
+            )
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 

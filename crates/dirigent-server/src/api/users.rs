@@ -309,18 +309,13 @@ pub(super) async fn delete_role(
             "built-in roles cannot be deleted",
         )));
     }
-    let missing = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
+    state.store.delete_role(&name).await.map_err(|err| {
+        ApiError::from_lookup(
+            err,
             ErrorCode::RoleNotFound,
             format!("no role named {name:?}"),
         )
-    };
-    state
-        .store
-        .delete_role(&name)
-        .await
-        .map_err(|err| ApiError::from_store(err, missing, missing))?;
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -359,14 +354,11 @@ fn name_taken(kind: &str, name: &str) -> ApiError {
 }
 
 fn user_error(err: StoreError, name: &str) -> ApiError {
-    let missing = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::UserNotFound,
-            format!("no user named {name:?}"),
-        )
-    };
-    ApiError::from_store(err, missing, missing)
+    ApiError::from_lookup(
+        err,
+        ErrorCode::UserNotFound,
+        format!("no user named {name:?}"),
+    )
 }
 
 fn permission_to_wire(permission: &Permission) -> PermissionSpec {
