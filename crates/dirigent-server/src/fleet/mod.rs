@@ -176,9 +176,11 @@ impl Fleet {
             let _changes = self.changes.lock().await;
             let mut run = self.run(run_id).await?;
             run::check_operation(run.state, operation).map_err(FleetError::InvalidState)?;
-            if let Ok(robot) = self.store.robot(&run.robot).await {
+            // The robot may have been deleted since; its runs can still be stopped.
+            let robot = self.store.robot(&run.robot).await.ok();
+            if let Some(robot) = &robot {
                 self.take_manual_control(
-                    &robot,
+                    robot,
                     user,
                     &format!("asked to {} a run", operation.as_str()),
                 )
@@ -216,10 +218,9 @@ impl Fleet {
                         run_id: run.id.clone(),
                     },
                     Operation::Stop => {
-                        let robot = self.store.robot(&run.robot).await;
                         let grace_seconds = robot
-                            .map(|robot| robot.definition.stop_grace_seconds)
-                            .unwrap_or(30);
+                            .as_ref()
+                            .map_or(30, |robot| robot.definition.stop_grace_seconds);
                         AgentCommand::Stop {
                             run_id: run.id.clone(),
                             grace_seconds,
