@@ -65,6 +65,9 @@ fn settings_come_from_a_file_and_flags_win() {
     );
     assert!(data.join("dirigent.db").exists());
     server.login("from-the-file-1");
+    drop(server);
+    // The local agent lives in the data directory the file named.
+    crate::support::stop_agent(&data.join("local-agent"));
 }
 
 fn serve(args: &[&str], env: &[(&str, &str)]) -> Output {
