@@ -12,7 +12,7 @@
 pub mod journal;
 pub mod runner;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use dirigent_proto::link::{AgentEvent, AgentFrame, Hello, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
@@ -27,8 +27,10 @@ use crate::{
 /// Everything `dirigent agent` needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The orchestrator's base URL, `http://host:port`.
+    /// The orchestrator's base URL, `http://host:port` or `https://host:port`.
     pub server_url: String,
+    /// Which certificates to trust under `https`.
+    pub trust: dirigent_client::Trust,
     /// Where the credential and the journal live.
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
@@ -97,6 +99,12 @@ pub async fn run(
         AgentError::Setup(format!("creating {}: {err}", config.data_dir.display()))
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let tls = match config.server_url.starts_with("https:") {
+        true => Some(Arc::new(
+            config.trust.client_config().map_err(AgentError::Setup)?,
+        )),
+        false => None,
+    };
     let mut journal = Journal::open(&config.data_dir.join(JOURNAL_FILE))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut runner = Runner::new(
@@ -110,7 +118,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let ended = tokio::select! {
-            ended = session(&config, &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
+            ended = session(&config, tls.clone(), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
             () = &mut shutdown => return Ok(()),
         };
         match ended {
@@ -219,6 +227,7 @@ fn link_error(err: impl std::fmt::Display) -> SessionError {
 /// relay events and commands until the connection ends.
 async fn session(
     config: &AgentConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
     credential: &str,
     journal: &mut Journal,
     runner: &mut Runner,
@@ -230,8 +239,11 @@ async fn session(
     let bearer = HeaderValue::from_str(&format!("Bearer {credential}")).map_err(link_error)?;
     request.headers_mut().insert("authorization", bearer);
     // Frames are small and latency matters: no Nagle delay.
-    let (mut socket, _) = match tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let (mut socket, _) = match tokio_tungstenite::connect_async_tls_with_config(
+        request, None, true, connector,
+    )
+    .await
     {
         Ok(connected) => connected,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status() == 401 => {

@@ -3,6 +3,8 @@
 //! Every method maps one route; an error answer of the server becomes
 //! [`ClientError::Api`] carrying the server's stable code and message.
 
+pub mod tls;
+
 use std::fmt;
 
 use dirigent_proto::{
@@ -19,6 +21,7 @@ use dirigent_proto::{
 };
 use reqwest::{Method, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
+pub use tls::Trust;
 
 /// What can go wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,8 @@ pub enum ClientError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot reach the server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the server's answer could not be read: {0}")]
     Decode(String),
 }
@@ -52,8 +57,18 @@ impl fmt::Debug for Client {
 
 impl Client {
     /// A client of the server at `base_url` (`http://host:port`), sending `token` as
-    /// `Authorization: Bearer` when given.
+    /// `Authorization: Bearer` when given, trusting the certificates the system trusts.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_trust(base_url, token, &Trust::System)
+    }
+
+    /// A client of the server at `base_url` that trusts the servers `trust` names over
+    /// `https`.
+    pub fn with_trust(
+        base_url: &str,
+        token: Option<String>,
+        trust: &Trust,
+    ) -> Result<Client, ClientError> {
         let invalid = |reason: String| ClientError::InvalidUrl {
             url: base_url.to_owned(),
             reason,
@@ -62,8 +77,10 @@ impl Client {
         if !["http", "https"].contains(&base.scheme()) || base.cannot_be_a_base() {
             return Err(invalid("it must start with http:// or https://".to_owned()));
         }
+        let tls = trust.client_config().map_err(ClientError::Tls)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("dirigent/", env!("CARGO_PKG_VERSION")))
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|err| invalid(err.to_string()))?;
         Ok(Client { http, base, token })

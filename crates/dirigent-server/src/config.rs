@@ -17,6 +17,8 @@ pub struct ServerConfig {
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub fleet: crate::fleet::FleetSettings,
+    /// Serve HTTPS with this certificate; plain HTTP without.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl ServerConfig {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fleet;
 mod http;
 mod janitor;
+pub mod tls;
 
 pub use http::app;
 
@@ -48,6 +49,8 @@ pub enum StartError {
     },
     #[error("database {url}: {source}")]
     Store { url: String, source: StoreError },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot create the first administrator: {0}")]
     Bootstrap(String),
 }
@@ -78,6 +81,10 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(files.server_config().map_err(StartError::Tls)?)),
+        None => None,
+    };
     let store = Store::open(config.database_url.expose())
         .await
         .map_err(|source| StartError::Store {
@@ -93,6 +100,7 @@ pub async fn start(
         .await
         .map_err(|err| StartError::Bootstrap(format!("recovering runs: {err}")))?;
     let janitor = janitor::spawn(store.clone(), clock.clone());
+    let config_listen = config.listen;
     let state = AppState {
         store: store.clone(),
         fleet,
@@ -102,20 +110,37 @@ pub async fn start(
     };
     let app = http::app(state);
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(async move {
-        // Agent frames and API answers are small: no Nagle delay on any connection.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let until_stopped = async move {
+        let _ = stopped.await;
+    };
+    let serving = match tls {
+        Some(tls) => {
+            let listener =
+                tls::TlsListener::new(listener, tls).map_err(|source| StartError::Listen {
+                    addr: config_listen,
+                    source,
+                })?;
+            // A no-op tap: it lends the listener axum's connect-info support.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+            tokio::spawn(
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(until_stopped)
+                    .into_future(),
+            )
+        }
+        None => {
+            // Agent frames and API answers are small: no Nagle delay on any connection.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(until_stopped)
+                    .into_future(),
+            )
+        }
+    };
     tracing::info!(%local_addr, backend = ?store.backend_kind(), "serving");
     Ok(RunningServer {
         local_addr,

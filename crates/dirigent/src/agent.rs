@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use dirigent_agent::AgentConfig;
-use dirigent_client::Client;
+use dirigent_client::{Client, Trust};
 
 use crate::cli::{ClientArgs, explain, print_json, print_table};
 
@@ -49,6 +49,18 @@ struct RunAgentArgs {
     /// Runs this agent takes at once.
     #[arg(long, value_name = "N", default_value_t = 16)]
     capacity: u32,
+    /// A PEM file of CA certificates to trust besides the system's, for an `https` server.
+    #[arg(
+        long,
+        env = "DIRIGENT_CA_FILE",
+        value_name = "FILE",
+        conflicts_with = "pin_cert"
+    )]
+    ca_file: Option<PathBuf>,
+    /// Trust only the server presenting the first certificate of this PEM file, whatever
+    /// host name it is reached by.
+    #[arg(long, value_name = "FILE")]
+    pin_cert: Option<PathBuf>,
     /// Stop when no run is alive and the server was unreachable this many seconds.
     #[arg(long, value_name = "SECONDS", hide = true)]
     exit_when_orphaned: Option<u64>,
@@ -149,6 +161,10 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         bail!("give the orchestrator's URL: dirigent agent --server http://HOST:8420");
     };
     let labels = parse_labels(&args.labels)?;
+    let trust = match (args.pin_cert, args.ca_file) {
+        (Some(pinned), _) => Trust::Pinned(pinned),
+        (None, ca_file) => crate::cli::trust(ca_file),
+    };
     if args.capacity == 0 || 10_000 < args.capacity {
         bail!("--capacity must be between 1 and 10000");
     }
@@ -166,7 +182,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
                     .map(|name| name.trim().to_lowercase())
                     .context("reading the host name (or give --name)")?,
             };
-            let enrolled = Client::new(&server, None)?
+            let enrolled = Client::with_trust(&server, None, &trust)?
                 .enroll(&token, &name)
                 .await
                 .map_err(explain)?;
@@ -178,6 +194,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
     crate::init_tracing();
     let config = AgentConfig {
         server_url: server,
+        trust,
         data_dir: args.data,
         labels,
         capacity: args.capacity,

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use dirigent_server::{RunningServer, auth::secrets, fleet::FleetSettings};
+use dirigent_server::{RunningServer, auth::secrets, fleet::FleetSettings, tls::TlsFiles};
 use dirigent_server::{
     ServerConfig,
     clock::SystemClock,
@@ -43,6 +43,12 @@ pub(crate) struct ServeArgs {
         hide_env_values = true
     )]
     admin_password: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "DIRIGENT_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "DIRIGENT_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Do not run the built-in local agent.
     #[arg(long)]
     no_local_agent: bool,
@@ -61,26 +67,35 @@ struct SettingsFile {
     /// An agent silent this long has its runs marked lost.
     agent_lost_after_seconds: Option<u32>,
     local_agent: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, data_dir, local_agent) = resolve(args)?;
     crate::init_tracing();
     let database = config.database_url.to_string();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let config_tls_cert = config.tls.as_ref().map(|tls| tls.cert.clone());
     let server = dirigent_server::start(config, Arc::new(SystemClock)).await?;
     if local_agent {
-        start_local_agent(&server, &data_dir.join("local-agent")).await?;
+        let pinned = config_tls_cert.as_deref();
+        start_local_agent(&server, &data_dir.join("local-agent"), pinned).await?;
     }
     if let Some(password) = server.generated_admin_password() {
         println!("Created the first user: admin, password: {password}");
         println!(
-            "This password is shown only once. Log in with: dirigent login --url http://{}",
+            "This password is shown only once. Log in with: dirigent login --url {scheme}://{}",
             server.local_addr()
         );
     }
     // The banner comes last: whoever waits for it has seen everything printed at start.
     println!(
-        "Dirigent {} listening on http://{} (data: {}, database: {database})",
+        "Dirigent {} listening on {scheme}://{} (data: {}, database: {database})",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
         data_dir.display(),
@@ -157,6 +172,15 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
         None => {}
     }
     let local_agent = !args.no_local_agent && file.local_agent.unwrap_or(true);
+    let tls = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => bail!("tls_cert is set without tls_key: HTTPS needs both"),
+        (None, Some(_)) => bail!("tls_key is set without tls_cert: HTTPS needs both"),
+    };
     let config = ServerConfig {
         listen,
         database_url: DatabaseUrl::new(database_url),
@@ -164,6 +188,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
         session_ttl,
         max_body_bytes,
         fleet,
+        tls,
     };
     Ok((config, data_dir, local_agent))
 }
@@ -194,7 +219,11 @@ fn one_line(message: &str) -> String {
 /// that it and its robots outlive a restart of the orchestrator. It enrolls itself with a
 /// credential kept in `dir`; if a previous one still runs, the new one finds the directory
 /// locked and leaves. With nothing to run and no orchestrator for a minute, it stops.
-async fn start_local_agent(server: &RunningServer, dir: &std::path::Path) -> anyhow::Result<()> {
+async fn start_local_agent(
+    server: &RunningServer,
+    dir: &std::path::Path,
+    tls_cert: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let credential = match dirigent_agent::stored_credential(dir)? {
         Some(credential) => credential,
@@ -233,22 +262,28 @@ async fn start_local_agent(server: &RunningServer, dir: &std::path::Path) -> any
         reason = "the orchestrator starts its local agent, not a robot"
     )]
     let mut command = std::process::Command::new(exe);
+    let scheme = if tls_cert.is_some() { "https" } else { "http" };
     command
         .args([
             "agent",
             "--server",
-            &format!("http://{host}:{}", addr.port()),
+            &format!("{scheme}://{host}:{}", addr.port()),
             "--exit-when-orphaned",
             "60",
         ])
         .arg("--data")
         .arg(dir)
+        .env_remove("DIRIGENT_CA_FILE")
         .env_remove("DIRIGENT_ADMIN_PASSWORD")
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err)
         .env("NO_COLOR", "1")
         .process_group(0);
+    if let Some(cert) = tls_cert {
+        // It trusts exactly its own orchestrator's certificate, whatever names it carries.
+        command.arg("--pin-cert").arg(std::path::absolute(cert)?);
+    }
     let child = command.spawn().context("starting the local agent")?;
     // The agent is a daemon of its own: nobody waits for it but init.
     std::mem::forget(child);

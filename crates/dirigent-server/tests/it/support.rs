@@ -48,6 +48,7 @@ pub(crate) fn config(database_url: String) -> ServerConfig {
         session_ttl: ServerConfig::DEFAULT_SESSION_TTL,
         max_body_bytes: 64 * 1024,
         fleet: dirigent_server::fleet::FleetSettings::default(),
+        tls: None,
     }
 }
 

@@ -11,9 +11,11 @@ pub(crate) mod session;
 pub(crate) mod token;
 pub(crate) mod user;
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Context;
 use clap::Args;
-use dirigent_client::{Client, ClientError};
+use dirigent_client::{Client, ClientError, Trust};
 use serde::Serialize;
 
 /// Where the server is and who is calling; shared by every client verb.
@@ -25,6 +27,10 @@ pub(crate) struct ClientArgs {
     /// A session or API token [default: the one kept by `dirigent login`].
     #[arg(long, env = "DIRIGENT_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's, for an `https` server
+    /// [default: the one given at `dirigent login`].
+    #[arg(long, env = "DIRIGENT_CA_FILE", global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -46,14 +52,35 @@ impl ClientArgs {
     /// for this URL.
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let url = self.url();
-        let token = match &self.token {
-            Some(token) => Some(token.clone()),
-            None => session::Kept::load()?
-                .filter(|kept| kept.url == url)
-                .map(|kept| kept.token),
-        };
-        Ok(Client::new(&url, token)?)
+        let kept = session::Kept::load()?.filter(|kept| kept.url == url);
+        let token = self
+            .token
+            .clone()
+            .or_else(|| kept.as_ref().map(|kept| kept.token.clone()));
+        let ca_file = self
+            .ca_file
+            .clone()
+            .or_else(|| kept.and_then(|kept| kept.ca_file));
+        Ok(Client::with_trust(&url, token, &trust(ca_file))?)
     }
+
+    /// A client without credentials, trusting what the flags say.
+    pub(crate) fn anonymous_client(&self) -> anyhow::Result<Client> {
+        Ok(Client::with_trust(
+            &self.url(),
+            None,
+            &trust(self.ca_file.clone()),
+        )?)
+    }
+
+    pub(crate) fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+}
+
+/// The system's trusted certificates, and those of `ca_file` if given.
+pub(crate) fn trust(ca_file: Option<PathBuf>) -> Trust {
+    ca_file.map_or(Trust::System, Trust::ExtraCa)
 }
 
 /// The exit code for an error: see the module documentation.

@@ -5,7 +5,6 @@ use std::{io::BufRead, path::PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use dirigent_client::Client;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{ClientArgs, explain, print_json, print_table};
@@ -28,6 +27,9 @@ pub(crate) struct LoginArgs {
 pub(crate) struct Kept {
     pub(crate) url: String,
     pub(crate) token: String,
+    /// The CA file given at login, for an `https` server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl Kept {
@@ -79,8 +81,7 @@ impl Kept {
 }
 
 pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
-    let url = args.client.url();
-    let client = Client::new(&url, None)?;
+    let client = args.client.anonymous_client()?;
     let username = match args.username {
         Some(username) => username,
         None if args.password_stdin => bail!("--password-stdin needs --username"),
@@ -104,6 +105,12 @@ pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let path = Kept {
         url: client.base_url().to_owned(),
         token: session.token,
+        ca_file: args
+            .client
+            .ca_file()
+            .map(std::path::absolute)
+            .transpose()
+            .context("finding the CA file")?,
     }
     .save()?;
     eprintln!(

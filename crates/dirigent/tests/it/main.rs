@@ -17,3 +17,4 @@ mod lifecycle;
 mod serve;
 mod support;
 mod tidy;
+mod tls;

@@ -20,6 +20,9 @@ pub(crate) fn dirigent(config_dir: &Path) -> Command {
         "DIRIGENT_DATA",
         "DIRIGENT_DATABASE_URL",
         "DIRIGENT_ADMIN_PASSWORD",
+        "DIRIGENT_CA_FILE",
+        "DIRIGENT_TLS_CERT",
+        "DIRIGENT_TLS_KEY",
     ] {
         command.env_remove(var);
     }
@@ -84,7 +87,7 @@ impl ServerProcess {
         let banner = first_output.last().unwrap();
         let url = banner
             .split_whitespace()
-            .find(|word| word.starts_with("http://"))
+            .find(|word| word.starts_with("http://") || word.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {first_output:?}"))
             .to_owned();
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
