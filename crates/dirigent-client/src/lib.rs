@@ -102,6 +102,7 @@ impl Client {
         let request = LoginRequest {
             username: username.to_owned(),
             password: password.to_owned(),
+            cookie: false,
         };
         self.call(Method::POST, &["api", "v1", "login"], Some(&request))
             .await

@@ -10,12 +10,22 @@ use utoipa::ToSchema;
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
+    /// For browsers: keep the session in an HttpOnly cookie instead of answering the token;
+    /// the answer carries the CSRF token that state-changing requests then send in
+    /// `X-CSRF-Token`.
+    #[serde(default)]
+    pub cookie: bool,
 }
 
 /// A new session; `token` goes into `Authorization: Bearer`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginResponse {
-    pub token: String,
+    /// The session token; absent when the session went into a cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// With a cookie session: the value of `X-CSRF-Token` for state-changing requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
 }

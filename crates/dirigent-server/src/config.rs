@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub fleet: crate::fleet::FleetSettings,
     /// Serve HTTPS with this certificate; plain HTTP without.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// A program that checks passwords the local ones do not match (PAM, LDAP, …).
+    pub login_command: Option<crate::auth::external::LoginCommand>,
 }
 
 impl ServerConfig {

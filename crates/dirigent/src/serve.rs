@@ -5,7 +5,12 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use dirigent_server::{RunningServer, auth::secrets, fleet::FleetSettings, tls::TlsFiles};
+use dirigent_server::{
+    RunningServer,
+    auth::{external::LoginCommand, secrets},
+    fleet::FleetSettings,
+    tls::TlsFiles,
+};
 use dirigent_server::{
     ServerConfig,
     clock::SystemClock,
@@ -69,6 +74,9 @@ struct SettingsFile {
     local_agent: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// A program checking passwords the local ones do not match (PAM, LDAP, …): argv.
+    login_command: Option<Vec<String>>,
+    login_command_timeout_seconds: Option<u32>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -181,6 +189,22 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
         (Some(_), None) => bail!("tls_cert is set without tls_key: HTTPS needs both"),
         (None, Some(_)) => bail!("tls_key is set without tls_cert: HTTPS needs both"),
     };
+    let login_command = match (file.login_command, file.login_command_timeout_seconds) {
+        (Some(argv), _) if argv.first().is_none_or(|program| !program.starts_with('/')) => {
+            bail!(
+                "login_command must start with an absolute program path, such as [\"/usr/local/bin/check-ldap\"]"
+            )
+        }
+        (Some(_), Some(0)) => bail!("login_command_timeout_seconds must be at least 1"),
+        (Some(argv), seconds) => Some(LoginCommand {
+            argv,
+            timeout: seconds.map_or(LoginCommand::DEFAULT_TIMEOUT, |seconds| {
+                Duration::from_secs(u64::from(seconds))
+            }),
+        }),
+        (None, Some(_)) => bail!("login_command_timeout_seconds is set without login_command"),
+        (None, None) => None,
+    };
     let config = ServerConfig {
         listen,
         database_url: DatabaseUrl::new(database_url),
@@ -189,6 +213,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
         max_body_bytes,
         fleet,
         tls,
+        login_command,
     };
     Ok((config, data_dir, local_agent))
 }

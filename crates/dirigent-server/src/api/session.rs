@@ -3,7 +3,7 @@
 use axum::{
     Extension, Json,
     extract::State,
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use dirigent_proto::{
@@ -16,11 +16,12 @@ use crate::{
     AppState,
     api::ApiJson,
     audit::AuditActor,
-    auth::{self, Caller, secrets, throttle::Admission},
+    auth::{self, Caller, cookie, secrets, throttle::Admission},
     error::ApiError,
 };
 
-/// Exchanges a username and password for a session token.
+/// Exchanges a username and password for a session token, answered or (`"cookie": true`)
+/// set as an HttpOnly cookie.
 #[utoipa::path(
     post,
     path = "/login",
@@ -51,9 +52,13 @@ pub(super) async fn login(
         Admission::Locked { until } => return Err(locked(until, now)),
         Admission::Check { delay } => tokio::time::sleep(delay).await,
     }
-    let Some(user_id) =
-        auth::check_login(&state.store, &request.username, &request.password).await?
-    else {
+    let mut user_id = auth::check_login(&state.store, &request.username, &request.password).await?;
+    if let (None, Some(command)) = (user_id, &state.config.login_command) {
+        user_id =
+            auth::external::check(&state.store, command, &request.username, &request.password)
+                .await?;
+    }
+    let Some(user_id) = user_id else {
         tracing::info!(username = request.username, "login refused");
         return Err(
             match state
@@ -75,7 +80,23 @@ pub(super) async fn login(
         .store
         .insert_session(user_id, &secrets::token_digest(&token), now, expires_at)
         .await?;
-    Ok(Json(LoginResponse { token, expires_at }).into_response())
+    if !request.cookie {
+        let answer = LoginResponse {
+            token: Some(token),
+            csrf_token: None,
+            expires_at,
+        };
+        return Ok(Json(answer).into_response());
+    }
+    let answer = LoginResponse {
+        token: None,
+        csrf_token: Some(cookie::csrf_token(&token)),
+        expires_at,
+    };
+    let max_age = state.config.session_ttl.as_secs();
+    let set_cookie = cookie::set_session(&token, max_age, state.config.tls.is_some())
+        .ok_or_else(|| ApiError::internal("a session token that is not a header value"))?;
+    Ok(([(header::SET_COOKIE, set_cookie)], Json(answer)).into_response())
 }
 
 /// 429 with `Retry-After`: too many failed logins for the username.
@@ -114,7 +135,7 @@ fn wrong_credentials() -> ApiError {
 pub(super) async fn logout(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     if caller.credential != CredentialKind::Session {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -128,7 +149,9 @@ pub(super) async fn logout(
         .delete_session(&caller.token_digest)
         .await
         .map_err(|err| ApiError::from_store(err, gone, gone))?;
-    Ok(StatusCode::NO_CONTENT)
+    // Whether the session came in a cookie or not, the browser may forget it.
+    let clear = cookie::clear_session(state.config.tls.is_some());
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
 }
 
 /// Who the credentials belong to.

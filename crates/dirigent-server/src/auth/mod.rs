@@ -1,10 +1,13 @@
 //! Who is calling and what they may do.
 //!
 //! Every route of `/api/v1` except `/login` takes a [`Caller`], which authenticates the
-//! `Authorization: Bearer` token (a login session or an API token) or answers 401. A handler
+//! `Authorization: Bearer` token (a login session, an API token or a run token), or else a
+//! browser's session cookie (see [`cookie`]), or answers 401. A handler
 //! then declares the permission it needs with [`Caller::require`] — the one place where
 //! permissions are checked — before touching anything.
 
+pub mod cookie;
+pub mod external;
 pub mod secrets;
 pub mod throttle;
 
@@ -93,19 +96,34 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthenticated(
-                "authentication required: send Authorization: Bearer TOKEN (from POST /api/v1/login or an API token)",
-            ));
+        let token = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+            Some(header) => header
+                .to_str()
+                .ok()
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    ApiError::unauthenticated("the Authorization header must be: Bearer TOKEN")
+                })?,
+            None => {
+                let Some(token) = cookie::session_token(&parts.headers) else {
+                    return Err(ApiError::unauthenticated(
+                        "authentication required: send Authorization: Bearer TOKEN (from POST /api/v1/login or an API token)",
+                    ));
+                };
+                if !token.starts_with(secrets::SESSION_PREFIX) {
+                    return Err(ApiError::unauthenticated(
+                        "the session cookie holds no session token",
+                    ));
+                }
+                if !cookie::passes_csrf_check(&parts.method, &parts.headers, token) {
+                    return Err(ApiError::forbidden(
+                        "a request with the session cookie must carry the session's CSRF token in X-CSRF-Token",
+                    ));
+                }
+                token
+            }
         };
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthenticated("the Authorization header must be: Bearer TOKEN")
-            })?;
         let digest = secrets::token_digest(token);
         let refused = || ApiError::unauthenticated("the token is unknown, expired or revoked");
         if token.starts_with(secrets::RUN_TOKEN_PREFIX) {

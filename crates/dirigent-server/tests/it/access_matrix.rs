@@ -1,7 +1,9 @@
-//! The access matrix: every kind of operation × every kind of credential → allowed or denied,
-//! in one table, against the whole application. "Allowed" means the request got past
-//! authentication and authorization (any status but 401 and 403); what it then did is other
-//! tests' business.
+//! The access matrix: every operation × every kind of credential → allowed or denied, in one
+//! table, against the whole application served on a real socket. "Allowed" means the request
+//! got past authentication and authorization (any answer but `unauthenticated` and
+//! `forbidden`); what it then did is other tests' business.
+
+use std::collections::BTreeSet;
 
 use axum::http::{Method, StatusCode};
 use dirigent_domain::agent::AgentId;
@@ -10,7 +12,10 @@ use dirigent_server::{Clock, auth::secrets};
 use dirigent_store::AgentFacts;
 use serde_json::{Value, json};
 
-use crate::support::TestApp;
+use crate::{
+    api_contract::{Access, OPERATIONS},
+    support::TestApp,
+};
 
 /// The credentials, in the order of the table's columns.
 const WHO: [&str; 9] = [
@@ -27,9 +32,17 @@ const WHO: [&str; 9] = [
 
 /// Each operation with, per credential in `WHO` order, `Y` (allowed) or `.` (denied).
 /// `{run}` is a run of `finance-invoices`; `scoped` holds a custom role with robots read+run
-/// on `finance-*`; `subset` is an admin API token limited to robots read.
+/// on `finance-*`; `subset` is an admin API token limited to robots read. Rows run in order:
+/// those that end the run or the session come last.
 const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
+    ("GET", "/api/v1/openapi.json", None, "YYYYYYY.."),
     ("GET", "/api/v1/me", None, "YYYYYYY.."),
+    (
+        "POST",
+        "/api/v1/me/password",
+        Some(r#"{"current_password": "not-the-password", "new_password": "new-password-1"}"#),
+        "YYYYYY...",
+    ),
     ("GET", "/api/v1/robots", None, "YYYYYY..."),
     ("GET", "/api/v1/robots/finance-invoices", None, "YYYYYY..."),
     ("GET", "/api/v1/robots/hr-payroll", None, "YYYY.Y..."),
@@ -60,9 +73,12 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("GET", "/api/v1/runs", None, "YYYY....."),
     ("GET", "/api/v1/runs/{run}", None, "YYYY..Y.."),
     ("GET", "/api/v1/runs/{run}/logs", None, "YYYY..Y.."),
+    ("GET", "/api/v1/runs/{run}/logs/stream", None, "YYYY..Y.."),
     ("POST", "/api/v1/runs/{run}/pause", None, "YYY......"),
+    ("POST", "/api/v1/runs/{run}/resume", None, "YYY......"),
     ("POST", "/api/v1/runs/{run}/stop", None, "YYY......"),
     ("GET", "/api/v1/agents", None, "YYYY....."),
+    ("GET", "/api/v1/agents/local", None, "YYYY....."),
     (
         "POST",
         "/api/v1/agents/local/drain",
@@ -75,6 +91,7 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         Some("{}"),
         "Y........",
     ),
+    ("GET", "/agent/v1/connect", None, ".......Y."),
     ("GET", "/api/v1/users", None, "Y........"),
     (
         "POST",
@@ -82,6 +99,15 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         Some(r#"{"username": "newbie", "password": "newbie-pass-1"}"#),
         "Y........",
     ),
+    ("GET", "/api/v1/users/newbie", None, "Y........"),
+    (
+        "PUT",
+        "/api/v1/users/newbie",
+        Some(r#"{"roles": ["viewer"]}"#),
+        "Y........",
+    ),
+    ("POST", "/api/v1/users/newbie/logout", None, "Y........"),
+    ("DELETE", "/api/v1/users/newbie", None, "Y........"),
     ("GET", "/api/v1/roles", None, "Y........"),
     (
         "POST",
@@ -89,6 +115,7 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         Some(r#"{"name": "another", "permissions": []}"#),
         "Y........",
     ),
+    ("DELETE", "/api/v1/roles/another", None, "Y........"),
     ("GET", "/api/v1/audit", None, "Y........"),
     (
         "POST",
@@ -97,7 +124,17 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         "YYYYY....",
     ),
     ("GET", "/api/v1/tokens", None, "YYYYYY..."),
+    (
+        "DELETE",
+        "/api/v1/tokens/tok_0000000000000000",
+        None,
+        "YYYYYY...",
+    ),
     ("DELETE", "/api/v1/robots/hr-payroll", None, "Y.Y......"),
+    ("POST", "/api/v1/runs/{run}/restart", None, "YYY......"),
+    ("POST", "/api/v1/runs/{run}/kill", None, "YYY......"),
+    // A run token and an API token pass the checks, and are told logout is for sessions.
+    ("POST", "/api/v1/logout", None, "YYYYYYY.."),
 ];
 
 #[tokio::test]
@@ -173,27 +210,83 @@ async fn every_operation_by_every_kind_of_credential() {
         credential,
     ];
 
+    // Every operation is checked through a real socket, as a client would send it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let base = app.serve().await;
+    let http = reqwest::Client::new();
     let mut wrong = Vec::new();
     for (method, path, body, expect) in MATRIX {
         let path = path.replace("{run}", &run_id);
-        let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let body: Option<Value> = body.map(|body| serde_json::from_str(body).unwrap());
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         for (idx, who) in WHO.iter().enumerate() {
-            let token = tokens.get(idx).map(String::as_str);
-            let answer = app.send(method.clone(), &path, token, body.clone()).await;
-            let allowed =
-                ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&answer.status);
+            let mut request = http.request(method.clone(), format!("{base}{path}"));
+            if let Some(token) = tokens.get(idx) {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(*body);
+            }
+            let answer = request.send().await.unwrap();
+            let status = answer.status();
+            // Only error answers are read: a granted log stream would never end.
+            let code = match status.is_success() {
+                true => String::new(),
+                false => answer.json::<Value>().await.unwrap()["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            let allowed = !["unauthenticated", "forbidden"].contains(&code.as_str());
             let expected = expect.as_bytes()[idx] == b'Y';
             if allowed != expected {
                 wrong.push(format!(
-                    "{method} {path} by {who}: expected {}, got {}",
+                    "{method} {path} by {who}: expected {}, got {status} {code}",
                     if expected { "allowed" } else { "denied" },
-                    answer.status
                 ));
             }
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_matrix_covers_every_authenticated_operation() {
+    let covered: BTreeSet<(&str, String)> = MATRIX
+        .iter()
+        .map(|(method, path, _, _)| (*method, normalize(path)))
+        .collect();
+    let missing: Vec<String> = OPERATIONS
+        .iter()
+        .filter(|(_, _, access)| *access == Access::Authenticated)
+        .filter(|(method, path, _)| !covered.contains(&(*method, normalize(path))))
+        .map(|(method, path, _)| format!("{method} {path}"))
+        .collect();
+    assert!(missing.is_empty(), "not in the matrix: {missing:?}");
+}
+
+/// A concrete path with its names replaced by `{}`, and a route template likewise.
+fn normalize(path: &str) -> String {
+    const NAMES: [&str; 7] = [
+        "finance-invoices",
+        "hr-payroll",
+        "local",
+        "newbie",
+        "another",
+        "tok_0000000000000000",
+        "{run}",
+    ];
+    path.split('/')
+        .map(|segment| {
+            if segment.starts_with('{') || NAMES.contains(&segment) {
+                "{}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The run token the server gave the run, read from the start command queued for its agent.

@@ -13,7 +13,7 @@ use crate::support::TestApp;
 
 /// Every operation the API offers. A route added without its OpenAPI description, or a
 /// description without its route, fails `the_document_lists_every_route`.
-const OPERATIONS: &[(&str, &str, Access)] = &[
+pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Access::Open),
     ("GET", "/readyz", Access::Open),
     ("GET", "/api/v1/openapi.json", Access::Authenticated),
@@ -67,7 +67,7 @@ const OPERATIONS: &[(&str, &str, Access)] = &[
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     Open,
     Authenticated,
 }

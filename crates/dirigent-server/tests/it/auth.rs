@@ -309,3 +309,182 @@ async fn tokens_can_carry_a_subset_of_their_owners_permissions() {
         )
     );
 }
+
+/// Sends a request carrying `cookie` and, when given, the CSRF header.
+async fn with_cookie(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> crate::support::Answer {
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", format!("theme=dark; {cookie}"));
+    if let Some(csrf) = csrf {
+        request = request.header("x-csrf-token", csrf);
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header("content-type", "application/json");
+            axum::body::Body::from(serde_json::to_vec(&body).unwrap())
+        }
+        None => axum::body::Body::empty(),
+    };
+    app.raw(request.body(body).unwrap()).await
+}
+
+#[tokio::test]
+async fn a_cookie_session_reads_freely_and_writes_only_with_its_csrf_token() {
+    let app = TestApp::new().await;
+    let login = app
+        .send(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"username": "admin", "password": ADMIN_PASSWORD, "cookie": true})),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{:?}", login.body);
+    assert!(
+        login.body.get("token").is_none(),
+        "the token stays in the cookie"
+    );
+    let csrf = login.body["csrf_token"].as_str().unwrap().to_owned();
+    let set_cookie = login.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("; HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("; SameSite=Strict"), "{set_cookie}");
+    assert!(set_cookie.contains("; Max-Age=43200"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("dirigent_session=dgs_"), "{cookie}");
+
+    let me = with_cookie(&app, Method::GET, "/api/v1/me", &cookie, None, None).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["username"], "admin");
+
+    // A forged write — the cookie without the CSRF token, or with another one — is refused,
+    // and nothing is created.
+    let robot = json!({"name": "forged", "argv": ["x"]});
+    for forged in [None, Some("0123456789abcdef0123456789abcdef")] {
+        let answer = with_cookie(
+            &app,
+            Method::POST,
+            "/api/v1/robots",
+            &cookie,
+            forged,
+            Some(robot.clone()),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{:?}", answer.body);
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("X-CSRF-Token")
+        );
+    }
+    let robots = with_cookie(&app, Method::GET, "/api/v1/robots", &cookie, None, None).await;
+    assert_eq!(robots.body.as_array().unwrap().len(), 0);
+
+    let created = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/robots",
+        &cookie,
+        Some(&csrf),
+        Some(robot),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+
+    // Logging out ends the session and tells the browser to drop the cookie.
+    let logout = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/logout",
+        &cookie,
+        Some(&csrf),
+        None,
+    )
+    .await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    let cleared = logout.headers["set-cookie"].to_str().unwrap();
+    assert!(cleared.starts_with("dirigent_session=;") && cleared.contains("Max-Age=0"));
+    let me = with_cookie(&app, Method::GET, "/api/v1/me", &cookie, None, None).await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_login_command_checks_passwords_the_local_ones_do_not_match() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Stands in for PAM or LDAP: accepts `ext` with the password `directory-pass-1`, read
+    // from standard input, and records the environment it was given.
+    let script = dir.path().join("check-password");
+    let seen = dir.path().join("seen-env");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > {}\npassword=$(cat)\n[ \"$DIRIGENT_USERNAME\" = ext ] && [ \"$password\" = directory-pass-1 ]\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = TestApp::with_config(|config| {
+        config.login_command = Some(dirigent_server::auth::external::LoginCommand {
+            argv: vec![script.display().to_string()],
+            timeout: std::time::Duration::from_secs(10),
+        });
+    })
+    .await;
+    let login = |username: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            app.send(
+                Method::POST,
+                "/api/v1/login",
+                None,
+                Some(json!({"username": username, "password": password})),
+            )
+            .await
+            .status
+        }
+    };
+    app.user_with_roles("ext", &["viewer"]).await;
+
+    assert_eq!(login("ext", "directory-pass-1").await, StatusCode::OK);
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.contains("DIRIGENT_USERNAME=ext"), "{env}");
+    assert!(
+        !env.contains("directory-pass-1"),
+        "the password is not in the environment"
+    );
+    // The local password still works; a wrong one is refused by both.
+    assert_eq!(login("ext", "user-password-1").await, StatusCode::OK);
+    assert_eq!(
+        login("ext", "wrong-password-1").await,
+        StatusCode::UNAUTHORIZED
+    );
+    // The program accepts only users Dirigent knows and has enabled.
+    assert_eq!(
+        login("nobody", "directory-pass-1").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let admin = app.admin().await;
+    let disabled = app
+        .send(
+            Method::PUT,
+            "/api/v1/users/ext",
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::OK, "{:?}", disabled.body);
+    assert_eq!(
+        login("ext", "directory-pass-1").await,
+        StatusCode::UNAUTHORIZED
+    );
+}

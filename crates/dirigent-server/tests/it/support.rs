@@ -49,18 +49,25 @@ pub(crate) fn config(database_url: String) -> ServerConfig {
         max_body_bytes: 64 * 1024,
         fleet: dirigent_server::fleet::FleetSettings::default(),
         tls: None,
+        login_command: None,
     }
 }
 
 impl TestApp {
     pub(crate) async fn new() -> TestApp {
+        TestApp::with_config(|_| {}).await
+    }
+
+    /// A fresh application whose settings `configure` adjusts.
+    pub(crate) async fn with_config(configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("dirigent.db").display());
         let store = Store::open(&url).await.unwrap();
         let clock = Arc::new(ManualClock::new(
             Timestamp::from_second(1_800_000_000).unwrap(),
         ));
-        let config = config(url);
+        let mut config = config(url);
+        configure(&mut config);
         dirigent_server::auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now())
             .await
             .unwrap();
@@ -78,6 +85,18 @@ impl TestApp {
             store,
             _dir: dir,
         }
+    }
+
+    /// Serves the application on a real socket of 127.0.0.1; answers its base URL.
+    pub(crate) async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await });
+        format!("http://{addr}")
     }
 
     /// Sends a request; `body` is sent as JSON when given.

@@ -104,7 +104,9 @@ pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let session = client.login(&username, &password).await?;
     let path = Kept {
         url: client.base_url().to_owned(),
-        token: session.token,
+        token: session
+            .token
+            .context("the server answered the login without a session token")?,
         ca_file: args
             .client
             .ca_file()
