@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod queue;
 pub mod robot;
 pub mod run;
 pub mod user;

@@ -13,6 +13,7 @@
 mod accounts;
 mod agents;
 mod audit;
+mod queues;
 mod robots;
 mod runs;
 mod users;
@@ -29,6 +30,10 @@ use sqlx::{
 pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToken, UserId};
 pub use agents::AgentFacts;
 pub use audit::{AuditQuery, AuditRecord};
+pub use queues::{
+    AttemptRecord, Claimer, ItemFilter, ItemRecord, NewItem, QueueAnswer, QueueOp, QueueOpError,
+    QueueRecord, QueueStats,
+};
 pub use runs::{OutputLine, RunQuery};
 pub use users::{RoleRecord, UserRecord};
 

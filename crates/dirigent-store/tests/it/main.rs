@@ -13,4 +13,5 @@
 mod accounts;
 mod agents_and_runs;
 mod backends;
+mod queues;
 mod robots;

@@ -1,0 +1,72 @@
+-- Work-item queues, their items and each item's attempts; the queues a robot's runs may use.
+
+ALTER TABLE robots ADD COLUMN queues TEXT NOT NULL DEFAULT '[]';
+
+CREATE TABLE queues (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    max_attempts BIGINT NOT NULL,
+    retry_delay_seconds BIGINT NOT NULL,
+    retry_backoff BIGINT NOT NULL,
+    lease_seconds BIGINT NOT NULL,
+    enforce_unique_reference BOOLEAN NOT NULL,
+    retention_days BIGINT NOT NULL,
+    max_payload_bytes BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
+CREATE TABLE queue_items (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue_id BIGINT NOT NULL REFERENCES queues (id) ON DELETE CASCADE,
+    status TEXT NOT NULL,
+    -- 0 high, 1 normal, 2 low.
+    priority BIGINT NOT NULL,
+    reference TEXT,
+    -- Whether the reference was unique in its queue when the item was added.
+    unique_reference BOOLEAN NOT NULL,
+    payload TEXT NOT NULL,
+    output TEXT,
+    error_kind TEXT,
+    error_message TEXT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    deadline BIGINT,
+    -- The deadline, or the largest integer: the first key of the claim order.
+    deadline_key BIGINT NOT NULL,
+    -- Postponed or waiting for a retry until then.
+    available_at BIGINT NOT NULL,
+    -- SHA-256 of the lease token of the current claim.
+    lease_digest TEXT,
+    lease_expires_at BIGINT,
+    -- The run (or user) of the last claim.
+    run_id TEXT,
+    claimed_by TEXT,
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    updated_at BIGINT NOT NULL
+);
+
+-- Claims walk this index in claim order.
+CREATE INDEX queue_items_ready ON queue_items (queue_id, status, deadline_key, priority, id);
+CREATE INDEX queue_items_leases ON queue_items (lease_expires_at) WHERE status = 'in_progress';
+CREATE INDEX queue_items_runs ON queue_items (run_id) WHERE status = 'in_progress';
+CREATE INDEX queue_items_reference ON queue_items (queue_id, reference);
+CREATE INDEX queue_items_finished ON queue_items (queue_id, finished_at);
+CREATE UNIQUE INDEX queue_items_unique_reference ON queue_items (queue_id, reference)
+    WHERE unique_reference = TRUE AND status <> 'deleted';
+
+CREATE TABLE queue_item_attempts (
+    item_id BIGINT NOT NULL REFERENCES queue_items (id) ON DELETE CASCADE,
+    attempt BIGINT NOT NULL,
+    run_id TEXT,
+    claimed_by TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    ended_at BIGINT,
+    -- successful, failed, retried, postponed, abandoned, lease_expired, run_lost, requeued.
+    outcome TEXT,
+    error_kind TEXT,
+    error_message TEXT,
+    PRIMARY KEY (item_id, attempt)
+);

@@ -1,0 +1,1162 @@
+//! Work-item queues: their settings, their items and each item's attempts.
+//!
+//! The operations robots call at high rates — add, claim, extend, complete, fail, postpone,
+//! abandon — go through [`Store::apply_queue_ops`], which applies many of them in one
+//! transaction (one fsync for all) and answers each separately. Claims take the first ready
+//! item in claim order; on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so that concurrent
+//! transactions of several nodes never hand out one item twice.
+
+use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+
+use dirigent_domain::queue::{
+    AfterAttempt, ErrorKind, ItemStatus, Priority, QueueSettings, after_failure, after_lost_lease,
+};
+use jiff::{SignedDuration, Timestamp};
+
+use crate::{
+    BackendKind, Store, StoreError, StoreResult, dispatch, from_millis, from_millis_opt, to_millis,
+};
+
+/// A queue as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecord {
+    pub id: i64,
+    pub name: String,
+    pub settings: QueueSettings,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// An item to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewItem {
+    /// JSON text.
+    pub payload: String,
+    pub reference: Option<String>,
+    pub priority: Priority,
+    pub deadline: Option<Timestamp>,
+    pub postpone_until: Option<Timestamp>,
+}
+
+/// An item as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemRecord {
+    pub id: i64,
+    pub status: ItemStatus,
+    pub priority: Priority,
+    pub reference: Option<String>,
+    /// JSON text.
+    pub payload: String,
+    /// JSON text.
+    pub output: Option<String>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub attempts: u32,
+    pub deadline: Option<Timestamp>,
+    /// Not claimable before this time (postponed, or waiting for a retry).
+    pub available_at: Timestamp,
+    pub lease_expires_at: Option<Timestamp>,
+    pub run_id: Option<String>,
+    pub claimed_by: Option<String>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+/// One attempt at an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub run_id: Option<String>,
+    pub claimed_by: String,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub outcome: Option<String>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Who claims: a run (through its token) or a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimer {
+    pub run_id: Option<String>,
+    /// `run:ID` or `user:NAME`.
+    pub name: String,
+}
+
+/// An operation of a robot (or an operator) on a queue's items. Those on a claimed item carry
+/// the digest of its lease token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOp {
+    /// Adds all the items or none.
+    Add {
+        queue: String,
+        items: Vec<NewItem>,
+    },
+    Claim {
+        queue: String,
+        lease_digest: String,
+        claimer: Claimer,
+    },
+    Extend {
+        queue: String,
+        item: i64,
+        lease_digest: String,
+    },
+    Complete {
+        queue: String,
+        item: i64,
+        lease_digest: String,
+        output: Option<String>,
+    },
+    Fail {
+        queue: String,
+        item: i64,
+        lease_digest: String,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// A claimed item (with its lease) or a new one (without) waits until `until`.
+    Postpone {
+        queue: String,
+        item: i64,
+        lease_digest: Option<String>,
+        until: Timestamp,
+    },
+    Abandon {
+        queue: String,
+        item: i64,
+        lease_digest: String,
+        message: Option<String>,
+    },
+    /// A failed, abandoned or deleted item goes back to `new` with its attempts reset.
+    Requeue {
+        queue: String,
+        item: i64,
+    },
+    Delete {
+        queue: String,
+        item: i64,
+    },
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueAnswer {
+    /// The ids of the added items, in the order given.
+    Added(Vec<i64>),
+    /// The claimed item, or none ready.
+    Claimed(Option<ItemRecord>),
+    /// The item after the operation.
+    Item(ItemRecord),
+}
+
+/// Why an operation was refused; nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueOpError {
+    #[error("no queue of this name")]
+    QueueNotFound,
+    #[error("no item of this id in the queue")]
+    ItemNotFound,
+    #[error("the lease token is not the item's current one, or its lease has expired")]
+    StaleLease,
+    #[error("the item is {0}")]
+    WrongStatus(ItemStatus),
+    #[error("an item with reference {reference:?} exists already: {existing}")]
+    DuplicateReference { reference: String, existing: i64 },
+    #[error("reference {0:?} appears more than once among the items")]
+    RepeatedReference(String),
+    #[error("item {index}: the payload is larger than the queue's limit of {limit} bytes")]
+    PayloadTooLarge { index: usize, limit: u32 },
+}
+
+/// Which items to list, requeue or delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemFilter {
+    pub status: Option<ItemStatus>,
+    pub reference: Option<String>,
+    /// Added at or after.
+    pub created_from: Option<Timestamp>,
+    /// Added before.
+    pub created_to: Option<Timestamp>,
+    /// A payload field (`customer.id`) and the value it must have, compared as text.
+    pub payload_field: Option<(Vec<String>, String)>,
+}
+
+/// Per-queue figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    pub counts: BTreeMap<ItemStatus, u64>,
+    /// Items finished successfully in the last hour.
+    pub successful_last_hour: u64,
+    /// Mean time from claim to success over the last 24 hours.
+    pub average_processing: Option<SignedDuration>,
+    pub oldest_new_at: Option<Timestamp>,
+}
+
+macro_rules! item_columns {
+    () => {
+        "id, status, priority, reference, payload, output, error_kind, error_message, attempts, \
+         deadline, available_at, lease_expires_at, run_id, claimed_by, created_at, started_at, \
+         finished_at, updated_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct ItemRow {
+    id: i64,
+    status: String,
+    priority: i64,
+    reference: Option<String>,
+    payload: String,
+    output: Option<String>,
+    error_kind: Option<String>,
+    error_message: Option<String>,
+    attempts: i64,
+    deadline: Option<i64>,
+    available_at: i64,
+    lease_expires_at: Option<i64>,
+    run_id: Option<String>,
+    claimed_by: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    updated_at: i64,
+}
+
+impl TryFrom<ItemRow> for ItemRecord {
+    type Error = StoreError;
+
+    fn try_from(row: ItemRow) -> StoreResult<ItemRecord> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("queue item {}: {what}", row.id));
+        Ok(ItemRecord {
+            id: row.id,
+            status: row.status.parse().map_err(|_| corrupt("status"))?,
+            priority: Priority::from_rank(row.priority).ok_or_else(|| corrupt("priority"))?,
+            attempts: u32::try_from(row.attempts).map_err(|_| corrupt("attempts"))?,
+            deadline: from_millis_opt("deadline", row.deadline)?,
+            available_at: from_millis("available_at", row.available_at)?,
+            lease_expires_at: from_millis_opt("lease_expires_at", row.lease_expires_at)?,
+            created_at: from_millis("created_at", row.created_at)?,
+            started_at: from_millis_opt("started_at", row.started_at)?,
+            finished_at: from_millis_opt("finished_at", row.finished_at)?,
+            updated_at: from_millis("updated_at", row.updated_at)?,
+            reference: row.reference,
+            payload: row.payload,
+            output: row.output,
+            error_kind: row.error_kind,
+            error_message: row.error_message,
+            run_id: row.run_id,
+            claimed_by: row.claimed_by,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct QueueRow {
+    id: i64,
+    name: String,
+    description: String,
+    max_attempts: i64,
+    retry_delay_seconds: i64,
+    retry_backoff: i64,
+    lease_seconds: i64,
+    enforce_unique_reference: bool,
+    retention_days: i64,
+    max_payload_bytes: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<QueueRow> for QueueRecord {
+    type Error = StoreError;
+
+    fn try_from(row: QueueRow) -> StoreResult<QueueRecord> {
+        let int = |column: &str, value: i64| {
+            u32::try_from(value)
+                .map_err(|_| StoreError::Corrupt(format!("queue {}: {column}", row.name)))
+        };
+        Ok(QueueRecord {
+            settings: QueueSettings {
+                description: row.description.clone(),
+                max_attempts: int("max_attempts", row.max_attempts)?,
+                retry_delay_seconds: int("retry_delay_seconds", row.retry_delay_seconds)?,
+                retry_backoff: int("retry_backoff", row.retry_backoff)?,
+                lease_seconds: int("lease_seconds", row.lease_seconds)?,
+                enforce_unique_reference: row.enforce_unique_reference,
+                retention_days: int("retention_days", row.retention_days)?,
+                max_payload_bytes: int("max_payload_bytes", row.max_payload_bytes)?,
+            },
+            created_at: from_millis("created_at", row.created_at)?,
+            updated_at: from_millis("updated_at", row.updated_at)?,
+            id: row.id,
+            name: row.name,
+        })
+    }
+}
+
+macro_rules! queue_columns {
+    () => {
+        "id, name, description, max_attempts, retry_delay_seconds, retry_backoff, lease_seconds, \
+         enforce_unique_reference, retention_days, max_payload_bytes, created_at, updated_at"
+    };
+}
+
+const SELECT_QUEUE: &str = concat!("SELECT ", queue_columns!(), " FROM queues");
+
+/// Claims the first ready item of queue `$6` at time `$5`, in claim order.
+const CLAIM_SQLITE: &str = concat!(
+    "UPDATE queue_items SET status = 'in_progress', attempts = attempts + 1, lease_digest = $1, \
+     lease_expires_at = $2, run_id = $3, claimed_by = $4, started_at = $5, updated_at = $5 \
+     WHERE id = (SELECT id FROM queue_items WHERE queue_id = $6 AND status = 'new' \
+     AND available_at <= $5 ORDER BY deadline_key, priority, id LIMIT 1) RETURNING ",
+    item_columns!()
+);
+const CLAIM_POSTGRES: &str = concat!(
+    "UPDATE queue_items SET status = 'in_progress', attempts = attempts + 1, lease_digest = $1, \
+     lease_expires_at = $2, run_id = $3, claimed_by = $4, started_at = $5, updated_at = $5 \
+     WHERE id = (SELECT id FROM queue_items WHERE queue_id = $6 AND status = 'new' \
+     AND available_at <= $5 ORDER BY deadline_key, priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     RETURNING ",
+    item_columns!()
+);
+
+/// Rows per multi-row INSERT of a bulk add (well under both backends' parameter limits).
+const INSERT_CHUNK: usize = 500;
+
+/// Where an item held under a lease goes, and the outcome its attempt records.
+struct Ending<'a> {
+    status: ItemStatus,
+    available_at: Option<Timestamp>,
+    output: Option<&'a str>,
+    error: Option<(&'a str, &'a str)>,
+    outcome: &'a str,
+}
+
+/// Appends ` AND …` conditions for `$filter` to the query builder `$query`; the payload field
+/// is read with each backend's JSON functions.
+macro_rules! push_filter {
+    ($query:expr, $filter:expr, $kind:expr) => {{
+        let filter: &ItemFilter = $filter;
+        if let Some(status) = filter.status {
+            $query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(reference) = &filter.reference {
+            $query
+                .push(" AND reference = ")
+                .push_bind(reference.clone());
+        }
+        if let Some(from) = filter.created_from {
+            $query
+                .push(" AND created_at >= ")
+                .push_bind(to_millis(from));
+        }
+        if let Some(to) = filter.created_to {
+            $query.push(" AND created_at < ").push_bind(to_millis(to));
+        }
+        if let Some((path, value)) = &filter.payload_field {
+            match $kind {
+                BackendKind::Sqlite => {
+                    // json_extract yields typed values; compare their text.
+                    let mut json_path = String::from("$");
+                    for key in path {
+                        json_path.push_str(&format!(".\"{}\"", key.replace('"', "")));
+                    }
+                    $query
+                        .push(" AND CAST(json_extract(payload, ")
+                        .push_bind(json_path)
+                        .push(") AS TEXT) = ")
+                        .push_bind(value.clone());
+                }
+                BackendKind::Postgres => {
+                    // The path as an array literal, each key quoted.
+                    let keys: Vec<String> = path
+                        .iter()
+                        .map(|key| {
+                            format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+                        })
+                        .collect();
+                    $query
+                        .push(" AND (payload::jsonb #>> CAST(")
+                        .push_bind(format!("{{{}}}", keys.join(",")))
+                        .push(" AS TEXT[])) = ")
+                        .push_bind(value.clone());
+                }
+            }
+        }
+    }};
+}
+
+impl Store {
+    /// Creates a queue; `Conflict` when the name is taken.
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        settings: &QueueSettings,
+        now: Timestamp,
+    ) -> StoreResult<QueueRecord> {
+        let now = to_millis(now);
+        let row: QueueRow = dispatch!(self, writer, pool => {
+            sqlx::query_as(concat!(
+                "INSERT INTO queues (name, description, max_attempts, retry_delay_seconds, \
+                 retry_backoff, lease_seconds, enforce_unique_reference, retention_days, \
+                 max_payload_bytes, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING ",
+                queue_columns!()
+            ))
+            .bind(name)
+            .bind(&settings.description)
+            .bind(i64::from(settings.max_attempts))
+            .bind(i64::from(settings.retry_delay_seconds))
+            .bind(i64::from(settings.retry_backoff))
+            .bind(i64::from(settings.lease_seconds))
+            .bind(settings.enforce_unique_reference)
+            .bind(i64::from(settings.retention_days))
+            .bind(i64::from(settings.max_payload_bytes))
+            .bind(now)
+            .fetch_one(pool)
+            .await?
+        });
+        row.try_into()
+    }
+
+    /// Replaces a queue's settings. Items added before keep their reference uniqueness.
+    pub async fn update_queue(
+        &self,
+        name: &str,
+        settings: &QueueSettings,
+        now: Timestamp,
+    ) -> StoreResult<QueueRecord> {
+        let done = dispatch!(self, writer, pool => {
+            sqlx::query(
+                "UPDATE queues SET description = $2, max_attempts = $3, retry_delay_seconds = $4, \
+                 retry_backoff = $5, lease_seconds = $6, enforce_unique_reference = $7, \
+                 retention_days = $8, max_payload_bytes = $9, updated_at = $10 WHERE name = $1",
+            )
+            .bind(name)
+            .bind(&settings.description)
+            .bind(i64::from(settings.max_attempts))
+            .bind(i64::from(settings.retry_delay_seconds))
+            .bind(i64::from(settings.retry_backoff))
+            .bind(i64::from(settings.lease_seconds))
+            .bind(settings.enforce_unique_reference)
+            .bind(i64::from(settings.retention_days))
+            .bind(i64::from(settings.max_payload_bytes))
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.queue(name).await
+    }
+
+    /// Deletes a queue and its items; `Conflict` while a robot holds one of them.
+    pub async fn delete_queue(&self, name: &str) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            let held: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM queue_items i JOIN queues q ON q.id = i.queue_id \
+                 WHERE q.name = $1 AND i.status = 'in_progress'",
+            )
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+            if 0 < held {
+                return Err(StoreError::Conflict);
+            }
+            let done = sqlx::query("DELETE FROM queues WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn queue(&self, name: &str) -> StoreResult<QueueRecord> {
+        let row: QueueRow = dispatch!(self, reader, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_QUEUE} WHERE name = $1")))
+                .bind(name)
+                .fetch_one(pool)
+                .await?
+        });
+        row.try_into()
+    }
+
+    pub async fn queues(&self) -> StoreResult<Vec<QueueRecord>> {
+        let rows: Vec<QueueRow> = dispatch!(self, reader, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_QUEUE} ORDER BY name")))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Applies `ops` in one transaction, in order, and answers each. A refused operation
+    /// changes nothing; the others are applied all the same. A database failure fails all.
+    pub async fn apply_queue_ops(
+        &self,
+        ops: &[QueueOp],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Result<QueueAnswer, QueueOpError>>> {
+        let claim_sql = match self.backend_kind() {
+            BackendKind::Sqlite => CLAIM_SQLITE,
+            BackendKind::Postgres => CLAIM_POSTGRES,
+        };
+        let at = to_millis(now);
+        let mut answers = Vec::with_capacity(ops.len());
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            let mut queues: HashMap<String, Option<QueueRecord>> = HashMap::new();
+            for op in ops {
+                let name = op.queue();
+                if !queues.contains_key(name) {
+                    let found: Option<QueueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_QUEUE} WHERE name = $1")))
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    queues.insert(name.to_owned(), found.map(TryInto::try_into).transpose()?);
+                }
+                let Some(Some(queue)) = queues.get(name) else {
+                    answers.push(Err(QueueOpError::QueueNotFound));
+                    continue;
+                };
+                let settings = &queue.settings;
+
+                // The item an operation names, if it is in this queue.
+                macro_rules! fetch_item {
+                    ($item:expr) => {{
+                        let row: Option<ItemRow> = sqlx::query_as(concat!(
+                            "SELECT ", item_columns!(), " FROM queue_items WHERE id = $1 AND queue_id = $2"
+                        ))
+                        .bind($item)
+                        .bind(queue.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match row {
+                            Some(row) => Some(ItemRecord::try_from(row)?),
+                            None => None,
+                        }
+                    }};
+                }
+                // The item held under `$digest`, or why not.
+                macro_rules! held_item {
+                    ($item:expr, $digest:expr) => {{
+                        let row: Option<(String, Option<String>, Option<i64>)> = sqlx::query_as(
+                            "SELECT status, lease_digest, lease_expires_at FROM queue_items \
+                             WHERE id = $1 AND queue_id = $2",
+                        )
+                        .bind($item)
+                        .bind(queue.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match row {
+                            None => Err(QueueOpError::ItemNotFound),
+                            Some((status, _, _)) if status != "in_progress" => Err(
+                                QueueOpError::WrongStatus(status.parse().map_err(|_| {
+                                    StoreError::Corrupt(format!("queue item {}: status", $item))
+                                })?),
+                            ),
+                            Some((_, digest, expires))
+                                if digest.as_deref() != Some($digest.as_str())
+                                    || expires.is_none_or(|expires| expires <= at) =>
+                            {
+                                Err(QueueOpError::StaleLease)
+                            }
+                            Some(_) => Ok(()),
+                        }
+                    }};
+                }
+                // Ends the attempt of a held item: the item to `$ending.status`.
+                macro_rules! end_attempt {
+                    ($item:expr, $ending:expr) => {{
+                        let ending: Ending<'_> = $ending;
+                        let finished = ending.status.is_finished().then_some(at);
+                        let (kind, message) = match ending.error {
+                            Some((kind, message)) => (Some(kind), Some(message)),
+                            None => (None, None),
+                        };
+                        let row: ItemRow = sqlx::query_as(concat!(
+                            "UPDATE queue_items SET status = $3, available_at = COALESCE($4, available_at), \
+                             output = COALESCE($5, output), error_kind = $6, error_message = $7, \
+                             lease_digest = NULL, lease_expires_at = NULL, finished_at = $8, updated_at = $9 \
+                             WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                        ))
+                        .bind($item)
+                        .bind(queue.id)
+                        .bind(ending.status.as_str())
+                        .bind(ending.available_at.map(to_millis))
+                        .bind(ending.output)
+                        .bind(kind)
+                        .bind(message)
+                        .bind(finished)
+                        .bind(at)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        let item = ItemRecord::try_from(row)?;
+                        sqlx::query(
+                            "UPDATE queue_item_attempts SET ended_at = $3, outcome = $4, error_kind = $5, \
+                             error_message = $6 WHERE item_id = $1 AND attempt = $2",
+                        )
+                        .bind(item.id)
+                        .bind(i64::from(item.attempts))
+                        .bind(at)
+                        .bind(ending.outcome)
+                        .bind(kind)
+                        .bind(message)
+                        .execute(&mut *tx)
+                        .await?;
+                        item
+                    }};
+                }
+
+                let answer = match op {
+                    QueueOp::Add { items, .. } => {
+                        let mut refused = None;
+                        let mut seen = std::collections::HashSet::new();
+                        for (index, item) in items.iter().enumerate() {
+                            if u32::try_from(item.payload.len()).map_or(true, |len| settings.max_payload_bytes < len) {
+                                refused = Some(QueueOpError::PayloadTooLarge { index, limit: settings.max_payload_bytes });
+                                break;
+                            }
+                            if settings.enforce_unique_reference
+                                && let Some(reference) = &item.reference
+                            {
+                                if !seen.insert(reference.as_str()) {
+                                    refused = Some(QueueOpError::RepeatedReference(reference.clone()));
+                                    break;
+                                }
+                                let existing: Option<i64> = sqlx::query_scalar(
+                                    "SELECT id FROM queue_items WHERE queue_id = $1 AND reference = $2 \
+                                     AND unique_reference = TRUE AND status <> 'deleted'",
+                                )
+                                .bind(queue.id)
+                                .bind(reference)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                if let Some(existing) = existing {
+                                    refused = Some(QueueOpError::DuplicateReference { reference: reference.clone(), existing });
+                                    break;
+                                }
+                            }
+                        }
+                        match refused {
+                            Some(err) => Err(err),
+                            None => {
+                                let mut ids = Vec::with_capacity(items.len());
+                                for chunk in items.chunks(INSERT_CHUNK) {
+                                    let mut insert = sqlx::QueryBuilder::new(
+                                        "INSERT INTO queue_items (queue_id, status, priority, reference, \
+                                         unique_reference, payload, deadline, deadline_key, available_at, \
+                                         created_at, updated_at) ",
+                                    );
+                                    insert.push_values(chunk, |mut row, item| {
+                                        row.push_bind(queue.id)
+                                            .push_bind("new")
+                                            .push_bind(item.priority.rank())
+                                            .push_bind(item.reference.clone())
+                                            .push_bind(settings.enforce_unique_reference && item.reference.is_some())
+                                            .push_bind(item.payload.clone())
+                                            .push_bind(item.deadline.map(to_millis))
+                                            .push_bind(item.deadline.map_or(i64::MAX, to_millis))
+                                            .push_bind(item.postpone_until.map_or(at, to_millis))
+                                            .push_bind(at)
+                                            .push_bind(at);
+                                    });
+                                    insert.push(" RETURNING id");
+                                    let mut chunk_ids: Vec<i64> = insert
+                                        .build_query_scalar()
+                                        .fetch_all(&mut *tx)
+                                        .await?;
+                                    // Identities are assigned in the order of the rows.
+                                    chunk_ids.sort_unstable();
+                                    ids.extend(chunk_ids);
+                                }
+                                Ok(QueueAnswer::Added(ids))
+                            }
+                        }
+                    }
+                    QueueOp::Claim { lease_digest, claimer, .. } => {
+                        let row: Option<ItemRow> = sqlx::query_as(claim_sql)
+                            .bind(lease_digest)
+                            .bind(to_millis(settings.lease_until(now)))
+                            .bind(&claimer.run_id)
+                            .bind(&claimer.name)
+                            .bind(at)
+                            .bind(queue.id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        match row {
+                            None => Ok(QueueAnswer::Claimed(None)),
+                            Some(row) => {
+                                let item = ItemRecord::try_from(row)?;
+                                sqlx::query(
+                                    "INSERT INTO queue_item_attempts (item_id, attempt, run_id, claimed_by, started_at) \
+                                     VALUES ($1, $2, $3, $4, $5)",
+                                )
+                                .bind(item.id)
+                                .bind(i64::from(item.attempts))
+                                .bind(&claimer.run_id)
+                                .bind(&claimer.name)
+                                .bind(at)
+                                .execute(&mut *tx)
+                                .await?;
+                                Ok(QueueAnswer::Claimed(Some(item)))
+                            }
+                        }
+                    }
+                    QueueOp::Extend { item, lease_digest, .. } => match held_item!(*item, lease_digest) {
+                        Err(err) => Err(err),
+                        Ok(()) => {
+                            let row: ItemRow = sqlx::query_as(concat!(
+                                "UPDATE queue_items SET lease_expires_at = $3, updated_at = $4 \
+                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                            ))
+                            .bind(*item)
+                            .bind(queue.id)
+                            .bind(to_millis(settings.lease_until(now)))
+                            .bind(at)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            Ok(QueueAnswer::Item(row.try_into()?))
+                        }
+                    },
+                    QueueOp::Complete { item, lease_digest, output, .. } => match held_item!(*item, lease_digest) {
+                        Err(err) => Err(err),
+                        Ok(()) => Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
+                            status: ItemStatus::Successful,
+                            available_at: None,
+                            output: output.as_deref(),
+                            error: None,
+                            outcome: "successful",
+                        }))),
+                    },
+                    QueueOp::Fail { item, lease_digest, kind, message, .. } => match held_item!(*item, lease_digest) {
+                        Err(err) => Err(err),
+                        Ok(()) => {
+                            let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM queue_items WHERE id = $1")
+                                .bind(*item)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+                            let (status, available_at, outcome) = match after_failure(settings, *kind, attempts, now) {
+                                AfterAttempt::Retry { at } => (ItemStatus::New, Some(at), "retried"),
+                                AfterAttempt::Final(status) => (status, None, "failed"),
+                            };
+                            Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
+                                status,
+                                available_at,
+                                output: None,
+                                error: Some((kind.as_str(), message.as_str())),
+                                outcome,
+                            })))
+                        }
+                    },
+                    QueueOp::Abandon { item, lease_digest, message, .. } => match held_item!(*item, lease_digest) {
+                        Err(err) => Err(err),
+                        Ok(()) => Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
+                            status: ItemStatus::Abandoned,
+                            available_at: None,
+                            output: None,
+                            error: message.as_deref().map(|message| ("abandoned", message)),
+                            outcome: "abandoned",
+                        }))),
+                    },
+                    QueueOp::Postpone { item, lease_digest: Some(lease_digest), until, .. } => match held_item!(*item, lease_digest) {
+                        Err(err) => Err(err),
+                        Ok(()) => Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
+                            status: ItemStatus::New,
+                            available_at: Some(*until),
+                            output: None,
+                            error: None,
+                            outcome: "postponed",
+                        }))),
+                    },
+                    QueueOp::Postpone { item, lease_digest: None, until, .. } => match fetch_item!(*item) {
+                        None => Err(QueueOpError::ItemNotFound),
+                        Some(found) if found.status != ItemStatus::New => Err(QueueOpError::WrongStatus(found.status)),
+                        Some(_) => {
+                            let row: ItemRow = sqlx::query_as(concat!(
+                                "UPDATE queue_items SET available_at = $3, updated_at = $4 \
+                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                            ))
+                            .bind(*item)
+                            .bind(queue.id)
+                            .bind(to_millis(*until))
+                            .bind(at)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            Ok(QueueAnswer::Item(row.try_into()?))
+                        }
+                    },
+                    QueueOp::Requeue { item, .. } => match fetch_item!(*item) {
+                        None => Err(QueueOpError::ItemNotFound),
+                        Some(found) if !found.status.can_requeue() => Err(QueueOpError::WrongStatus(found.status)),
+                        Some(found) => {
+                            if found.status == ItemStatus::Deleted
+                                && let Some(reference) = found.reference.as_ref().filter(|_| settings.enforce_unique_reference)
+                            {
+                                let existing: Option<i64> = sqlx::query_scalar(
+                                    "SELECT id FROM queue_items WHERE queue_id = $1 AND reference = $2 \
+                                     AND unique_reference = TRUE AND status <> 'deleted'",
+                                )
+                                .bind(queue.id)
+                                .bind(reference)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                if let Some(existing) = existing {
+                                    answers.push(Err(QueueOpError::DuplicateReference { reference: reference.clone(), existing }));
+                                    continue;
+                                }
+                            }
+                            let row: ItemRow = sqlx::query_as(concat!(
+                                "UPDATE queue_items SET status = 'new', attempts = 0, available_at = $3, \
+                                 error_kind = NULL, error_message = NULL, finished_at = NULL, updated_at = $3 \
+                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                            ))
+                            .bind(*item)
+                            .bind(queue.id)
+                            .bind(at)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            Ok(QueueAnswer::Item(row.try_into()?))
+                        }
+                    },
+                    QueueOp::Delete { item, .. } => match fetch_item!(*item) {
+                        None => Err(QueueOpError::ItemNotFound),
+                        Some(found) if !found.status.can_delete() => Err(QueueOpError::WrongStatus(found.status)),
+                        Some(_) => {
+                            let row: ItemRow = sqlx::query_as(concat!(
+                                "UPDATE queue_items SET status = 'deleted', finished_at = $3, updated_at = $3 \
+                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                            ))
+                            .bind(*item)
+                            .bind(queue.id)
+                            .bind(at)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            Ok(QueueAnswer::Item(row.try_into()?))
+                        }
+                    },
+                };
+                answers.push(answer);
+            }
+            tx.commit().await?;
+        });
+        Ok(answers)
+    }
+
+    /// One item of a queue.
+    pub async fn queue_item(&self, queue: &str, item: i64) -> StoreResult<ItemRecord> {
+        let row: ItemRow = dispatch!(self, reader, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ", item_columns!(), " FROM queue_items WHERE id = $1 \
+                 AND queue_id = (SELECT id FROM queues WHERE name = $2)"
+            ))
+            .bind(item)
+            .bind(queue)
+            .fetch_one(pool)
+            .await?
+        });
+        row.try_into()
+    }
+
+    /// The attempts at an item, oldest first.
+    pub async fn item_attempts(&self, item: i64) -> StoreResult<Vec<AttemptRecord>> {
+        type Row = (
+            i64,
+            Option<String>,
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = dispatch!(self, reader, pool => {
+            sqlx::query_as(
+                "SELECT attempt, run_id, claimed_by, started_at, ended_at, outcome, error_kind, \
+                 error_message FROM queue_item_attempts WHERE item_id = $1 ORDER BY attempt",
+            )
+            .bind(item)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    attempt: u32::try_from(row.0).unwrap_or_default(),
+                    run_id: row.1,
+                    claimed_by: row.2,
+                    started_at: from_millis("started_at", row.3)?,
+                    ended_at: from_millis_opt("ended_at", row.4)?,
+                    outcome: row.5,
+                    error_kind: row.6,
+                    error_message: row.7,
+                })
+            })
+            .collect()
+    }
+
+    /// A queue's items matching `filter`, by id, after `after_id`, at most `limit`.
+    pub async fn queue_items(
+        &self,
+        queue: &str,
+        filter: &ItemFilter,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ItemRecord>> {
+        let kind = self.backend_kind();
+        let rows: Vec<ItemRow> = dispatch!(self, reader, pool => {
+            let mut query = sqlx::QueryBuilder::new(concat!(
+                "SELECT ", item_columns!(), " FROM queue_items WHERE queue_id = (SELECT id FROM queues WHERE name = "
+            ));
+            query.push_bind(queue).push(")");
+            push_filter!(query, filter, kind);
+            if let Some(after_id) = after_id {
+                query.push(" AND id > ").push_bind(after_id);
+            }
+            query.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+            query.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Puts every failed, abandoned or deleted item matching `filter` back to `new`; answers
+    /// how many. Deleted items whose unique reference was taken since stay deleted.
+    pub async fn requeue_items(
+        &self,
+        queue: &str,
+        filter: &ItemFilter,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let kind = self.backend_kind();
+        let at = to_millis(now);
+        let done = dispatch!(self, writer, pool => {
+            let mut query = sqlx::QueryBuilder::new(
+                "UPDATE queue_items SET status = 'new', attempts = 0, error_kind = NULL, \
+                 error_message = NULL, finished_at = NULL, available_at = ",
+            );
+            query.push_bind(at).push(", updated_at = ").push_bind(at);
+            query.push(" WHERE queue_id = (SELECT id FROM queues WHERE name = ").push_bind(queue).push(")");
+            query.push(" AND status IN ('failed', 'abandoned', 'deleted')");
+            query.push(
+                " AND NOT (status = 'deleted' AND unique_reference = TRUE AND EXISTS (SELECT 1 FROM \
+                 queue_items other WHERE other.queue_id = queue_items.queue_id AND other.reference = \
+                 queue_items.reference AND other.unique_reference = TRUE AND other.status <> 'deleted'))",
+            );
+            push_filter!(query, filter, kind);
+            query.build().execute(pool).await?.rows_affected()
+        });
+        Ok(done)
+    }
+
+    /// Deletes every item matching `filter` that no robot holds; answers how many.
+    pub async fn delete_items(
+        &self,
+        queue: &str,
+        filter: &ItemFilter,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let kind = self.backend_kind();
+        let at = to_millis(now);
+        let done = dispatch!(self, writer, pool => {
+            let mut query = sqlx::QueryBuilder::new("UPDATE queue_items SET status = 'deleted', finished_at = ");
+            query.push_bind(at).push(", updated_at = ").push_bind(at);
+            query.push(" WHERE queue_id = (SELECT id FROM queues WHERE name = ").push_bind(queue).push(")");
+            query.push(" AND status NOT IN ('in_progress', 'deleted')");
+            push_filter!(query, filter, kind);
+            query.build().execute(pool).await?.rows_affected()
+        });
+        Ok(done)
+    }
+
+    /// Counts per status, throughput, processing time and the oldest waiting item.
+    pub async fn queue_stats(&self, queue_id: i64, now: Timestamp) -> StoreResult<QueueStats> {
+        let hour_ago = to_millis(now) - 3_600_000;
+        let day_ago = to_millis(now) - 86_400_000;
+        type Figures = (Vec<(String, i64)>, (i64, Option<f64>), Option<i64>);
+        let (counts, recent, oldest): Figures = dispatch!(self, reader, pool => {
+            let counts = sqlx::query_as(
+                "SELECT status, COUNT(*) FROM queue_items WHERE queue_id = $1 GROUP BY status",
+            )
+            .bind(queue_id)
+            .fetch_all(pool)
+            .await?;
+            let recent = sqlx::query_as(
+                "SELECT COALESCE(SUM(CASE WHEN finished_at >= $2 THEN 1 ELSE 0 END), 0), \
+                 AVG(CAST(finished_at - started_at AS DOUBLE PRECISION)) FROM queue_items \
+                 WHERE queue_id = $1 AND finished_at >= $3 AND status = 'successful'",
+            )
+            .bind(queue_id)
+            .bind(hour_ago)
+            .bind(day_ago)
+            .fetch_one(pool)
+            .await?;
+            let oldest = sqlx::query_scalar(
+                "SELECT MIN(created_at) FROM queue_items WHERE queue_id = $1 AND status = 'new'",
+            )
+            .bind(queue_id)
+            .fetch_one(pool)
+            .await?;
+            (counts, recent, oldest)
+        });
+        let mut by_status: BTreeMap<ItemStatus, u64> = ItemStatus::ALL
+            .into_iter()
+            .map(|status| (status, 0))
+            .collect();
+        for (status, count) in counts {
+            let status: ItemStatus = status
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("queue item status {status:?}")))?;
+            by_status.insert(status, u64::try_from(count).unwrap_or_default());
+        }
+        Ok(QueueStats {
+            counts: by_status,
+            successful_last_hour: u64::try_from(recent.0).unwrap_or_default(),
+            #[allow(clippy::cast_possible_truncation, reason = "milliseconds of a mean")]
+            average_processing: recent
+                .1
+                .map(|millis| SignedDuration::from_millis(millis.round() as i64)),
+            oldest_new_at: from_millis_opt("created_at", oldest)?,
+        })
+    }
+
+    /// Ends every lease that expired by `now`: each item goes back to `new`, or to
+    /// `abandoned` after its last attempt. Answers how many.
+    pub async fn expire_leases(&self, now: Timestamp) -> StoreResult<u64> {
+        self.release_items(None, now, "lease_expired").await
+    }
+
+    /// Releases the items held by the run `run_id` (which was lost) at once.
+    pub async fn release_run_items(&self, run_id: &str, now: Timestamp) -> StoreResult<u64> {
+        self.release_items(Some(run_id), now, "run_lost").await
+    }
+
+    async fn release_items(
+        &self,
+        run_id: Option<&str>,
+        now: Timestamp,
+        outcome: &str,
+    ) -> StoreResult<u64> {
+        let at = to_millis(now);
+        let mut released = 0;
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            let held: Vec<(i64, i64, i64)> = match run_id {
+                Some(run_id) => sqlx::query_as(
+                    "SELECT id, queue_id, attempts FROM queue_items WHERE run_id = $1 AND status = 'in_progress'",
+                )
+                .bind(run_id)
+                .fetch_all(&mut *tx)
+                .await?,
+                None => sqlx::query_as(
+                    "SELECT id, queue_id, attempts FROM queue_items WHERE status = 'in_progress' \
+                     AND lease_expires_at <= $1",
+                )
+                .bind(at)
+                .fetch_all(&mut *tx)
+                .await?,
+            };
+            let mut settings: HashMap<i64, QueueSettings> = HashMap::new();
+            for (id, queue_id, attempts) in held {
+                if let Entry::Vacant(slot) = settings.entry(queue_id) {
+                    let row: QueueRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_QUEUE} WHERE id = $1")))
+                        .bind(queue_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    slot.insert(QueueRecord::try_from(row)?.settings);
+                }
+                let Some(queue) = settings.get(&queue_id) else { continue };
+                let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+                let (status, finished) = match after_lost_lease(queue, attempts, now) {
+                    AfterAttempt::Retry { .. } => (ItemStatus::New, None),
+                    AfterAttempt::Final(status) => (status, Some(at)),
+                };
+                let message = match outcome {
+                    "run_lost" => "its run was lost",
+                    _ => "its lease expired",
+                };
+                sqlx::query(
+                    "UPDATE queue_items SET status = $2, available_at = $3, lease_digest = NULL, \
+                     lease_expires_at = NULL, finished_at = $4, updated_at = $3, \
+                     error_kind = CASE WHEN $4 IS NULL THEN error_kind ELSE 'application' END, \
+                     error_message = CASE WHEN $4 IS NULL THEN error_message ELSE $5 END \
+                     WHERE id = $1 AND status = 'in_progress'",
+                )
+                .bind(id)
+                .bind(status.as_str())
+                .bind(at)
+                .bind(finished)
+                .bind(message)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE queue_item_attempts SET ended_at = $3, outcome = $4 \
+                     WHERE item_id = $1 AND attempt = $2",
+                )
+                .bind(id)
+                .bind(i64::from(attempts))
+                .bind(at)
+                .bind(outcome)
+                .execute(&mut *tx)
+                .await?;
+                released += 1;
+            }
+            tx.commit().await?;
+        });
+        Ok(released)
+    }
+
+    /// When the next lease expires, if any is held.
+    pub async fn next_lease_expiry(&self) -> StoreResult<Option<Timestamp>> {
+        let next: Option<i64> = dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT MIN(lease_expires_at) FROM queue_items WHERE status = 'in_progress'")
+                .fetch_one(pool)
+                .await?
+        });
+        from_millis_opt("lease_expires_at", next)
+    }
+
+    /// Removes finished items older than their queue's retention; answers how many.
+    pub async fn purge_finished_items(&self, now: Timestamp) -> StoreResult<u64> {
+        let done = dispatch!(self, writer, pool => {
+            sqlx::query(
+                "DELETE FROM queue_items WHERE id IN (SELECT i.id FROM queue_items i \
+                 JOIN queues q ON q.id = i.queue_id WHERE q.retention_days > 0 \
+                 AND i.status IN ('successful', 'failed', 'abandoned', 'deleted') \
+                 AND i.finished_at < $1 - q.retention_days * 86400000)",
+            )
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(done)
+    }
+}
+
+impl QueueOp {
+    /// The name of the queue the operation is on.
+    pub fn queue(&self) -> &str {
+        match self {
+            QueueOp::Add { queue, .. }
+            | QueueOp::Claim { queue, .. }
+            | QueueOp::Extend { queue, .. }
+            | QueueOp::Complete { queue, .. }
+            | QueueOp::Fail { queue, .. }
+            | QueueOp::Postpone { queue, .. }
+            | QueueOp::Abandon { queue, .. }
+            | QueueOp::Requeue { queue, .. }
+            | QueueOp::Delete { queue, .. } => queue,
+        }
+    }
+}
