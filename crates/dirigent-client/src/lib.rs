@@ -490,6 +490,7 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
         code: dirigent_proto::error::ErrorCode::Internal,
         message: format!("the server answered {status} without an error body"),
         field: None,
+        existing_id: None,
         request_id: None,
     });
     ClientError::Api { status, body }

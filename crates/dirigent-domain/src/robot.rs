@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt};
 
 use jiff::Timestamp;
 
-use crate::{InvalidField, user::check_name};
+use crate::{InvalidField, access::NamePattern, user::check_name};
 
 /// Bounds on a definition, so that one robot cannot exhaust the server or an agent.
 pub mod limits {
@@ -19,6 +19,7 @@ pub mod limits {
     pub const MAX_DURATION_SECONDS: u32 = 31 * 24 * 3600;
     pub const MAX_BACKOFF_SECONDS: u32 = 24 * 3600;
     pub const MAX_CRASH_LOOP_WINDOW_SECONDS: u32 = 7 * 24 * 3600;
+    pub const MAX_QUEUE_GRANTS: usize = 64;
 }
 
 /// Defaults for the fields a draft leaves out.
@@ -185,6 +186,7 @@ pub struct RobotDraft {
     pub restart_backoff: Option<RestartBackoff>,
     pub crash_loop: Option<CrashLoopGuard>,
     pub needs_display: Option<bool>,
+    pub queues: Option<Vec<String>>,
 }
 
 /// A valid robot definition: every field checked, every default filled in.
@@ -206,6 +208,9 @@ pub struct RobotDefinition {
     pub restart_backoff: RestartBackoff,
     pub crash_loop: CrashLoopGuard,
     pub needs_display: bool,
+    /// Name patterns of the queues the robot's runs may read, add to and process with their
+    /// run token.
+    pub queues: Vec<NamePattern>,
 }
 
 /// Who drives a robot: automation (restart policy, triggers) or an operator.
@@ -384,6 +389,22 @@ impl RobotDraft {
             MAX_CRASH_LOOP_WINDOW_SECONDS,
         )?;
 
+        let queues = self
+            .queues
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(index, pattern)| {
+                NamePattern::parse(pattern)
+                    .map_err(|err| InvalidField::new(format!("queues[{index}]"), err.reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if limits::MAX_QUEUE_GRANTS < queues.len() {
+            return Err(InvalidField::new(
+                "queues",
+                format!("more than {} patterns", limits::MAX_QUEUE_GRANTS),
+            ));
+        }
         Ok(RobotDefinition {
             name,
             description,
@@ -398,6 +419,7 @@ impl RobotDraft {
             restart_backoff,
             crash_loop,
             needs_display: self.needs_display.unwrap_or(false),
+            queues,
         })
     }
 }

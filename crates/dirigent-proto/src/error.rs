@@ -13,6 +13,9 @@ pub struct ErrorBody {
     /// The input field at fault, as a path such as `crash_loop.max_starts`, when one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `duplicate_reference`: the id of the item that has the reference already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_id: Option<i64>,
     /// The id the server logged this request under (also in the `x-request-id` header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -44,6 +47,10 @@ pub enum ErrorCode {
     RoleNotFound,
     /// 404: no agent has this name.
     AgentNotFound,
+    /// 404: no queue has this name.
+    QueueNotFound,
+    /// 404: the queue has no item of this id.
+    ItemNotFound,
     /// 405: the route exists but not for this method.
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
@@ -54,6 +61,10 @@ pub enum ErrorCode {
     NameTaken,
     /// 409: an agent of this name is enrolled already.
     AgentExists,
+    /// 409: an item with this reference is in the queue already (`existing_id` says which).
+    DuplicateReference,
+    /// 409: the lease token is not the item's current one, or its lease expired.
+    StaleLease,
     /// 409: the run's state does not allow the operation (pausing an ended run, say).
     InvalidState,
     /// 413: the request body is larger than the server accepts.
@@ -85,6 +96,10 @@ impl ErrorCode {
             ErrorCode::AgentNotFound => "agent_not_found",
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::RoleNotFound => "role_not_found",
+            ErrorCode::QueueNotFound => "queue_not_found",
+            ErrorCode::ItemNotFound => "item_not_found",
+            ErrorCode::DuplicateReference => "duplicate_reference",
+            ErrorCode::StaleLease => "stale_lease",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",

@@ -9,5 +9,6 @@ pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod link;
+pub mod queue;
 pub mod robot;
 pub mod run;

@@ -47,6 +47,10 @@ pub struct RobotSpec {
     /// The robot needs a graphical session (`DISPLAY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_display: Option<bool>,
+    /// Queues (names or patterns such as `invoices-*`) whose items the robot's runs may read,
+    /// add and process with their run token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
 }
 
 /// What happens when a run of a robot in auto mode ends.
@@ -102,6 +106,7 @@ pub struct Robot {
     pub restart_backoff: RestartBackoff,
     pub crash_loop: CrashLoop,
     pub needs_display: bool,
+    pub queues: Vec<String>,
     /// `auto`: automation (restart policy, triggers) acts on the robot; `manual`: an operator
     /// took control, and automation leaves it alone until switched back.
     pub mode: RobotMode,
@@ -130,6 +135,7 @@ impl Robot {
             restart_backoff: Some(self.restart_backoff),
             crash_loop: Some(self.crash_loop),
             needs_display: Some(self.needs_display),
+            queues: Some(self.queues.clone()),
         }
     }
 }

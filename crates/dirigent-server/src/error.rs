@@ -25,6 +25,8 @@ pub struct ApiError {
     pub detail: Option<String>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// The item that holds a duplicate reference.
+    pub existing_id: Option<i64>,
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             field: None,
             detail: None,
             retry_after: None,
+            existing_id: None,
         }
     }
 
@@ -47,6 +50,7 @@ impl ApiError {
             field: Some(err.field),
             detail: None,
             retry_after: None,
+            existing_id: None,
         }
     }
 

@@ -77,6 +77,7 @@ async fn render_errors(request: Request, next: Next) -> Response {
         code: error.code,
         message: error.message,
         field: error.field,
+        existing_id: error.existing_id,
         request_id: Some(request_id),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();

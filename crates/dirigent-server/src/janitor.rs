@@ -1,5 +1,5 @@
-//! The janitor: ages out finished data on a timer (today: expired login sessions, which are
-//! already refused, but whose rows would otherwise stay).
+//! The janitor: ages out finished data on a timer: expired login sessions (already refused,
+//! but whose rows would otherwise stay) and finished work items past their queue's retention.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +20,14 @@ pub(crate) fn spawn(store: Store, clock: Arc<dyn Clock>) -> JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n_deleted) => tracing::info!(n_deleted, "deleted expired sessions"),
                 Err(err) => tracing::warn!(%err, "deleting expired sessions"),
+            }
+            match store.purge_finished_items(clock.now()).await {
+                Ok(0) => {}
+                Ok(n_deleted) => tracing::info!(
+                    n_deleted,
+                    "removed finished work items past their retention"
+                ),
+                Err(err) => tracing::warn!(%err, "removing finished work items"),
             }
         }
     })

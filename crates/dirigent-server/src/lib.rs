@@ -18,6 +18,7 @@ pub mod error;
 pub mod fleet;
 mod http;
 mod janitor;
+pub mod queues;
 pub mod tls;
 
 pub use http::app;
@@ -34,6 +35,7 @@ pub use crate::{clock::Clock, config::ServerConfig};
 pub struct AppState {
     pub store: Store,
     pub fleet: Arc<fleet::Fleet>,
+    pub queues: Arc<queues::Queues>,
     pub login_throttle: Arc<auth::throttle::LoginThrottle>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ServerConfig>,
@@ -104,6 +106,7 @@ pub async fn start(
     let state = AppState {
         store: store.clone(),
         fleet,
+        queues: queues::Queues::start(store.clone(), clock.clone()),
         login_throttle: Arc::default(),
         clock,
         config: Arc::new(config),

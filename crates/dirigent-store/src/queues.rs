@@ -1036,9 +1036,16 @@ impl Store {
         self.release_items(None, now, "lease_expired").await
     }
 
-    /// Releases the items held by the run `run_id` (which was lost) at once.
-    pub async fn release_run_items(&self, run_id: &str, now: Timestamp) -> StoreResult<u64> {
-        self.release_items(Some(run_id), now, "run_lost").await
+    /// Releases at once the items held by the run `run_id`, which ended (`lost` or not)
+    /// without finishing them.
+    pub async fn release_run_items(
+        &self,
+        run_id: &str,
+        lost: bool,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let outcome = if lost { "run_lost" } else { "run_ended" };
+        self.release_items(Some(run_id), now, outcome).await
     }
 
     async fn release_items(
@@ -1083,6 +1090,7 @@ impl Store {
                 };
                 let message = match outcome {
                     "run_lost" => "its run was lost",
+                    "run_ended" => "its run ended without finishing it",
                     _ => "its lease expired",
                 };
                 sqlx::query(

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use dirigent_domain::access::NamePattern;
 use dirigent_domain::robot::{
     AgentSelector, CrashLoopGuard, RestartBackoff, RestartPolicy, Robot, RobotDefinition,
     RobotMode, RobotName,
@@ -16,11 +17,11 @@ macro_rules! columns {
         "name, description, argv, working_dir, env, agent, max_parallel, stop_grace_seconds, \
          max_duration_seconds, restart_policy, restart_backoff_initial_seconds, \
          restart_backoff_max_seconds, crash_loop_max_starts, crash_loop_window_seconds, \
-         needs_display, created_at, updated_at"
+         needs_display, queues, created_at, updated_at"
     };
 }
 
-/// Binds a definition's fields as `$1` to `$15`, in the order of [`columns!`].
+/// Binds a definition's fields as `$1` to `$16`, in the order of [`columns!`].
 macro_rules! bind_definition {
     ($query:expr, $robot:expr, $encoded:expr) => {
         $query
@@ -39,6 +40,7 @@ macro_rules! bind_definition {
             .bind(i64::from($robot.crash_loop.max_starts))
             .bind(i64::from($robot.crash_loop.window_seconds))
             .bind($robot.needs_display)
+            .bind(&$encoded.queues)
     };
 }
 
@@ -59,6 +61,7 @@ struct RobotRow {
     crash_loop_max_starts: i64,
     crash_loop_window_seconds: i64,
     needs_display: bool,
+    queues: String,
     created_at: i64,
     updated_at: i64,
     mode: String,
@@ -77,7 +80,7 @@ impl Store {
             bind_definition!(
                 sqlx::query(concat!(
                     "INSERT INTO robots (", columns!(), ") VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
                 )),
                 robot,
                 encoded
@@ -112,7 +115,7 @@ impl Store {
                      max_duration_seconds = $9, restart_policy = $10, \
                      restart_backoff_initial_seconds = $11, restart_backoff_max_seconds = $12, \
                      crash_loop_max_starts = $13, crash_loop_window_seconds = $14, \
-                     needs_display = $15, updated_at = $16 \
+                     needs_display = $15, queues = $16, updated_at = $17 \
                      WHERE name = $1",
                 ),
                 robot,
@@ -189,6 +192,7 @@ struct Encoded {
     argv: String,
     env: String,
     agent: String,
+    queues: String,
 }
 
 impl Encoded {
@@ -198,6 +202,14 @@ impl Encoded {
             argv: serde_json::to_string(&robot.argv).map_err(to_json)?,
             env: serde_json::to_string(&robot.env).map_err(to_json)?,
             agent: robot.agent.to_string(),
+            queues: serde_json::to_string(
+                &robot
+                    .queues
+                    .iter()
+                    .map(NamePattern::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(to_json)?,
         })
     }
 }
@@ -213,6 +225,13 @@ impl RobotRow {
         let env: BTreeMap<String, String> =
             serde_json::from_str(&self.env).map_err(|err| corrupt("env", &err))?;
         let agent = AgentSelector::parse(&self.agent).map_err(|err| corrupt("agent", &err))?;
+        let queues: Vec<String> =
+            serde_json::from_str(&self.queues).map_err(|err| corrupt("queues", &err))?;
+        let queues = queues
+            .iter()
+            .map(|pattern| NamePattern::parse(pattern))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| corrupt("queues", &err))?;
         let restart_policy = RestartPolicy::parse(&self.restart_policy)
             .ok_or_else(|| corrupt("restart_policy", &self.restart_policy))?;
         let seconds =
@@ -249,6 +268,7 @@ impl RobotRow {
                 )?,
             },
             needs_display: self.needs_display,
+            queues,
         };
         let mode = RobotMode::parse(&self.mode).ok_or_else(|| corrupt("mode", &self.mode))?;
         Ok(Robot {

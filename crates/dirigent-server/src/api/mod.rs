@@ -9,6 +9,7 @@ mod agents;
 mod audit;
 mod health;
 mod json;
+mod queues;
 mod robots;
 mod runs;
 mod session;
@@ -92,7 +93,24 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(users::logout_user))
         .routes(routes!(users::change_password))
         .routes(routes!(users::list_roles, users::create_role))
-        .routes(routes!(users::delete_role));
+        .routes(routes!(users::delete_role))
+        .routes(routes!(queues::list_queues, queues::create_queue))
+        .routes(routes!(
+            queues::get_queue,
+            queues::replace_queue,
+            queues::delete_queue
+        ))
+        .routes(routes!(queues::list_items, queues::add_items))
+        .routes(routes!(queues::claim_item))
+        .routes(routes!(queues::get_item, queues::delete_item))
+        .routes(routes!(queues::extend_lease))
+        .routes(routes!(queues::complete_item))
+        .routes(routes!(queues::fail_item))
+        .routes(routes!(queues::postpone_item))
+        .routes(routes!(queues::abandon_item))
+        .routes(routes!(queues::requeue_item))
+        .routes(routes!(queues::requeue_items))
+        .routes(routes!(queues::delete_items));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

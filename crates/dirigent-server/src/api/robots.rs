@@ -259,6 +259,7 @@ fn to_domain(name: String, spec: RobotSpec) -> Result<domain::RobotDefinition, I
             window_seconds: guard.window_seconds,
         }),
         needs_display: spec.needs_display,
+        queues: spec.queues,
     }
     .validate()
 }
@@ -290,6 +291,11 @@ fn to_wire(robot: domain::Robot) -> Robot {
             window_seconds: definition.crash_loop.window_seconds,
         },
         needs_display: definition.needs_display,
+        queues: definition
+            .queues
+            .iter()
+            .map(|pattern| pattern.as_str().to_owned())
+            .collect(),
         mode: match robot.mode {
             domain::RobotMode::Auto => RobotMode::Auto,
             domain::RobotMode::Manual => RobotMode::Manual,

@@ -133,13 +133,28 @@ impl FromRequestParts<AppState> for Caller {
                 .await
                 .map_err(|err| ApiError::from_store(err, refused, refused))?;
             AuditActor::name(&parts.extensions, format!("run:{}", run.id));
+            // A run may use the queues its robot is granted.
+            let permissions = match state.store.robot(&run.robot).await {
+                Ok(robot) => robot
+                    .definition
+                    .queues
+                    .into_iter()
+                    .map(|pattern| Permission {
+                        resource: Resource::Queues,
+                        actions: vec![Action::Read, Action::Add, Action::Process],
+                        pattern,
+                    })
+                    .collect(),
+                Err(StoreError::NotFound) => Vec::new(),
+                Err(err) => return Err(err.into()),
+            };
             return Ok(Caller {
                 user_id: None,
                 username: format!("run:{}", run.id),
                 roles: Vec::new(),
                 credential: CredentialKind::RunToken { run_id: run.id },
                 token_digest: digest,
-                permissions: Vec::new(),
+                permissions,
                 token_permissions: None,
             });
         }

@@ -15,6 +15,8 @@ pub const API_TOKEN_PREFIX: &str = "dgt_";
 pub const RUN_TOKEN_PREFIX: &str = "dgr_";
 /// Prefix of agent credentials.
 pub const AGENT_CREDENTIAL_PREFIX: &str = "dga_";
+/// Prefix of the lease tokens of claimed work items.
+pub const LEASE_PREFIX: &str = "dgl_";
 /// Prefix of enrollment tokens.
 pub const ENROLLMENT_PREFIX: &str = "dge_";
 

@@ -709,6 +709,11 @@ impl Fleet {
         self.store.update_run(run, Some(&transition)).await?;
         if ends_here {
             self.store.set_run_token(&run.id, None).await?;
+            // Work items it held go back to their queues now, not when their leases expire.
+            let lost = state == RunState::Lost;
+            self.store
+                .release_run_items(&run.id, lost, transition.at)
+                .await?;
             self.after_end(run).await?;
         }
         let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));

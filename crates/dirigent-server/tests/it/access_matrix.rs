@@ -55,7 +55,7 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     (
         "PUT",
         "/api/v1/robots/finance-invoices",
-        Some(r#"{"argv": ["y"]}"#),
+        Some(r#"{"argv": ["y"], "max_parallel": 100, "queues": ["finance-*"]}"#),
         "Y.Y......",
     ),
     (
@@ -130,6 +130,86 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         None,
         "YYYYYY...",
     ),
+    ("GET", "/api/v1/queues", None, "YYYY..Y.."),
+    (
+        "POST",
+        "/api/v1/queues",
+        Some(r#"{"name": "finance-new-q"}"#),
+        "Y.Y......",
+    ),
+    ("GET", "/api/v1/queues/finance-q", None, "YYYY..Y.."),
+    ("GET", "/api/v1/queues/hr-q", None, "YYYY....."),
+    ("PUT", "/api/v1/queues/finance-q", Some("{}"), "Y.Y......"),
+    ("GET", "/api/v1/queues/finance-q/items", None, "YYYY..Y.."),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items",
+        Some(r#"{"payload": {"n": 1}}"#),
+        "YYY...Y..",
+    ),
+    ("POST", "/api/v1/queues/finance-q/claim", None, "YYY...Y.."),
+    ("POST", "/api/v1/queues/hr-q/claim", None, "YYY......"),
+    (
+        "GET",
+        "/api/v1/queues/finance-q/items/{item}",
+        None,
+        "YYYY..Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/{item}/extend",
+        Some(r#"{"lease_token": "dgl_stale"}"#),
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/{item}/complete",
+        Some(r#"{"lease_token": "dgl_stale"}"#),
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/{item}/fail",
+        Some(r#"{"lease_token": "dgl_stale", "kind": "business"}"#),
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/{item}/postpone",
+        Some(r#"{"lease_token": "dgl_stale", "until": "2030-01-01T00:00:00Z"}"#),
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/{item}/abandon",
+        Some(r#"{"lease_token": "dgl_stale"}"#),
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/{item}/requeue",
+        None,
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/requeue",
+        Some("{}"),
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/delete",
+        Some(r#"{"status": "failed"}"#),
+        "Y.Y......",
+    ),
+    (
+        "DELETE",
+        "/api/v1/queues/finance-q/items/{item}",
+        None,
+        "Y.Y......",
+    ),
+    ("DELETE", "/api/v1/queues/finance-new-q", None, "Y.Y......"),
     ("DELETE", "/api/v1/robots/hr-payroll", None, "Y.Y......"),
     ("POST", "/api/v1/runs/{run}/restart", None, "YYY......"),
     ("POST", "/api/v1/runs/{run}/kill", None, "YYY......"),
@@ -151,10 +231,28 @@ async fn every_operation_by_every_kind_of_credential() {
             Method::POST,
             "/api/v1/robots",
             &admin,
-            json!({"name": name, "argv": ["x"], "max_parallel": 100}),
+            json!({"name": name, "argv": ["x"], "max_parallel": 100, "queues": ["finance-*"]}),
         )
         .await;
     }
+    for queue in ["finance-q", "hr-q"] {
+        let created = send(
+            Method::POST,
+            "/api/v1/queues",
+            &admin,
+            json!({"name": queue}),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    }
+    let added = send(
+        Method::POST,
+        "/api/v1/queues/finance-q/items",
+        &admin,
+        json!([{"payload": {"n": 0}}]),
+    )
+    .await;
+    let item_id = added.body["ids"][0].as_i64().unwrap().to_string();
     let role = json!({"name": "finance-operator", "permissions": [{"resource": "robots", "actions": ["read", "run"], "pattern": "finance-*"}]});
     assert_eq!(
         send(Method::POST, "/api/v1/roles", &admin, role)
@@ -216,7 +314,7 @@ async fn every_operation_by_every_kind_of_credential() {
     let http = reqwest::Client::new();
     let mut wrong = Vec::new();
     for (method, path, body, expect) in MATRIX {
-        let path = path.replace("{run}", &run_id);
+        let path = path.replace("{run}", &run_id).replace("{item}", &item_id);
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         for (idx, who) in WHO.iter().enumerate() {
             let mut request = http.request(method.clone(), format!("{base}{path}"));
@@ -268,7 +366,7 @@ fn the_matrix_covers_every_authenticated_operation() {
 
 /// A concrete path with its names replaced by `{}`, and a route template likewise.
 fn normalize(path: &str) -> String {
-    const NAMES: [&str; 7] = [
+    const NAMES: [&str; 11] = [
         "finance-invoices",
         "hr-payroll",
         "local",
@@ -276,6 +374,10 @@ fn normalize(path: &str) -> String {
         "another",
         "tok_0000000000000000",
         "{run}",
+        "finance-q",
+        "finance-new-q",
+        "hr-q",
+        "{item}",
     ];
     path.split('/')
         .map(|segment| {

@@ -24,6 +24,7 @@ pub(crate) struct TestApp {
     pub(crate) router: Router,
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) store: Store,
+    pub(crate) queues: std::sync::Arc<dirigent_server::queues::Queues>,
     _dir: tempfile::TempDir,
 }
 
@@ -72,9 +73,11 @@ impl TestApp {
             .await
             .unwrap();
         let fleet = dirigent_server::fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
+        let queues = dirigent_server::queues::Queues::start(store.clone(), clock.clone());
         let state = AppState {
             store: store.clone(),
             fleet,
+            queues: queues.clone(),
             login_throttle: Arc::default(),
             clock: clock.clone(),
             config: Arc::new(config),
@@ -83,6 +86,7 @@ impl TestApp {
             router: dirigent_server::app(state),
             clock,
             store,
+            queues,
             _dir: dir,
         }
     }

@@ -64,7 +64,7 @@ CREATE TABLE queue_item_attempts (
     claimed_by TEXT NOT NULL,
     started_at BIGINT NOT NULL,
     ended_at BIGINT,
-    -- successful, failed, retried, postponed, abandoned, lease_expired, run_lost, requeued.
+    -- successful, failed, retried, postponed, abandoned, lease_expired, run_lost, run_ended.
     outcome TEXT,
     error_kind TEXT,
     error_message TEXT,

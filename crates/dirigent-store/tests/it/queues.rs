@@ -294,7 +294,13 @@ store_test!(expired_leases_and_lost_runs_give_items_back, |store| {
     let (again, _) = claim(&store, "q", "b", at(61)).await.unwrap();
     assert_eq!(again, first);
     // Its run is lost: after the last attempt the item is abandoned, at once.
-    assert_eq!(store.release_run_items("run_1", at(62)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .release_run_items("run_1", true, at(62))
+            .await
+            .unwrap(),
+        1
+    );
     let item = store.queue_item("q", first).await.unwrap();
     assert_eq!(item.status, ItemStatus::Abandoned);
     assert_eq!(item.error_message.as_deref(), Some("its run was lost"));

@@ -121,6 +121,9 @@ struct FieldFlags {
     /// Whether the robot needs a graphical session.
     #[arg(long, value_name = "BOOL")]
     needs_display: Option<bool>,
+    /// A queue (or pattern such as `invoices-*`) the robot's runs may use (repeatable).
+    #[arg(long = "queue", value_name = "NAME")]
+    queues: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -296,6 +299,9 @@ impl FieldFlags {
         if self.needs_display.is_some() {
             spec.needs_display = self.needs_display;
         }
+        if !self.queues.is_empty() {
+            spec.queues = Some(self.queues.clone());
+        }
         Ok(())
     }
 }
@@ -399,6 +405,13 @@ fn print_robot(robot: &Robot) {
         (
             "needs display",
             if robot.needs_display { "yes" } else { "no" }.to_owned(),
+        ),
+        (
+            "queues",
+            match robot.queues.is_empty() {
+                true => "(none)".to_owned(),
+                false => robot.queues.join(", "),
+            },
         ),
         ("mode", describe_mode(robot)),
         ("created", robot.created_at.to_string()),
