@@ -3,6 +3,7 @@
 //! Every method maps one route; an error answer of the server becomes
 //! [`ClientError::Api`] carrying the server's stable code and message.
 
+mod queues;
 pub mod tls;
 
 use std::fmt;

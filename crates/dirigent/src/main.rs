@@ -38,6 +38,10 @@ enum Command {
     /// Robot definitions: ls, show, create, update, auto, rm.
     #[command(subcommand)]
     Robot(cli::robot::RobotCommand),
+    /// Work-item queues: ls, show, create, update, rm; items: add, claim, complete, fail,
+    /// extend, postpone, abandon, items, item, requeue, delete.
+    #[command(subcommand)]
+    Queue(cli::queue::QueueCommand),
     /// Users: ls, show, create, update, rm, logout-everywhere, passwd.
     #[command(subcommand)]
     User(cli::user::UserCommand),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::Run(command) => cli::run::run(command).await,
             Command::Robot(command) => cli::robot::run(command).await,
             Command::Token(command) => cli::token::run(command).await,
+            Command::Queue(command) => cli::queue::run(command).await,
             Command::Audit(args) => cli::audit::run(args).await,
             Command::User(command) => cli::user::run_user(command).await,
             Command::Role(command) => cli::user::run_role(command).await,

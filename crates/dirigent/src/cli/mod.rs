@@ -5,6 +5,7 @@
 //! 5 conflict (exists already), 6 invalid input, 7 server unreachable.
 
 pub(crate) mod audit;
+pub(crate) mod queue;
 pub(crate) mod robot;
 pub(crate) mod run;
 pub(crate) mod session;
@@ -24,7 +25,8 @@ pub(crate) struct ClientArgs {
     /// Server URL [default: the one logged in to, else http://127.0.0.1:8420].
     #[arg(long, env = "DIRIGENT_URL", global = true)]
     url: Option<String>,
-    /// A session or API token [default: the one kept by `dirigent login`].
+    /// A session or API token [default: a robot's DIRIGENT_RUN_TOKEN, else the one kept by
+    /// `dirigent login`].
     #[arg(long, env = "DIRIGENT_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// A PEM file of CA certificates to trust besides the system's, for an `https` server
@@ -53,9 +55,12 @@ impl ClientArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let url = self.url();
         let kept = session::Kept::load()?.filter(|kept| kept.url == url);
+        // Inside a robot, its run token.
+        let run_token = std::env::var("DIRIGENT_RUN_TOKEN").ok();
         let token = self
             .token
             .clone()
+            .or(run_token)
             .or_else(|| kept.as_ref().map(|kept| kept.token.clone()));
         let ca_file = self
             .ca_file
@@ -85,6 +90,9 @@ pub(crate) fn trust(ca_file: Option<PathBuf>) -> Trust {
 
 /// The exit code for an error: see the module documentation.
 pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.is::<queue::NothingReady>() {
+        return 4;
+    }
     match err.downcast_ref::<ClientError>() {
         Some(ClientError::Api { status, .. }) => match status.as_u16() {
             401 | 403 => 3,

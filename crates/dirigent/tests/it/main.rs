@@ -14,6 +14,7 @@
 
 mod cli;
 mod lifecycle;
+mod queues;
 mod serve;
 mod support;
 mod tidy;

@@ -1,0 +1,249 @@
+//! Work-item queues end to end: a Python robot using the SDK, a shell robot using the CLI,
+//! and acknowledged items surviving `kill -9` of the server.
+
+use serde_json::Value;
+
+use crate::support::{ServerProcess, ok, run};
+
+const PASSWORD: &str = "queues-password-1";
+
+fn server() -> ServerProcess {
+    let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
+    server.login(PASSWORD);
+    server
+}
+
+fn json(server: &ServerProcess, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
+}
+
+/// Starts a run of `robot` and waits for it to succeed; answers its id.
+fn run_to_success(server: &ServerProcess, robot: &str) -> String {
+    let started = json(server, &["run", "start", robot]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let ended = json(
+        server,
+        &[
+            "run",
+            "wait",
+            &id,
+            "--state",
+            "succeeded",
+            "--timeout",
+            "60",
+        ],
+    );
+    let logs = ok(run(server.cli(&["run", "logs", &id])));
+    assert_eq!(ended["state"], "succeeded", "{ended}\n{logs}");
+    id
+}
+
+#[test]
+fn a_python_robot_processes_a_queue_with_the_sdk() {
+    let server = server();
+    ok(run(server.cli(&["queue", "create", "invoices"])));
+    let items: Vec<Value> = (0..20)
+        .map(|n| serde_json::json!({"payload": {"n": n}, "reference": format!("inv-{n}")}))
+        .collect();
+    let file = server.dir.path().join("items.json");
+    std::fs::write(&file, serde_json::to_string(&items).unwrap()).unwrap();
+    ok(run(server.cli(&[
+        "queue",
+        "add",
+        "invoices",
+        "--file",
+        file.to_str().unwrap(),
+    ])));
+
+    let script = r#"
+from dirigent import queue
+for item in queue("invoices"):
+    n = item.payload["n"]
+    if n % 2:
+        item.complete({"double": 2 * n})
+    else:
+        item.fail("business", "even numbers are refused")
+print("done", flush=True)
+"#;
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/python");
+    ok(run(server.cli(&[
+        "robot",
+        "create",
+        "bookkeeper",
+        "--queue",
+        "invoices",
+        "--env",
+        &format!("PYTHONPATH={sdk}"),
+        "--",
+        "python3",
+        "-u",
+        "-c",
+        script,
+    ])));
+    let run_id = run_to_success(&server, "bookkeeper");
+
+    let queue = json(&server, &["queue", "show", "invoices"]);
+    assert_eq!(queue["stats"]["counts"]["successful"], 10, "{queue}");
+    assert_eq!(queue["stats"]["counts"]["failed"], 10, "{queue}");
+    let done = json(&server, &["queue", "items", "invoices", "--field", "n=7"]);
+    assert_eq!(done[0]["output"]["double"], 14);
+    assert_eq!(done[0]["run_id"], run_id.as_str());
+    assert_eq!(done[0]["claimed_by"], format!("run:{run_id}"));
+}
+
+#[test]
+fn a_robot_without_the_grant_is_refused_and_its_item_comes_back_when_it_ends() {
+    let server = server();
+    ok(run(server.cli(&["queue", "create", "orders"])));
+    ok(run(server.cli(&[
+        "queue",
+        "add",
+        "orders",
+        "--payload",
+        "42",
+    ])));
+    // A shell robot claims with the CLI and exits without answering the item.
+    let cli = crate::support::BIN;
+    let claim = format!("{cli} queue claim orders --json && {cli} queue claim payroll 2>&1");
+    ok(run(server.cli(&[
+        "robot", "create", "taker", "--queue", "orders", "--", "sh", "-c", &claim,
+    ])));
+    let started = json(&server, &["run", "start", "taker"]);
+    let id = started["id"].as_str().unwrap();
+    let ended = json(
+        &server,
+        &["run", "wait", id, "--state", "failed", "--timeout", "60"],
+    );
+    assert_eq!(ended["state"], "failed", "{ended}");
+    let logs = ok(run(server.cli(&["run", "logs", id])));
+    assert!(logs.contains("\"lease_token\""), "{logs}");
+    assert!(
+        logs.contains("may not process queues named \"payroll\""),
+        "{logs}"
+    );
+
+    // The run ended holding the item: it is back at once, its attempt recorded.
+    let items = json(&server, &["queue", "items", "orders"]);
+    assert_eq!(items[0]["status"], "new", "{items}");
+    let item = json(
+        &server,
+        &["queue", "item", "orders", &items[0]["id"].to_string()],
+    );
+    assert_eq!(item["history"][0]["outcome"], "run_ended", "{item}");
+}
+
+/// What the load saw acknowledged before the server died.
+#[derive(Default)]
+struct Acknowledged {
+    added: Vec<i64>,
+    completed: Vec<i64>,
+}
+
+#[test]
+fn acknowledged_adds_and_completions_survive_kill_9() {
+    use std::sync::{Arc, Mutex, mpsc};
+
+    use dirigent_client::Client;
+    use dirigent_proto::queue::{AddItems, CompleteRequest, NewItem};
+
+    let server = server();
+    ok(run(server.cli(&["queue", "create", "durable"])));
+    let token = ok(run(server.cli(&["token", "create", "load"])))
+        .trim()
+        .to_owned();
+    let client = Client::new(&server.url, Some(token.clone())).unwrap();
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let (progress, progressed) = mpsc::channel::<()>();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for producer in 0..4 {
+        let (client, acked, progress) = (client.clone(), acked.clone(), progress.clone());
+        runtime.spawn(async move {
+            for batch in 0.. {
+                let items = (0..5)
+                    .map(|n| NewItem {
+                        payload: serde_json::value::to_raw_value(&(producer, batch, n)).unwrap(),
+                        reference: None,
+                        priority: None,
+                        deadline: None,
+                        postpone_until: None,
+                    })
+                    .collect();
+                let Ok(added) = client.add_items("durable", &AddItems::Many(items)).await else {
+                    return;
+                };
+                acked.lock().unwrap().added.extend(added.ids);
+                let _ = progress.send(());
+            }
+        });
+    }
+    for _ in 0..2 {
+        let (client, acked, progress) = (client.clone(), acked.clone(), progress.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok(claim) = client.claim("durable").await else {
+                    return;
+                };
+                let Some(claim) = claim else { continue };
+                let request = CompleteRequest {
+                    lease_token: claim.lease_token,
+                    output: None,
+                };
+                if client
+                    .complete_item("durable", claim.item.id, &request)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                acked.lock().unwrap().completed.push(claim.item.id);
+                let _ = progress.send(());
+            }
+        });
+    }
+    // Kill the server in the middle of the load.
+    loop {
+        progressed.recv().unwrap();
+        let acked = acked.lock().unwrap();
+        if 500 <= acked.added.len() && 50 <= acked.completed.len() {
+            break;
+        }
+    }
+    let listen = server.addr();
+    let config = server.config_dir();
+    let dir = server.kill9();
+    runtime.shutdown_background();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+
+    let restarted =
+        ServerProcess::start_in(dir, &listen, &[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
+    assert_eq!(restarted.config_dir(), config);
+    let check = tokio::runtime::Runtime::new().unwrap();
+    check.block_on(async {
+        let client = Client::new(&restarted.url, Some(token)).unwrap();
+        let mut stored = std::collections::BTreeMap::new();
+        let mut after: Option<i64> = None;
+        loop {
+            let mut query = vec![("limit", "1000".to_owned())];
+            if let Some(after) = after {
+                query.push(("after", after.to_string()));
+            }
+            let page = client.items("durable", &query).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            stored.extend(page.into_iter().map(|item| (item.id, item)));
+        }
+        for id in &acked.added {
+            assert!(stored.contains_key(id), "acknowledged item {id} was lost");
+        }
+        for id in &acked.completed {
+            assert_eq!(stored[id].status, "successful", "item {id}");
+        }
+        // Each completion acknowledged once was the item's only attempt: it was never handed
+        // out again, and a successful item never is.
+        for id in &acked.completed {
+            assert_eq!(stored[id].attempts, 1, "item {id} processed twice");
+        }
+    });
+}
