@@ -603,11 +603,10 @@ impl Store {
                         .await?;
                         let item = ItemRecord::try_from(row)?;
                         sqlx::query(
-                            "UPDATE queue_item_attempts SET ended_at = $3, outcome = $4, error_kind = $5, \
-                             error_message = $6 WHERE item_id = $1 AND attempt = $2",
+                            "UPDATE queue_item_attempts SET ended_at = $2, outcome = $3, error_kind = $4, \
+                             error_message = $5 WHERE item_id = $1 AND ended_at IS NULL",
                         )
                         .bind(item.id)
-                        .bind(i64::from(item.attempts))
                         .bind(at)
                         .bind(ending.outcome)
                         .bind(kind)
@@ -884,7 +883,7 @@ impl Store {
         let rows: Vec<Row> = dispatch!(self, reader, pool => {
             sqlx::query_as(
                 "SELECT attempt, run_id, claimed_by, started_at, ended_at, outcome, error_kind, \
-                 error_message FROM queue_item_attempts WHERE item_id = $1 ORDER BY attempt",
+                 error_message FROM queue_item_attempts WHERE item_id = $1 ORDER BY id",
             )
             .bind(item)
             .fetch_all(pool)
@@ -1094,8 +1093,8 @@ impl Store {
                     _ => "its lease expired",
                 };
                 sqlx::query(
-                    "UPDATE queue_items SET status = $2, available_at = $3, lease_digest = NULL, \
-                     lease_expires_at = NULL, finished_at = $4, updated_at = $3, \
+                    "UPDATE queue_items SET status = $2, available_at = COALESCE($6, available_at), \
+                     lease_digest = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $3, \
                      error_kind = CASE WHEN $4 IS NULL THEN error_kind ELSE 'application' END, \
                      error_message = CASE WHEN $4 IS NULL THEN error_message ELSE $5 END \
                      WHERE id = $1 AND status = 'in_progress'",
@@ -1105,14 +1104,14 @@ impl Store {
                 .bind(at)
                 .bind(finished)
                 .bind(message)
+                .bind(finished.is_none().then_some(at))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
-                    "UPDATE queue_item_attempts SET ended_at = $3, outcome = $4 \
-                     WHERE item_id = $1 AND attempt = $2",
+                    "UPDATE queue_item_attempts SET ended_at = $2, outcome = $3 \
+                     WHERE item_id = $1 AND ended_at IS NULL",
                 )
                 .bind(id)
-                .bind(i64::from(attempts))
                 .bind(at)
                 .bind(outcome)
                 .execute(&mut *tx)

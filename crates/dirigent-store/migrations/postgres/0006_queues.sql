@@ -57,7 +57,9 @@ CREATE INDEX queue_items_finished ON queue_items (queue_id, finished_at);
 CREATE UNIQUE INDEX queue_items_unique_reference ON queue_items (queue_id, reference)
     WHERE unique_reference = TRUE AND status <> 'deleted';
 
+-- One row per claim; the open one has no end yet. A requeued item counts its attempts anew.
 CREATE TABLE queue_item_attempts (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     item_id BIGINT NOT NULL REFERENCES queue_items (id) ON DELETE CASCADE,
     attempt BIGINT NOT NULL,
     run_id TEXT,
@@ -67,6 +69,6 @@ CREATE TABLE queue_item_attempts (
     -- successful, failed, retried, postponed, abandoned, lease_expired, run_lost, run_ended.
     outcome TEXT,
     error_kind TEXT,
-    error_message TEXT,
-    PRIMARY KEY (item_id, attempt)
+    error_message TEXT
 );
+CREATE INDEX queue_item_attempts_item ON queue_item_attempts (item_id, ended_at);

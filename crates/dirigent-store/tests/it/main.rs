@@ -13,5 +13,6 @@
 mod accounts;
 mod agents_and_runs;
 mod backends;
+mod queue_model;
 mod queues;
 mod robots;
