@@ -22,10 +22,14 @@ fn settings() -> QueueSettings {
     }
 }
 
+/// An item to add: its priority, and in seconds from now its deadline and postponement; its
+/// reference, one of a few.
+type Draft = (Priority, Option<u8>, Option<u8>, Option<u8>);
+
 /// An operation as generated: items and leases are picked by index among those that exist.
 #[derive(Debug, Clone)]
 enum Step {
-    Add(Vec<(Priority, Option<u8>, Option<u8>, Option<u8>)>),
+    Add(Vec<Draft>),
     Claim,
     Complete(usize),
     Fail(usize, bool),
