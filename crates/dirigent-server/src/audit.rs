@@ -1,7 +1,8 @@
 //! The audit trail: a middleware records every state-changing request and every denial —
 //! who, what, on which target, when, from which address, and the outcome — in the store's
 //! append-only audit log. The extractors that identify a caller name the actor through the
-//! [`AuditActor`] slot the middleware puts in each request.
+//! [`AuditActor`] slot the middleware puts in each request. Records are written in batches
+//! (group commit) before the response leaves.
 
 use std::{
     net::SocketAddr,
@@ -14,9 +15,9 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use dirigent_store::AuditRecord;
+use dirigent_store::{AuditRecord, Store, StoreError};
 
-use crate::AppState;
+use crate::{AppState, batch::Batcher};
 
 /// Who the request acts for, once an extractor knows; `anonymous` until then.
 #[derive(Debug, Clone, Default)]
@@ -92,8 +93,25 @@ pub(crate) async fn record(
         outcome: outcome.to_owned(),
         status: status.as_u16(),
     };
-    if let Err(err) = state.store.insert_audit(&record).await {
-        tracing::error!(%err, action = record.action, "could not write the audit record");
+    let action = record.action.clone();
+    match state.audit_log.submit(record).await {
+        Some(Ok(())) => {}
+        Some(Err(err)) => tracing::error!(%err, action, "could not write the audit record"),
+        None => tracing::error!(action, "the audit log is closed"),
     }
     response
+}
+
+/// Records written in batches, so that many concurrent requests share one transaction.
+pub type AuditLog = Batcher<AuditRecord, Result<(), Arc<StoreError>>>;
+
+/// Starts the audit log's writer.
+pub fn start_log(store: Store) -> Arc<AuditLog> {
+    Arc::new(Batcher::spawn(1, 1024, move |records: Vec<AuditRecord>| {
+        let store = store.clone();
+        async move {
+            let written = store.insert_audit(&records).await.map_err(Arc::new);
+            records.iter().map(|_| written.clone()).collect()
+        }
+    }))
 }

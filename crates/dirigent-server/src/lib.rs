@@ -12,6 +12,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub store: Store,
     pub fleet: Arc<fleet::Fleet>,
     pub queues: Arc<queues::Queues>,
+    pub audit_log: Arc<audit::AuditLog>,
+    pub credentials: Arc<auth::cache::CredentialCache>,
     pub login_throttle: Arc<auth::throttle::LoginThrottle>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ServerConfig>,
@@ -97,6 +100,7 @@ pub async fn start(
         auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await?;
 
     let fleet = fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
+    let credentials = auth::cache::CredentialCache::following_runs(&fleet);
     fleet
         .recover()
         .await
@@ -107,6 +111,8 @@ pub async fn start(
         store: store.clone(),
         fleet,
         queues: queues::Queues::start(store.clone(), clock.clone()),
+        audit_log: audit::start_log(store.clone()),
+        credentials,
         login_throttle: Arc::default(),
         clock,
         config: Arc::new(config),

@@ -15,129 +15,87 @@ use std::{
 
 use dirigent_store::{BackendKind, QueueAnswer, QueueOp, QueueOpError, Store};
 use jiff::Timestamp;
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
-use crate::{Clock, error::ApiError};
+use crate::{Clock, batch::Batcher, error::ApiError};
 
 /// Operations one transaction takes at most.
 const MAX_BATCH: usize = 512;
-/// Operations waiting for a transaction at most; senders wait beyond.
-const BACKLOG: usize = 8192;
 
 type Reply = Result<Result<QueueAnswer, QueueOpError>, ApiError>;
 
-struct Pending {
-    op: QueueOp,
-    reply: oneshot::Sender<Reply>,
-}
-
 /// The handle request handlers submit operations through.
 pub struct Queues {
-    submit: mpsc::Sender<Pending>,
+    batcher: Batcher<QueueOp, Reply>,
     store: Store,
     clock: Arc<dyn Clock>,
-    /// The lease expiry the reaper sleeps until (milliseconds; `i64::MAX` when none).
-    reaper_target: Arc<AtomicI64>,
-    reaper_wake: Arc<Notify>,
 }
 
 impl Queues {
     /// Starts the batch writers (one on SQLite, whose writes are serial anyway; several on
     /// PostgreSQL) and the lease reaper.
     pub fn start(store: Store, clock: Arc<dyn Clock>) -> Arc<Queues> {
-        let (submit, pending) = mpsc::channel(BACKLOG);
-        let pending = Arc::new(Mutex::new(pending));
-        let queues = Arc::new(Queues {
-            submit,
-            store: store.clone(),
-            clock: clock.clone(),
-            reaper_target: Arc::new(AtomicI64::new(i64::MAX)),
-            reaper_wake: Arc::new(Notify::new()),
-        });
+        // The lease expiry the reaper sleeps until (milliseconds; `i64::MAX` when none).
+        let reaper_target = Arc::new(AtomicI64::new(i64::MAX));
+        let reaper_wake = Arc::new(Notify::new());
         let writers = match store.backend_kind() {
             BackendKind::Sqlite => 1,
             BackendKind::Postgres => 4,
         };
-        for _ in 0..writers {
-            tokio::spawn(write_batches(
-                pending.clone(),
-                store.clone(),
-                clock.clone(),
-                queues.reaper_target.clone(),
-                queues.reaper_wake.clone(),
-            ));
-        }
+        let batcher = {
+            let (store, clock) = (store.clone(), clock.clone());
+            let (target, wake) = (reaper_target.clone(), reaper_wake.clone());
+            Batcher::spawn(writers, MAX_BATCH, move |ops: Vec<QueueOp>| {
+                let (store, clock) = (store.clone(), clock.clone());
+                let (target, wake) = (target.clone(), wake.clone());
+                async move {
+                    let answers = match store.apply_queue_ops(&ops, clock.now()).await {
+                        Ok(answers) => answers,
+                        Err(err) => {
+                            let err = ApiError::from(err);
+                            return ops.iter().map(|_| Err(err.clone())).collect();
+                        }
+                    };
+                    let earliest_lease = answers
+                        .iter()
+                        .filter_map(|answer| match answer {
+                            Ok(QueueAnswer::Claimed(Some(item))) => item.lease_expires_at,
+                            _ => None,
+                        })
+                        .min();
+                    if let Some(expiry) = earliest_lease
+                        && expiry.as_millisecond() < target.load(Ordering::Relaxed)
+                    {
+                        wake.notify_one();
+                    }
+                    answers.into_iter().map(Ok).collect()
+                }
+            })
+        };
+        let queues = Arc::new(Queues {
+            batcher,
+            store,
+            clock,
+        });
         tokio::spawn(reap_leases(
             Arc::downgrade(&queues),
-            queues.reaper_target.clone(),
-            queues.reaper_wake.clone(),
+            reaper_target,
+            reaper_wake,
         ));
         queues
     }
 
     /// Applies `op` in the next batch; answers once it is durable.
     pub async fn apply(&self, op: QueueOp) -> Reply {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || ApiError::internal("the queue service stopped");
-        self.submit
-            .send(Pending { op, reply })
+        self.batcher
+            .submit(op)
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .unwrap_or_else(|| Err(ApiError::internal("the queue service stopped")))
     }
 
     /// Returns the items whose leases expired by now to their queues; answers how many.
     pub async fn reap_expired(&self) -> Result<u64, ApiError> {
         Ok(self.store.expire_leases(self.clock.now()).await?)
-    }
-}
-
-/// Takes whatever operations are waiting, up to a batch, applies them in one transaction and
-/// answers each.
-async fn write_batches(
-    pending: Arc<Mutex<mpsc::Receiver<Pending>>>,
-    store: Store,
-    clock: Arc<dyn Clock>,
-    reaper_target: Arc<AtomicI64>,
-    reaper_wake: Arc<Notify>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        {
-            let mut pending = pending.lock().await;
-            if pending.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
-            }
-        }
-        let (ops, replies): (Vec<QueueOp>, Vec<oneshot::Sender<Reply>>) = batch
-            .drain(..)
-            .map(|pending| (pending.op, pending.reply))
-            .unzip();
-        match store.apply_queue_ops(&ops, clock.now()).await {
-            Ok(answers) => {
-                let earliest_lease = answers
-                    .iter()
-                    .filter_map(|answer| match answer {
-                        Ok(QueueAnswer::Claimed(Some(item))) => item.lease_expires_at,
-                        _ => None,
-                    })
-                    .min();
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
-                if let Some(expiry) = earliest_lease
-                    && expiry.as_millisecond() < reaper_target.load(Ordering::Relaxed)
-                {
-                    reaper_wake.notify_one();
-                }
-            }
-            Err(err) => {
-                let err = ApiError::from(err);
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
-            }
-        }
     }
 }
 

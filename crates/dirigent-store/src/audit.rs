@@ -49,23 +49,30 @@ struct AuditRow {
 }
 
 impl Store {
-    pub async fn insert_audit(&self, record: &AuditRecord) -> StoreResult<()> {
+    /// Appends records in one transaction.
+    pub async fn insert_audit(&self, records: &[AuditRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         dispatch!(self, writer, pool => {
-            sqlx::query(
-                "INSERT INTO audit_log (at, actor, action, target, address, outcome, status) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(to_millis(record.at))
-            .bind(&record.actor)
-            .bind(&record.action)
-            .bind(&record.target)
-            .bind(&record.address)
-            .bind(&record.outcome)
-            .bind(i64::from(record.status))
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })?;
+            let mut tx = pool.begin().await?;
+            for chunk in records.chunks(1000) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO audit_log (at, actor, action, target, address, outcome, status) ",
+                );
+                insert.push_values(chunk, |mut row, record| {
+                    row.push_bind(to_millis(record.at))
+                        .push_bind(record.actor.clone())
+                        .push_bind(record.action.clone())
+                        .push_bind(record.target.clone())
+                        .push_bind(record.address.clone())
+                        .push_bind(record.outcome.clone())
+                        .push_bind(i64::from(record.status));
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 

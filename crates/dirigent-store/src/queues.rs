@@ -468,13 +468,15 @@ impl Store {
             if 0 < held {
                 return Err(StoreError::Conflict);
             }
-            let done = sqlx::query("DELETE FROM queues WHERE name = $1")
+            let id: Option<i64> = sqlx::query_scalar("DELETE FROM queues WHERE name = $1 RETURNING id")
                 .bind(name)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if done == 0 {
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(id) = id else {
                 return Err(StoreError::NotFound);
+            };
+            for figures in ["DELETE FROM queue_counts WHERE queue_id = $1", "DELETE FROM queue_minutes WHERE queue_id = $1"] {
+                sqlx::query(figures).bind(id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
@@ -547,7 +549,7 @@ impl Store {
                         }
                     }};
                 }
-                // The item held under `$digest`, or why not.
+                // `Ok` if the item is held under `$digest`, or why not.
                 macro_rules! held_item {
                     ($item:expr, $digest:expr) => {{
                         let row: Option<(String, Option<String>, Option<i64>)> = sqlx::query_as(
@@ -576,19 +578,23 @@ impl Store {
                     }};
                 }
                 // Ends the attempt of a held item: the item to `$ending.status`.
+                // Ends the attempt of the item held under `$digest`: the item to
+                // `$ending.status` (a trigger closes its attempt row). Answers the item, or why
+                // it is not held.
                 macro_rules! end_attempt {
-                    ($item:expr, $ending:expr) => {{
+                    ($item:expr, $digest:expr, $ending:expr) => {{
                         let ending: Ending<'_> = $ending;
                         let finished = ending.status.is_finished().then_some(at);
                         let (kind, message) = match ending.error {
                             Some((kind, message)) => (Some(kind), Some(message)),
                             None => (None, None),
                         };
-                        let row: ItemRow = sqlx::query_as(concat!(
+                        let row: Option<ItemRow> = sqlx::query_as(concat!(
                             "UPDATE queue_items SET status = $3, available_at = COALESCE($4, available_at), \
                              output = COALESCE($5, output), error_kind = $6, error_message = $7, \
-                             lease_digest = NULL, lease_expires_at = NULL, finished_at = $8, updated_at = $9 \
-                             WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                             lease_digest = NULL, lease_expires_at = NULL, finished_at = $8, updated_at = $9, \
+                             last_outcome = $10 WHERE id = $1 AND queue_id = $2 AND status = 'in_progress' \
+                             AND lease_digest = $11 AND lease_expires_at > $9 RETURNING ", item_columns!()
                         ))
                         .bind($item)
                         .bind(queue.id)
@@ -599,21 +605,14 @@ impl Store {
                         .bind(message)
                         .bind(finished)
                         .bind(at)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        let item = ItemRecord::try_from(row)?;
-                        sqlx::query(
-                            "UPDATE queue_item_attempts SET ended_at = $2, outcome = $3, error_kind = $4, \
-                             error_message = $5 WHERE item_id = $1 AND ended_at IS NULL",
-                        )
-                        .bind(item.id)
-                        .bind(at)
                         .bind(ending.outcome)
-                        .bind(kind)
-                        .bind(message)
-                        .execute(&mut *tx)
+                        .bind($digest)
+                        .fetch_optional(&mut *tx)
                         .await?;
-                        item
+                        match row {
+                            Some(row) => Ok(QueueAnswer::Item(ItemRecord::try_from(row)?)),
+                            None => held_item!($item, $digest).and(Err(QueueOpError::StaleLease)),
+                        }
                     }};
                 }
 
@@ -679,6 +678,14 @@ impl Store {
                                     chunk_ids.sort_unstable();
                                     ids.extend(chunk_ids);
                                 }
+                                sqlx::query(
+                                    "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
+                                     ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + excluded.count",
+                                )
+                                .bind(queue.id)
+                                .bind(i64::try_from(items.len()).unwrap_or(i64::MAX))
+                                .execute(&mut *tx)
+                                .await?;
                                 Ok(QueueAnswer::Added(ids))
                             }
                         }
@@ -695,90 +702,69 @@ impl Store {
                             .await?;
                         match row {
                             None => Ok(QueueAnswer::Claimed(None)),
-                            Some(row) => {
-                                let item = ItemRecord::try_from(row)?;
-                                sqlx::query(
-                                    "INSERT INTO queue_item_attempts (item_id, attempt, run_id, claimed_by, started_at) \
-                                     VALUES ($1, $2, $3, $4, $5)",
-                                )
-                                .bind(item.id)
-                                .bind(i64::from(item.attempts))
-                                .bind(&claimer.run_id)
-                                .bind(&claimer.name)
-                                .bind(at)
-                                .execute(&mut *tx)
-                                .await?;
-                                Ok(QueueAnswer::Claimed(Some(item)))
-                            }
+                            Some(row) => Ok(QueueAnswer::Claimed(Some(ItemRecord::try_from(row)?))),
                         }
                     }
-                    QueueOp::Extend { item, lease_digest, .. } => match held_item!(*item, lease_digest) {
-                        Err(err) => Err(err),
-                        Ok(()) => {
-                            let row: ItemRow = sqlx::query_as(concat!(
-                                "UPDATE queue_items SET lease_expires_at = $3, updated_at = $4 \
-                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
-                            ))
-                            .bind(*item)
-                            .bind(queue.id)
-                            .bind(to_millis(settings.lease_until(now)))
-                            .bind(at)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                            Ok(QueueAnswer::Item(row.try_into()?))
+                    QueueOp::Extend { item, lease_digest, .. } => {
+                        let row: Option<ItemRow> = sqlx::query_as(concat!(
+                            "UPDATE queue_items SET lease_expires_at = $3, updated_at = $4 \
+                             WHERE id = $1 AND queue_id = $2 AND status = 'in_progress' \
+                             AND lease_digest = $5 AND lease_expires_at > $4 RETURNING ", item_columns!()
+                        ))
+                        .bind(*item)
+                        .bind(queue.id)
+                        .bind(to_millis(settings.lease_until(now)))
+                        .bind(at)
+                        .bind(lease_digest)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match row {
+                            Some(row) => Ok(QueueAnswer::Item(row.try_into()?)),
+                            None => held_item!(*item, lease_digest).and(Err(QueueOpError::StaleLease)),
                         }
-                    },
-                    QueueOp::Complete { item, lease_digest, output, .. } => match held_item!(*item, lease_digest) {
-                        Err(err) => Err(err),
-                        Ok(()) => Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
-                            status: ItemStatus::Successful,
-                            available_at: None,
-                            output: output.as_deref(),
-                            error: None,
-                            outcome: "successful",
-                        }))),
-                    },
-                    QueueOp::Fail { item, lease_digest, kind, message, .. } => match held_item!(*item, lease_digest) {
-                        Err(err) => Err(err),
-                        Ok(()) => {
-                            let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM queue_items WHERE id = $1")
-                                .bind(*item)
-                                .fetch_one(&mut *tx)
-                                .await?;
-                            let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
-                            let (status, available_at, outcome) = match after_failure(settings, *kind, attempts, now) {
-                                AfterAttempt::Retry { at } => (ItemStatus::New, Some(at), "retried"),
-                                AfterAttempt::Final(status) => (status, None, "failed"),
-                            };
-                            Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
-                                status,
-                                available_at,
-                                output: None,
-                                error: Some((kind.as_str(), message.as_str())),
-                                outcome,
-                            })))
-                        }
-                    },
-                    QueueOp::Abandon { item, lease_digest, message, .. } => match held_item!(*item, lease_digest) {
-                        Err(err) => Err(err),
-                        Ok(()) => Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
-                            status: ItemStatus::Abandoned,
-                            available_at: None,
+                    }
+                    QueueOp::Complete { item, lease_digest, output, .. } => end_attempt!(*item, lease_digest, Ending {
+                        status: ItemStatus::Successful,
+                        available_at: None,
+                        output: output.as_deref(),
+                        error: None,
+                        outcome: "successful",
+                    }),
+                    QueueOp::Fail { item, lease_digest, kind, message, .. } => {
+                        let attempts: Option<i64> = sqlx::query_scalar(
+                            "SELECT attempts FROM queue_items WHERE id = $1 AND queue_id = $2",
+                        )
+                        .bind(*item)
+                        .bind(queue.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let attempts = attempts.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+                        let (status, available_at, outcome) = match after_failure(settings, *kind, attempts, now) {
+                            AfterAttempt::Retry { at } => (ItemStatus::New, Some(at), "retried"),
+                            AfterAttempt::Final(status) => (status, None, "failed"),
+                        };
+                        end_attempt!(*item, lease_digest, Ending {
+                            status,
+                            available_at,
                             output: None,
-                            error: message.as_deref().map(|message| ("abandoned", message)),
-                            outcome: "abandoned",
-                        }))),
-                    },
-                    QueueOp::Postpone { item, lease_digest: Some(lease_digest), until, .. } => match held_item!(*item, lease_digest) {
-                        Err(err) => Err(err),
-                        Ok(()) => Ok(QueueAnswer::Item(end_attempt!(*item, Ending {
-                            status: ItemStatus::New,
-                            available_at: Some(*until),
-                            output: None,
-                            error: None,
-                            outcome: "postponed",
-                        }))),
-                    },
+                            error: Some((kind.as_str(), message.as_str())),
+                            outcome,
+                        })
+                    }
+                    QueueOp::Abandon { item, lease_digest, message, .. } => end_attempt!(*item, lease_digest, Ending {
+                        status: ItemStatus::Abandoned,
+                        available_at: None,
+                        output: None,
+                        error: message.as_deref().map(|message| ("abandoned", message)),
+                        outcome: "abandoned",
+                    }),
+                    QueueOp::Postpone { item, lease_digest: Some(lease_digest), until, .. } => end_attempt!(*item, lease_digest, Ending {
+                        status: ItemStatus::New,
+                        available_at: Some(*until),
+                        output: None,
+                        error: None,
+                        outcome: "postponed",
+                    }),
                     QueueOp::Postpone { item, lease_digest: None, until, .. } => match fetch_item!(*item) {
                         None => Err(QueueOpError::ItemNotFound),
                         Some(found) if found.status != ItemStatus::New => Err(QueueOpError::WrongStatus(found.status)),
@@ -978,33 +964,33 @@ impl Store {
         Ok(done)
     }
 
-    /// Counts per status, throughput, processing time and the oldest waiting item.
+    /// Counts per status, throughput over the last hour, mean processing time over the last
+    /// day (from per-minute figures), and the oldest waiting item.
     pub async fn queue_stats(&self, queue_id: i64, now: Timestamp) -> StoreResult<QueueStats> {
-        let hour_ago = to_millis(now) - 3_600_000;
-        let day_ago = to_millis(now) - 86_400_000;
-        type Figures = (Vec<(String, i64)>, (i64, Option<f64>), Option<i64>);
+        let this_minute = to_millis(now) / 60_000;
+        type Figures = (Vec<(String, i64)>, (i64, i64, i64), Option<i64>);
         let (counts, recent, oldest): Figures = dispatch!(self, reader, pool => {
-            let counts = sqlx::query_as(
-                "SELECT status, COUNT(*) FROM queue_items WHERE queue_id = $1 GROUP BY status",
-            )
-            .bind(queue_id)
-            .fetch_all(pool)
-            .await?;
+            let counts = sqlx::query_as("SELECT status, count FROM queue_counts WHERE queue_id = $1")
+                .bind(queue_id)
+                .fetch_all(pool)
+                .await?;
             let recent = sqlx::query_as(
-                "SELECT COALESCE(SUM(CASE WHEN finished_at >= $2 THEN 1 ELSE 0 END), 0), \
-                 AVG(CAST(finished_at - started_at AS DOUBLE PRECISION)) FROM queue_items \
-                 WHERE queue_id = $1 AND finished_at >= $3 AND status = 'successful'",
+                "SELECT CAST(COALESCE(SUM(CASE WHEN minute > $2 THEN successful ELSE 0 END), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(successful), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(processing_ms), 0) AS BIGINT) \
+                 FROM queue_minutes WHERE queue_id = $1 AND minute > $3",
             )
             .bind(queue_id)
-            .bind(hour_ago)
-            .bind(day_ago)
+            .bind(this_minute - 60)
+            .bind(this_minute - 1440)
             .fetch_one(pool)
             .await?;
             let oldest = sqlx::query_scalar(
-                "SELECT MIN(created_at) FROM queue_items WHERE queue_id = $1 AND status = 'new'",
+                "SELECT created_at FROM queue_items WHERE queue_id = $1 AND status = 'new' \
+                 ORDER BY id LIMIT 1",
             )
             .bind(queue_id)
-            .fetch_one(pool)
+            .fetch_optional(pool)
             .await?;
             (counts, recent, oldest)
         });
@@ -1021,10 +1007,8 @@ impl Store {
         Ok(QueueStats {
             counts: by_status,
             successful_last_hour: u64::try_from(recent.0).unwrap_or_default(),
-            #[allow(clippy::cast_possible_truncation, reason = "milliseconds of a mean")]
-            average_processing: recent
-                .1
-                .map(|millis| SignedDuration::from_millis(millis.round() as i64)),
+            average_processing: (0 < recent.1)
+                .then(|| SignedDuration::from_millis(recent.2 / recent.1)),
             oldest_new_at: from_millis_opt("created_at", oldest)?,
         })
     }
@@ -1096,8 +1080,8 @@ impl Store {
                     "UPDATE queue_items SET status = $2, available_at = COALESCE($6, available_at), \
                      lease_digest = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $3, \
                      error_kind = CASE WHEN $4 IS NULL THEN error_kind ELSE 'application' END, \
-                     error_message = CASE WHEN $4 IS NULL THEN error_message ELSE $5 END \
-                     WHERE id = $1 AND status = 'in_progress'",
+                     error_message = CASE WHEN $4 IS NULL THEN error_message ELSE $5 END, \
+                     last_outcome = $7 WHERE id = $1 AND status = 'in_progress'",
                 )
                 .bind(id)
                 .bind(status.as_str())
@@ -1105,14 +1089,6 @@ impl Store {
                 .bind(finished)
                 .bind(message)
                 .bind(finished.is_none().then_some(at))
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE queue_item_attempts SET ended_at = $2, outcome = $3 \
-                     WHERE item_id = $1 AND ended_at IS NULL",
-                )
-                .bind(id)
-                .bind(at)
                 .bind(outcome)
                 .execute(&mut *tx)
                 .await?;
@@ -1133,9 +1109,14 @@ impl Store {
         from_millis_opt("lease_expires_at", next)
     }
 
-    /// Removes finished items older than their queue's retention; answers how many.
+    /// Removes finished items older than their queue's retention, and per-minute figures
+    /// older than two days; answers how many items.
     pub async fn purge_finished_items(&self, now: Timestamp) -> StoreResult<u64> {
         let done = dispatch!(self, writer, pool => {
+            sqlx::query("DELETE FROM queue_minutes WHERE minute < $1")
+                .bind(to_millis(now) / 60_000 - 2 * 1440)
+                .execute(pool)
+                .await?;
             sqlx::query(
                 "DELETE FROM queue_items WHERE id IN (SELECT i.id FROM queue_items i \
                  JOIN queues q ON q.id = i.queue_id WHERE q.retention_days > 0 \

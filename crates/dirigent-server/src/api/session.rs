@@ -151,6 +151,7 @@ pub(super) async fn logout(
         .map_err(|err| ApiError::from_store(err, gone, gone))?;
     // Whether the session came in a cookie or not, the browser may forget it.
     let clear = cookie::clear_session(state.config.tls.is_some());
+    state.credentials.clear();
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
 }
 

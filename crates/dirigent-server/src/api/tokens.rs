@@ -171,6 +171,7 @@ pub(super) async fn revoke_token(
                 format!("you have no live token with id {id:?}"),
             )
         })?;
+    state.credentials.clear();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -135,6 +135,7 @@ pub(super) async fn update_user(
         .user(&name)
         .await
         .map_err(|err| user_error(err, &name))?;
+    state.credentials.clear();
     Ok(Json(to_wire(user)))
 }
 
@@ -159,6 +160,7 @@ pub(super) async fn delete_user(
         .delete_user(&name)
         .await
         .map_err(|err| user_error(err, &name))?;
+    state.credentials.clear();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -181,6 +183,7 @@ pub(super) async fn logout_user(
         .await
         .map_err(|err| user_error(err, &name))?;
     state.store.delete_user_sessions(user.id).await?;
+    state.credentials.clear();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -209,6 +212,7 @@ pub(super) async fn change_password(
         .store
         .update_user(&caller.username, None, None, Some(&hash), state.clock.now())
         .await?;
+    state.credentials.clear();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -316,6 +320,7 @@ pub(super) async fn delete_role(
             format!("no role named {name:?}"),
         )
     })?;
+    state.credentials.clear();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,6 +6,7 @@
 //! then declares the permission it needs with [`Caller::require`] — the one place where
 //! permissions are checked — before touching anything.
 
+pub mod cache;
 pub mod cookie;
 pub mod external;
 pub mod secrets;
@@ -32,6 +33,8 @@ pub struct Caller {
     /// An API token limited to some of its owner's permissions: those. The caller may do
     /// only what both allow.
     token_permissions: Option<Vec<Permission>>,
+    /// When the credential stops working.
+    expires_at: Option<Timestamp>,
 }
 
 impl Caller {
@@ -125,80 +128,105 @@ impl FromRequestParts<AppState> for Caller {
             }
         };
         let digest = secrets::token_digest(token);
-        let refused = || ApiError::unauthenticated("the token is unknown, expired or revoked");
-        if token.starts_with(secrets::RUN_TOKEN_PREFIX) {
-            let run = state
-                .store
-                .run_by_token(&digest)
-                .await
-                .map_err(|err| ApiError::from_store(err, refused, refused))?;
-            AuditActor::name(&parts.extensions, format!("run:{}", run.id));
-            // A run may use the queues its robot is granted.
-            let permissions = match state.store.robot(&run.robot).await {
-                Ok(robot) => robot
-                    .definition
-                    .queues
-                    .into_iter()
-                    .map(|pattern| Permission {
-                        resource: Resource::Queues,
-                        actions: vec![Action::Read, Action::Add, Action::Process],
-                        pattern,
-                    })
-                    .collect(),
-                Err(StoreError::NotFound) => Vec::new(),
-                Err(err) => return Err(err.into()),
-            };
-            return Ok(Caller {
-                user_id: None,
-                username: format!("run:{}", run.id),
-                roles: Vec::new(),
-                credential: CredentialKind::RunToken { run_id: run.id },
-                token_digest: digest,
-                permissions,
-                token_permissions: None,
-            });
-        }
-        let found = if token.starts_with(secrets::SESSION_PREFIX) {
-            state.store.session_credential(&digest).await
-        } else if token.starts_with(secrets::API_TOKEN_PREFIX) {
-            state.store.api_token_credential(&digest).await
-        } else {
-            Err(StoreError::NotFound)
-        };
-        let credential: Credential =
-            found.map_err(|err| ApiError::from_store(err, refused, refused))?;
-
         let now = state.clock.now();
-        if credential
+        let caller = match state.credentials.get(&digest) {
+            Some(caller) => caller,
+            None => {
+                let caller = authenticate(state, token, digest.clone(), now).await?;
+                state.credentials.insert(digest, caller.clone());
+                caller
+            }
+        };
+        if caller
             .expires_at
             .is_some_and(|expires_at| expires_at <= now)
         {
             return Err(refused());
         }
-        if let CredentialKind::ApiToken { id } = &credential.kind {
-            let stale = credential
-                .last_used_at
-                .is_none_or(|used| LAST_USED_RESOLUTION <= now.duration_since(used));
-            if stale {
-                state.store.touch_api_token(id, now).await?;
-            }
-        }
-        AuditActor::name(&parts.extensions, format!("user:{}", credential.username));
-        let token_permissions = credential
-            .token_permissions
-            .as_deref()
-            .map(parse_permissions)
-            .transpose()?;
-        Ok(Caller {
-            token_permissions,
-            permissions: permissions_of(&state.store, &credential.roles).await?,
-            user_id: Some(credential.user_id),
-            username: credential.username,
-            roles: credential.roles,
-            credential: credential.kind,
-            token_digest: digest,
-        })
+        let actor = match caller.user_id {
+            Some(_) => format!("user:{}", caller.username),
+            None => caller.username.clone(),
+        };
+        AuditActor::name(&parts.extensions, actor);
+        Ok(caller)
     }
+}
+
+fn refused() -> ApiError {
+    ApiError::unauthenticated("the token is unknown, expired or revoked")
+}
+
+/// Looks a token up in the store: the run or user behind it, and their permissions.
+async fn authenticate(
+    state: &AppState,
+    token: &str,
+    digest: String,
+    now: Timestamp,
+) -> Result<Caller, ApiError> {
+    if token.starts_with(secrets::RUN_TOKEN_PREFIX) {
+        let run = state
+            .store
+            .run_by_token(&digest)
+            .await
+            .map_err(|err| ApiError::from_store(err, refused, refused))?;
+        // A run may use the queues its robot is granted.
+        let permissions = match state.store.robot(&run.robot).await {
+            Ok(robot) => robot
+                .definition
+                .queues
+                .into_iter()
+                .map(|pattern| Permission {
+                    resource: Resource::Queues,
+                    actions: vec![Action::Read, Action::Add, Action::Process],
+                    pattern,
+                })
+                .collect(),
+            Err(StoreError::NotFound) => Vec::new(),
+            Err(err) => return Err(err.into()),
+        };
+        return Ok(Caller {
+            user_id: None,
+            username: format!("run:{}", run.id),
+            roles: Vec::new(),
+            credential: CredentialKind::RunToken { run_id: run.id },
+            token_digest: digest,
+            permissions,
+            token_permissions: None,
+            expires_at: None,
+        });
+    }
+    let found = if token.starts_with(secrets::SESSION_PREFIX) {
+        state.store.session_credential(&digest).await
+    } else if token.starts_with(secrets::API_TOKEN_PREFIX) {
+        state.store.api_token_credential(&digest).await
+    } else {
+        Err(StoreError::NotFound)
+    };
+    let credential: Credential =
+        found.map_err(|err| ApiError::from_store(err, refused, refused))?;
+    if let CredentialKind::ApiToken { id } = &credential.kind {
+        let stale = credential
+            .last_used_at
+            .is_none_or(|used| LAST_USED_RESOLUTION <= now.duration_since(used));
+        if stale {
+            state.store.touch_api_token(id, now).await?;
+        }
+    }
+    let token_permissions = credential
+        .token_permissions
+        .as_deref()
+        .map(parse_permissions)
+        .transpose()?;
+    Ok(Caller {
+        token_permissions,
+        permissions: permissions_of(&state.store, &credential.roles).await?,
+        user_id: Some(credential.user_id),
+        username: credential.username,
+        roles: credential.roles,
+        credential: credential.kind,
+        token_digest: digest,
+        expires_at: credential.expires_at,
+    })
 }
 
 /// The union of the permissions of the given roles, built-in or custom; unknown role names

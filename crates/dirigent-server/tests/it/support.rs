@@ -76,8 +76,10 @@ impl TestApp {
         let queues = dirigent_server::queues::Queues::start(store.clone(), clock.clone());
         let state = AppState {
             store: store.clone(),
+            credentials: dirigent_server::auth::cache::CredentialCache::following_runs(&fleet),
             fleet,
             queues: queues.clone(),
+            audit_log: dirigent_server::audit::start_log(store.clone()),
             login_throttle: Arc::default(),
             clock: clock.clone(),
             config: Arc::new(config),

@@ -42,6 +42,8 @@ CREATE TABLE queue_items (
     -- The run (or user) of the last claim.
     run_id TEXT,
     claimed_by TEXT,
+    -- How the last attempt ended; the trigger below copies it to the attempt's row.
+    last_outcome TEXT,
     created_at INTEGER NOT NULL,
     started_at INTEGER,
     finished_at INTEGER,
@@ -53,7 +55,7 @@ CREATE INDEX queue_items_ready ON queue_items (queue_id, status, deadline_key, p
 CREATE INDEX queue_items_leases ON queue_items (lease_expires_at) WHERE status = 'in_progress';
 CREATE INDEX queue_items_runs ON queue_items (run_id) WHERE status = 'in_progress';
 CREATE INDEX queue_items_reference ON queue_items (queue_id, reference);
-CREATE INDEX queue_items_finished ON queue_items (queue_id, finished_at);
+CREATE INDEX queue_items_status ON queue_items (queue_id, status, id);
 CREATE UNIQUE INDEX queue_items_unique_reference ON queue_items (queue_id, reference)
     WHERE unique_reference = 1 AND status <> 'deleted';
 
@@ -72,3 +74,64 @@ CREATE TABLE queue_item_attempts (
     error_message TEXT
 );
 CREATE INDEX queue_item_attempts_item ON queue_item_attempts (item_id, ended_at);
+
+-- An item's attempts are recorded by the database itself as its status changes: a claim opens
+-- one, leaving `in_progress` closes it.
+CREATE TRIGGER queue_item_claimed AFTER UPDATE OF status ON queue_items
+WHEN NEW.status = 'in_progress' AND OLD.status <> 'in_progress'
+BEGIN
+    INSERT INTO queue_item_attempts (item_id, attempt, run_id, claimed_by, started_at)
+    VALUES (NEW.id, NEW.attempts, NEW.run_id, NEW.claimed_by, NEW.started_at);
+END;
+
+CREATE TRIGGER queue_item_released AFTER UPDATE OF status ON queue_items
+WHEN OLD.status = 'in_progress' AND NEW.status <> 'in_progress'
+BEGIN
+    UPDATE queue_item_attempts SET ended_at = NEW.updated_at, outcome = NEW.last_outcome,
+        error_kind = CASE WHEN NEW.last_outcome IN ('failed', 'retried', 'abandoned')
+            THEN NEW.error_kind END,
+        error_message = CASE WHEN NEW.last_outcome IN ('failed', 'retried', 'abandoned')
+            THEN NEW.error_message END
+    WHERE item_id = NEW.id AND ended_at IS NULL;
+END;
+
+-- Items per queue and status, kept current by adds and by the triggers below, so that a queue's
+-- figures are read, not counted.
+CREATE TABLE queue_counts (
+    queue_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, status)
+);
+
+-- Items finished successfully per queue and minute, and the milliseconds they took.
+CREATE TABLE queue_minutes (
+    queue_id INTEGER NOT NULL,
+    minute INTEGER NOT NULL,
+    successful INTEGER NOT NULL,
+    processing_ms INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, minute)
+);
+
+CREATE TRIGGER queue_item_counted AFTER UPDATE OF status ON queue_items
+WHEN NEW.status <> OLD.status
+BEGIN
+    UPDATE queue_counts SET count = count - 1 WHERE queue_id = OLD.queue_id AND status = OLD.status;
+    INSERT INTO queue_counts (queue_id, status, count) VALUES (NEW.queue_id, NEW.status, 1)
+        ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + 1;
+END;
+
+CREATE TRIGGER queue_item_succeeded AFTER UPDATE OF status ON queue_items
+WHEN NEW.status = 'successful' AND OLD.status <> 'successful'
+BEGIN
+    INSERT INTO queue_minutes (queue_id, minute, successful, processing_ms)
+        VALUES (NEW.queue_id, NEW.finished_at / 60000, 1,
+                NEW.finished_at - COALESCE(NEW.started_at, NEW.finished_at))
+        ON CONFLICT (queue_id, minute) DO UPDATE SET successful = queue_minutes.successful + 1,
+            processing_ms = queue_minutes.processing_ms + excluded.processing_ms;
+END;
+
+CREATE TRIGGER queue_item_removed AFTER DELETE ON queue_items
+BEGIN
+    UPDATE queue_counts SET count = count - 1 WHERE queue_id = OLD.queue_id AND status = OLD.status;
+END;

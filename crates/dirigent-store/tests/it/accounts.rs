@@ -195,15 +195,15 @@ store_test!(audit_story, |store| {
         status: if outcome == "denied" { 403 } else { 201 },
     };
     store
-        .insert_audit(&record("user:alice", "allowed", 1))
+        .insert_audit(&[record("user:alice", "allowed", 1)])
         .await
         .unwrap();
+    // Several in one transaction keep their order.
     store
-        .insert_audit(&record("user:bob", "denied", 2))
-        .await
-        .unwrap();
-    store
-        .insert_audit(&record("user:alice", "denied", 3))
+        .insert_audit(&[
+            record("user:bob", "denied", 2),
+            record("user:alice", "denied", 3),
+        ])
         .await
         .unwrap();
 

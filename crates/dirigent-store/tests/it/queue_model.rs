@@ -293,7 +293,11 @@ fn pick<T: Clone>(choices: &[T], index: usize) -> Option<T> {
 async fn run_case(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let (_dir, store) = crate::backends::fresh_sqlite().await;
     let start = Timestamp::from_second(1_800_000_000).unwrap();
-    store.create_queue(QUEUE, &settings(), start).await.unwrap();
+    let queue_id = store
+        .create_queue(QUEUE, &settings(), start)
+        .await
+        .unwrap()
+        .id;
     let mut model = Model {
         settings: settings(),
         items: Vec::new(),
@@ -440,6 +444,22 @@ async fn run_case(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 expected.lease.as_ref().map(|(_, expires)| *expires),
             );
             prop_assert_eq!(found, wanted, "item {} after {:?}", expected.id, op);
+        }
+        // So do the counts the statistics keep.
+        let stats = store.queue_stats(queue_id, now).await.unwrap();
+        for status in ItemStatus::ALL {
+            let expected = model
+                .items
+                .iter()
+                .filter(|item| item.status == status)
+                .count();
+            prop_assert_eq!(
+                stats.counts[&status],
+                expected as u64,
+                "{} after {:?}",
+                status,
+                op
+            );
         }
     }
     store.close().await;
