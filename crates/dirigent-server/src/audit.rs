@@ -1,8 +1,8 @@
 //! The audit trail: a middleware records every state-changing request and every denial —
 //! who, what, on which target, when, from which address, and the outcome — in the store's
 //! append-only audit log. The extractors that identify a caller name the actor through the
-//! [`AuditActor`] slot the middleware puts in each request. Records are written in batches
-//! (group commit) before the response leaves.
+//! [`AuditActor`] slot the middleware puts in each request. Records go through the
+//! group-commit [`Writer`](crate::writer::Writer) before the response leaves.
 
 use std::{
     net::SocketAddr,
@@ -15,9 +15,9 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use dirigent_store::{AuditRecord, Store, StoreError};
+use dirigent_store::AuditRecord;
 
-use crate::{AppState, batch::Batcher};
+use crate::AppState;
 
 /// Who the request acts for, once an extractor knows; `anonymous` until then.
 #[derive(Debug, Clone, Default)]
@@ -94,24 +94,8 @@ pub(crate) async fn record(
         status: status.as_u16(),
     };
     let action = record.action.clone();
-    match state.audit_log.submit(record).await {
-        Some(Ok(())) => {}
-        Some(Err(err)) => tracing::error!(%err, action, "could not write the audit record"),
-        None => tracing::error!(action, "the audit log is closed"),
+    if let Err(err) = state.writer.audit(record).await {
+        tracing::error!(?err, action, "could not write the audit record");
     }
     response
-}
-
-/// Records written in batches, so that many concurrent requests share one transaction.
-pub type AuditLog = Batcher<AuditRecord, Result<(), Arc<StoreError>>>;
-
-/// Starts the audit log's writer.
-pub fn start_log(store: Store) -> Arc<AuditLog> {
-    Arc::new(Batcher::spawn(1, 1024, move |records: Vec<AuditRecord>| {
-        let store = store.clone();
-        async move {
-            let written = store.insert_audit(&records).await.map_err(Arc::new);
-            records.iter().map(|_| written.clone()).collect()
-        }
-    }))
 }

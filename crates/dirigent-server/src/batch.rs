@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 const BACKLOG: usize = 8192;
 
 /// Submits requests of type `T` to batch writers and answers each with an `R`.
-pub struct Batcher<T, R> {
+pub(crate) struct Batcher<T, R> {
     submit: mpsc::Sender<(T, oneshot::Sender<R>)>,
 }
 
@@ -17,7 +17,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Starts `writers` tasks that each take whatever requests wait, up to `max_batch`, and
     /// answer them with `apply`, which returns one result per request, in order. The tasks
     /// end when the batcher is dropped.
-    pub fn spawn<F, Fut>(writers: usize, max_batch: usize, apply: F) -> Batcher<T, R>
+    pub(crate) fn spawn<F, Fut>(writers: usize, max_batch: usize, apply: F) -> Batcher<T, R>
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send,
@@ -48,7 +48,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 
     /// Submits one request and waits for its result; `None` once the writers are gone.
-    pub async fn submit(&self, request: T) -> Option<R> {
+    pub(crate) async fn submit(&self, request: T) -> Option<R> {
         let (reply, result) = oneshot::channel();
         self.submit.send((request, reply)).await.ok()?;
         result.await.ok()

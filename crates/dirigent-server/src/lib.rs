@@ -12,15 +12,15 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod batch;
+mod batch;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fleet;
 mod http;
 mod janitor;
-pub mod queues;
 pub mod tls;
+pub mod writer;
 
 pub use http::app;
 
@@ -36,8 +36,7 @@ pub use crate::{clock::Clock, config::ServerConfig};
 pub struct AppState {
     pub store: Store,
     pub fleet: Arc<fleet::Fleet>,
-    pub queues: Arc<queues::Queues>,
-    pub audit_log: Arc<audit::AuditLog>,
+    pub writer: Arc<writer::Writer>,
     pub credentials: Arc<auth::cache::CredentialCache>,
     pub login_throttle: Arc<auth::throttle::LoginThrottle>,
     pub clock: Arc<dyn Clock>,
@@ -110,8 +109,7 @@ pub async fn start(
     let state = AppState {
         store: store.clone(),
         fleet,
-        queues: queues::Queues::start(store.clone(), clock.clone()),
-        audit_log: audit::start_log(store.clone()),
+        writer: writer::Writer::start(store.clone(), clock.clone()),
         credentials,
         login_throttle: Arc::default(),
         clock,

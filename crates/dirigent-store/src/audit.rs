@@ -48,29 +48,35 @@ struct AuditRow {
     status: i64,
 }
 
+/// Inserts audit records through the connection or transaction `$conn`.
+macro_rules! insert_audit_rows {
+    ($conn:expr, $records:expr) => {
+        for chunk in $records.chunks(1000) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (at, actor, action, target, address, outcome, status) ",
+            );
+            insert.push_values(chunk, |mut row, record| {
+                row.push_bind($crate::to_millis(record.at))
+                    .push_bind(record.actor.clone())
+                    .push_bind(record.action.clone())
+                    .push_bind(record.target.clone())
+                    .push_bind(record.address.clone())
+                    .push_bind(record.outcome.clone())
+                    .push_bind(i64::from(record.status));
+            });
+            insert.build().execute($conn).await?;
+        }
+    };
+}
+pub(crate) use insert_audit_rows;
+
 impl Store {
     /// Appends records in one transaction.
+    /// Appends records in one transaction.
     pub async fn insert_audit(&self, records: &[AuditRecord]) -> StoreResult<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
         dispatch!(self, writer, pool => {
             let mut tx = pool.begin().await?;
-            for chunk in records.chunks(1000) {
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO audit_log (at, actor, action, target, address, outcome, status) ",
-                );
-                insert.push_values(chunk, |mut row, record| {
-                    row.push_bind(to_millis(record.at))
-                        .push_bind(record.actor.clone())
-                        .push_bind(record.action.clone())
-                        .push_bind(record.target.clone())
-                        .push_bind(record.address.clone())
-                        .push_bind(record.outcome.clone())
-                        .push_bind(i64::from(record.status));
-                });
-                insert.build().execute(&mut *tx).await?;
-            }
+            insert_audit_rows!(&mut *tx, records);
             tx.commit().await?;
         });
         Ok(())

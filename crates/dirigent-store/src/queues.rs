@@ -502,11 +502,13 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
-    /// Applies `ops` in one transaction, in order, and answers each. A refused operation
-    /// changes nothing; the others are applied all the same. A database failure fails all.
+    /// Applies `ops` in one transaction, in order, and answers each; appends `audit` records
+    /// in the same transaction. A refused operation changes nothing; the others are applied
+    /// all the same. A database failure fails all.
     pub async fn apply_queue_ops(
         &self,
         ops: &[QueueOp],
+        audit: &[crate::AuditRecord],
         now: Timestamp,
     ) -> StoreResult<Vec<Result<QueueAnswer, QueueOpError>>> {
         let claim_sql = match self.backend_kind() {
@@ -834,6 +836,7 @@ impl Store {
                 };
                 answers.push(answer);
             }
+            crate::audit::insert_audit_rows!(&mut *tx, audit);
             tx.commit().await?;
         });
         Ok(answers)

@@ -224,7 +224,7 @@ pub(super) async fn add_items(
         queue: name.clone(),
         items,
     };
-    match answer(&name, state.queues.apply(op).await?)? {
+    match answer(&name, state.writer.queue_op(op).await?)? {
         QueueAnswer::Added(ids) => {
             Ok((StatusCode::CREATED, Json(AddedItems { ids })).into_response())
         }
@@ -359,7 +359,7 @@ pub(super) async fn claim_item(
         lease_digest: secrets::token_digest(&token),
         claimer,
     };
-    match answer(&name, state.queues.apply(op).await?)? {
+    match answer(&name, state.writer.queue_op(op).await?)? {
         QueueAnswer::Claimed(None) => Ok(StatusCode::NO_CONTENT.into_response()),
         QueueAnswer::Claimed(Some(item)) => {
             let lease_expires_at = item
@@ -588,7 +588,7 @@ async fn item_answer(
     id: i64,
     op: QueueOp,
 ) -> Result<Json<Item>, ApiError> {
-    match answer(queue, state.queues.apply(op).await?)? {
+    match answer(queue, state.writer.queue_op(op).await?)? {
         QueueAnswer::Item(item) => Ok(Json(to_wire(queue, item, Vec::new())?)),
         other => Err(ApiError::internal(format!("item {id} answered {other:?}"))),
     }

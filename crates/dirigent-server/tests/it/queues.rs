@@ -101,7 +101,7 @@ async fn items_are_added_claimed_and_answered_under_a_lease() {
     assert_eq!(claim.body["item"]["id"], ids[0]);
     assert_eq!(claim.body["item"]["payload"]["amount"], 12.5);
     app.clock.advance(SignedDuration::from_secs(61));
-    assert_eq!(app.queues.reap_expired().await.unwrap(), 1);
+    assert_eq!(app.writer.reap_expired().await.unwrap(), 1);
     let item = app
         .send(
             Method::GET,

@@ -24,7 +24,7 @@ pub(crate) struct TestApp {
     pub(crate) router: Router,
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) store: Store,
-    pub(crate) queues: std::sync::Arc<dirigent_server::queues::Queues>,
+    pub(crate) writer: std::sync::Arc<dirigent_server::writer::Writer>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,13 +73,12 @@ impl TestApp {
             .await
             .unwrap();
         let fleet = dirigent_server::fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
-        let queues = dirigent_server::queues::Queues::start(store.clone(), clock.clone());
+        let writer = dirigent_server::writer::Writer::start(store.clone(), clock.clone());
         let state = AppState {
             store: store.clone(),
             credentials: dirigent_server::auth::cache::CredentialCache::following_runs(&fleet),
             fleet,
-            queues: queues.clone(),
-            audit_log: dirigent_server::audit::start_log(store.clone()),
+            writer: writer.clone(),
             login_throttle: Arc::default(),
             clock: clock.clone(),
             config: Arc::new(config),
@@ -88,7 +87,7 @@ impl TestApp {
             router: dirigent_server::app(state),
             clock,
             store,
-            queues,
+            writer,
             _dir: dir,
         }
     }

@@ -411,7 +411,7 @@ async fn run_case(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
         };
         let stored = store
-            .apply_queue_ops(std::slice::from_ref(&op), now)
+            .apply_queue_ops(std::slice::from_ref(&op), &[], now)
             .await
             .unwrap()
             .pop()

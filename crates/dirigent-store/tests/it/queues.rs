@@ -33,7 +33,7 @@ fn claimer() -> Claimer {
 /// Applies one operation and answers its outcome.
 async fn one(store: &Store, op: QueueOp, now: Timestamp) -> Result<QueueAnswer, QueueOpError> {
     store
-        .apply_queue_ops(&[op], now)
+        .apply_queue_ops(&[op], &[], now)
         .await
         .unwrap()
         .pop()

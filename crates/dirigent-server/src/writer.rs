@@ -1,0 +1,176 @@
+//! The group-commit writer of the busiest writes: robots' work-item operations and the audit
+//! records of every request, gathered into batches that the store applies in one transaction
+//! each (one fsync for many acknowledged writes); and the timer that returns work items whose
+//! leases expired.
+//!
+//! **Architecture Invariant.** A write is answered only after the transaction that holds it
+//! committed: an acknowledged add or complete, and the audit record of any request, survive a
+//! crash.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use dirigent_store::{AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store};
+use jiff::Timestamp;
+use tokio::sync::Notify;
+
+use crate::{Clock, batch::Batcher, error::ApiError};
+
+/// Writes one transaction takes at most.
+const MAX_BATCH: usize = 512;
+
+/// The outcome of a work-item operation.
+pub type QueueReply = Result<Result<QueueAnswer, QueueOpError>, ApiError>;
+
+/// The outcome of a write: the operation's answer, or nothing for an audit record.
+type Written = Result<Option<Result<QueueAnswer, QueueOpError>>, ApiError>;
+
+/// A write waiting for its batch.
+enum Write {
+    Queue(QueueOp),
+    Audit(AuditRecord),
+}
+
+/// The handle request handlers and the audit middleware write through.
+pub struct Writer {
+    batcher: Batcher<Write, Written>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+}
+
+impl Writer {
+    /// Starts the batch writers (one on SQLite, whose writes are serial anyway; several on
+    /// PostgreSQL) and the lease reaper.
+    pub fn start(store: Store, clock: Arc<dyn Clock>) -> Arc<Writer> {
+        // The lease expiry the reaper sleeps until (milliseconds; `i64::MAX` when none).
+        let reaper_target = Arc::new(AtomicI64::new(i64::MAX));
+        let reaper_wake = Arc::new(Notify::new());
+        let writers = match store.backend_kind() {
+            BackendKind::Sqlite => 1,
+            BackendKind::Postgres => 4,
+        };
+        let batcher = {
+            let (store, clock) = (store.clone(), clock.clone());
+            let (target, wake) = (reaper_target.clone(), reaper_wake.clone());
+            Batcher::spawn(writers, MAX_BATCH, move |writes: Vec<Write>| {
+                let (store, clock) = (store.clone(), clock.clone());
+                let (target, wake) = (target.clone(), wake.clone());
+                async move {
+                    let (mut ops, mut audit, mut is_op) = (Vec::new(), Vec::new(), Vec::new());
+                    for write in writes {
+                        is_op.push(matches!(write, Write::Queue(_)));
+                        match write {
+                            Write::Queue(op) => ops.push(op),
+                            Write::Audit(record) => audit.push(record),
+                        }
+                    }
+                    let answers = match store.apply_queue_ops(&ops, &audit, clock.now()).await {
+                        Ok(answers) => answers,
+                        Err(err) => {
+                            let err = ApiError::from(err);
+                            return is_op.iter().map(|_| Err(err.clone())).collect();
+                        }
+                    };
+                    let earliest_lease = answers
+                        .iter()
+                        .filter_map(|answer| match answer {
+                            Ok(QueueAnswer::Claimed(Some(item))) => item.lease_expires_at,
+                            _ => None,
+                        })
+                        .min();
+                    if let Some(expiry) = earliest_lease
+                        && expiry.as_millisecond() < target.load(Ordering::Relaxed)
+                    {
+                        wake.notify_one();
+                    }
+                    // Answers in the order of the writes.
+                    let mut answers = answers.into_iter();
+                    is_op
+                        .into_iter()
+                        .map(|is_op| Ok(if is_op { answers.next() } else { None }))
+                        .collect()
+                }
+            })
+        };
+        let writer = Arc::new(Writer {
+            batcher,
+            store,
+            clock,
+        });
+        tokio::spawn(reap_leases(
+            Arc::downgrade(&writer),
+            reaper_target,
+            reaper_wake,
+        ));
+        writer
+    }
+
+    /// Applies a work-item operation in the next batch; answers once it is durable.
+    pub async fn queue_op(&self, op: QueueOp) -> QueueReply {
+        match self.batcher.submit(Write::Queue(op)).await {
+            Some(Ok(Some(answer))) => Ok(answer),
+            Some(Ok(None)) => Err(ApiError::internal("an operation without its answer")),
+            Some(Err(err)) => Err(err),
+            None => Err(ApiError::internal("the writer stopped")),
+        }
+    }
+
+    /// Appends an audit record in the next batch; answers once it is durable.
+    pub async fn audit(&self, record: AuditRecord) -> Result<(), ApiError> {
+        match self.batcher.submit(Write::Audit(record)).await {
+            Some(written) => written.map(drop),
+            None => Err(ApiError::internal("the writer stopped")),
+        }
+    }
+
+    /// Returns the items whose leases expired by now to their queues; answers how many.
+    pub async fn reap_expired(&self) -> Result<u64, ApiError> {
+        Ok(self.store.expire_leases(self.clock.now()).await?)
+    }
+}
+
+/// Sleeps until the earliest lease expires (or an earlier one is granted), then returns the
+/// expired items. No scan on a timer.
+async fn reap_leases(service: std::sync::Weak<Writer>, target: Arc<AtomicI64>, wake: Arc<Notify>) {
+    loop {
+        let Some(writer) = service.upgrade() else {
+            return;
+        };
+        let wait = match writer.store.next_lease_expiry().await {
+            Ok(Some(expiry)) => {
+                target.store(expiry.as_millisecond(), Ordering::Relaxed);
+                until(expiry, writer.clock.now())
+            }
+            Ok(None) => {
+                target.store(i64::MAX, Ordering::Relaxed);
+                Duration::from_secs(3600)
+            }
+            Err(err) => {
+                tracing::warn!(%err, "finding the next lease expiry");
+                Duration::from_secs(5)
+            }
+        };
+        drop(writer);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => continue,
+        }
+        let Some(writer) = service.upgrade() else {
+            return;
+        };
+        match writer.reap_expired().await {
+            Ok(0) => {}
+            Ok(n_released) => tracing::info!(n_released, "returned items whose leases expired"),
+            Err(err) => tracing::warn!(?err, "returning items whose leases expired"),
+        }
+    }
+}
+
+fn until(at: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Work-item queue figures of the release `dirigent` over HTTP, and huey side by side.
+
+Measures on this machine, SQLite with full synchronous durability on both sides:
+  1. bulk add: items per second, added in batches of 1,000 by 4 concurrent senders;
+  2. the add -> claim -> complete cycle with several consumers (and a producer per four
+     consumers adding items one by one): items per second, and claim latency p50/p99;
+  3. huey 2.x/3.x (SqliteHuey, fsync=True, 4 worker threads): enqueue rate and the
+     enqueue -> execute cycle with producers running alongside the consumer;
+and prints the ratios.
+
+    cargo build --release --bin dirigent --example queue_load && python3 scripts/bench/queues.py
+(installs huey from PyPI when missing)
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BINARY = os.path.join(ROOT, "target", "release", "dirigent")
+LOAD = os.path.join(ROOT, "target", "release", "examples", "queue_load")
+PASSWORD = "bench-password-1"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def call(base, method, path, body=None, token=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    if token:
+        request.add_header("authorization", "Bearer " + token)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        text = response.read()
+        return json.loads(text) if text else None
+
+
+def dirigent(items, consumers_list):
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        port = free_port()
+        env = dict(os.environ, DIRIGENT_ADMIN_PASSWORD=PASSWORD)
+        server = subprocess.Popen(
+            [BINARY, "serve", "--listen", f"127.0.0.1:{port}", "--data", workdir, "--no-local-agent"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+        )
+        try:
+            for line in server.stdout:
+                if " listening on " in line:
+                    break
+            base = f"http://127.0.0.1:{port}"
+            session = call(base, "POST", "/api/v1/login", {"username": "admin", "password": PASSWORD})["token"]
+            token = call(base, "POST", "/api/v1/tokens", {"name": "bench"}, session)["token"]
+            for consumers in consumers_list:
+                queue = f"bench-{consumers}"
+                call(base, "POST", "/api/v1/queues", {"name": queue}, token)
+                out = subprocess.run(
+                    [LOAD, base, token, queue, str(items), str(consumers)],
+                    check=True, capture_output=True, text=True,
+                ).stdout
+                results.append(json.loads(out))
+        finally:
+            server.terminate()
+            server.wait()
+    return results
+
+
+def huey(items, producers=2):
+    try:
+        import huey as huey_module  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "huey"], check=True)
+    from huey import SqliteHuey
+    from huey.consumer import Consumer
+
+    with tempfile.TemporaryDirectory() as workdir:
+        queue = SqliteHuey(filename=os.path.join(workdir, "huey.db"), fsync=True, results=False)
+        done = []
+        finished = threading.Event()
+
+        @queue.task()
+        def process(payload):
+            done.append(payload["invoice"])
+            if len(done) >= 2 * items:
+                finished.set()
+
+        def payload(n):
+            return {"invoice": n, "customer": f"c-{n % 997}", "amount": n * 1.5}
+
+        # Enqueue rate (huey has no bulk add: one call per task).
+        started = time.perf_counter()
+        for n in range(items):
+            process(payload(n))
+        enqueue_rate = items / (time.perf_counter() - started)
+
+        # The cycle: producers enqueue while the consumer's 4 threads execute.
+        consumer = Consumer(queue, workers=4, worker_type="thread", periodic=False, initial_delay=0.001,
+                            max_delay=0.01, check_worker_health=False)
+        started = time.perf_counter()
+        threading.Thread(target=consumer.run, daemon=True).start()
+
+        def produce(first, count):
+            for n in range(first, first + count):
+                process(payload(n))
+
+        threads = [threading.Thread(target=produce, args=(items + i * items // producers, items // producers))
+                   for i in range(producers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        finished.wait(timeout=600)
+        cycle_rate = len(done) / (time.perf_counter() - started)
+        consumer.stop(graceful=False)
+    return {"enqueue_per_second": enqueue_rate, "cycle_items_per_second": cycle_rate}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=20000)
+    parser.add_argument("--consumers", default="8,32,128")
+    args = parser.parse_args()
+    for path in (BINARY, LOAD):
+        if not os.path.exists(path):
+            sys.exit(f"{path} is missing: cargo build --release --bin dirigent --example queue_load")
+    consumers = [int(n) for n in args.consumers.split(",")]
+
+    ours = dirigent(args.items, consumers)
+    theirs = huey(args.items)
+    print(f"{'':38}{'dirigent':>12}{'huey':>12}{'ratio':>8}")
+    bulk = max(result["bulk_items_per_second"] for result in ours)
+    print(f"{'add, items/s (bulk 1000 vs one by one)':38}{bulk:12.0f}{theirs['enqueue_per_second']:12.0f}"
+          f"{bulk / theirs['enqueue_per_second']:8.1f}")
+    for result in ours:
+        label = f"cycle, items/s ({result['consumers']} consumers)"
+        rate = result["cycle_items_per_second"]
+        print(f"{label:38}{rate:12.0f}{theirs['cycle_items_per_second']:12.0f}"
+              f"{rate / theirs['cycle_items_per_second']:8.1f}")
+    for result in ours:
+        label = f"claim latency p50/p99, ms ({result['consumers']})"
+        print(f"{label:38}{result['claim_p50_ms']:6.1f}/{result['claim_p99_ms']:<5.1f}")
+    print("goals: cycle >= 10,000 items/s; bulk add >= 100,000 items/s; claim p99 <= 5 ms")
+
+
+if __name__ == "__main__":
+    main()
