@@ -109,8 +109,9 @@ def huey(items, producers=2):
         # The cycle: producers enqueue while the consumer's 4 threads execute.
         consumer = Consumer(queue, workers=4, worker_type="thread", periodic=False, initial_delay=0.001,
                             max_delay=0.01, check_worker_health=False)
+        consumer._set_signal_handlers = lambda: None  # it runs in a thread of this process
         started = time.perf_counter()
-        threading.Thread(target=consumer.run, daemon=True).start()
+        consumer.start()
 
         def produce(first, count):
             for n in range(first, first + count):
