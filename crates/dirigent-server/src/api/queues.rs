@@ -85,7 +85,7 @@ pub(super) async fn create_queue(
         .create_queue(&name, &settings, state.clock.now())
         .await
         .map_err(|err| {
-            ApiError::from_store(err, queue_missing, || {
+            ApiError::from_store(err, || queue_missing_named(&name), || {
                 ApiError::new(
                     StatusCode::CONFLICT,
                     ErrorCode::NameTaken,
@@ -845,10 +845,6 @@ fn no_queue(name: &str) -> String {
 
 fn no_item(queue: &str, id: i64) -> String {
     format!("queue {queue:?} has no item {id}")
-}
-
-fn queue_missing() -> ApiError {
-    ApiError::not_found(ErrorCode::QueueNotFound, "no such queue")
 }
 
 fn queue_missing_named(name: &str) -> ApiError {
