@@ -551,6 +551,20 @@ impl Store {
                         }
                     }};
                 }
+                // The item of the queue that holds the unique reference `$reference`, if any.
+                macro_rules! live_reference {
+                    ($reference:expr) => {{
+                        let existing: Option<i64> = sqlx::query_scalar(
+                            "SELECT id FROM queue_items WHERE queue_id = $1 AND reference = $2 \
+                             AND unique_reference = TRUE AND status <> 'deleted'",
+                        )
+                        .bind(queue.id)
+                        .bind($reference)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        existing
+                    }};
+                }
                 // `Ok` if the item is held under `$digest`, or why not.
                 macro_rules! held_item {
                     ($item:expr, $digest:expr) => {{
@@ -634,15 +648,7 @@ impl Store {
                                     refused = Some(QueueOpError::RepeatedReference(reference.clone()));
                                     break;
                                 }
-                                let existing: Option<i64> = sqlx::query_scalar(
-                                    "SELECT id FROM queue_items WHERE queue_id = $1 AND reference = $2 \
-                                     AND unique_reference = TRUE AND status <> 'deleted'",
-                                )
-                                .bind(queue.id)
-                                .bind(reference)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                if let Some(existing) = existing {
+                                if let Some(existing) = live_reference!(reference) {
                                     refused = Some(QueueOpError::DuplicateReference { reference: reference.clone(), existing });
                                     break;
                                 }
@@ -788,21 +794,16 @@ impl Store {
                         None => Err(QueueOpError::ItemNotFound),
                         Some(found) if !found.status.can_requeue() => Err(QueueOpError::WrongStatus(found.status)),
                         Some(found) => {
-                            if found.status == ItemStatus::Deleted
-                                && let Some(reference) = found.reference.as_ref().filter(|_| settings.enforce_unique_reference)
+                            // A deleted item's unique reference may have been taken since.
+                            let reference = found
+                                .reference
+                                .as_ref()
+                                .filter(|_| found.status == ItemStatus::Deleted && settings.enforce_unique_reference);
+                            if let Some(reference) = reference
+                                && let Some(existing) = live_reference!(reference)
                             {
-                                let existing: Option<i64> = sqlx::query_scalar(
-                                    "SELECT id FROM queue_items WHERE queue_id = $1 AND reference = $2 \
-                                     AND unique_reference = TRUE AND status <> 'deleted'",
-                                )
-                                .bind(queue.id)
-                                .bind(reference)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                if let Some(existing) = existing {
-                                    answers.push(Err(QueueOpError::DuplicateReference { reference: reference.clone(), existing }));
-                                    continue;
-                                }
+                                answers.push(Err(QueueOpError::DuplicateReference { reference: reference.clone(), existing }));
+                                continue;
                             }
                             let row: ItemRow = sqlx::query_as(concat!(
                                 "UPDATE queue_items SET status = 'new', attempts = 0, available_at = $3, \

@@ -85,13 +85,17 @@ pub(super) async fn create_queue(
         .create_queue(&name, &settings, state.clock.now())
         .await
         .map_err(|err| {
-            ApiError::from_store(err, || queue_missing_named(&name), || {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    ErrorCode::NameTaken,
-                    format!("a queue named {name:?} exists already"),
-                )
-            })
+            ApiError::from_store(
+                err,
+                || queue_missing_named(&name),
+                || {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        ErrorCode::NameTaken,
+                        format!("a queue named {name:?} exists already"),
+                    )
+                },
+            )
         })?;
     let queue = with_stats(&state, created).await?;
     Ok((StatusCode::CREATED, Json(queue)).into_response())
