@@ -9,6 +9,7 @@ pub mod agent;
 pub mod queue;
 pub mod robot;
 pub mod run;
+pub mod schedule;
 pub mod user;
 
 use std::fmt;
