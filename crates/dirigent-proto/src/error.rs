@@ -51,6 +51,10 @@ pub enum ErrorCode {
     QueueNotFound,
     /// 404: the queue has no item of this id.
     ItemNotFound,
+    /// 404: no trigger has this id.
+    TriggerNotFound,
+    /// 404: no calendar has this name.
+    CalendarNotFound,
     /// 405: the route exists but not for this method.
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
@@ -100,6 +104,8 @@ impl ErrorCode {
             ErrorCode::ItemNotFound => "item_not_found",
             ErrorCode::DuplicateReference => "duplicate_reference",
             ErrorCode::StaleLease => "stale_lease",
+            ErrorCode::TriggerNotFound => "trigger_not_found",
+            ErrorCode::CalendarNotFound => "calendar_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",

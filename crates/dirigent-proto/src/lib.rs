@@ -12,3 +12,4 @@ pub mod link;
 pub mod queue;
 pub mod robot;
 pub mod run;
+pub mod trigger;

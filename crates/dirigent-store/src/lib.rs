@@ -16,6 +16,7 @@ mod audit;
 mod queues;
 mod robots;
 mod runs;
+mod triggers;
 mod users;
 
 use std::{str::FromStr, time::Duration};
@@ -35,6 +36,7 @@ pub use queues::{
     QueueRecord, QueueStats,
 };
 pub use runs::{OutputLine, RunQuery};
+pub use triggers::{CalendarRecord, TriggerRecord};
 pub use users::{RoleRecord, UserRecord};
 
 /// What can go wrong in the store, in terms a caller can act on.
@@ -42,7 +44,8 @@ pub use users::{RoleRecord, UserRecord};
 pub enum StoreError {
     #[error("not found")]
     NotFound,
-    #[error("already exists")]
+    /// A unique value exists already, or a row is still referred to.
+    #[error("already exists, or is in use")]
     Conflict,
     #[error("the database URL is not valid: {0}")]
     InvalidUrl(String),
@@ -62,7 +65,11 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> StoreError {
         match err {
             sqlx::Error::RowNotFound => StoreError::NotFound,
-            sqlx::Error::Database(ref db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::Database(ref db)
+                if db.is_unique_violation() || db.is_foreign_key_violation() =>
+            {
+                StoreError::Conflict
+            }
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 StoreError::Unavailable(err)
             }

@@ -14,6 +14,7 @@ mod robots;
 mod runs;
 mod session;
 mod tokens;
+mod triggers;
 mod users;
 
 use std::sync::LazyLock;
@@ -110,7 +111,22 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(queues::abandon_item))
         .routes(routes!(queues::requeue_item))
         .routes(routes!(queues::requeue_items))
-        .routes(routes!(queues::delete_items));
+        .routes(routes!(queues::delete_items))
+        .routes(routes!(triggers::list_triggers, triggers::create_trigger))
+        .routes(routes!(
+            triggers::get_trigger,
+            triggers::replace_trigger,
+            triggers::delete_trigger
+        ))
+        .routes(routes!(triggers::enable_trigger))
+        .routes(routes!(triggers::disable_trigger))
+        .routes(routes!(triggers::preview_trigger))
+        .routes(routes!(triggers::list_calendars, triggers::create_calendar))
+        .routes(routes!(
+            triggers::get_calendar,
+            triggers::replace_calendar,
+            triggers::delete_calendar
+        ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -210,6 +210,64 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         "Y.Y......",
     ),
     ("DELETE", "/api/v1/queues/finance-new-q", None, "Y.Y......"),
+    ("GET", "/api/v1/calendars", None, "YYYY....."),
+    (
+        "POST",
+        "/api/v1/calendars",
+        Some(r#"{"name": "finance-holidays"}"#),
+        "Y.Y......",
+    ),
+    (
+        "GET",
+        "/api/v1/calendars/finance-holidays",
+        None,
+        "YYYY.....",
+    ),
+    (
+        "PUT",
+        "/api/v1/calendars/finance-holidays",
+        Some(r#"{"excluded_dates": ["2027-12-24"]}"#),
+        "Y.Y......",
+    ),
+    ("GET", "/api/v1/triggers", None, "YYYY....."),
+    (
+        "POST",
+        "/api/v1/triggers",
+        Some(r#"{"robot": "finance-invoices", "kind": "interval", "every_seconds": 60}"#),
+        "Y.Y......",
+    ),
+    ("GET", "/api/v1/triggers/{trigger}", None, "YYYY....."),
+    (
+        "GET",
+        "/api/v1/triggers/{trigger}/preview",
+        None,
+        "YYYY.....",
+    ),
+    (
+        "PUT",
+        "/api/v1/triggers/{trigger}",
+        Some(r#"{"robot": "finance-invoices", "kind": "once", "at": "2030-01-01T00:00:00Z"}"#),
+        "Y.Y......",
+    ),
+    (
+        "POST",
+        "/api/v1/triggers/{trigger}/disable",
+        None,
+        "Y.Y......",
+    ),
+    (
+        "POST",
+        "/api/v1/triggers/{trigger}/enable",
+        None,
+        "Y.Y......",
+    ),
+    ("DELETE", "/api/v1/triggers/{trigger}", None, "Y.Y......"),
+    (
+        "DELETE",
+        "/api/v1/calendars/finance-holidays",
+        None,
+        "Y.Y......",
+    ),
     ("DELETE", "/api/v1/robots/hr-payroll", None, "Y.Y......"),
     ("POST", "/api/v1/runs/{run}/restart", None, "YYY......"),
     ("POST", "/api/v1/runs/{run}/kill", None, "YYY......"),
@@ -253,6 +311,15 @@ async fn every_operation_by_every_kind_of_credential() {
     )
     .await;
     let item_id = added.body["ids"][0].as_i64().unwrap().to_string();
+    let trigger = send(
+        Method::POST,
+        "/api/v1/triggers",
+        &admin,
+        json!({"robot": "finance-invoices", "kind": "cron", "cron": "0 9 * * *", "time_zone": "UTC"}),
+    )
+    .await;
+    assert_eq!(trigger.status, StatusCode::CREATED, "{:?}", trigger.body);
+    let trigger_id = trigger.body["id"].as_str().unwrap().to_owned();
     let role = json!({"name": "finance-operator", "permissions": [{"resource": "robots", "actions": ["read", "run"], "pattern": "finance-*"}]});
     assert_eq!(
         send(Method::POST, "/api/v1/roles", &admin, role)
@@ -314,7 +381,10 @@ async fn every_operation_by_every_kind_of_credential() {
     let http = reqwest::Client::new();
     let mut wrong = Vec::new();
     for (method, path, body, expect) in MATRIX {
-        let path = path.replace("{run}", &run_id).replace("{item}", &item_id);
+        let path = path
+            .replace("{run}", &run_id)
+            .replace("{item}", &item_id)
+            .replace("{trigger}", &trigger_id);
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         for (idx, who) in WHO.iter().enumerate() {
             let mut request = http.request(method.clone(), format!("{base}{path}"));
@@ -366,7 +436,7 @@ fn the_matrix_covers_every_authenticated_operation() {
 
 /// A concrete path with its names replaced by `{}`, and a route template likewise.
 fn normalize(path: &str) -> String {
-    const NAMES: [&str; 11] = [
+    const NAMES: [&str; 13] = [
         "finance-invoices",
         "hr-payroll",
         "local",
@@ -378,6 +448,8 @@ fn normalize(path: &str) -> String {
         "finance-new-q",
         "hr-q",
         "{item}",
+        "{trigger}",
+        "finance-holidays",
     ];
     path.split('/')
         .map(|segment| {

@@ -17,4 +17,5 @@ mod queues;
 mod robots;
 mod startup;
 mod support;
+mod triggers;
 mod users;

@@ -1,0 +1,131 @@
+//! Triggers (what starts runs, and when) and the calendars they follow.
+
+use std::collections::BTreeMap;
+
+use jiff::{Timestamp, civil::Date};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /api/v1/calendars` and `PUT /api/v1/calendars/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Working days: `mon` … `sun` (default Monday to Friday).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_days: Option<Vec<String>>,
+    /// Excluded dates (holidays), `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub excluded_dates: Option<Vec<Date>>,
+    /// More excluded dates, as CSV (a date first on each line) or iCalendar text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<String>,
+}
+
+/// A calendar.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Calendar {
+    pub name: String,
+    pub description: String,
+    pub working_days: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub excluded_dates: Vec<Date>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+/// `POST /api/v1/triggers` and `PUT /api/v1/triggers/{id}`. Which fields apply depends on
+/// `kind`: `cron` (`cron`, `time_zone`), `interval` (`every_seconds`, `anchor`), `once`
+/// (`at`), `weekly` (`days`, `times`, `time_zone`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// The robot it starts.
+    pub robot: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// 5 fields, or 6 with seconds first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// An IANA time zone such as `Europe/Berlin` (default: the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_seconds: Option<u64>,
+    /// Interval firings fall on `anchor + k × every_seconds` (default: when created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub anchor: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub at: Option<Timestamp>,
+    /// `mon` … `sun`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<Vec<String>>,
+    /// Local times `HH:MM` or `HH:MM:SS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<Vec<String>>,
+    /// A calendar to follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<String>,
+    /// On a calendar's off day: `skip` (default) or `next_working_day`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_day: Option<String>,
+    /// When a run of the robot is active: `skip` (default), `queue_one`, `allow`, `replace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+    /// Firings missed while the orchestrator was down: `skip`, `run_once` (default),
+    /// `run_all` (within `catch_up_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_seconds: Option<u32>,
+    /// A random delay of up to this many seconds before each firing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_seconds: Option<u32>,
+    /// Disable the trigger after this many failed runs in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_consecutive_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Extra environment variables for the runs it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// A trigger: its definition, its id and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Trigger {
+    pub id: String,
+    pub spec: TriggerSpec,
+    pub enabled: bool,
+    /// The next firing, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_fire_at: Option<Timestamp>,
+    /// Why it was disabled automatically, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+/// One coming firing: the instant, and the local time and offset in the trigger's zone.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FireTime {
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    /// Local time with its offset, such as `2027-03-28T03:00:00+02:00[Europe/Berlin]`.
+    pub local: String,
+    /// The offset from UTC then, such as `+02:00`.
+    pub offset: String,
+}

@@ -1,0 +1,690 @@
+//! Triggers and calendars: `/api/v1/triggers`, `/api/v1/calendars`, and the preview of a
+//! trigger's coming firings.
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use dirigent_domain::{
+    InvalidField,
+    access::{Action, Resource},
+    schedule::{self, Cron, OffDay, Schedule},
+};
+use dirigent_proto::{
+    error::{ErrorBody, ErrorCode},
+    trigger::{Calendar, CalendarSpec, FireTime, Trigger, TriggerSpec},
+};
+use dirigent_store::{CalendarRecord, StoreError, TriggerRecord};
+use jiff::{SignedDuration, Timestamp, civil::Time, tz::TimeZone};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::{
+    AppState,
+    api::{ApiJson, ApiQuery, PathSegment},
+    auth::{Caller, secrets},
+    error::ApiError,
+};
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Filters of the trigger list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct TriggerQuery {
+    /// Only the triggers of this robot.
+    robot: Option<String>,
+}
+
+/// The triggers of the robots the caller may read.
+#[utoipa::path(
+    get,
+    path = "/triggers",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(TriggerQuery),
+    responses((status = 200, body = [Trigger]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn list_triggers(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TriggerQuery>,
+) -> Result<Json<Vec<Trigger>>, ApiError> {
+    caller.require(Resource::Triggers, Action::Read, query.robot.as_deref())?;
+    let triggers = state.store.triggers(query.robot.as_deref()).await?;
+    triggers
+        .into_iter()
+        .filter(|trigger| caller.may(Resource::Triggers, Action::Read, Some(&trigger.robot)))
+        .map(to_wire)
+        .collect::<Result<_, _>>()
+        .map(Json)
+}
+
+/// Creates a trigger; the answer carries its `id` and next firing.
+#[utoipa::path(
+    post,
+    path = "/triggers",
+    tag = "triggers",
+    security(("bearer" = [])),
+    request_body = TriggerSpec,
+    responses((status = 201, body = Trigger), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn create_trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<TriggerSpec>,
+) -> Result<Response, ApiError> {
+    caller.require(Resource::Triggers, Action::Edit, Some(&spec.robot))?;
+    let now = state.clock.now();
+    let id = secrets::new_id("trg_").map_err(ApiError::internal)?;
+    let mut record = TriggerRecord {
+        id,
+        robot: spec.robot.clone(),
+        calendar: spec.calendar.clone(),
+        spec: String::new(),
+        enabled: spec.enabled.unwrap_or(true),
+        next_fire_at: None,
+        disabled_reason: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let spec = with_anchor(spec, now);
+    apply_spec(&state, &mut record, &spec, now).await?;
+    state.store.insert_trigger(&record).await?;
+    Ok((StatusCode::CREATED, Json(to_wire(record)?)).into_response())
+}
+
+/// One trigger.
+#[utoipa::path(
+    get,
+    path = "/triggers/{id}",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = Trigger), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn get_trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+) -> Result<Json<Trigger>, ApiError> {
+    let record = lookup(&state, &caller, &id, Action::Read).await?;
+    Ok(Json(to_wire(record)?))
+}
+
+/// Replaces a trigger's definition; its next firing is computed anew.
+#[utoipa::path(
+    put,
+    path = "/triggers/{id}",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("id" = String, Path)),
+    request_body = TriggerSpec,
+    responses((status = 200, body = Trigger), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn replace_trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+    ApiJson(spec): ApiJson<TriggerSpec>,
+) -> Result<Json<Trigger>, ApiError> {
+    let mut record = lookup(&state, &caller, &id, Action::Edit).await?;
+    caller.require(Resource::Triggers, Action::Edit, Some(&spec.robot))?;
+    let now = state.clock.now();
+    record.robot = spec.robot.clone();
+    record.calendar = spec.calendar.clone();
+    record.enabled = spec.enabled.unwrap_or(record.enabled);
+    record.disabled_reason = None;
+    record.updated_at = now;
+    let spec = with_anchor(spec, record.created_at);
+    apply_spec(&state, &mut record, &spec, now).await?;
+    state.store.update_trigger(&record).await.map_err(|err| {
+        ApiError::from_lookup(
+            err,
+            ErrorCode::TriggerNotFound,
+            format!("no trigger {id:?}"),
+        )
+    })?;
+    Ok(Json(to_wire(record)?))
+}
+
+/// Deletes a trigger.
+#[utoipa::path(
+    delete,
+    path = "/triggers/{id}",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn delete_trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+) -> Result<StatusCode, ApiError> {
+    lookup(&state, &caller, &id, Action::Edit).await?;
+    state.store.delete_trigger(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Enables a trigger: it fires from its next time on.
+#[utoipa::path(
+    post,
+    path = "/triggers/{id}/enable",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = Trigger), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn enable_trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+) -> Result<Json<Trigger>, ApiError> {
+    set_enabled(&state, &caller, &id, true).await
+}
+
+/// Disables a trigger: it fires no more until enabled.
+#[utoipa::path(
+    post,
+    path = "/triggers/{id}/disable",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = Trigger), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn disable_trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+) -> Result<Json<Trigger>, ApiError> {
+    set_enabled(&state, &caller, &id, false).await
+}
+
+/// Which firings to preview.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PreviewQuery {
+    /// RFC 3339 [default: now].
+    from: Option<Timestamp>,
+    /// How many (default 10, at most 1000).
+    count: Option<usize>,
+}
+
+/// The trigger's next firings after `from`, with their local times and offsets; calendars
+/// applied.
+#[utoipa::path(
+    get,
+    path = "/triggers/{id}/preview",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("id" = String, Path), PreviewQuery),
+    responses((status = 200, body = [FireTime]), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn preview_trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+    ApiQuery(query): ApiQuery<PreviewQuery>,
+) -> Result<Json<Vec<FireTime>>, ApiError> {
+    let record = lookup(&state, &caller, &id, Action::Read).await?;
+    let count = query.count.unwrap_or(10);
+    if !(1..=1000).contains(&count) {
+        return Err(ApiError::invalid(InvalidField::new(
+            "count",
+            "must be between 1 and 1000",
+        )));
+    }
+    let spec = stored_spec(&record)?;
+    let (schedule, calendar) = definition(&state, &spec).await?;
+    let zone = schedule.zone();
+    let from = query.from.unwrap_or_else(|| state.clock.now());
+    let calendar = calendar
+        .as_ref()
+        .map(|(calendar, off_day)| (calendar, *off_day));
+    let times = schedule
+        .preview(from, count, calendar)
+        .into_iter()
+        .map(|at| {
+            let local = at.to_zoned(zone.clone());
+            FireTime {
+                at,
+                offset: local.offset().to_string(),
+                local: local.to_string(),
+            }
+        })
+        .collect();
+    Ok(Json(times))
+}
+
+async fn set_enabled(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    enabled: bool,
+) -> Result<Json<Trigger>, ApiError> {
+    let mut record = lookup(state, caller, id, Action::Edit).await?;
+    let now = state.clock.now();
+    record.enabled = enabled;
+    record.disabled_reason = None;
+    record.updated_at = now;
+    let spec = stored_spec(&record)?;
+    apply_spec(state, &mut record, &spec, now).await?;
+    state.store.update_trigger(&record).await?;
+    Ok(Json(to_wire(record)?))
+}
+
+/// Checks `spec`, and sets the record's spec and next firing from it.
+async fn apply_spec(
+    state: &AppState,
+    record: &mut TriggerRecord,
+    spec: &TriggerSpec,
+    now: Timestamp,
+) -> Result<(), ApiError> {
+    match state.store.robot(&spec.robot).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::invalid(InvalidField::new(
+                "robot",
+                format!("no robot named {:?}", spec.robot),
+            )));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let (schedule, calendar) = definition(state, spec).await?;
+    let calendar = calendar
+        .as_ref()
+        .map(|(calendar, off_day)| (calendar, *off_day));
+    record.next_fire_at = record
+        .enabled
+        .then(|| schedule.next_with_calendar(now, calendar))
+        .flatten();
+    record.spec = serde_json::to_string(spec).map_err(ApiError::internal)?;
+    Ok(())
+}
+
+/// An interval without an anchor counts from `default`.
+fn with_anchor(mut spec: TriggerSpec, default: Timestamp) -> TriggerSpec {
+    if spec.kind == "interval" && spec.anchor.is_none() {
+        spec.anchor = Some(default);
+    }
+    spec
+}
+
+/// The schedule of a spec, and the calendar it follows.
+async fn definition(
+    state: &AppState,
+    spec: &TriggerSpec,
+) -> Result<(Schedule, Option<(schedule::Calendar, OffDay)>), ApiError> {
+    let invalid = |field: &str, reason: String| ApiError::invalid(InvalidField::new(field, reason));
+    let required = |field: &str| invalid(field, format!("is required for a {} trigger", spec.kind));
+    let zone = match &spec.time_zone {
+        Some(name) => TimeZone::get(name)
+            .map_err(|_| invalid("time_zone", format!("{name:?} is not an IANA time zone")))?,
+        None => TimeZone::system(),
+    };
+    let schedule = match spec.kind.as_str() {
+        "cron" => Schedule::Cron {
+            cron: Cron::parse(spec.cron.as_deref().ok_or_else(|| required("cron"))?)
+                .map_err(ApiError::invalid)?,
+            zone,
+        },
+        "interval" => {
+            let seconds = spec
+                .every_seconds
+                .ok_or_else(|| required("every_seconds"))?;
+            if !(1..=366 * 24 * 3600).contains(&seconds) {
+                return Err(invalid(
+                    "every_seconds",
+                    "must be between 1 and a year".into(),
+                ));
+            }
+            Schedule::Interval {
+                every: SignedDuration::from_secs(seconds.cast_signed()),
+                anchor: spec.anchor.ok_or_else(|| required("anchor"))?,
+            }
+        }
+        "once" => Schedule::Once {
+            at: spec.at.ok_or_else(|| required("at"))?,
+        },
+        "weekly" => {
+            let mut days = [false; 7];
+            for day in spec.days.as_deref().ok_or_else(|| required("days"))? {
+                let index = DAYS
+                    .iter()
+                    .position(|name| day.eq_ignore_ascii_case(name))
+                    .ok_or_else(|| invalid("days", format!("{day:?} is not one of mon … sun")))?;
+                days[index] = true;
+            }
+            let times = spec
+                .times
+                .as_deref()
+                .ok_or_else(|| required("times"))?
+                .iter()
+                .map(|text| {
+                    text.parse::<Time>()
+                        .map_err(|_| invalid("times", format!("{text:?} is not a time HH:MM")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if times.is_empty() || !days.contains(&true) {
+                return Err(invalid(
+                    "times",
+                    "give at least one day and one time".into(),
+                ));
+            }
+            Schedule::Weekly { days, times, zone }
+        }
+        other => {
+            return Err(invalid(
+                "kind",
+                format!("{other:?} is not one of cron, interval, once, weekly"),
+            ));
+        }
+    };
+    let calendar = match &spec.calendar {
+        None => None,
+        Some(name) => {
+            let record = state.store.calendar(name).await.map_err(|err| match err {
+                StoreError::NotFound => invalid("calendar", format!("no calendar named {name:?}")),
+                err => err.into(),
+            })?;
+            let off_day = match spec.off_day.as_deref() {
+                None | Some("skip") => OffDay::Skip,
+                Some("next_working_day") => OffDay::NextWorkingDay,
+                Some(other) => {
+                    return Err(invalid(
+                        "off_day",
+                        format!("{other:?} is not skip or next_working_day"),
+                    ));
+                }
+            };
+            Some((calendar_rules(&stored_calendar(&record)?)?, off_day))
+        }
+    };
+    check_policies(spec)?;
+    Ok((schedule, calendar))
+}
+
+fn check_policies(spec: &TriggerSpec) -> Result<(), ApiError> {
+    let invalid = |field: &str, reason: &str| ApiError::invalid(InvalidField::new(field, reason));
+    if let Some(overlap) = spec.overlap.as_deref()
+        && !["skip", "queue_one", "allow", "replace"].contains(&overlap)
+    {
+        return Err(invalid(
+            "overlap",
+            "must be skip, queue_one, allow or replace",
+        ));
+    }
+    if let Some(missed) = spec.missed.as_deref()
+        && !["skip", "run_once", "run_all"].contains(&missed)
+    {
+        return Err(invalid("missed", "must be skip, run_once or run_all"));
+    }
+    if spec.jitter_seconds.is_some_and(|jitter| 3600 < jitter) {
+        return Err(invalid("jitter_seconds", "must be at most 3600"));
+    }
+    if spec.max_consecutive_failures == Some(0) {
+        return Err(invalid("max_consecutive_failures", "must be at least 1"));
+    }
+    Ok(())
+}
+
+async fn lookup(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+) -> Result<TriggerRecord, ApiError> {
+    // Without that right on any trigger, the caller learns nothing of this one.
+    caller.require(Resource::Triggers, action, None)?;
+    let record = state.store.trigger(id).await.map_err(|err| {
+        ApiError::from_lookup(
+            err,
+            ErrorCode::TriggerNotFound,
+            format!("no trigger {id:?}"),
+        )
+    })?;
+    caller.require(Resource::Triggers, action, Some(&record.robot))?;
+    Ok(record)
+}
+
+fn stored_spec(record: &TriggerRecord) -> Result<TriggerSpec, ApiError> {
+    serde_json::from_str(&record.spec).map_err(ApiError::internal)
+}
+
+fn to_wire(record: TriggerRecord) -> Result<Trigger, ApiError> {
+    Ok(Trigger {
+        spec: stored_spec(&record)?,
+        id: record.id,
+        enabled: record.enabled,
+        next_fire_at: record.next_fire_at,
+        disabled_reason: record.disabled_reason,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    })
+}
+
+/// The calendars the caller may read.
+#[utoipa::path(
+    get,
+    path = "/calendars",
+    tag = "triggers",
+    security(("bearer" = [])),
+    responses((status = 200, body = [Calendar]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn list_calendars(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Calendar>>, ApiError> {
+    caller.require(Resource::Calendars, Action::Read, None)?;
+    let calendars = state.store.calendars().await?;
+    calendars
+        .into_iter()
+        .filter(|calendar| caller.may(Resource::Calendars, Action::Read, Some(&calendar.name)))
+        .map(|record| calendar_to_wire(&record))
+        .collect::<Result<_, _>>()
+        .map(Json)
+}
+
+/// Creates a calendar; holidays may be imported from CSV or iCalendar text.
+#[utoipa::path(
+    post,
+    path = "/calendars",
+    tag = "triggers",
+    security(("bearer" = [])),
+    request_body = CalendarSpec,
+    responses((status = 201, body = Calendar), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn create_calendar(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<CalendarSpec>,
+) -> Result<Response, ApiError> {
+    let Some(name) = spec.name.clone() else {
+        return Err(ApiError::invalid(InvalidField::new("name", "is required")));
+    };
+    caller.require(Resource::Calendars, Action::Edit, Some(&name))?;
+    dirigent_domain::queue::check_queue_name(&name).map_err(ApiError::invalid)?;
+    let spec = normalized_calendar(spec)?;
+    let text = serde_json::to_string(&spec).map_err(ApiError::internal)?;
+    state
+        .store
+        .insert_calendar(&name, &text, state.clock.now())
+        .await
+        .map_err(|err| {
+            ApiError::from_store(
+                err,
+                || ApiError::internal("no calendar after insert"),
+                || {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        ErrorCode::NameTaken,
+                        format!("a calendar named {name:?} exists already"),
+                    )
+                },
+            )
+        })?;
+    let record = state.store.calendar(&name).await?;
+    Ok((StatusCode::CREATED, Json(calendar_to_wire(&record)?)).into_response())
+}
+
+/// One calendar.
+#[utoipa::path(
+    get,
+    path = "/calendars/{name}",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = Calendar), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn get_calendar(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(name): PathSegment,
+) -> Result<Json<Calendar>, ApiError> {
+    caller.require(Resource::Calendars, Action::Read, Some(&name))?;
+    let record = calendar_lookup(&state, &name).await?;
+    Ok(Json(calendar_to_wire(&record)?))
+}
+
+/// Replaces a calendar; the triggers following it use the new one from their next firing.
+#[utoipa::path(
+    put,
+    path = "/calendars/{name}",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("name" = String, Path)),
+    request_body = CalendarSpec,
+    responses((status = 200, body = Calendar), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn replace_calendar(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(name): PathSegment,
+    ApiJson(spec): ApiJson<CalendarSpec>,
+) -> Result<Json<Calendar>, ApiError> {
+    caller.require(Resource::Calendars, Action::Edit, Some(&name))?;
+    let spec = normalized_calendar(CalendarSpec {
+        name: Some(name.clone()),
+        ..spec
+    })?;
+    let text = serde_json::to_string(&spec).map_err(ApiError::internal)?;
+    state
+        .store
+        .replace_calendar(&name, &text, state.clock.now())
+        .await
+        .map_err(|err| {
+            ApiError::from_lookup(err, ErrorCode::CalendarNotFound, no_calendar(&name))
+        })?;
+    let record = state.store.calendar(&name).await?;
+    Ok(Json(calendar_to_wire(&record)?))
+}
+
+/// Deletes a calendar no trigger follows.
+#[utoipa::path(
+    delete,
+    path = "/calendars/{name}",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn delete_calendar(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(name): PathSegment,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Resource::Calendars, Action::Edit, Some(&name))?;
+    state.store.delete_calendar(&name).await.map_err(|err| {
+        ApiError::from_store(
+            err,
+            || ApiError::not_found(ErrorCode::CalendarNotFound, no_calendar(&name)),
+            || {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::InvalidState,
+                    format!("triggers follow calendar {name:?}; change them first"),
+                )
+            },
+        )
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks a calendar spec and folds its imported dates into `excluded_dates`.
+fn normalized_calendar(spec: CalendarSpec) -> Result<CalendarSpec, ApiError> {
+    let mut excluded = spec.excluded_dates.clone().unwrap_or_default();
+    if let Some(text) = &spec.import {
+        excluded.extend(
+            schedule::Calendar::parse_dates(text)
+                .map_err(|err| ApiError::invalid(InvalidField::new("import", err.reason)))?,
+        );
+    }
+    excluded.sort();
+    excluded.dedup();
+    let normalized = CalendarSpec {
+        import: None,
+        excluded_dates: Some(excluded),
+        working_days: Some(
+            spec.working_days
+                .clone()
+                .unwrap_or_else(|| DAYS[..5].iter().map(|day| (*day).to_owned()).collect()),
+        ),
+        ..spec
+    };
+    calendar_rules(&normalized)?;
+    Ok(normalized)
+}
+
+/// The rules of a calendar spec.
+fn calendar_rules(spec: &CalendarSpec) -> Result<schedule::Calendar, ApiError> {
+    let mut working_days = [false; 7];
+    for day in spec.working_days.as_deref().unwrap_or_default() {
+        let index = DAYS
+            .iter()
+            .position(|name| day.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                ApiError::invalid(InvalidField::new(
+                    "working_days",
+                    format!("{day:?} is not one of mon … sun"),
+                ))
+            })?;
+        working_days[index] = true;
+    }
+    Ok(schedule::Calendar {
+        working_days,
+        excluded: spec.excluded_dates.iter().flatten().copied().collect(),
+    })
+}
+
+fn stored_calendar(record: &CalendarRecord) -> Result<CalendarSpec, ApiError> {
+    serde_json::from_str(&record.spec).map_err(ApiError::internal)
+}
+
+async fn calendar_lookup(state: &AppState, name: &str) -> Result<CalendarRecord, ApiError> {
+    state
+        .store
+        .calendar(name)
+        .await
+        .map_err(|err| ApiError::from_lookup(err, ErrorCode::CalendarNotFound, no_calendar(name)))
+}
+
+fn calendar_to_wire(record: &CalendarRecord) -> Result<Calendar, ApiError> {
+    let spec = stored_calendar(record)?;
+    Ok(Calendar {
+        name: record.name.clone(),
+        description: spec.description.unwrap_or_default(),
+        working_days: spec.working_days.unwrap_or_default(),
+        excluded_dates: spec.excluded_dates.unwrap_or_default(),
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    })
+}
+
+fn no_calendar(name: &str) -> String {
+    format!("no calendar named {name:?}")
+}

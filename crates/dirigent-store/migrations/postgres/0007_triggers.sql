@@ -1,0 +1,24 @@
+-- Triggers and the calendars they follow. Definitions are kept as their JSON specs, checked
+-- when written and read.
+
+CREATE TABLE calendars (
+    name TEXT PRIMARY KEY NOT NULL,
+    spec TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
+CREATE TABLE triggers (
+    id TEXT PRIMARY KEY NOT NULL,
+    robot TEXT NOT NULL,
+    calendar TEXT REFERENCES calendars (name),
+    spec TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    next_fire_at BIGINT,
+    disabled_reason TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
+-- The scheduler sleeps until the earliest of these.
+CREATE INDEX triggers_due ON triggers (next_fire_at) WHERE enabled;
