@@ -129,3 +129,19 @@ pub struct FireTime {
     /// The offset from UTC then, such as `+02:00`.
     pub offset: String,
 }
+
+/// A firing of a trigger and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Firing {
+    /// When the schedule said it should fire.
+    #[schema(value_type = String, format = DateTime)]
+    pub due_at: Timestamp,
+    /// `started`, `skipped`, `missed`, or `due` while its run is being started.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub recorded_at: Timestamp,
+}

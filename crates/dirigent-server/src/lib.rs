@@ -19,6 +19,7 @@ pub mod error;
 pub mod fleet;
 mod http;
 mod janitor;
+pub mod scheduler;
 pub mod tls;
 pub mod writer;
 
@@ -37,6 +38,7 @@ pub struct AppState {
     pub store: Store,
     pub fleet: Arc<fleet::Fleet>,
     pub writer: Arc<writer::Writer>,
+    pub scheduler: Arc<scheduler::Scheduler>,
     pub credentials: Arc<auth::cache::CredentialCache>,
     pub login_throttle: Arc<auth::throttle::LoginThrottle>,
     pub clock: Arc<dyn Clock>,
@@ -100,6 +102,7 @@ pub async fn start(
 
     let fleet = fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
     let credentials = auth::cache::CredentialCache::following_runs(&fleet);
+    let scheduler = scheduler::Scheduler::start(store.clone(), fleet.clone(), clock.clone());
     fleet
         .recover()
         .await
@@ -110,6 +113,7 @@ pub async fn start(
         store: store.clone(),
         fleet,
         writer: writer::Writer::start(store.clone(), clock.clone()),
+        scheduler,
         credentials,
         login_throttle: Arc::default(),
         clock,

@@ -240,3 +240,188 @@ impl Store {
         Ok(())
     }
 }
+
+/// A firing of a trigger and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiringRecord {
+    pub id: i64,
+    pub trigger_id: String,
+    /// When the schedule said it should fire.
+    pub due_at: Timestamp,
+    /// `due` (taken, its run not started yet), `started`, `skipped` or `missed`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub run_id: Option<String>,
+    pub recorded_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct FiringRow {
+    id: i64,
+    trigger_id: String,
+    due_at: i64,
+    outcome: String,
+    reason: Option<String>,
+    run_id: Option<String>,
+    recorded_at: i64,
+}
+
+impl TryFrom<FiringRow> for FiringRecord {
+    type Error = StoreError;
+
+    fn try_from(row: FiringRow) -> StoreResult<FiringRecord> {
+        Ok(FiringRecord {
+            id: row.id,
+            due_at: from_millis("due_at", row.due_at)?,
+            recorded_at: from_millis("recorded_at", row.recorded_at)?,
+            trigger_id: row.trigger_id,
+            outcome: row.outcome,
+            reason: row.reason,
+            run_id: row.run_id,
+        })
+    }
+}
+
+const SELECT_FIRING: &str =
+    "SELECT id, trigger_id, due_at, outcome, reason, run_id, recorded_at FROM trigger_firings";
+
+impl Store {
+    /// The earliest next firing of an enabled trigger.
+    pub async fn next_trigger_due(&self) -> StoreResult<Option<Timestamp>> {
+        let next: Option<i64> = dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM triggers WHERE enabled = TRUE")
+                .fetch_one(pool)
+                .await?
+        });
+        from_millis_opt("next_fire_at", next)
+    }
+
+    /// Enabled triggers due at `now`, earliest first, at most `limit`.
+    pub async fn due_triggers(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<TriggerRecord>> {
+        let rows: Vec<TriggerRow> = dispatch!(self, reader, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_TRIGGER} WHERE enabled = TRUE AND next_fire_at <= $1 ORDER BY next_fire_at LIMIT $2"
+            )))
+            .bind(to_millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Takes the firing of a trigger due at `due_at`: moves its next firing to `next` and
+    /// records `firings` (outcome, reason) due at the given times, in one transaction — unless
+    /// another node took it first (answers `None`). Answers the recorded firings.
+    pub async fn take_trigger_firing(
+        &self,
+        trigger_id: &str,
+        due_at: Timestamp,
+        next: Option<Timestamp>,
+        firings: &[(Timestamp, &str, Option<String>)],
+        now: Timestamp,
+    ) -> StoreResult<Option<Vec<FiringRecord>>> {
+        let mut recorded = Vec::with_capacity(firings.len());
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            let taken = sqlx::query(
+                "UPDATE triggers SET next_fire_at = $3 WHERE id = $1 AND next_fire_at = $2",
+            )
+            .bind(trigger_id)
+            .bind(to_millis(due_at))
+            .bind(next.map(to_millis))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if taken == 0 {
+                return Ok(None);
+            }
+            for (at, outcome, reason) in firings {
+                let row: FiringRow = sqlx::query_as(
+                    "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, recorded_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, trigger_id, due_at, outcome, reason, run_id, recorded_at",
+                )
+                .bind(trigger_id)
+                .bind(to_millis(*at))
+                .bind(*outcome)
+                .bind(reason)
+                .bind(to_millis(now))
+                .fetch_one(&mut *tx)
+                .await?;
+                recorded.push(FiringRecord::try_from(row)?);
+            }
+            tx.commit().await?;
+        });
+        Ok(Some(recorded))
+    }
+
+    /// Records what became of a firing taken earlier.
+    pub async fn settle_firing(
+        &self,
+        id: i64,
+        outcome: &str,
+        reason: Option<&str>,
+        run_id: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query(
+                "UPDATE trigger_firings SET outcome = $2, reason = $3, run_id = $4, recorded_at = $5 \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(outcome)
+            .bind(reason)
+            .bind(run_id)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Firings taken but not settled: a node stopped between taking and starting them.
+    pub async fn unsettled_firings(&self) -> StoreResult<Vec<FiringRecord>> {
+        let rows: Vec<FiringRow> = dispatch!(self, reader, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_FIRING} WHERE outcome = 'due' ORDER BY id")))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// A trigger's firings, newest first, at most `limit`.
+    pub async fn trigger_firings(
+        &self,
+        trigger_id: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<FiringRecord>> {
+        let rows: Vec<FiringRow> = dispatch!(self, reader, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_FIRING} WHERE trigger_id = $1 ORDER BY id DESC LIMIT $2"
+            )))
+            .bind(trigger_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// The run a cause label started, if any (to find whether a firing's run exists).
+    pub async fn run_started_by(&self, cause: &str) -> StoreResult<Option<String>> {
+        let run: Option<String> = dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT run_id FROM run_transitions WHERE cause = $1 LIMIT 1")
+                .bind(cause)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(run)
+    }
+}

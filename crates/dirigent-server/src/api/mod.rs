@@ -121,6 +121,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(triggers::enable_trigger))
         .routes(routes!(triggers::disable_trigger))
         .routes(routes!(triggers::preview_trigger))
+        .routes(routes!(triggers::list_firings))
         .routes(routes!(triggers::list_calendars, triggers::create_calendar))
         .routes(routes!(
             triggers::get_calendar,

@@ -10,14 +10,14 @@ use axum::{
 use dirigent_domain::{
     InvalidField,
     access::{Action, Resource},
-    schedule::{self, Cron, OffDay, Schedule},
+    schedule,
 };
 use dirigent_proto::{
     error::{ErrorBody, ErrorCode},
-    trigger::{Calendar, CalendarSpec, FireTime, Trigger, TriggerSpec},
+    trigger::{Calendar, CalendarSpec, FireTime, Firing, Trigger, TriggerSpec},
 };
 use dirigent_store::{CalendarRecord, StoreError, TriggerRecord};
-use jiff::{SignedDuration, Timestamp, civil::Time, tz::TimeZone};
+use jiff::Timestamp;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -26,9 +26,8 @@ use crate::{
     api::{ApiJson, ApiQuery, PathSegment},
     auth::{Caller, secrets},
     error::ApiError,
+    scheduler::{DAYS, calendar_rules, definition, stored_calendar, stored_spec},
 };
-
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// Filters of the trigger list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -94,6 +93,7 @@ pub(super) async fn create_trigger(
     let spec = with_anchor(spec, now);
     apply_spec(&state, &mut record, &spec, now).await?;
     state.store.insert_trigger(&record).await?;
+    state.scheduler.changed();
     Ok((StatusCode::CREATED, Json(to_wire(record)?)).into_response())
 }
 
@@ -240,7 +240,7 @@ pub(super) async fn preview_trigger(
         )));
     }
     let spec = stored_spec(&record)?;
-    let (schedule, calendar) = definition(&state, &spec).await?;
+    let (schedule, calendar) = definition(&state.store, &spec).await?;
     let zone = schedule.zone();
     let from = query.from.unwrap_or_else(|| state.clock.now());
     let calendar = calendar
@@ -275,7 +275,49 @@ async fn set_enabled(
     let spec = stored_spec(&record)?;
     apply_spec(state, &mut record, &spec, now).await?;
     state.store.update_trigger(&record).await?;
+    state.scheduler.changed();
     Ok(Json(to_wire(record)?))
+}
+
+/// How many firings to list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct FiringQuery {
+    /// At most this many, newest first (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+/// The trigger's firings, newest first: each started, skipped or missed, with the reason.
+#[utoipa::path(
+    get,
+    path = "/triggers/{id}/firings",
+    tag = "triggers",
+    security(("bearer" = [])),
+    params(("id" = String, Path), FiringQuery),
+    responses((status = 200, body = [Firing]), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn list_firings(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+    ApiQuery(query): ApiQuery<FiringQuery>,
+) -> Result<Json<Vec<Firing>>, ApiError> {
+    lookup(&state, &caller, &id, Action::Read).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let firings = state.store.trigger_firings(&id, limit).await?;
+    Ok(Json(
+        firings
+            .into_iter()
+            .map(|firing| Firing {
+                due_at: firing.due_at,
+                outcome: firing.outcome,
+                reason: firing.reason,
+                run_id: firing.run_id,
+                recorded_at: firing.recorded_at,
+            })
+            .collect(),
+    ))
 }
 
 /// Checks `spec`, and sets the record's spec and next firing from it.
@@ -295,7 +337,7 @@ async fn apply_spec(
         }
         Err(err) => return Err(err.into()),
     }
-    let (schedule, calendar) = definition(state, spec).await?;
+    let (schedule, calendar) = definition(&state.store, spec).await?;
     let calendar = calendar
         .as_ref()
         .map(|(calendar, off_day)| (calendar, *off_day));
@@ -315,124 +357,6 @@ fn with_anchor(mut spec: TriggerSpec, default: Timestamp) -> TriggerSpec {
     spec
 }
 
-/// The schedule of a spec, and the calendar it follows.
-async fn definition(
-    state: &AppState,
-    spec: &TriggerSpec,
-) -> Result<(Schedule, Option<(schedule::Calendar, OffDay)>), ApiError> {
-    let invalid = |field: &str, reason: String| ApiError::invalid(InvalidField::new(field, reason));
-    let required = |field: &str| invalid(field, format!("is required for a {} trigger", spec.kind));
-    let zone = match &spec.time_zone {
-        Some(name) => TimeZone::get(name)
-            .map_err(|_| invalid("time_zone", format!("{name:?} is not an IANA time zone")))?,
-        None => TimeZone::system(),
-    };
-    let schedule = match spec.kind.as_str() {
-        "cron" => Schedule::Cron {
-            cron: Cron::parse(spec.cron.as_deref().ok_or_else(|| required("cron"))?)
-                .map_err(ApiError::invalid)?,
-            zone,
-        },
-        "interval" => {
-            let seconds = spec
-                .every_seconds
-                .ok_or_else(|| required("every_seconds"))?;
-            if !(1..=366 * 24 * 3600).contains(&seconds) {
-                return Err(invalid(
-                    "every_seconds",
-                    "must be between 1 and a year".into(),
-                ));
-            }
-            Schedule::Interval {
-                every: SignedDuration::from_secs(seconds.cast_signed()),
-                anchor: spec.anchor.ok_or_else(|| required("anchor"))?,
-            }
-        }
-        "once" => Schedule::Once {
-            at: spec.at.ok_or_else(|| required("at"))?,
-        },
-        "weekly" => {
-            let mut days = [false; 7];
-            for day in spec.days.as_deref().ok_or_else(|| required("days"))? {
-                let index = DAYS
-                    .iter()
-                    .position(|name| day.eq_ignore_ascii_case(name))
-                    .ok_or_else(|| invalid("days", format!("{day:?} is not one of mon … sun")))?;
-                days[index] = true;
-            }
-            let times = spec
-                .times
-                .as_deref()
-                .ok_or_else(|| required("times"))?
-                .iter()
-                .map(|text| {
-                    text.parse::<Time>()
-                        .map_err(|_| invalid("times", format!("{text:?} is not a time HH:MM")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if times.is_empty() || !days.contains(&true) {
-                return Err(invalid(
-                    "times",
-                    "give at least one day and one time".into(),
-                ));
-            }
-            Schedule::Weekly { days, times, zone }
-        }
-        other => {
-            return Err(invalid(
-                "kind",
-                format!("{other:?} is not one of cron, interval, once, weekly"),
-            ));
-        }
-    };
-    let calendar = match &spec.calendar {
-        None => None,
-        Some(name) => {
-            let record = state.store.calendar(name).await.map_err(|err| match err {
-                StoreError::NotFound => invalid("calendar", format!("no calendar named {name:?}")),
-                err => err.into(),
-            })?;
-            let off_day = match spec.off_day.as_deref() {
-                None | Some("skip") => OffDay::Skip,
-                Some("next_working_day") => OffDay::NextWorkingDay,
-                Some(other) => {
-                    return Err(invalid(
-                        "off_day",
-                        format!("{other:?} is not skip or next_working_day"),
-                    ));
-                }
-            };
-            Some((calendar_rules(&stored_calendar(&record)?)?, off_day))
-        }
-    };
-    check_policies(spec)?;
-    Ok((schedule, calendar))
-}
-
-fn check_policies(spec: &TriggerSpec) -> Result<(), ApiError> {
-    let invalid = |field: &str, reason: &str| ApiError::invalid(InvalidField::new(field, reason));
-    if let Some(overlap) = spec.overlap.as_deref()
-        && !["skip", "queue_one", "allow", "replace"].contains(&overlap)
-    {
-        return Err(invalid(
-            "overlap",
-            "must be skip, queue_one, allow or replace",
-        ));
-    }
-    if let Some(missed) = spec.missed.as_deref()
-        && !["skip", "run_once", "run_all"].contains(&missed)
-    {
-        return Err(invalid("missed", "must be skip, run_once or run_all"));
-    }
-    if spec.jitter_seconds.is_some_and(|jitter| 3600 < jitter) {
-        return Err(invalid("jitter_seconds", "must be at most 3600"));
-    }
-    if spec.max_consecutive_failures == Some(0) {
-        return Err(invalid("max_consecutive_failures", "must be at least 1"));
-    }
-    Ok(())
-}
-
 async fn lookup(
     state: &AppState,
     caller: &Caller,
@@ -450,10 +374,6 @@ async fn lookup(
     })?;
     caller.require(Resource::Triggers, action, Some(&record.robot))?;
     Ok(record)
-}
-
-fn stored_spec(record: &TriggerRecord) -> Result<TriggerSpec, ApiError> {
-    serde_json::from_str(&record.spec).map_err(ApiError::internal)
 }
 
 fn to_wire(record: TriggerRecord) -> Result<Trigger, ApiError> {
@@ -638,31 +558,6 @@ fn normalized_calendar(spec: CalendarSpec) -> Result<CalendarSpec, ApiError> {
     };
     calendar_rules(&normalized)?;
     Ok(normalized)
-}
-
-/// The rules of a calendar spec.
-fn calendar_rules(spec: &CalendarSpec) -> Result<schedule::Calendar, ApiError> {
-    let mut working_days = [false; 7];
-    for day in spec.working_days.as_deref().unwrap_or_default() {
-        let index = DAYS
-            .iter()
-            .position(|name| day.eq_ignore_ascii_case(name))
-            .ok_or_else(|| {
-                ApiError::invalid(InvalidField::new(
-                    "working_days",
-                    format!("{day:?} is not one of mon … sun"),
-                ))
-            })?;
-        working_days[index] = true;
-    }
-    Ok(schedule::Calendar {
-        working_days,
-        excluded: spec.excluded_dates.iter().flatten().copied().collect(),
-    })
-}
-
-fn stored_calendar(record: &CalendarRecord) -> Result<CalendarSpec, ApiError> {
-    serde_json::from_str(&record.spec).map_err(ApiError::internal)
 }
 
 async fn calendar_lookup(state: &AppState, name: &str) -> Result<CalendarRecord, ApiError> {

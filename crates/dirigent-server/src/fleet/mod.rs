@@ -86,15 +86,18 @@ pub enum Cause {
     Agent(String),
     RestartPolicy,
     Rule(&'static str),
+    /// A trigger's firing: `TRIGGER_ID#FIRING_ID`.
+    Trigger(String),
 }
 
 impl Cause {
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         match self {
             Cause::User(name) => format!("user:{name}"),
             Cause::Agent(name) => format!("agent:{name}"),
             Cause::RestartPolicy => "restart_policy".to_owned(),
             Cause::Rule(rule) => format!("rule:{rule}"),
+            Cause::Trigger(firing) => format!("trigger:{firing}"),
         }
     }
 }

@@ -25,6 +25,7 @@ pub(crate) struct TestApp {
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) store: Store,
     pub(crate) writer: std::sync::Arc<dirigent_server::writer::Writer>,
+    pub(crate) scheduler: std::sync::Arc<dirigent_server::scheduler::Scheduler>,
     _dir: tempfile::TempDir,
 }
 
@@ -74,11 +75,14 @@ impl TestApp {
             .unwrap();
         let fleet = dirigent_server::fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
         let writer = dirigent_server::writer::Writer::start(store.clone(), clock.clone());
+        let scheduler =
+            dirigent_server::scheduler::Scheduler::new(store.clone(), fleet.clone(), clock.clone());
         let state = AppState {
             store: store.clone(),
             credentials: dirigent_server::auth::cache::CredentialCache::following_runs(&fleet),
             fleet,
             writer: writer.clone(),
+            scheduler: scheduler.clone(),
             login_throttle: Arc::default(),
             clock: clock.clone(),
             config: Arc::new(config),
@@ -88,6 +92,7 @@ impl TestApp {
             clock,
             store,
             writer,
+            scheduler,
             _dir: dir,
         }
     }

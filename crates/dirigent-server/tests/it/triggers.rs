@@ -222,3 +222,213 @@ async fn bad_definitions_name_their_field() {
         .await;
     assert_eq!(created.body["next_fire_at"], once.to_string());
 }
+
+/// Creates a trigger from `spec` and answers its id.
+async fn trigger(app: &TestApp, admin: &str, spec: Value) -> String {
+    let created = app
+        .send(Method::POST, "/api/v1/triggers", Some(admin), Some(spec))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    created.body["id"].as_str().unwrap().to_owned()
+}
+
+/// The trigger's firings, oldest first, as (outcome, reason).
+async fn firings(app: &TestApp, admin: &str, id: &str) -> Vec<(String, String)> {
+    let listed = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/triggers/{id}/firings"),
+            Some(admin),
+            None,
+        )
+        .await;
+    let mut firings: Vec<(String, String)> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|firing| {
+            (
+                firing["outcome"].as_str().unwrap().to_owned(),
+                firing["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    firings.reverse();
+    firings
+}
+
+fn outcomes(firings: &[(String, String)]) -> Vec<&str> {
+    firings
+        .iter()
+        .map(|(outcome, _)| outcome.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_due_trigger_starts_a_run_and_records_the_firing() {
+    let (app, admin) = setup().await;
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "interval", "every_seconds": 60, "overlap": "allow"}),
+    )
+    .await;
+    app.scheduler.fire_due().await.unwrap();
+    assert!(firings(&app, &admin, &id).await.is_empty(), "not due yet");
+
+    app.clock.advance(SignedDuration::from_secs(60));
+    app.scheduler.fire_due().await.unwrap();
+    let listed = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/triggers/{id}/firings"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(listed.body[0]["outcome"], "started", "{:?}", listed.body);
+    let run_id = listed.body[0]["run_id"].as_str().unwrap();
+    let run = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/runs/{run_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(run.body["robot"], "invoices");
+    let cause = run.body["transitions"][0]["cause"].as_str().unwrap();
+    assert!(cause.starts_with(&format!("trigger:{id}#")), "{cause}");
+    let shown = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/triggers/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(shown.body["next_fire_at"], "2027-01-15T08:02:00Z");
+}
+
+#[tokio::test]
+async fn firings_missed_during_downtime_follow_the_missed_policy() {
+    let (app, admin) = setup().await;
+    let mut ids = Vec::new();
+    for missed in [
+        json!({"missed": "skip"}),
+        json!({"missed": "run_once"}),
+        json!({"missed": "run_all", "catch_up_seconds": 180}),
+    ] {
+        let mut spec = json!({"robot": "invoices", "kind": "interval", "every_seconds": 60,
+                              "overlap": "allow"});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(missed.as_object().unwrap().clone());
+        ids.push(trigger(&app, &admin, spec).await);
+    }
+    // Down for ten minutes: firings were due at +1 … +10 min.
+    app.clock.advance(SignedDuration::from_secs(10 * 60 + 30));
+    app.scheduler.fire_due().await.unwrap();
+    let count = |firings: &[(String, String)], outcome: &str| {
+        firings.iter().filter(|(o, _)| o == outcome).count()
+    };
+    let skip = firings(&app, &admin, &ids[0]).await;
+    assert_eq!((count(&skip, "started"), count(&skip, "missed")), (0, 10));
+    assert!(skip[0].1.contains("orchestrator was down"), "{skip:?}");
+    let once = firings(&app, &admin, &ids[1]).await;
+    assert_eq!((count(&once, "started"), count(&once, "missed")), (1, 9));
+    assert_eq!(once.last().unwrap().0, "started", "the latest runs");
+    let all = firings(&app, &admin, &ids[2]).await;
+    assert_eq!((count(&all, "started"), count(&all, "missed")), (3, 7));
+}
+
+#[tokio::test]
+async fn manual_robots_and_overlaps_are_skipped_with_a_reason() {
+    let (app, admin) = setup().await;
+    let queue_one = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "interval", "every_seconds": 60, "overlap": "queue_one"}),
+    )
+    .await;
+    let skip = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "interval", "every_seconds": 60, "anchor": "2027-01-15T08:01:30Z"}),
+    )
+    .await;
+    // Without an agent the first run stays queued.
+    app.clock.advance(SignedDuration::from_secs(60));
+    app.scheduler.fire_due().await.unwrap();
+    app.clock.advance(SignedDuration::from_secs(40));
+    app.scheduler.fire_due().await.unwrap();
+    app.clock.advance(SignedDuration::from_secs(20));
+    app.scheduler.fire_due().await.unwrap();
+    let queued = firings(&app, &admin, &queue_one).await;
+    assert_eq!(outcomes(&queued), ["started", "skipped"], "{queued:?}");
+    assert!(queued[1].1.contains("queued already"), "{queued:?}");
+    let skipped = firings(&app, &admin, &skip).await;
+    assert_eq!(outcomes(&skipped), ["skipped"]);
+    assert!(skipped[0].1.contains("overlap: skip"), "{skipped:?}");
+
+    // An operator's start switches the robot to manual: triggers leave it alone.
+    let started = app
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(&admin),
+            Some(json!({"robot": "invoices"})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+    app.clock.advance(SignedDuration::from_secs(60));
+    app.scheduler.fire_due().await.unwrap();
+    let manual = firings(&app, &admin, &queue_one).await;
+    assert_eq!(manual.last().unwrap().0, "skipped");
+    assert!(
+        manual.last().unwrap().1.contains("manual mode"),
+        "{manual:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_firing_taken_before_a_stop_is_started_once_after_it() {
+    let (app, admin) = setup().await;
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "once", "at": "2027-01-15T09:00:00Z", "overlap": "allow"}),
+    )
+    .await;
+    // A node took the firing and stopped before starting its run.
+    let due: Timestamp = "2027-01-15T09:00:00Z".parse().unwrap();
+    let taken = app
+        .store
+        .take_trigger_firing(&id, due, None, &[(due, "due", None)], due)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    // No second node takes it again.
+    assert!(
+        app.store
+            .take_trigger_firing(&id, due, None, &[(due, "due", None)], due)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    app.scheduler.resume_unsettled().await.unwrap();
+    app.scheduler.resume_unsettled().await.unwrap();
+    let all = firings(&app, &admin, &id).await;
+    assert_eq!(outcomes(&all), ["started"]);
+    let runs = app
+        .send(
+            Method::GET,
+            "/api/v1/runs?robot=invoices",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(runs.body.as_array().unwrap().len(), 1, "started once");
+}

@@ -22,3 +22,17 @@ CREATE TABLE triggers (
 
 -- The scheduler sleeps until the earliest of these.
 CREATE INDEX triggers_due ON triggers (next_fire_at) WHERE enabled;
+
+-- Every firing of a trigger and what became of it: due (taken, its run not yet started),
+-- started, skipped or missed, with the reason.
+CREATE TABLE trigger_firings (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    trigger_id TEXT NOT NULL REFERENCES triggers (id) ON DELETE CASCADE,
+    due_at BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    run_id TEXT,
+    recorded_at BIGINT NOT NULL
+);
+CREATE INDEX trigger_firings_trigger ON trigger_firings (trigger_id, id);
+CREATE INDEX trigger_firings_due ON trigger_firings (outcome) WHERE outcome = 'due';
