@@ -244,6 +244,12 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         "YYYY.....",
     ),
     (
+        "GET",
+        "/api/v1/triggers/{trigger}/firings",
+        None,
+        "YYYY.....",
+    ),
+    (
         "PUT",
         "/api/v1/triggers/{trigger}",
         Some(r#"{"robot": "finance-invoices", "kind": "once", "at": "2030-01-01T00:00:00Z"}"#),

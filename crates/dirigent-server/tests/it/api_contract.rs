@@ -140,6 +140,11 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
         "/api/v1/triggers/{id}/preview",
         Access::Authenticated,
     ),
+    (
+        "GET",
+        "/api/v1/triggers/{id}/firings",
+        Access::Authenticated,
+    ),
     ("GET", "/api/v1/calendars", Access::Authenticated),
     ("POST", "/api/v1/calendars", Access::Authenticated),
     ("GET", "/api/v1/calendars/{name}", Access::Authenticated),
