@@ -5,6 +5,7 @@
 
 mod queues;
 pub mod tls;
+mod triggers;
 
 use std::fmt;
 

@@ -292,7 +292,9 @@ impl Scheduler {
             })
             .collect();
         records.sort_by_key(|(at, _, _)| *at);
-        let next = schedule.next_with_calendar(now, calendar);
+        let next = schedule
+            .next_with_calendar(now, calendar)
+            .map(|next| next + jitter(spec.jitter_seconds.unwrap_or(0)));
         let Some(firings) = self
             .store
             .take_trigger_firing(&trigger.id, due_at, next, &records, now)
@@ -393,6 +395,16 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// A random delay of up to `seconds`, at millisecond resolution.
+fn jitter(seconds: u32) -> SignedDuration {
+    if seconds == 0 {
+        return SignedDuration::ZERO;
+    }
+    let random = getrandom::u64().unwrap_or(0);
+    let millis = random % (u64::from(seconds) * 1000 + 1);
+    SignedDuration::from_millis(i64::try_from(millis).unwrap_or(0))
 }
 
 fn missed_policy(spec: &TriggerSpec) -> Missed {

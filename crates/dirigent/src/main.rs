@@ -42,6 +42,12 @@ enum Command {
     /// extend, postpone, abandon, items, item, requeue, delete.
     #[command(subcommand)]
     Queue(cli::queue::QueueCommand),
+    /// Triggers: ls, show, create, update, rm, enable, disable, preview, firings.
+    #[command(subcommand)]
+    Trigger(cli::trigger::TriggerCommand),
+    /// Calendars of working days and holidays: ls, show, create, update, rm.
+    #[command(subcommand)]
+    Calendar(cli::trigger::CalendarCommand),
     /// Users: ls, show, create, update, rm, logout-everywhere, passwd.
     #[command(subcommand)]
     User(cli::user::UserCommand),
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
             Command::Robot(command) => cli::robot::run(command).await,
             Command::Token(command) => cli::token::run(command).await,
             Command::Queue(command) => cli::queue::run(command).await,
+            Command::Trigger(command) => cli::trigger::run(command).await,
+            Command::Calendar(command) => cli::trigger::run_calendar(command).await,
             Command::Audit(args) => cli::audit::run(args).await,
             Command::User(command) => cli::user::run_user(command).await,
             Command::Role(command) => cli::user::run_role(command).await,

@@ -432,3 +432,35 @@ async fn a_firing_taken_before_a_stop_is_started_once_after_it() {
         .await;
     assert_eq!(runs.body.as_array().unwrap().len(), 1, "started once");
 }
+
+#[tokio::test]
+async fn jitter_delays_the_next_firing_by_at_most_its_bound() {
+    let (app, admin) = setup().await;
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "interval", "every_seconds": 60,
+               "jitter_seconds": 30, "overlap": "allow"}),
+    )
+    .await;
+    let (earliest, latest): (Timestamp, Timestamp) = (
+        "2027-01-15T08:02:00Z".parse().unwrap(),
+        "2027-01-15T08:02:30Z".parse().unwrap(),
+    );
+    app.clock.advance(SignedDuration::from_secs(60));
+    app.scheduler.fire_due().await.unwrap();
+    let shown = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/triggers/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let next: Timestamp = shown.body["next_fire_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(earliest <= next && next <= latest, "{next}");
+}

@@ -10,6 +10,7 @@ pub(crate) mod robot;
 pub(crate) mod run;
 pub(crate) mod session;
 pub(crate) mod token;
+pub(crate) mod trigger;
 pub(crate) mod user;
 
 use std::path::{Path, PathBuf};
