@@ -16,3 +16,4 @@ mod backends;
 mod queue_model;
 mod queues;
 mod robots;
+mod triggers;
