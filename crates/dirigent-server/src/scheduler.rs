@@ -355,6 +355,20 @@ impl Scheduler {
                 .any(|run| run.state == dirigent_domain::run::RunState::Queued);
             let skip = match overlap {
                 "allow" => None,
+                "replace" => {
+                    // Safe-stop what runs (without taking the robot out of auto mode).
+                    for run in &active {
+                        let cause = Cause::Trigger(format!("{}#{}", trigger.id, firing.id));
+                        if let Err(err) = self
+                            .fleet
+                            .operate(&run.id, dirigent_domain::run::Operation::Stop, cause)
+                            .await
+                        {
+                            tracing::warn!(run = run.id, ?err, "stopping a run to replace it");
+                        }
+                    }
+                    None
+                }
                 "queue_one" if queued => Some("a run of the robot is queued already"),
                 "queue_one" => None,
                 _ => Some("a run of the robot is active"),

@@ -216,7 +216,8 @@ macro_rules! operation {
         ) -> Result<Json<Run>, ApiError> {
             let run = state.fleet.run(&id).await?;
             caller.require(Resource::Robots, $action, Some(&run.robot))?;
-            let run = state.fleet.operate(&id, $operation, &caller.username).await?;
+            let cause = Cause::User(caller.username.clone());
+            let run = state.fleet.operate(&id, $operation, cause).await?;
             Ok(Json(to_wire(run)))
         }
     };

@@ -168,12 +168,13 @@ impl Fleet {
         Ok(self.store.run(&run.id).await?)
     }
 
-    /// Pauses, resumes, safe-stops or force-stops a run.
+    /// Pauses, resumes, safe-stops or force-stops a run. An operator's action switches the
+    /// robot to manual mode; automation's (a trigger replacing a run) does not.
     pub async fn operate(
         self: &Arc<Fleet>,
         run_id: &str,
         operation: Operation,
-        user: &str,
+        cause: Cause,
     ) -> FleetResult<Run> {
         let run = {
             let _changes = self.changes.lock().await;
@@ -181,7 +182,7 @@ impl Fleet {
             run::check_operation(run.state, operation).map_err(FleetError::InvalidState)?;
             // The robot may have been deleted since; its runs can still be stopped.
             let robot = self.store.robot(&run.robot).await.ok();
-            if let Some(robot) = &robot {
+            if let (Some(robot), Cause::User(user)) = (&robot, &cause) {
                 self.take_manual_control(
                     robot,
                     user,
@@ -189,7 +190,6 @@ impl Fleet {
                 )
                 .await?;
             }
-            let cause = Cause::User(user.to_owned());
             if run.state == RunState::Queued {
                 // Never started: it ends here.
                 let state = if operation == Operation::Kill {
@@ -253,7 +253,8 @@ impl Fleet {
     pub async fn restart_run(self: &Arc<Fleet>, run_id: &str, user: &str) -> FleetResult<Run> {
         let run = self.run(run_id).await?;
         if run.state.is_active() && run.state != RunState::Stopping {
-            self.operate(run_id, Operation::Stop, user).await?;
+            self.operate(run_id, Operation::Stop, Cause::User(user.to_owned()))
+                .await?;
         }
         self.start_run(&run.robot, Cause::User(user.to_owned()))
             .await

@@ -464,3 +464,49 @@ async fn jitter_delays_the_next_firing_by_at_most_its_bound() {
         .unwrap();
     assert!(earliest <= next && next <= latest, "{next}");
 }
+
+#[tokio::test]
+async fn replace_stops_the_active_run_and_starts_a_new_one() {
+    let (app, admin) = setup().await;
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "interval", "every_seconds": 60, "overlap": "replace"}),
+    )
+    .await;
+    for _ in 0..2 {
+        app.clock.advance(SignedDuration::from_secs(60));
+        app.scheduler.fire_due().await.unwrap();
+    }
+    assert_eq!(
+        outcomes(&firings(&app, &admin, &id).await),
+        ["started", "started"]
+    );
+    let runs = app
+        .send(
+            Method::GET,
+            "/api/v1/runs?robot=invoices",
+            Some(&admin),
+            None,
+        )
+        .await;
+    let states: Vec<&str> = runs
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{:?}", runs.body);
+    assert!(
+        states.contains(&"stopped") && states.contains(&"queued"),
+        "{states:?}"
+    );
+    let robot = app
+        .send(Method::GET, "/api/v1/robots/invoices", Some(&admin), None)
+        .await;
+    assert_eq!(
+        robot.body["mode"], "auto",
+        "a trigger's stop keeps the robot in auto mode"
+    );
+}
