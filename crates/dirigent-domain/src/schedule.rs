@@ -294,6 +294,8 @@ pub enum Schedule {
         times: Vec<Time>,
         zone: TimeZone,
     },
+    /// Keep running inside a window; its firings are the openings.
+    Window(Window),
 }
 
 impl Schedule {
@@ -301,6 +303,7 @@ impl Schedule {
     pub fn zone(&self) -> TimeZone {
         match self {
             Schedule::Cron { zone, .. } | Schedule::Weekly { zone, .. } => zone.clone(),
+            Schedule::Window(window) => window.zone.clone(),
             Schedule::Interval { .. } | Schedule::Once { .. } => TimeZone::UTC,
         }
     }
@@ -329,6 +332,7 @@ impl Schedule {
                     Vec::new()
                 }
             }),
+            Schedule::Window(window) => window.opening().next_after(after),
             Schedule::Weekly { days, times, zone } => {
                 let mut sorted = times.clone();
                 sorted.sort();

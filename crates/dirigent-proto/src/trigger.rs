@@ -42,7 +42,9 @@ pub struct Calendar {
 
 /// `POST /api/v1/triggers` and `PUT /api/v1/triggers/{id}`. Which fields apply depends on
 /// `kind`: `cron` (`cron`, `time_zone`), `interval` (`every_seconds`, `anchor`), `once`
-/// (`at`), `weekly` (`days`, `times`, `time_zone`).
+/// (`at`), `weekly` (`days`, `times`, `time_zone`), `window` (`days`, `open`, `close`,
+/// `time_zone`: the robot runs inside the window, started when it opens, safe-stopped when
+/// it closes).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
@@ -72,6 +74,12 @@ pub struct TriggerSpec {
     /// Local times `HH:MM` or `HH:MM:SS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<Vec<String>>,
+    /// For a window: when it opens and closes each day, `HH:MM` local time (a close at or
+    /// before the opening runs past midnight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<String>,
     /// A calendar to follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<String>,

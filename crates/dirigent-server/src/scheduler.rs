@@ -61,36 +61,43 @@ pub(crate) async fn definition(
             at: spec.at.ok_or_else(|| required("at"))?,
         },
         "weekly" => {
-            let mut days = [false; 7];
-            for day in spec.days.as_deref().ok_or_else(|| required("days"))? {
-                let index = DAYS
-                    .iter()
-                    .position(|name| day.eq_ignore_ascii_case(name))
-                    .ok_or_else(|| invalid("days", format!("{day:?} is not one of mon … sun")))?;
-                days[index] = true;
-            }
+            let days = days_of(spec)?;
             let times = spec
                 .times
                 .as_deref()
                 .ok_or_else(|| required("times"))?
                 .iter()
-                .map(|text| {
-                    text.parse::<Time>()
-                        .map_err(|_| invalid("times", format!("{text:?} is not a time HH:MM")))
-                })
+                .map(|text| time_of("times", text))
                 .collect::<Result<Vec<_>, _>>()?;
-            if times.is_empty() || !days.contains(&true) {
-                return Err(invalid(
-                    "times",
-                    "give at least one day and one time".into(),
-                ));
+            if times.is_empty() {
+                return Err(invalid("times", "give at least one time".into()));
             }
             Schedule::Weekly { days, times, zone }
+        }
+        "window" => {
+            if spec.calendar.is_some() {
+                return Err(invalid(
+                    "calendar",
+                    "window triggers do not follow calendars".into(),
+                ));
+            }
+            Schedule::Window(schedule::Window {
+                days: days_of(spec)?,
+                open: time_of(
+                    "open",
+                    spec.open.as_deref().ok_or_else(|| required("open"))?,
+                )?,
+                close: time_of(
+                    "close",
+                    spec.close.as_deref().ok_or_else(|| required("close"))?,
+                )?,
+                zone,
+            })
         }
         other => {
             return Err(invalid(
                 "kind",
-                format!("{other:?} is not one of cron, interval, once, weekly"),
+                format!("{other:?} is not one of cron, interval, once, weekly, window"),
             ));
         }
     };
@@ -116,6 +123,54 @@ pub(crate) async fn definition(
     };
     check_policies(spec)?;
     Ok((schedule, calendar))
+}
+
+/// The days of the week a spec names, Monday first.
+fn days_of(spec: &TriggerSpec) -> Result<[bool; 7], ApiError> {
+    let invalid = |reason: String| ApiError::invalid(InvalidField::new("days", reason));
+    let names = spec
+        .days
+        .as_deref()
+        .ok_or_else(|| invalid(format!("is required for a {} trigger", spec.kind)))?;
+    let mut days = [false; 7];
+    for day in names {
+        let index = DAYS
+            .iter()
+            .position(|name| day.eq_ignore_ascii_case(name))
+            .ok_or_else(|| invalid(format!("{day:?} is not one of mon … sun")))?;
+        days[index] = true;
+    }
+    if !days.contains(&true) {
+        return Err(invalid("give at least one day".into()));
+    }
+    Ok(days)
+}
+
+/// A local time `HH:MM` or `HH:MM:SS` of the field `field`.
+fn time_of(field: &str, text: &str) -> Result<Time, ApiError> {
+    text.parse::<Time>().map_err(|_| {
+        ApiError::invalid(InvalidField::new(
+            field,
+            format!("{text:?} is not a time HH:MM"),
+        ))
+    })
+}
+
+/// When a trigger should next be looked at from `now`: its next firing — or for a window,
+/// its next opening or closing (now, if it is open and just enabled).
+pub(crate) fn next_look(
+    schedule: &Schedule,
+    calendar: Option<(&schedule::Calendar, OffDay)>,
+    now: Timestamp,
+    just_enabled: bool,
+) -> Option<Timestamp> {
+    match schedule {
+        Schedule::Window(window) => match window.state(now) {
+            (true, _) if just_enabled => Some(now),
+            (_, change) => change,
+        },
+        schedule => schedule.next_with_calendar(now, calendar),
+    }
 }
 
 pub(crate) fn check_policies(spec: &TriggerSpec) -> Result<(), ApiError> {
@@ -262,6 +317,9 @@ impl Scheduler {
         let calendar = calendar
             .as_ref()
             .map(|(calendar, off_day)| (calendar, *off_day));
+        if let Schedule::Window(window) = &schedule {
+            return self.fire_window(trigger, &spec, window, due_at, now).await;
+        }
         let mut due = vec![due_at];
         due.extend(
             schedule
@@ -308,6 +366,50 @@ impl Scheduler {
             taken += 1;
         }
         Ok(taken)
+    }
+
+    /// A window opened (start the robot unless it runs) or closed (safe-stop its runs).
+    async fn fire_window(
+        &self,
+        trigger: &TriggerRecord,
+        spec: &TriggerSpec,
+        window: &schedule::Window,
+        due_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize, ApiError> {
+        let (open, next) = window.state(now);
+        let Some(firings) = self
+            .store
+            .take_trigger_firing(&trigger.id, due_at, next, &[(due_at, "due", None)], now)
+            .await?
+        else {
+            return Ok(0);
+        };
+        for firing in &firings {
+            if open {
+                self.start_firing(trigger, spec, firing).await?;
+                continue;
+            }
+            let cause = Cause::Trigger(format!("{}#{}", trigger.id, firing.id));
+            let mut stopped = 0;
+            for run in self.store.active_runs().await? {
+                if run.robot == trigger.robot {
+                    self.fleet
+                        .operate(
+                            &run.id,
+                            dirigent_domain::run::Operation::Stop,
+                            cause.clone(),
+                        )
+                        .await?;
+                    stopped += 1;
+                }
+            }
+            let reason = format!("the window closed; {stopped} runs asked to stop safely");
+            self.store
+                .settle_firing(firing.id, "stopped", Some(&reason), None, self.clock.now())
+                .await?;
+        }
+        Ok(firings.len())
     }
 
     /// Starts the run of a taken firing, unless the robot's mode or the overlap policy says

@@ -26,7 +26,7 @@ use crate::{
     api::{ApiJson, ApiQuery, PathSegment},
     auth::{Caller, secrets},
     error::ApiError,
-    scheduler::{DAYS, calendar_rules, definition, stored_calendar, stored_spec},
+    scheduler::{DAYS, calendar_rules, definition, next_look, stored_calendar, stored_spec},
 };
 
 /// Filters of the trigger list.
@@ -343,7 +343,7 @@ async fn apply_spec(
         .map(|(calendar, off_day)| (calendar, *off_day));
     record.next_fire_at = record
         .enabled
-        .then(|| schedule.next_with_calendar(now, calendar))
+        .then(|| next_look(&schedule, calendar, now, true))
         .flatten();
     record.spec = serde_json::to_string(spec).map_err(ApiError::internal)?;
     Ok(())

@@ -510,3 +510,56 @@ async fn replace_stops_the_active_run_and_starts_a_new_one() {
         "a trigger's stop keeps the robot in auto mode"
     );
 }
+
+#[tokio::test]
+async fn a_window_starts_the_robot_when_it_opens_and_stops_it_when_it_closes() {
+    let (app, admin) = setup().await;
+    // Friday 2027-01-15, 08:00 UTC: the window opens at 09:00.
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "window", "days": ["mon", "tue", "wed", "thu", "fri"],
+               "open": "09:00", "close": "17:00", "time_zone": "UTC"}),
+    )
+    .await;
+    assert_eq!(next_fire(&app, &admin, &id).await, "2027-01-15T09:00:00Z");
+    app.clock.advance(SignedDuration::from_hours(1));
+    app.scheduler.fire_due().await.unwrap();
+    assert_eq!(next_fire(&app, &admin, &id).await, "2027-01-15T17:00:00Z");
+    app.clock.advance(SignedDuration::from_hours(8));
+    let admin = app.admin().await;
+    app.scheduler.fire_due().await.unwrap();
+    let all = firings(&app, &admin, &id).await;
+    assert_eq!(outcomes(&all), ["started", "stopped"], "{all:?}");
+    assert!(all[1].1.contains("1 runs asked to stop"), "{all:?}");
+    assert_eq!(
+        next_fire(&app, &admin, &id).await,
+        "2027-01-18T09:00:00Z",
+        "Monday"
+    );
+    let robot = app
+        .send(Method::GET, "/api/v1/robots/invoices", Some(&admin), None)
+        .await;
+    assert_eq!(robot.body["mode"], "auto");
+
+    // Created inside a window, it starts the robot at once.
+    app.clock.advance(SignedDuration::from_hours(64)); // Monday 09:00
+    let admin = app.admin().await;
+    let inside = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "window", "days": ["mon"], "open": "08:00",
+               "close": "12:00", "time_zone": "UTC"}),
+    )
+    .await;
+    assert_eq!(
+        next_fire(&app, &admin, &inside).await,
+        "2027-01-18T09:00:00Z"
+    );
+}
+
+/// The trigger's next firing, as the API shows it.
+async fn next_fire(app: &TestApp, admin: &str, id: &str) -> Value {
+    let path = format!("/api/v1/triggers/{id}");
+    app.send(Method::GET, &path, Some(admin), None).await.body["next_fire_at"].clone()
+}
