@@ -26,8 +26,8 @@ pub(crate) enum TriggerCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Create a trigger for a robot: `--cron`, `--every`, `--at` or `--weekly` with `--times`,
-    /// or a JSON file of the API's shape.
+    /// Create a trigger for a robot: `--cron`, `--every`, `--at`, `--weekly` with `--times`,
+    /// `--window` with `--open` and `--close`, or a JSON file of the API's shape.
     Create {
         /// The robot it starts [default: the file's `robot`].
         robot: Option<String>,
@@ -104,6 +104,15 @@ pub(crate) struct TriggerFlags {
     /// Local times `08:00,16:30`, for `--weekly`.
     #[arg(long, value_name = "TIMES")]
     times: Option<String>,
+    /// Keep the robot running on these days (`mon,tue`) between `--open` and `--close`.
+    #[arg(long, value_name = "DAYS", conflicts_with_all = ["cron", "every", "at", "weekly"])]
+    window: Option<String>,
+    /// When the window opens, `HH:MM`.
+    #[arg(long, value_name = "TIME")]
+    open: Option<String>,
+    /// When the window closes, `HH:MM`.
+    #[arg(long, value_name = "TIME")]
+    close: Option<String>,
     /// An IANA time zone such as Europe/Berlin [default: the server's].
     #[arg(long, value_name = "ZONE")]
     time_zone: Option<String>,
@@ -154,6 +163,10 @@ impl TriggerFlags {
         if let Some(times) = self.times {
             spec.times = Some(list(&times));
         }
+        if let Some(days) = self.window {
+            spec.kind = "window".to_owned();
+            spec.days = Some(list(&days));
+        }
         let fields = [
             (&mut spec.time_zone, self.time_zone),
             (&mut spec.calendar, self.calendar),
@@ -161,6 +174,8 @@ impl TriggerFlags {
             (&mut spec.overlap, self.overlap),
             (&mut spec.missed, self.missed),
             (&mut spec.description, self.description),
+            (&mut spec.open, self.open),
+            (&mut spec.close, self.close),
         ];
         for (field, value) in fields {
             if value.is_some() {
@@ -173,7 +188,7 @@ impl TriggerFlags {
             spec.enabled = Some(false);
         }
         if spec.kind.is_empty() {
-            bail!("say when it fires: --cron, --every, --at or --weekly (or --file)");
+            bail!("say when it fires: --cron, --every, --at, --weekly or --window (or --file)");
         }
         Ok(())
     }
@@ -340,6 +355,12 @@ fn describe(trigger: &Trigger) -> String {
             "{} at {}{zone}",
             spec.days.clone().unwrap_or_default().join(","),
             spec.times.clone().unwrap_or_default().join(",")
+        ),
+        "window" => format!(
+            "{} {}–{}{zone}",
+            spec.days.clone().unwrap_or_default().join(","),
+            spec.open.as_deref().unwrap_or_default(),
+            spec.close.as_deref().unwrap_or_default()
         ),
         other => other.to_owned(),
     }

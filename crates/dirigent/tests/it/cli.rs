@@ -361,3 +361,66 @@ fn users_and_roles_from_the_command_line() {
     ok(cli(&["user", "rm", "fin"]));
     fails(cli(&["user", "show", "fin"]), 4, "no user named \"fin\"");
 }
+
+#[test]
+fn triggers_and_calendars_from_the_command_line() {
+    let server = logged_in_server();
+    let cli = |args: &[&str]| run(server.cli(args));
+    ok(cli(&["robot", "create", "nightly", "--", "true"]));
+    let holidays = server.dir.path().join("holidays.ics");
+    std::fs::write(
+        &holidays,
+        "BEGIN:VCALENDAR\nBEGIN:VEVENT\nDTSTART;VALUE=DATE:20270329\nEND:VEVENT\nEND:VCALENDAR\n",
+    )
+    .unwrap();
+    ok(cli(&[
+        "calendar",
+        "create",
+        "office",
+        "--import",
+        holidays.to_str().unwrap(),
+    ]));
+    let created: serde_json::Value = serde_json::from_str(&ok(cli(&[
+        "trigger",
+        "create",
+        "nightly",
+        "--cron",
+        "30 2 * * *",
+        "--time-zone",
+        "Europe/Berlin",
+        "--calendar",
+        "office",
+        "--json",
+    ])))
+    .unwrap();
+    let id = created["id"].as_str().unwrap();
+    // Sunday 28 March 2027 is no working day, Monday the 29th a holiday: Tuesday it is.
+    let preview: serde_json::Value = serde_json::from_str(&ok(cli(&[
+        "trigger",
+        "preview",
+        id,
+        "--from",
+        "2027-03-27T00:00:00Z",
+        "--count",
+        "1",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        preview[0]["local"],
+        "2027-03-30T02:30:00+02:00[Europe/Berlin]"
+    );
+    let window = ok(cli(&[
+        "trigger", "create", "nightly", "--window", "sat,sun", "--open", "22:00", "--close",
+        "06:00",
+    ]));
+    assert!(window.contains("sat,sun 22:00–06:00"), "{window}");
+    let listed = ok(cli(&["trigger", "ls"]));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let disabled = ok(cli(&["trigger", "disable", id]));
+    assert!(disabled.contains("enabled       no"), "{disabled}");
+    let refused = cli(&["trigger", "create", "nightly", "--cron", "* * *"]);
+    assert_eq!(refused.status.code(), Some(6));
+    let in_use = cli(&["calendar", "rm", "office"]);
+    assert_eq!(in_use.status.code(), Some(5));
+}
