@@ -657,7 +657,11 @@ impl Store {
                         match refused {
                             Some(err) => Err(err),
                             None => {
+                                // A savepoint confines a duplicate that another transaction
+                                // committed since the check to this operation.
+                                sqlx::query("SAVEPOINT queue_add").execute(&mut *tx).await?;
                                 let mut ids = Vec::with_capacity(items.len());
+                                let mut duplicate = false;
                                 for chunk in items.chunks(INSERT_CHUNK) {
                                     let mut insert = sqlx::QueryBuilder::new(
                                         "INSERT INTO queue_items (queue_id, status, priority, reference, \
@@ -678,23 +682,44 @@ impl Store {
                                             .push_bind(at);
                                     });
                                     insert.push(" RETURNING id");
-                                    let mut chunk_ids: Vec<i64> = insert
-                                        .build_query_scalar()
-                                        .fetch_all(&mut *tx)
-                                        .await?;
-                                    // Identities are assigned in the order of the rows.
-                                    chunk_ids.sort_unstable();
-                                    ids.extend(chunk_ids);
+                                    let inserted: Result<Vec<i64>, sqlx::Error> =
+                                        insert.build_query_scalar().fetch_all(&mut *tx).await;
+                                    match inserted {
+                                        Ok(mut chunk_ids) => {
+                                            // Identities are assigned in the order of the rows.
+                                            chunk_ids.sort_unstable();
+                                            ids.extend(chunk_ids);
+                                        }
+                                        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                                            duplicate = true;
+                                            break;
+                                        }
+                                        Err(err) => return Err(err.into()),
+                                    }
                                 }
-                                sqlx::query(
-                                    "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
-                                     ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + excluded.count",
-                                )
-                                .bind(queue.id)
-                                .bind(i64::try_from(items.len()).unwrap_or(i64::MAX))
-                                .execute(&mut *tx)
-                                .await?;
-                                Ok(QueueAnswer::Added(ids))
+                                if duplicate {
+                                    sqlx::query("ROLLBACK TO SAVEPOINT queue_add").execute(&mut *tx).await?;
+                                    let mut found = None;
+                                    for reference in items.iter().filter_map(|item| item.reference.as_ref()) {
+                                        if let Some(existing) = live_reference!(reference) {
+                                            found = Some(QueueOpError::DuplicateReference { reference: reference.clone(), existing });
+                                            break;
+                                        }
+                                    }
+                                    let err = found.ok_or_else(|| StoreError::Corrupt("a unique reference clashed with no live item".to_owned()))?;
+                                    Err(err)
+                                } else {
+                                    sqlx::query("RELEASE SAVEPOINT queue_add").execute(&mut *tx).await?;
+                                    sqlx::query(
+                                        "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
+                                         ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + excluded.count",
+                                    )
+                                    .bind(queue.id)
+                                    .bind(i64::try_from(items.len()).unwrap_or(i64::MAX))
+                                    .execute(&mut *tx)
+                                    .await?;
+                                    Ok(QueueAnswer::Added(ids))
+                                }
                             }
                         }
                     }

@@ -528,3 +528,48 @@ store_test!(many_consumers_process_every_item_once, |store| {
     processed.sort_unstable();
     assert_eq!(processed, ids, "every item once, none twice");
 });
+
+store_test!(
+    concurrent_adds_of_one_unique_reference_leave_one_item,
+    |store| {
+        let settings = QueueSettings {
+            enforce_unique_reference: true,
+            ..QueueSettings::default()
+        };
+        store.create_queue("q", &settings, at(0)).await.unwrap();
+        let mut adds = Vec::new();
+        for n in 0..8 {
+            let store = store.clone();
+            adds.push(tokio::spawn(async move {
+                let op = QueueOp::Add {
+                    queue: "q".to_owned(),
+                    items: vec![
+                        item(&n.to_string()),
+                        NewItem {
+                            reference: Some("inv-1".to_owned()),
+                            ..item("0")
+                        },
+                    ],
+                };
+                one(&store, op, at(0)).await
+            }));
+        }
+        let mut added = Vec::new();
+        let mut refused = Vec::new();
+        for add in adds {
+            match add.await.unwrap() {
+                Ok(QueueAnswer::Added(ids)) => added.push(ids),
+                Err(QueueOpError::DuplicateReference { existing, .. }) => refused.push(existing),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(added.len(), 1, "one add wins");
+        assert_eq!(refused.len(), 7);
+        assert!(refused.iter().all(|existing| *existing == added[0][1]));
+        let all = store
+            .queue_items("q", &ItemFilter::default(), None, 100)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2, "the refused adds left nothing");
+    }
+);
