@@ -202,6 +202,11 @@ fn on_day(days: &[bool; 7], date: Date) -> bool {
     days[date.weekday().to_monday_zero_offset().unsigned_abs() as usize]
 }
 
+/// A valid calendar name: like a robot's.
+pub fn check_calendar_name(name: &str) -> Result<(), InvalidField> {
+    crate::user::check_name("name", name, "._-")
+}
+
 /// Working days of the week and excluded dates (holidays).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Calendar {

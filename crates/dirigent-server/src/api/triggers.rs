@@ -428,7 +428,7 @@ pub(super) async fn create_calendar(
         return Err(ApiError::invalid(InvalidField::new("name", "is required")));
     };
     caller.require(Resource::Calendars, Action::Edit, Some(&name))?;
-    dirigent_domain::queue::check_queue_name(&name).map_err(ApiError::invalid)?;
+    schedule::check_calendar_name(&name).map_err(ApiError::invalid)?;
     let spec = normalized_calendar(spec)?;
     let text = serde_json::to_string(&spec).map_err(ApiError::internal)?;
     state

@@ -117,21 +117,36 @@ pub(crate) async fn definition(
 
 /// The days of the week a spec names, Monday first.
 fn days_of(spec: &TriggerSpec) -> Result<[bool; 7], ApiError> {
-    let invalid = |reason: String| ApiError::invalid(InvalidField::new("days", reason));
-    let names = spec
-        .days
-        .as_deref()
-        .ok_or_else(|| invalid(format!("is required for a {} trigger", spec.kind)))?;
+    let names = spec.days.as_deref().ok_or_else(|| {
+        ApiError::invalid(InvalidField::new(
+            "days",
+            format!("is required for a {} trigger", spec.kind),
+        ))
+    })?;
+    let days = day_set("days", names)?;
+    if !days.contains(&true) {
+        return Err(ApiError::invalid(InvalidField::new(
+            "days",
+            "give at least one day",
+        )));
+    }
+    Ok(days)
+}
+
+/// The days named `mon` … `sun` in the field `field`, Monday first.
+fn day_set(field: &str, names: &[String]) -> Result<[bool; 7], ApiError> {
     let mut days = [false; 7];
     for day in names {
         let index = DAYS
             .iter()
             .position(|name| day.eq_ignore_ascii_case(name))
-            .ok_or_else(|| invalid(format!("{day:?} is not one of mon … sun")))?;
+            .ok_or_else(|| {
+                ApiError::invalid(InvalidField::new(
+                    field,
+                    format!("{day:?} is not one of mon … sun"),
+                ))
+            })?;
         days[index] = true;
-    }
-    if !days.contains(&true) {
-        return Err(invalid("give at least one day".into()));
     }
     Ok(days)
 }
@@ -193,21 +208,11 @@ pub(crate) fn stored_spec(record: &TriggerRecord) -> Result<TriggerSpec, ApiErro
 
 /// The rules of a calendar spec.
 pub(crate) fn calendar_rules(spec: &CalendarSpec) -> Result<schedule::Calendar, ApiError> {
-    let mut working_days = [false; 7];
-    for day in spec.working_days.as_deref().unwrap_or_default() {
-        let index = DAYS
-            .iter()
-            .position(|name| day.eq_ignore_ascii_case(name))
-            .ok_or_else(|| {
-                ApiError::invalid(InvalidField::new(
-                    "working_days",
-                    format!("{day:?} is not one of mon … sun"),
-                ))
-            })?;
-        working_days[index] = true;
-    }
     Ok(schedule::Calendar {
-        working_days,
+        working_days: day_set(
+            "working_days",
+            spec.working_days.as_deref().unwrap_or_default(),
+        )?,
         excluded: spec.excluded_dates.iter().flatten().copied().collect(),
     })
 }

@@ -191,19 +191,12 @@ impl Scheduler {
                 continue;
             }
             let cause = Cause::Trigger(format!("{}#{}", trigger.id, firing.id));
-            let mut stopped = 0;
-            for run in self.store.active_runs().await? {
-                if run.robot == trigger.robot {
-                    self.fleet
-                        .operate(
-                            &run.id,
-                            dirigent_domain::run::Operation::Stop,
-                            cause.clone(),
-                        )
-                        .await?;
-                    stopped += 1;
-                }
+            let active = self.active_runs_of(&trigger.robot).await?;
+            for run in &active {
+                let stop = dirigent_domain::run::Operation::Stop;
+                self.fleet.operate(&run.id, stop, cause.clone()).await?;
             }
+            let stopped = active.len();
             let reason = format!("the window closed; {stopped} runs asked to stop safely");
             self.store
                 .settle_firing(firing.id, "stopped", Some(&reason), None, self.clock.now())
@@ -243,13 +236,7 @@ impl Scheduler {
             let reason = format!("the robot is in manual mode ({why}); triggers leave it alone");
             return Ok(settle("skipped", Some(reason), None).await?);
         }
-        let active: Vec<_> = self
-            .store
-            .active_runs()
-            .await?
-            .into_iter()
-            .filter(|run| run.robot == trigger.robot)
-            .collect();
+        let active = self.active_runs_of(&trigger.robot).await?;
         let overlap = spec.overlap.as_deref().unwrap_or("skip");
         if !active.is_empty() {
             let queued = active
@@ -288,6 +275,19 @@ impl Scheduler {
         let run = self.fleet.start_run(&trigger.robot, cause).await?;
         settle("started", None, Some(run.id)).await?;
         Ok(())
+    }
+
+    /// The robot's queued and running runs.
+    async fn active_runs_of(
+        &self,
+        robot: &str,
+    ) -> Result<Vec<dirigent_domain::run::Run>, ApiError> {
+        let query = dirigent_store::RunQuery {
+            robot: Some(robot),
+            active_only: true,
+            limit: 10_000,
+        };
+        Ok(self.store.runs(&query).await?)
     }
 
     /// Settles the firings a stopped node took: those whose run exists as started, the others
