@@ -22,6 +22,68 @@ pub mod limits {
     pub const MAX_QUEUE_GRANTS: usize = 64;
 }
 
+/// Checks the arguments of a command (the field `field`): how many, how long, no NUL.
+pub fn check_args(field: &str, args: &[String]) -> Result<(), InvalidField> {
+    use limits::{MAX_ARG_BYTES, MAX_ARGV};
+    if MAX_ARGV < args.len() {
+        return Err(InvalidField::new(
+            field,
+            format!("must have at most {MAX_ARGV} elements"),
+        ));
+    }
+    for (idx, arg) in args.iter().enumerate() {
+        let field = format!("{field}[{idx}]");
+        if arg.contains('\0') {
+            return Err(InvalidField::new(field, "must not contain a NUL byte"));
+        }
+        if MAX_ARG_BYTES < arg.len() {
+            return Err(InvalidField::new(
+                field,
+                format!("must be at most {MAX_ARG_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks environment variables given to a robot: names, reserved names, sizes.
+pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+    use limits::{MAX_ENV, MAX_ENV_VALUE_BYTES};
+    if MAX_ENV < env.len() {
+        return Err(InvalidField::new(
+            "env",
+            format!("must have at most {MAX_ENV} variables"),
+        ));
+    }
+    for (key, value) in env {
+        let field = format!("env.{key}");
+        let mut chars = key.chars();
+        let valid_name = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(InvalidField::new(
+                field,
+                "is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+            ));
+        }
+        if key.starts_with("DIRIGENT_") {
+            return Err(InvalidField::new(
+                field,
+                "names beginning with DIRIGENT_ are reserved",
+            ));
+        }
+        if value.contains('\0') || MAX_ENV_VALUE_BYTES < value.len() {
+            return Err(InvalidField::new(
+                field,
+                format!("must be at most {MAX_ENV_VALUE_BYTES} bytes without NUL"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Defaults for the fields a draft leaves out.
 pub mod defaults {
     use super::{CrashLoopGuard, RestartBackoff};
@@ -270,24 +332,7 @@ impl RobotDraft {
                 "must name at least the program to run",
             ));
         }
-        if MAX_ARGV < self.argv.len() {
-            return Err(InvalidField::new(
-                "argv",
-                format!("must have at most {MAX_ARGV} elements"),
-            ));
-        }
-        for (idx, arg) in self.argv.iter().enumerate() {
-            let field = format!("argv[{idx}]");
-            if arg.contains('\0') {
-                return Err(InvalidField::new(field, "must not contain a NUL byte"));
-            }
-            if MAX_ARG_BYTES < arg.len() {
-                return Err(InvalidField::new(
-                    field,
-                    format!("must be at most {MAX_ARG_BYTES} bytes"),
-                ));
-            }
-        }
+        check_args("argv", &self.argv)?;
         if self.argv[0].trim().is_empty() {
             return Err(InvalidField::new("argv[0]", "must name the program to run"));
         }
@@ -310,38 +355,7 @@ impl RobotDraft {
         };
 
         let env = self.env.unwrap_or_default();
-        if MAX_ENV < env.len() {
-            return Err(InvalidField::new(
-                "env",
-                format!("must have at most {MAX_ENV} variables"),
-            ));
-        }
-        for (key, value) in &env {
-            let field = format!("env.{key}");
-            let mut chars = key.chars();
-            let valid_name = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid_name {
-                return Err(InvalidField::new(
-                    field,
-                    "is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
-                ));
-            }
-            if key.starts_with("DIRIGENT_") {
-                return Err(InvalidField::new(
-                    field,
-                    "names beginning with DIRIGENT_ are reserved",
-                ));
-            }
-            if value.contains('\0') || MAX_ENV_VALUE_BYTES < value.len() {
-                return Err(InvalidField::new(
-                    field,
-                    format!("must be at most {MAX_ENV_VALUE_BYTES} bytes without NUL"),
-                ));
-            }
-        }
+        check_env(&env)?;
 
         let agent = AgentSelector::parse(self.agent.as_deref().unwrap_or(""))?;
 

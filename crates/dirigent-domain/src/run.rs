@@ -1,6 +1,8 @@
 //! The life of a run: its states, which operations each allows, how an ending becomes a final
 //! state, and what automation does afterwards (restart policy, backoff, crash-loop guard).
 
+use std::collections::BTreeMap;
+
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
@@ -101,6 +103,10 @@ pub struct Run {
     pub signal: Option<i32>,
     /// A queued run is not placed before this time (restart backoff).
     pub not_before: Option<Timestamp>,
+    /// Arguments appended to the robot's command for this run (from a trigger).
+    pub args: Vec<String>,
+    /// Environment variables added to the robot's for this run (from a trigger).
+    pub env: BTreeMap<String, String>,
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub ended_at: Option<Timestamp>,

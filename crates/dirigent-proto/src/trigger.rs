@@ -44,7 +44,8 @@ pub struct Calendar {
 /// `kind`: `cron` (`cron`, `time_zone`), `interval` (`every_seconds`, `anchor`), `once`
 /// (`at`), `weekly` (`days`, `times`, `time_zone`), `window` (`days`, `open`, `close`,
 /// `time_zone`: the robot runs inside the window, started when it opens, safe-stopped when
-/// it closes).
+/// it closes), `queue` (`queue`, `min_items`, `max_runs`: runs start while the queue holds
+/// items ready to claim, one per `min_items` of them, at most `max_runs` at a time).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
@@ -80,6 +81,16 @@ pub struct TriggerSpec {
     pub open: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close: Option<String>,
+    /// For a queue trigger: the queue it watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// For a queue trigger: items ready to claim that start a run (default 1); each further
+    /// `min_items` start one more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_items: Option<u32>,
+    /// For a queue trigger: runs of the robot active at once, at most (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u32>,
     /// A calendar to follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<String>,
@@ -106,6 +117,12 @@ pub struct TriggerSpec {
     /// Extra environment variables for the runs it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+    /// Arguments appended to the robot's command for the runs it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Record each firing (outcome `dry_run`) without starting a run: to try a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
 }
 
 /// A trigger: its definition, its id and where it stands.
@@ -121,6 +138,8 @@ pub struct Trigger {
     /// Why it was disabled automatically, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// Runs it started that failed in a row (reset by a success or by enabling it).
+    pub consecutive_failures: u32,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
@@ -144,7 +163,8 @@ pub struct Firing {
     /// When the schedule said it should fire.
     #[schema(value_type = String, format = DateTime)]
     pub due_at: Timestamp,
-    /// `started`, `skipped`, `missed`, or `due` while its run is being started.
+    /// `started`, `skipped`, `missed`, `dry_run`, `disabled` (after failed runs), or `due`
+    /// while its run is being started.
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

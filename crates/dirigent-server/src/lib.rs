@@ -112,7 +112,7 @@ pub async fn start(
     let state = AppState {
         store: store.clone(),
         fleet,
-        writer: writer::Writer::start(store.clone(), clock.clone()),
+        writer: writer::Writer::start(store.clone(), clock.clone(), scheduler.clone()),
         scheduler,
         credentials,
         login_throttle: Arc::default(),

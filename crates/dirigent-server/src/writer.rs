@@ -19,7 +19,7 @@ use dirigent_store::{AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpErro
 use jiff::Timestamp;
 use tokio::sync::Notify;
 
-use crate::{Clock, batch::Batcher, error::ApiError};
+use crate::{Clock, batch::Batcher, error::ApiError, scheduler::Scheduler};
 
 /// Writes one transaction takes at most.
 const MAX_BATCH: usize = 512;
@@ -41,12 +41,14 @@ pub struct Writer {
     batcher: Batcher<Write, Written>,
     store: Store,
     clock: Arc<dyn Clock>,
+    scheduler: Arc<Scheduler>,
 }
 
 impl Writer {
     /// Starts the batch writers (one on SQLite, whose writes are serial anyway; several on
-    /// PostgreSQL) and the lease reaper.
-    pub fn start(store: Store, clock: Arc<dyn Clock>) -> Arc<Writer> {
+    /// PostgreSQL) and the lease reaper. Operations that leave items ready wake the queue
+    /// triggers of their queues.
+    pub fn start(store: Store, clock: Arc<dyn Clock>, scheduler: Arc<Scheduler>) -> Arc<Writer> {
         // The lease expiry the reaper sleeps until (milliseconds; `i64::MAX` when none).
         let reaper_target = Arc::new(AtomicI64::new(i64::MAX));
         let reaper_wake = Arc::new(Notify::new());
@@ -57,9 +59,11 @@ impl Writer {
         let batcher = {
             let (store, clock) = (store.clone(), clock.clone());
             let (target, wake) = (reaper_target.clone(), reaper_wake.clone());
+            let scheduler = scheduler.clone();
             Batcher::spawn(writers, MAX_BATCH, move |writes: Vec<Write>| {
                 let (store, clock) = (store.clone(), clock.clone());
                 let (target, wake) = (target.clone(), wake.clone());
+                let scheduler = scheduler.clone();
                 async move {
                     let (mut ops, mut audit, mut is_op) = (Vec::new(), Vec::new(), Vec::new());
                     for write in writes {
@@ -88,6 +92,17 @@ impl Writer {
                     {
                         wake.notify_one();
                     }
+                    let mut filled: Vec<&str> = ops
+                        .iter()
+                        .zip(&answers)
+                        .filter(|(op, answer)| op.fills() && answer.is_ok())
+                        .map(|(op, _)| op.queue())
+                        .collect();
+                    filled.sort_unstable();
+                    filled.dedup();
+                    if let Err(err) = scheduler.queues_filled(&filled).await {
+                        tracing::warn!(?err, "waking queue triggers");
+                    }
                     // Answers in the order of the writes.
                     let mut answers = answers.into_iter();
                     is_op
@@ -101,6 +116,7 @@ impl Writer {
             batcher,
             store,
             clock,
+            scheduler,
         });
         tokio::spawn(reap_leases(
             Arc::downgrade(&writer),
@@ -130,7 +146,11 @@ impl Writer {
 
     /// Returns the items whose leases expired by now to their queues; answers how many.
     pub async fn reap_expired(&self) -> Result<u64, ApiError> {
-        Ok(self.store.expire_leases(self.clock.now()).await?)
+        let released = self.store.expire_leases(self.clock.now()).await?;
+        if 0 < released {
+            self.scheduler.some_queues_filled().await?;
+        }
+        Ok(released)
     }
 }
 

@@ -1162,6 +1162,17 @@ impl Store {
 }
 
 impl QueueOp {
+    /// Whether the operation, when it succeeds, may leave items ready to claim (now or later).
+    pub fn fills(&self) -> bool {
+        matches!(
+            self,
+            QueueOp::Add { .. }
+                | QueueOp::Fail { .. }
+                | QueueOp::Postpone { .. }
+                | QueueOp::Requeue { .. }
+        )
+    }
+
     /// The name of the queue the operation is on.
     pub fn queue(&self) -> &str {
         match self {

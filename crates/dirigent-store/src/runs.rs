@@ -40,6 +40,8 @@ struct RunRow {
     exit_code: Option<i64>,
     signal: Option<i64>,
     not_before: Option<i64>,
+    args: Option<String>,
+    env: Option<String>,
     created_at: i64,
     started_at: Option<i64>,
     ended_at: Option<i64>,
@@ -49,8 +51,8 @@ macro_rules! select_runs {
     ($rest:literal) => {
         concat!(
             "SELECT r.id, r.robot, r.agent_id, a.name AS agent, r.state, r.reason, r.stop_requested, \
-             r.automatic, r.pid, r.exit_code, r.signal, r.not_before, r.created_at, r.started_at, \
-             r.ended_at FROM runs r LEFT JOIN agents a ON a.id = r.agent_id ",
+             r.automatic, r.pid, r.exit_code, r.signal, r.not_before, r.args, r.env, r.created_at, \
+             r.started_at, r.ended_at FROM runs r LEFT JOIN agents a ON a.id = r.agent_id ",
             $rest
         )
     };
@@ -63,7 +65,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO runs (id, robot, agent_id, state, reason, stop_requested, automatic, \
-                 not_before, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 not_before, created_at, args, env) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(&run.id)
             .bind(&run.robot)
@@ -74,6 +76,8 @@ impl Store {
             .bind(run.automatic)
             .bind(run.not_before.map(to_millis))
             .bind(to_millis(run.created_at))
+            .bind(serde_json::to_string(&run.args).ok().filter(|_| !run.args.is_empty()))
+            .bind(serde_json::to_string(&run.env).ok().filter(|_| !run.env.is_empty()))
             .execute(&mut *tx)
             .await?;
             insert_transition!(&mut *tx, &run.id, transition);
@@ -357,8 +361,18 @@ impl RunRow {
                 .map(|value| i32::try_from(value).map_err(|err| corrupt(column, &err)))
                 .transpose()
         };
+        let args = match &self.args {
+            Some(text) => serde_json::from_str(text).map_err(|err| corrupt("args", &err))?,
+            None => Vec::new(),
+        };
+        let env = match &self.env {
+            Some(text) => serde_json::from_str(text).map_err(|err| corrupt("env", &err))?,
+            None => Default::default(),
+        };
         Ok(Run {
             state,
+            args,
+            env,
             pid: self
                 .pid
                 .map(|pid| u32::try_from(pid).map_err(|err| corrupt("pid", &err)))

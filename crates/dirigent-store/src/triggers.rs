@@ -1,5 +1,7 @@
 //! Triggers and calendars, kept as their JSON specs with the columns the scheduler needs.
 
+use std::collections::{HashMap, HashSet};
+
 use jiff::Timestamp;
 
 use crate::{Store, StoreError, StoreResult, dispatch, from_millis, from_millis_opt, to_millis};
@@ -20,11 +22,14 @@ pub struct TriggerRecord {
     pub id: String,
     pub robot: String,
     pub calendar: Option<String>,
+    /// The queue a queue trigger watches.
+    pub queue: Option<String>,
     /// The trigger's spec, JSON.
     pub spec: String,
     pub enabled: bool,
     pub next_fire_at: Option<Timestamp>,
     pub disabled_reason: Option<String>,
+    pub consecutive_failures: u32,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -55,10 +60,12 @@ struct TriggerRow {
     id: String,
     robot: String,
     calendar: Option<String>,
+    queue: Option<String>,
     spec: String,
     enabled: bool,
     next_fire_at: Option<i64>,
     disabled_reason: Option<String>,
+    consecutive_failures: i64,
     created_at: i64,
     updated_at: i64,
 }
@@ -74,6 +81,8 @@ impl TryFrom<TriggerRow> for TriggerRecord {
             id: row.id,
             robot: row.robot,
             calendar: row.calendar,
+            queue: row.queue,
+            consecutive_failures: u32::try_from(row.consecutive_failures).unwrap_or(u32::MAX),
             spec: row.spec,
             enabled: row.enabled,
             disabled_reason: row.disabled_reason,
@@ -81,8 +90,8 @@ impl TryFrom<TriggerRow> for TriggerRecord {
     }
 }
 
-const SELECT_TRIGGER: &str = "SELECT id, robot, calendar, spec, enabled, next_fire_at, \
-     disabled_reason, created_at, updated_at FROM triggers";
+const SELECT_TRIGGER: &str = "SELECT id, robot, calendar, queue, spec, enabled, next_fire_at, \
+     disabled_reason, consecutive_failures, created_at, updated_at FROM triggers";
 
 impl Store {
     /// Creates a calendar; `Conflict` when the name is taken.
@@ -160,7 +169,8 @@ impl Store {
         dispatch!(self, writer, pool => {
             sqlx::query(
                 "INSERT INTO triggers (id, robot, calendar, spec, enabled, next_fire_at, \
-                 disabled_reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 disabled_reason, created_at, updated_at, queue, consecutive_failures) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(&trigger.id)
             .bind(&trigger.robot)
@@ -171,6 +181,8 @@ impl Store {
             .bind(&trigger.disabled_reason)
             .bind(to_millis(trigger.created_at))
             .bind(to_millis(trigger.updated_at))
+            .bind(&trigger.queue)
+            .bind(i64::from(trigger.consecutive_failures))
             .execute(pool)
             .await?
             .rows_affected()
@@ -183,7 +195,8 @@ impl Store {
         let done = dispatch!(self, writer, pool => {
             sqlx::query(
                 "UPDATE triggers SET robot = $2, calendar = $3, spec = $4, enabled = $5, \
-                 next_fire_at = $6, disabled_reason = $7, updated_at = $8 WHERE id = $1",
+                 next_fire_at = $6, disabled_reason = $7, updated_at = $8, queue = $9, \
+                 consecutive_failures = $10 WHERE id = $1",
             )
             .bind(&trigger.id)
             .bind(&trigger.robot)
@@ -193,6 +206,8 @@ impl Store {
             .bind(trigger.next_fire_at.map(to_millis))
             .bind(&trigger.disabled_reason)
             .bind(to_millis(trigger.updated_at))
+            .bind(&trigger.queue)
+            .bind(i64::from(trigger.consecutive_failures))
             .execute(pool)
             .await?
             .rows_affected()
@@ -239,6 +254,28 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Triggers whose firings one statement takes, at most.
+const TAKE_CHUNK: usize = 500;
+
+/// A trigger's firing to take: the trigger, the due time it must still have (so that only
+/// one node takes it), its next one, and the firings to record.
+#[derive(Debug, Clone)]
+pub struct FiringTake {
+    pub trigger_id: String,
+    pub due_at: Timestamp,
+    pub next: Option<Timestamp>,
+    pub firings: Vec<NewFiring>,
+}
+
+/// A firing to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFiring {
+    pub due_at: Timestamp,
+    /// `due` (its run to be started), `missed`, `skipped` or `dry_run`.
+    pub outcome: &'static str,
+    pub reason: Option<String>,
 }
 
 /// A firing of a trigger and what became of it.
@@ -314,50 +351,71 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
-    /// Takes the firing of a trigger due at `due_at`: moves its next firing to `next` and
-    /// records `firings` (outcome, reason) due at the given times, in one transaction — unless
-    /// another node took it first (answers `None`). Answers the recorded firings.
-    pub async fn take_trigger_firing(
+    /// Takes the firings of triggers, each as one [`FiringTake`], in one transaction: moves
+    /// each trigger's next firing on and records its firings — unless another node took it
+    /// first (its answer is then `None`). Answers the recorded firings, take by take.
+    pub async fn take_trigger_firings(
         &self,
-        trigger_id: &str,
-        due_at: Timestamp,
-        next: Option<Timestamp>,
-        firings: &[(Timestamp, &str, Option<String>)],
+        takes: &[FiringTake],
         now: Timestamp,
-    ) -> StoreResult<Option<Vec<FiringRecord>>> {
-        let mut recorded = Vec::with_capacity(firings.len());
+    ) -> StoreResult<Vec<Option<Vec<FiringRecord>>>> {
+        let mut taken: HashMap<String, Vec<FiringRecord>> = HashMap::new();
         dispatch!(self, writer, pool => {
             let mut tx = pool.begin().await?;
-            let taken = sqlx::query(
-                "UPDATE triggers SET next_fire_at = $3 WHERE id = $1 AND next_fire_at = $2",
-            )
-            .bind(trigger_id)
-            .bind(to_millis(due_at))
-            .bind(next.map(to_millis))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if taken == 0 {
-                return Ok(None);
-            }
-            for (at, outcome, reason) in firings {
-                let row: FiringRow = sqlx::query_as(
-                    "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, recorded_at) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     RETURNING id, trigger_id, due_at, outcome, reason, run_id, recorded_at",
-                )
-                .bind(trigger_id)
-                .bind(to_millis(*at))
-                .bind(*outcome)
-                .bind(reason)
-                .bind(to_millis(now))
-                .fetch_one(&mut *tx)
-                .await?;
-                recorded.push(FiringRecord::try_from(row)?);
+            for chunk in takes.chunks(TAKE_CHUNK) {
+                // One compare-and-set of every trigger's next firing.
+                let mut update = sqlx::QueryBuilder::new(
+                    "UPDATE triggers SET next_fire_at = v.column3 FROM (",
+                );
+                update.push_values(chunk, |mut row, take| {
+                    row.push_bind(take.trigger_id.as_str())
+                        .push_bind(to_millis(take.due_at))
+                        .push_bind(take.next.map(to_millis));
+                });
+                update.push(
+                    ") AS v WHERE triggers.id = v.column1 AND triggers.next_fire_at = v.column2 \
+                     RETURNING triggers.id",
+                );
+                let won: Vec<String> = update.build_query_scalar().fetch_all(&mut *tx).await?;
+                let won: HashSet<&str> = won.iter().map(String::as_str).collect();
+                let firings: Vec<(&str, &NewFiring)> = chunk
+                    .iter()
+                    .filter(|take| won.contains(take.trigger_id.as_str()))
+                    .flat_map(|take| take.firings.iter().map(|firing| (take.trigger_id.as_str(), firing)))
+                    .collect();
+                for rows in firings.chunks(TAKE_CHUNK) {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, recorded_at) ",
+                    );
+                    insert.push_values(rows, |mut row, (trigger_id, firing)| {
+                        row.push_bind(*trigger_id)
+                            .push_bind(to_millis(firing.due_at))
+                            .push_bind(firing.outcome)
+                            .push_bind(firing.reason.as_deref())
+                            .push_bind(to_millis(now));
+                    });
+                    insert.push(" RETURNING id, trigger_id, due_at, outcome, reason, run_id, recorded_at");
+                    let recorded: Vec<FiringRow> = insert.build_query_as().fetch_all(&mut *tx).await?;
+                    for row in recorded {
+                        let firing = FiringRecord::try_from(row)?;
+                        taken.entry(firing.trigger_id.clone()).or_default().push(firing);
+                    }
+                }
+                for trigger_id in won {
+                    taken.entry(trigger_id.to_owned()).or_default();
+                }
             }
             tx.commit().await?;
         });
-        Ok(Some(recorded))
+        Ok(takes
+            .iter()
+            .map(|take| {
+                taken.remove(&take.trigger_id).map(|mut firings| {
+                    firings.sort_by_key(|firing| firing.id);
+                    firings
+                })
+            })
+            .collect())
     }
 
     /// Records what became of a firing taken earlier.
@@ -423,5 +481,131 @@ impl Store {
                 .await?
         });
         Ok(run)
+    }
+
+    /// Makes the enabled queue triggers that watch `queue` (any queue when `None`), or start
+    /// `robot` (any robot when `None`), due now unless they are due already; answers how many.
+    pub async fn wake_queue_triggers(
+        &self,
+        queue: Option<&str>,
+        robot: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        Ok(dispatch!(self, writer, pool => {
+            sqlx::query(
+                "UPDATE triggers SET next_fire_at = $3 WHERE queue IS NOT NULL AND enabled = TRUE \
+                 AND ($1 IS NULL OR queue = $1) AND ($2 IS NULL OR robot = $2) \
+                 AND (next_fire_at IS NULL OR next_fire_at > $3)",
+            )
+            .bind(queue)
+            .bind(robot)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// How many items of `queue` are ready to claim at `now` (counted up to `cap`), and when
+    /// the next of the others (postponed, or waiting to retry) becomes ready.
+    pub async fn queue_readiness(
+        &self,
+        queue: &str,
+        now: Timestamp,
+        cap: u32,
+    ) -> StoreResult<(u64, Option<Timestamp>)> {
+        let (ready, next): (i64, Option<i64>) = dispatch!(self, reader, pool => {
+            let ready: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM queue_items i JOIN queues q ON q.id = i.queue_id \
+                 WHERE q.name = $1 AND i.status = 'new' AND i.available_at <= $2 LIMIT $3) AS ready",
+            )
+            .bind(queue)
+            .bind(to_millis(now))
+            .bind(i64::from(cap))
+            .fetch_one(pool)
+            .await?;
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(i.available_at) FROM queue_items i JOIN queues q ON q.id = i.queue_id \
+                 WHERE q.name = $1 AND i.status = 'new' AND i.available_at > $2",
+            )
+            .bind(queue)
+            .bind(to_millis(now))
+            .fetch_one(pool)
+            .await?;
+            (ready, next)
+        });
+        Ok((
+            ready.max(0).cast_unsigned(),
+            from_millis_opt("available_at", next)?,
+        ))
+    }
+
+    /// The trigger whose firing started `run`, if one did.
+    pub async fn trigger_of_run(&self, run: &str) -> StoreResult<Option<String>> {
+        Ok(dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT trigger_id FROM trigger_firings WHERE run_id = $1 LIMIT 1")
+                .bind(run)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Counts a run of the trigger that ended: a failure adds one to its failures in a row, a
+    /// success sets them to zero. Answers the count (`None` if the trigger is gone).
+    pub async fn count_trigger_run(
+        &self,
+        trigger_id: &str,
+        failed: bool,
+    ) -> StoreResult<Option<u32>> {
+        let count: Option<i64> = dispatch!(self, writer, pool => {
+            sqlx::query_scalar(
+                "UPDATE triggers SET consecutive_failures = \
+                 CASE WHEN $2 THEN consecutive_failures + 1 ELSE 0 END WHERE id = $1 \
+                 RETURNING consecutive_failures",
+            )
+            .bind(trigger_id)
+            .bind(failed)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(count.map(|count| u32::try_from(count).unwrap_or(u32::MAX)))
+    }
+
+    /// Disables an enabled trigger for `reason`, recording it as a firing `disabled` (with
+    /// the run that caused it, if any); answers whether it was enabled.
+    pub async fn disable_trigger(
+        &self,
+        trigger_id: &str,
+        reason: &str,
+        run_id: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        Ok(dispatch!(self, writer, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE triggers SET enabled = FALSE, disabled_reason = $2, next_fire_at = NULL, \
+                 updated_at = $3 WHERE id = $1 AND enabled = TRUE",
+            )
+            .bind(trigger_id)
+            .bind(reason)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                sqlx::query(
+                    "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, run_id, recorded_at) \
+                     VALUES ($1, $2, 'disabled', $3, $4, $2)",
+                )
+                .bind(trigger_id)
+                .bind(to_millis(now))
+                .bind(reason)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            done == 1
+        }))
     }
 }

@@ -557,6 +557,7 @@ pub(super) async fn requeue_items(
         .store
         .requeue_items(&name, &filter, state.clock.now())
         .await?;
+    state.scheduler.queues_filled(&[&name]).await?;
     Ok(Json(BulkResult { count }))
 }
 

@@ -31,7 +31,7 @@ use crate::{
     api::{ApiJson, ApiQuery, PathSegment},
     auth::Caller,
     error::ApiError,
-    fleet::{Cause, FleetEvent},
+    fleet::{Cause, FleetEvent, Launch},
 };
 
 /// Starts a run of a robot: queued, then placed on an agent with free capacity.
@@ -57,7 +57,11 @@ pub(super) async fn create_run(
     caller.require(Resource::Robots, Action::Run, Some(&request.robot))?;
     let run = state
         .fleet
-        .start_run(&request.robot, Cause::User(caller.username.clone()))
+        .start_run(
+            &request.robot,
+            Cause::User(caller.username.clone()),
+            Launch::default(),
+        )
         .await?;
     let location = format!("/api/v1/runs/{}", run.id);
     Ok((
@@ -463,6 +467,8 @@ pub(super) fn to_wire(run: domain::Run) -> Run {
         pid: run.pid,
         exit_code: run.exit_code,
         signal: run.signal,
+        args: run.args,
+        env: run.env,
         created_at: run.created_at,
         started_at: run.started_at,
         ended_at: run.ended_at,

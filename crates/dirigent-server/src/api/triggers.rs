@@ -26,7 +26,9 @@ use crate::{
     api::{ApiJson, ApiQuery, PathSegment},
     auth::{Caller, secrets},
     error::ApiError,
-    scheduler::{DAYS, calendar_rules, definition, next_look, stored_calendar, stored_spec},
+    scheduler::{
+        DAYS, Timing, calendar_rules, definition, next_look, stored_calendar, stored_spec,
+    },
 };
 
 /// Filters of the trigger list.
@@ -83,10 +85,12 @@ pub(super) async fn create_trigger(
         id,
         robot: spec.robot.clone(),
         calendar: spec.calendar.clone(),
+        queue: None,
         spec: String::new(),
         enabled: spec.enabled.unwrap_or(true),
         next_fire_at: None,
         disabled_reason: None,
+        consecutive_failures: 0,
         created_at: now,
         updated_at: now,
     };
@@ -138,6 +142,7 @@ pub(super) async fn replace_trigger(
     record.calendar = spec.calendar.clone();
     record.enabled = spec.enabled.unwrap_or(record.enabled);
     record.disabled_reason = None;
+    record.consecutive_failures = 0;
     record.updated_at = now;
     let spec = with_anchor(spec, record.created_at);
     apply_spec(&state, &mut record, &spec, now).await?;
@@ -148,6 +153,7 @@ pub(super) async fn replace_trigger(
             format!("no trigger {id:?}"),
         )
     })?;
+    state.scheduler.changed();
     Ok(Json(to_wire(record)?))
 }
 
@@ -240,7 +246,13 @@ pub(super) async fn preview_trigger(
         )));
     }
     let spec = stored_spec(&record)?;
-    let (schedule, calendar) = definition(&state.store, &spec).await?;
+    let (timing, calendar) = definition(&state.store, &spec).await?;
+    let Timing::Schedule(schedule) = timing else {
+        return Err(ApiError::invalid(InvalidField::new(
+            "kind",
+            "a queue trigger fires on its queue's items, not at times",
+        )));
+    };
     let zone = schedule.zone();
     let from = query.from.unwrap_or_else(|| state.clock.now());
     let calendar = calendar
@@ -271,6 +283,9 @@ async fn set_enabled(
     let now = state.clock.now();
     record.enabled = enabled;
     record.disabled_reason = None;
+    if enabled {
+        record.consecutive_failures = 0;
+    }
     record.updated_at = now;
     let spec = stored_spec(&record)?;
     apply_spec(state, &mut record, &spec, now).await?;
@@ -337,13 +352,24 @@ async fn apply_spec(
         }
         Err(err) => return Err(err.into()),
     }
-    let (schedule, calendar) = definition(&state.store, spec).await?;
-    let calendar = calendar
-        .as_ref()
-        .map(|(calendar, off_day)| (calendar, *off_day));
+    let (timing, calendar) = definition(&state.store, spec).await?;
+    if let Timing::Queue(watch) = &timing {
+        state
+            .store
+            .queue(&watch.queue)
+            .await
+            .map_err(|err| match err {
+                StoreError::NotFound => ApiError::invalid(InvalidField::new(
+                    "queue",
+                    format!("no queue named {:?}", watch.queue),
+                )),
+                err => err.into(),
+            })?;
+    }
+    record.queue = spec.queue.clone().filter(|_| spec.kind == "queue");
     record.next_fire_at = record
         .enabled
-        .then(|| next_look(&schedule, calendar, now, true))
+        .then(|| next_look(&timing, &calendar, now, true))
         .flatten();
     record.spec = serde_json::to_string(spec).map_err(ApiError::internal)?;
     Ok(())
@@ -383,6 +409,7 @@ fn to_wire(record: TriggerRecord) -> Result<Trigger, ApiError> {
         enabled: record.enabled,
         next_fire_at: record.next_fire_at,
         disabled_reason: record.disabled_reason,
+        consecutive_failures: record.consecutive_failures,
         created_at: record.created_at,
         updated_at: record.updated_at,
     })

@@ -10,7 +10,7 @@
 pub mod link;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -79,6 +79,25 @@ pub enum FleetError {
 
 pub type FleetResult<T> = Result<T, FleetError>;
 
+/// What a run starts with beyond its robot's definition.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Appended to the robot's command.
+    pub args: Vec<String>,
+    /// Added to (and overriding) the robot's environment.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Launch {
+    /// What `run` started with, for a run that repeats it.
+    pub fn of(run: &Run) -> Launch {
+        Launch {
+            args: run.args.clone(),
+            env: run.env.clone(),
+        }
+    }
+}
+
 /// Who asked for a change; recorded as the transition's cause.
 #[derive(Debug, Clone)]
 pub enum Cause {
@@ -115,6 +134,8 @@ pub struct Fleet {
     next_serial: std::sync::atomic::AtomicU64,
     changes: tokio::sync::Mutex<()>,
     events: broadcast::Sender<FleetEvent>,
+    /// Told of every run that ends (unlike `events`, never lagging behind).
+    run_ends: Mutex<Vec<mpsc::UnboundedSender<Run>>>,
 }
 
 impl Fleet {
@@ -128,11 +149,25 @@ impl Fleet {
             next_serial: std::sync::atomic::AtomicU64::new(1),
             changes: tokio::sync::Mutex::new(()),
             events,
+            run_ends: Mutex::default(),
         })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
         self.events.subscribe()
+    }
+
+    /// Every run that ends from now on, in order, none skipped.
+    pub fn run_ends(&self) -> mpsc::UnboundedReceiver<Run> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.lock_run_ends().push(sender);
+        receiver
+    }
+
+    fn lock_run_ends(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<Run>>> {
+        self.run_ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// At start no agent is connected: mark them offline, and give each agent that holds
@@ -154,7 +189,12 @@ impl Fleet {
     }
 
     /// Creates a run of `robot_name`, queued until placed on an agent.
-    pub async fn start_run(self: &Arc<Fleet>, robot_name: &str, cause: Cause) -> FleetResult<Run> {
+    pub async fn start_run(
+        self: &Arc<Fleet>,
+        robot_name: &str,
+        cause: Cause,
+        launch: Launch,
+    ) -> FleetResult<Run> {
         let run = {
             let _changes = self.changes.lock().await;
             let robot = self.robot(robot_name).await?;
@@ -162,7 +202,7 @@ impl Fleet {
                 self.take_manual_control(&robot, user, "started a run")
                     .await?;
             }
-            self.create_run(&robot, cause, None).await?
+            self.create_run(&robot, cause, None, launch).await?
         };
         self.dispatch().await?;
         Ok(self.store.run(&run.id).await?)
@@ -256,7 +296,8 @@ impl Fleet {
             self.operate(run_id, Operation::Stop, Cause::User(user.to_owned()))
                 .await?;
         }
-        self.start_run(&run.robot, Cause::User(user.to_owned()))
+        let launch = Launch::of(&run);
+        self.start_run(&run.robot, Cause::User(user.to_owned()), launch)
             .await
     }
 
@@ -559,11 +600,14 @@ impl Fleet {
             run.agent_id = Some(agent.id);
             run.agent = Some(agent.name.clone());
             let mut env = robot.definition.env.clone();
+            env.extend(run.env.clone());
             env.insert("DIRIGENT_RUN_TOKEN".to_owned(), token);
+            let mut argv = robot.definition.argv.clone();
+            argv.extend(run.args.iter().cloned());
             let command = AgentCommand::Start(StartSpec {
                 run_id: run.id.clone(),
                 robot: run.robot.clone(),
-                argv: robot.definition.argv.clone(),
+                argv,
                 working_dir: robot.definition.working_dir.clone(),
                 env,
                 stop_grace_seconds: robot.definition.stop_grace_seconds,
@@ -635,7 +679,7 @@ impl Fleet {
             u32::try_from(failures).unwrap_or(u32::MAX),
         );
         let not_before = (!delay.is_zero()).then(|| now.saturating_add(delay).unwrap_or(now));
-        self.create_run(&robot, Cause::RestartPolicy, not_before)
+        self.create_run(&robot, Cause::RestartPolicy, not_before, Launch::of(run))
             .await?;
         Ok(())
     }
@@ -645,6 +689,7 @@ impl Fleet {
         robot: &Robot,
         cause: Cause,
         not_before: Option<Timestamp>,
+        launch: Launch,
     ) -> FleetResult<Run> {
         let now = self.clock.now();
         let id = secrets::new_id("run_").map_err(|err| FleetError::Internal(err.to_string()))?;
@@ -665,6 +710,8 @@ impl Fleet {
             exit_code: None,
             signal: None,
             not_before,
+            args: launch.args,
+            env: launch.env,
             created_at: now,
             started_at: None,
             ended_at: None,
@@ -719,6 +766,8 @@ impl Fleet {
                 .release_run_items(&run.id, lost, transition.at)
                 .await?;
             self.after_end(run).await?;
+            self.lock_run_ends()
+                .retain(|listener| listener.send(run.clone()).is_ok());
         }
         let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
         Ok(())

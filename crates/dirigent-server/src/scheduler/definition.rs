@@ -1,8 +1,12 @@
 //! Trigger definitions: from a stored spec to the schedule it follows and the calendar it
 //! obeys, with every field checked and named when wrong.
 
+use std::collections::BTreeMap;
+
 use dirigent_domain::{
     InvalidField,
+    queue::check_queue_name,
+    robot::{check_args, check_env},
     schedule::{self, Cron, OffDay, Schedule},
 };
 use dirigent_proto::trigger::{CalendarSpec, TriggerSpec};
@@ -14,11 +18,38 @@ use crate::error::ApiError;
 /// Days of the week as triggers and calendars name them, Monday first.
 pub(crate) const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-/// The schedule of a spec, and the calendar it follows.
+/// The calendar a trigger follows, and what it does on an off day.
+pub(crate) type Obeyed = Option<(schedule::Calendar, OffDay)>;
+
+/// When a trigger fires.
+pub(crate) enum Timing {
+    /// At the times of a schedule.
+    Schedule(Schedule),
+    /// While a queue holds items ready to claim.
+    Queue(QueueWatch),
+}
+
+/// What a queue trigger watches, and how many runs it keeps.
+pub(crate) struct QueueWatch {
+    pub queue: String,
+    /// Ready items per run.
+    pub min_items: u32,
+    /// Active runs at most.
+    pub max_runs: u32,
+}
+
+/// The timing of a spec and the calendar it follows, every field checked.
 pub(crate) async fn definition(
     store: &Store,
     spec: &TriggerSpec,
-) -> Result<(Schedule, Option<(schedule::Calendar, OffDay)>), ApiError> {
+) -> Result<(Timing, Obeyed), ApiError> {
+    let timing = timing(spec)?;
+    check_policies(spec)?;
+    Ok((timing, calendar_of(store, spec).await?))
+}
+
+/// When a spec fires.
+pub(crate) fn timing(spec: &TriggerSpec) -> Result<Timing, ApiError> {
     let invalid = |field: &str, reason: String| ApiError::invalid(InvalidField::new(field, reason));
     let required = |field: &str| invalid(field, format!("is required for a {} trigger", spec.kind));
     let zone = match &spec.time_zone {
@@ -84,14 +115,43 @@ pub(crate) async fn definition(
                 zone,
             })
         }
+        "queue" => {
+            if spec.calendar.is_some() {
+                return Err(invalid(
+                    "calendar",
+                    "queue triggers do not follow calendars".into(),
+                ));
+            }
+            let queue = spec.queue.clone().ok_or_else(|| required("queue"))?;
+            check_queue_name(&queue).map_err(|err| invalid("queue", err.reason))?;
+            let min_items = spec.min_items.unwrap_or(1);
+            if !(1..=1_000_000).contains(&min_items) {
+                return Err(invalid("min_items", "must be between 1 and 1000000".into()));
+            }
+            let max_runs = spec.max_runs.unwrap_or(1);
+            if !(1..=1000).contains(&max_runs) {
+                return Err(invalid("max_runs", "must be between 1 and 1000".into()));
+            }
+            return Ok(Timing::Queue(QueueWatch {
+                queue,
+                min_items,
+                max_runs,
+            }));
+        }
         other => {
             return Err(invalid(
                 "kind",
-                format!("{other:?} is not one of cron, interval, once, weekly, window"),
+                format!("{other:?} is not one of cron, interval, once, weekly, window, queue"),
             ));
         }
     };
-    let calendar = match &spec.calendar {
+    Ok(Timing::Schedule(schedule))
+}
+
+/// The calendar a spec follows.
+pub(crate) async fn calendar_of(store: &Store, spec: &TriggerSpec) -> Result<Obeyed, ApiError> {
+    let invalid = |field: &str, reason: String| ApiError::invalid(InvalidField::new(field, reason));
+    Ok(match &spec.calendar {
         None => None,
         Some(name) => {
             let record = store.calendar(name).await.map_err(|err| match err {
@@ -110,9 +170,7 @@ pub(crate) async fn definition(
             };
             Some((calendar_rules(&stored_calendar(&record)?)?, off_day))
         }
-    };
-    check_policies(spec)?;
-    Ok((schedule, calendar))
+    })
 }
 
 /// The days of the week a spec names, Monday first.
@@ -162,19 +220,24 @@ fn time_of(field: &str, text: &str) -> Result<Time, ApiError> {
 }
 
 /// When a trigger should next be looked at from `now`: its next firing — or for a window,
-/// its next opening or closing (now, if it is open and just enabled).
+/// its next opening or closing (now, if it is open and just enabled); a queue trigger at
+/// once, to count what its queue holds.
 pub(crate) fn next_look(
-    schedule: &Schedule,
-    calendar: Option<(&schedule::Calendar, OffDay)>,
+    timing: &Timing,
+    calendar: &Obeyed,
     now: Timestamp,
     just_enabled: bool,
 ) -> Option<Timestamp> {
-    match schedule {
-        Schedule::Window(window) => match window.state(now) {
+    let calendar = calendar
+        .as_ref()
+        .map(|(calendar, off_day)| (calendar, *off_day));
+    match timing {
+        Timing::Queue(_) => Some(now),
+        Timing::Schedule(Schedule::Window(window)) => match window.state(now) {
             (true, _) if just_enabled => Some(now),
             (_, change) => change,
         },
-        schedule => schedule.next_with_calendar(now, calendar),
+        Timing::Schedule(schedule) => schedule.next_with_calendar(now, calendar),
     }
 }
 
@@ -199,6 +262,8 @@ pub(crate) fn check_policies(spec: &TriggerSpec) -> Result<(), ApiError> {
     if spec.max_consecutive_failures == Some(0) {
         return Err(invalid("max_consecutive_failures", "must be at least 1"));
     }
+    check_args("args", spec.args.as_deref().unwrap_or_default()).map_err(ApiError::invalid)?;
+    check_env(spec.env.as_ref().unwrap_or(&BTreeMap::new())).map_err(ApiError::invalid)?;
     Ok(())
 }
 

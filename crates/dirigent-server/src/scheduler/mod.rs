@@ -5,27 +5,31 @@
 
 mod definition;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use dirigent_domain::{
     robot::RobotMode,
+    run::{Run, RunState},
     schedule::{self, Missed, Schedule},
 };
 use dirigent_proto::trigger::TriggerSpec;
-use dirigent_store::{FiringRecord, Store, StoreError, TriggerRecord};
+use dirigent_store::{FiringRecord, FiringTake, NewFiring, Store, StoreError, TriggerRecord};
 use jiff::{SignedDuration, Timestamp};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 pub(crate) use definition::{
-    DAYS, calendar_rules, definition, next_look, stored_calendar, stored_spec,
+    DAYS, Obeyed, QueueWatch, Timing, calendar_of, calendar_rules, definition, next_look,
+    stored_calendar, stored_spec, timing,
 };
 
 use crate::{
     Clock,
     error::ApiError,
-    fleet::{Cause, Fleet},
+    fleet::{Cause, Fleet, Launch},
 };
 
+/// Due triggers one transaction takes, at most.
+const BATCH: u32 = 500;
 /// A due firing counts as on time within this; later, the trigger's `missed` policy decides.
 const ON_TIME: SignedDuration = SignedDuration::from_secs(60);
 /// Missed firings looked at per trigger, at most.
@@ -37,24 +41,43 @@ pub struct Scheduler {
     fleet: Arc<Fleet>,
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
+    /// Runs that ended and are not yet looked at (taken by the loop when it starts).
+    run_ends: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Run>>>,
 }
 
 impl Scheduler {
-    /// A scheduler that fires only when told to ([`Scheduler::fire_due`]); for tests.
+    /// A scheduler that fires only when told to ([`Scheduler::fire_due`]) and looks at
+    /// ended runs only when told to ([`Scheduler::handle_run_ends`]); for tests.
     pub fn new(store: Store, fleet: Arc<Fleet>, clock: Arc<dyn Clock>) -> Arc<Scheduler> {
+        let run_ends = fleet.run_ends();
         Arc::new(Scheduler {
             store,
             fleet,
             clock,
             wake: Arc::new(Notify::new()),
+            run_ends: std::sync::Mutex::new(Some(run_ends)),
         })
     }
 
     /// Starts the loop: first the firings a stopped node had taken but not started, then
-    /// the due ones, then sleep until the next.
+    /// the due ones, then sleep until the next. Beside it, a task that looks at each run
+    /// that ends.
     pub fn start(store: Store, fleet: Arc<Fleet>, clock: Arc<dyn Clock>) -> Arc<Scheduler> {
         let scheduler = Scheduler::new(store, fleet, clock);
         let this = Arc::downgrade(&scheduler);
+        if let Some(mut run_ends) = scheduler.take_run_ends() {
+            let this = this.clone();
+            tokio::spawn(async move {
+                while let Some(run) = run_ends.recv().await {
+                    let Some(scheduler) = this.upgrade() else {
+                        return;
+                    };
+                    if let Err(err) = scheduler.run_ended(&run).await {
+                        tracing::error!(run = run.id, ?err, "counting an ended run");
+                    }
+                }
+            });
+        }
         let wake = scheduler.wake.clone();
         tokio::spawn(async move {
             if let Some(scheduler) = this.upgrade()
@@ -90,82 +113,280 @@ impl Scheduler {
         scheduler
     }
 
+    fn take_run_ends(&self) -> Option<mpsc::UnboundedReceiver<Run>> {
+        self.run_ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
     /// A trigger changed: look again when the next one is due.
     pub fn changed(&self) {
         self.wake.notify_one();
     }
 
-    /// Fires every trigger due now; answers how many firings it took.
+    /// Items of these queues became ready, now or later: their queue triggers look again.
+    pub async fn queues_filled(&self, queues: &[&str]) -> Result<(), ApiError> {
+        let now = self.clock.now();
+        let mut woken = 0;
+        for queue in queues {
+            woken += self
+                .store
+                .wake_queue_triggers(Some(queue), None, now)
+                .await?;
+        }
+        if 0 < woken {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// Items of some queues became ready: every queue trigger looks again.
+    pub async fn some_queues_filled(&self) -> Result<(), ApiError> {
+        let now = self.clock.now();
+        if 0 < self.store.wake_queue_triggers(None, None, now).await? {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// Looks at the runs that ended since last asked; for a scheduler without its loop.
+    pub async fn handle_run_ends(&self) -> Result<(), ApiError> {
+        let mut ended = Vec::new();
+        if let Some(run_ends) = self
+            .run_ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            while let Ok(run) = run_ends.try_recv() {
+                ended.push(run);
+            }
+        }
+        for run in &ended {
+            self.run_ended(run).await?;
+        }
+        Ok(())
+    }
+
+    /// A run ended: its robot's queue triggers look again (a run fewer, items released), and
+    /// if a trigger started it, the trigger counts it — and disables itself after too many
+    /// failures in a row.
+    async fn run_ended(&self, run: &Run) -> Result<(), ApiError> {
+        let now = self.clock.now();
+        if 0 < self
+            .store
+            .wake_queue_triggers(None, Some(&run.robot), now)
+            .await?
+        {
+            self.changed();
+        }
+        let failed = match run.state {
+            RunState::Failed | RunState::TimedOut | RunState::Lost => true,
+            RunState::Succeeded => false,
+            _ => return Ok(()), // stopped or killed: no verdict on the robot
+        };
+        let Some(trigger_id) = self.store.trigger_of_run(&run.id).await? else {
+            return Ok(());
+        };
+        let Some(failures) = self.store.count_trigger_run(&trigger_id, failed).await? else {
+            return Ok(());
+        };
+        let trigger = self.store.trigger(&trigger_id).await?;
+        let limit = stored_spec(&trigger)?.max_consecutive_failures;
+        if let Some(limit) = limit
+            && failed
+            && limit <= failures
+        {
+            let reason = format!(
+                "disabled after {failures} failed runs in a row (the last: {}); enable it to \
+                 fire again",
+                run.id
+            );
+            if self
+                .store
+                .disable_trigger(&trigger_id, &reason, Some(&run.id), now)
+                .await?
+            {
+                tracing::warn!(trigger = trigger_id, reason, "trigger disabled");
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires every trigger due now, in batches (one transaction takes a batch); answers how
+    /// many firings it took.
     pub async fn fire_due(&self) -> Result<usize, ApiError> {
         let now = self.clock.now();
         let mut taken = 0;
-        for trigger in self.store.due_triggers(now, 500).await? {
-            match self.fire(&trigger, now).await {
-                Ok(n) => taken += n,
+        loop {
+            let due = self.store.due_triggers(now, BATCH).await?;
+            let full = due.len() == BATCH as usize;
+            let (fired, handled) = self.fire_batch(due, now).await?;
+            taken += fired;
+            // A batch none of which could be handled would come back as it is.
+            if !full || handled == 0 {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// Fires a batch of due triggers; answers the firings taken and the triggers handled.
+    async fn fire_batch(
+        &self,
+        due: Vec<TriggerRecord>,
+        now: Timestamp,
+    ) -> Result<(usize, usize), ApiError> {
+        let (mut taken, mut handled) = (0, 0);
+        let mut calendars: HashMap<(String, Option<String>), Obeyed> = HashMap::new();
+        let mut scheduled = Vec::new();
+        for trigger in due {
+            let defined = stored_spec(&trigger).and_then(|spec| Ok((timing(&spec)?, spec)));
+            let (timing, spec) = match defined {
+                Ok(defined) => defined,
+                Err(err) => {
+                    self.disable_broken(&trigger, &err, now).await?;
+                    handled += 1;
+                    continue;
+                }
+            };
+            let fired = match &timing {
+                Timing::Queue(watch) => self.fire_queue(&trigger, &spec, watch, now).await,
+                Timing::Schedule(Schedule::Window(window)) => {
+                    self.fire_window(&trigger, &spec, window, now).await
+                }
+                Timing::Schedule(_) => {
+                    let key = (
+                        spec.calendar.clone().unwrap_or_default(),
+                        spec.off_day.clone(),
+                    );
+                    let calendar = match calendars.get(&key) {
+                        Some(calendar) => calendar.clone(),
+                        None => match calendar_of(&self.store, &spec).await {
+                            Ok(calendar) => calendars.entry(key).or_insert(calendar).clone(),
+                            Err(err) => {
+                                self.disable_broken(&trigger, &err, now).await?;
+                                handled += 1;
+                                continue;
+                            }
+                        },
+                    };
+                    scheduled.push((trigger, spec, timing, calendar));
+                    continue;
+                }
+            };
+            match fired {
+                Ok(n) => (taken, handled) = (taken + n, handled + 1),
                 Err(err) => tracing::error!(trigger = trigger.id, ?err, "firing a trigger"),
             }
         }
-        Ok(taken)
+        let takes: Vec<FiringTake> = scheduled
+            .iter()
+            .filter_map(|(trigger, spec, timing, calendar)| match timing {
+                Timing::Schedule(schedule) => Some(plan(trigger, spec, schedule, calendar, now)),
+                Timing::Queue(_) => None,
+            })
+            .collect();
+        let results = self.store.take_trigger_firings(&takes, now).await?;
+        handled += takes.len();
+        for ((trigger, spec, _, _), firings) in scheduled.iter().zip(results) {
+            for firing in firings.iter().flatten() {
+                taken += 1;
+                if firing.outcome == "due"
+                    && let Err(err) = self.start_firing(trigger, spec, firing).await
+                {
+                    tracing::error!(trigger = trigger.id, ?err, "starting a firing's run");
+                }
+            }
+        }
+        Ok((taken, handled))
     }
 
-    async fn fire(&self, trigger: &TriggerRecord, now: Timestamp) -> Result<usize, ApiError> {
+    /// A trigger whose definition no longer holds (a calendar it follows is gone, say) is
+    /// disabled, with the reason, rather than looked at again and again.
+    async fn disable_broken(
+        &self,
+        trigger: &TriggerRecord,
+        err: &ApiError,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let reason = format!("its definition no longer holds: {}", err.message);
+        tracing::error!(trigger = trigger.id, reason, "trigger disabled");
+        self.store
+            .disable_trigger(&trigger.id, &reason, None, now)
+            .await?;
+        Ok(())
+    }
+
+    /// A queue trigger looks at its queue: runs start while ready items outnumber what the
+    /// active runs take on (`min_items` each, `max_runs` at most). It then sleeps until items
+    /// are added or released, a run of its robot ends, or a postponed item becomes ready.
+    async fn fire_queue(
+        &self,
+        trigger: &TriggerRecord,
+        spec: &TriggerSpec,
+        watch: &QueueWatch,
+        now: Timestamp,
+    ) -> Result<usize, ApiError> {
         let Some(due_at) = trigger.next_fire_at else {
             return Ok(0);
         };
-        let spec = stored_spec(trigger)?;
-        let (schedule, calendar) = definition(&self.store, &spec).await?;
-        let calendar = calendar
-            .as_ref()
-            .map(|(calendar, off_day)| (calendar, *off_day));
-        if let Schedule::Window(window) = &schedule {
-            return self.fire_window(trigger, &spec, window, due_at, now).await;
+        let cap = watch.min_items.saturating_mul(watch.max_runs);
+        let (ready, next_ready) = self.store.queue_readiness(&watch.queue, now, cap).await?;
+        let active = self.active_runs_of(&trigger.robot).await?.len() as u64;
+        let wanted = u64::from(watch.max_runs).min(ready / u64::from(watch.min_items));
+        let to_start = wanted.saturating_sub(active);
+        let next = (ready < u64::from(watch.min_items))
+            .then_some(next_ready)
+            .flatten();
+        let mut firings = Vec::new();
+        if 0 < to_start {
+            let robot = self.store.robot(&trigger.robot).await;
+            let manual = match &robot {
+                Ok(robot) if robot.mode != RobotMode::Auto => Some(format!(
+                    "the robot is in manual mode ({}); triggers leave it alone",
+                    robot.mode_reason.as_deref().unwrap_or_default()
+                )),
+                _ => None,
+            };
+            match manual {
+                // Recorded once, not at every item added while the robot stays manual.
+                Some(reason) => {
+                    let last = self.store.trigger_firings(&trigger.id, 1).await?;
+                    if last.first().and_then(|firing| firing.reason.as_ref()) != Some(&reason) {
+                        firings.push(NewFiring {
+                            due_at: now,
+                            outcome: "skipped",
+                            reason: Some(reason),
+                        });
+                    }
+                }
+                None => {
+                    let reason = format!(
+                        "{ready} items ready in queue {:?}, {active} runs active",
+                        watch.queue
+                    );
+                    firings.extend((0..to_start).map(|_| NewFiring {
+                        due_at: now,
+                        outcome: due_outcome(spec),
+                        reason: Some(reason.clone()),
+                    }));
+                }
+            }
         }
-        let mut due = vec![due_at];
-        due.extend(
-            schedule
-                .preview(due_at, MAX_MISSED, calendar)
-                .into_iter()
-                .take_while(|at| *at <= now),
-        );
-        let late = ON_TIME < now.duration_since(due_at);
-        let to_fire: Vec<Timestamp> = if due.len() == 1 && !late {
-            due.clone()
-        } else {
-            let policy = missed_policy(&spec);
-            let last = due_at - SignedDuration::from_millis(1);
-            schedule::missed_firings(&schedule, calendar, last, now, policy, MAX_MISSED)
+        let take = FiringTake {
+            trigger_id: trigger.id.clone(),
+            due_at,
+            next,
+            firings,
         };
-        let mut records: Vec<(Timestamp, &str, Option<String>)> = due
-            .iter()
-            .map(|at| match to_fire.contains(at) {
-                true => (*at, "due", None),
-                false => (
-                    *at,
-                    "missed",
-                    Some(
-                        "missed while the orchestrator was down; the missed policy skips it"
-                            .to_owned(),
-                    ),
-                ),
-            })
-            .collect();
-        records.sort_by_key(|(at, _, _)| *at);
-        let next = schedule
-            .next_with_calendar(now, calendar)
-            .map(|next| next + jitter(spec.jitter_seconds.unwrap_or(0)));
-        let Some(firings) = self
-            .store
-            .take_trigger_firing(&trigger.id, due_at, next, &records, now)
-            .await?
-        else {
-            return Ok(0); // another node took it
+        let Some(Some(firings)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
+            return Ok(0);
         };
-        let mut taken = 0;
         for firing in firings.iter().filter(|firing| firing.outcome == "due") {
-            self.start_firing(trigger, &spec, firing).await?;
-            taken += 1;
+            self.start_firing(trigger, spec, firing).await?;
         }
-        Ok(taken)
+        Ok(firings.len())
     }
 
     /// A window opened (start the robot unless it runs) or closed (safe-stop its runs).
@@ -174,18 +395,33 @@ impl Scheduler {
         trigger: &TriggerRecord,
         spec: &TriggerSpec,
         window: &schedule::Window,
-        due_at: Timestamp,
         now: Timestamp,
     ) -> Result<usize, ApiError> {
-        let (open, next) = window.state(now);
-        let Some(firings) = self
-            .store
-            .take_trigger_firing(&trigger.id, due_at, next, &[(due_at, "due", None)], now)
-            .await?
-        else {
+        let Some(due_at) = trigger.next_fire_at else {
             return Ok(0);
         };
-        for firing in &firings {
+        let (open, next) = window.state(now);
+        let take = FiringTake {
+            trigger_id: trigger.id.clone(),
+            due_at,
+            next,
+            firings: vec![NewFiring {
+                due_at,
+                outcome: due_outcome(spec),
+                reason: Some(
+                    if open {
+                        "the window opened"
+                    } else {
+                        "the window closed"
+                    }
+                    .into(),
+                ),
+            }],
+        };
+        let Some(Some(firings)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
+            return Ok(0);
+        };
+        for firing in firings.iter().filter(|firing| firing.outcome == "due") {
             if open {
                 self.start_firing(trigger, spec, firing).await?;
                 continue;
@@ -237,7 +473,11 @@ impl Scheduler {
             return Ok(settle("skipped", Some(reason), None).await?);
         }
         let active = self.active_runs_of(&trigger.robot).await?;
-        let overlap = spec.overlap.as_deref().unwrap_or("skip");
+        // A queue trigger counted the active runs already.
+        let overlap = match spec.kind.as_str() {
+            "queue" => "allow",
+            _ => spec.overlap.as_deref().unwrap_or("skip"),
+        };
         if !active.is_empty() {
             let queued = active
                 .iter()
@@ -272,7 +512,11 @@ impl Scheduler {
             }
         }
         let cause = Cause::Trigger(format!("{}#{}", trigger.id, firing.id));
-        let run = self.fleet.start_run(&trigger.robot, cause).await?;
+        let launch = Launch {
+            args: spec.args.clone().unwrap_or_default(),
+            env: spec.env.clone().unwrap_or_default(),
+        };
+        let run = self.fleet.start_run(&trigger.robot, cause, launch).await?;
         settle("started", None, Some(run.id)).await?;
         Ok(())
     }
@@ -310,6 +554,72 @@ impl Scheduler {
             self.start_firing(&trigger, &spec, &firing).await?;
         }
         Ok(())
+    }
+}
+
+/// What a schedule's due firing of a trigger takes: the firing due at `trigger`'s next fire
+/// time and any it missed by `now` (recorded as the `missed` policy says), and its next fire
+/// time after `now`, jittered.
+fn plan(
+    trigger: &TriggerRecord,
+    spec: &TriggerSpec,
+    schedule: &Schedule,
+    calendar: &Obeyed,
+    now: Timestamp,
+) -> FiringTake {
+    let due_at = trigger.next_fire_at.unwrap_or(now);
+    let calendar = calendar
+        .as_ref()
+        .map(|(calendar, off_day)| (calendar, *off_day));
+    let mut due = vec![due_at];
+    due.extend(
+        schedule
+            .preview(due_at, MAX_MISSED, calendar)
+            .into_iter()
+            .take_while(|at| *at <= now),
+    );
+    let late = ON_TIME < now.duration_since(due_at);
+    let policy = missed_policy(spec);
+    let to_fire: Vec<Timestamp> = if due.len() == 1 && !late {
+        due.clone()
+    } else {
+        let last = due_at - SignedDuration::from_millis(1);
+        schedule::missed_firings(schedule, calendar, last, now, policy, MAX_MISSED)
+    };
+    let firings = due
+        .iter()
+        .map(|at| match to_fire.contains(at) {
+            true => NewFiring {
+                due_at: *at,
+                outcome: due_outcome(spec),
+                reason: None,
+            },
+            false => NewFiring {
+                due_at: *at,
+                outcome: "missed",
+                reason: Some(format!(
+                    "not fired in time: looked at only at {now} (the orchestrator was down \
+                     or busy); the missed policy {} skips it",
+                    spec.missed.as_deref().unwrap_or("run_once")
+                )),
+            },
+        })
+        .collect();
+    FiringTake {
+        trigger_id: trigger.id.clone(),
+        due_at,
+        next: schedule
+            .next_with_calendar(now, calendar)
+            .map(|next| next + jitter(spec.jitter_seconds.unwrap_or(0))),
+        firings,
+    }
+}
+
+/// The outcome a firing due now records: `due` (its run is being started), or `dry_run`.
+fn due_outcome(spec: &TriggerSpec) -> &'static str {
+    match spec.dry_run {
+        Some(true) => "dry_run",
+        _ => "due",
     }
 }
 

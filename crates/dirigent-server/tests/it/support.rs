@@ -74,9 +74,10 @@ impl TestApp {
             .await
             .unwrap();
         let fleet = dirigent_server::fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
-        let writer = dirigent_server::writer::Writer::start(store.clone(), clock.clone());
         let scheduler =
             dirigent_server::scheduler::Scheduler::new(store.clone(), fleet.clone(), clock.clone());
+        let writer =
+            dirigent_server::writer::Writer::start(store.clone(), clock.clone(), scheduler.clone());
         let state = AppState {
             store: store.clone(),
             credentials: dirigent_server::auth::cache::CredentialCache::following_runs(&fleet),

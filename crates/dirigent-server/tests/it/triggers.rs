@@ -2,6 +2,7 @@
 //! daylight-saving changes and holidays, enabling and disabling.
 
 use axum::http::{Method, StatusCode};
+use dirigent_store::{FiringTake, NewFiring};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
@@ -189,6 +190,23 @@ async fn bad_definitions_name_their_field() {
         (
             json!({"robot": "invoices", "kind": "once", "colour": "red"}),
             "colour",
+        ),
+        (json!({"robot": "invoices", "kind": "queue"}), "queue"),
+        (
+            json!({"robot": "invoices", "kind": "queue", "queue": "nowhere"}),
+            "queue",
+        ),
+        (
+            json!({"robot": "invoices", "kind": "queue", "queue": "inbox", "max_runs": 0}),
+            "max_runs",
+        ),
+        (
+            json!({"robot": "invoices", "kind": "once", "at": "2030-01-01T00:00:00Z", "env": {"9X": "v"}}),
+            "env.9X",
+        ),
+        (
+            json!({"robot": "invoices", "kind": "once", "at": "2030-01-01T00:00:00Z", "args": ["a\u{0}b"]}),
+            "args[0]",
         ),
     ] {
         let answer = app
@@ -403,21 +421,25 @@ async fn a_firing_taken_before_a_stop_is_started_once_after_it() {
     .await;
     // A node took the firing and stopped before starting its run.
     let due: Timestamp = "2027-01-15T09:00:00Z".parse().unwrap();
+    let take = FiringTake {
+        trigger_id: id.clone(),
+        due_at: due,
+        next: None,
+        firings: vec![NewFiring {
+            due_at: due,
+            outcome: "due",
+            reason: None,
+        }],
+    };
     let taken = app
         .store
-        .take_trigger_firing(&id, due, None, &[(due, "due", None)], due)
+        .take_trigger_firings(std::slice::from_ref(&take), due)
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].as_ref().map(Vec::len), Some(1));
     // No second node takes it again.
-    assert!(
-        app.store
-            .take_trigger_firing(&id, due, None, &[(due, "due", None)], due)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let again = app.store.take_trigger_firings(&[take], due).await.unwrap();
+    assert!(again[0].is_none());
     app.scheduler.resume_unsettled().await.unwrap();
     app.scheduler.resume_unsettled().await.unwrap();
     let all = firings(&app, &admin, &id).await;
@@ -562,4 +584,213 @@ async fn a_window_starts_the_robot_when_it_opens_and_stops_it_when_it_closes() {
 async fn next_fire(app: &TestApp, admin: &str, id: &str) -> Value {
     let path = format!("/api/v1/triggers/{id}");
     app.send(Method::GET, &path, Some(admin), None).await.body["next_fire_at"].clone()
+}
+
+/// Adds `items` to `queue` as the admin; each item a JSON object.
+async fn add_items(app: &TestApp, admin: &str, queue: &str, items: Value) {
+    let path = format!("/api/v1/queues/{queue}/items");
+    let added = app
+        .send(Method::POST, &path, Some(admin), Some(items))
+        .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{:?}", added.body);
+}
+
+/// The states of the robot's runs.
+async fn run_states(app: &TestApp, admin: &str) -> Vec<String> {
+    let runs = app
+        .send(
+            Method::GET,
+            "/api/v1/runs?robot=invoices",
+            Some(admin),
+            None,
+        )
+        .await;
+    runs.body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_queue_trigger_starts_runs_for_ready_items_up_to_its_limit() {
+    let (app, admin) = setup().await;
+    let queue = json!({"name": "inbox"});
+    let created = app
+        .send(Method::POST, "/api/v1/queues", Some(&admin), Some(queue))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "queue", "queue": "inbox", "min_items": 2,
+               "max_runs": 3, "args": ["--batch"], "env": {"SOURCE": "inbox"}}),
+    )
+    .await;
+    // An empty queue: nothing starts, and the trigger sleeps until items come.
+    app.scheduler.fire_due().await.unwrap();
+    assert!(run_states(&app, &admin).await.is_empty());
+    assert_eq!(next_fire(&app, &admin, &id).await, Value::Null);
+    let preview = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/triggers/{id}/preview"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(preview.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // One item is fewer than min_items; the second makes a run; five make two.
+    add_items(&app, &admin, "inbox", json!({"payload": {"n": 1}})).await;
+    app.scheduler.fire_due().await.unwrap();
+    assert!(run_states(&app, &admin).await.is_empty());
+    add_items(
+        &app,
+        &admin,
+        "inbox",
+        json!([{"payload": {"n": 2}}, {"payload": {"n": 3}}]),
+    )
+    .await;
+    assert_eq!(
+        next_fire(&app, &admin, &id).await,
+        "2027-01-15T08:00:00Z",
+        "woken by the add"
+    );
+    app.scheduler.fire_due().await.unwrap();
+    assert_eq!(run_states(&app, &admin).await, ["queued"]);
+    add_items(
+        &app,
+        &admin,
+        "inbox",
+        json!([{"payload": {"n": 4}}, {"payload": {"n": 5}}]),
+    )
+    .await;
+    app.scheduler.fire_due().await.unwrap();
+    assert_eq!(run_states(&app, &admin).await, ["queued", "queued"]);
+    // Plenty of items, but never more than max_runs at a time.
+    let many: Vec<Value> = (6..30).map(|n| json!({"payload": {"n": n}})).collect();
+    add_items(&app, &admin, "inbox", Value::Array(many)).await;
+    app.scheduler.fire_due().await.unwrap();
+    app.scheduler.fire_due().await.unwrap();
+    assert_eq!(run_states(&app, &admin).await.len(), 3);
+    let all = firings(&app, &admin, &id).await;
+    assert_eq!(outcomes(&all), ["started", "started", "started"], "{all:?}");
+
+    // Runs carry the trigger's arguments and environment.
+    let runs = app
+        .send(
+            Method::GET,
+            "/api/v1/runs?robot=invoices",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(runs.body[0]["args"], json!(["--batch"]));
+    assert_eq!(runs.body[0]["env"], json!({"SOURCE": "inbox"}));
+
+    // A run that ends makes room: the trigger looks again and starts another.
+    let run_id = runs.body[0]["id"].as_str().unwrap().to_owned();
+    let stopped = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{run_id}/kill"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
+    app.scheduler.handle_run_ends().await.unwrap();
+    // The operator's action put the robot in manual mode: the trigger leaves it alone, and
+    // says so once, however often it looks.
+    app.scheduler.fire_due().await.unwrap();
+    add_items(&app, &admin, "inbox", json!({"payload": {"n": 99}})).await;
+    app.scheduler.fire_due().await.unwrap();
+    let all = firings(&app, &admin, &id).await;
+    assert_eq!(
+        outcomes(&all),
+        ["started", "started", "started", "skipped"],
+        "{all:?}"
+    );
+    assert!(all[3].1.contains("manual mode"), "{all:?}");
+    let auto = app
+        .send(
+            Method::POST,
+            "/api/v1/robots/invoices/auto",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert!(auto.status.is_success(), "{:?}", auto.body);
+    add_items(&app, &admin, "inbox", json!({"payload": {"n": 100}})).await;
+    app.scheduler.fire_due().await.unwrap();
+    let states = run_states(&app, &admin).await;
+    assert_eq!(
+        states.iter().filter(|state| *state == "queued").count(),
+        3,
+        "{states:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_trigger_waits_for_postponed_items() {
+    let (app, admin) = setup().await;
+    let queue = json!({"name": "inbox"});
+    app.send(Method::POST, "/api/v1/queues", Some(&admin), Some(queue))
+        .await;
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "queue", "queue": "inbox"}),
+    )
+    .await;
+    add_items(
+        &app,
+        &admin,
+        "inbox",
+        json!({"payload": {}, "postpone_until": "2027-01-15T09:30:00Z"}),
+    )
+    .await;
+    app.scheduler.fire_due().await.unwrap();
+    assert!(run_states(&app, &admin).await.is_empty());
+    assert_eq!(next_fire(&app, &admin, &id).await, "2027-01-15T09:30:00Z");
+    app.clock.advance(SignedDuration::from_mins(90));
+    app.scheduler.fire_due().await.unwrap();
+    assert_eq!(run_states(&app, &admin).await, ["queued"]);
+}
+
+#[tokio::test]
+async fn a_dry_run_trigger_records_firings_without_starting_runs() {
+    let (app, admin) = setup().await;
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "interval", "every_seconds": 60, "dry_run": true}),
+    )
+    .await;
+    for _ in 0..3 {
+        app.clock.advance(SignedDuration::from_secs(60));
+        app.scheduler.fire_due().await.unwrap();
+    }
+    let all = firings(&app, &admin, &id).await;
+    assert_eq!(outcomes(&all), ["dry_run", "dry_run", "dry_run"]);
+    assert!(run_states(&app, &admin).await.is_empty());
+}
+
+#[tokio::test]
+async fn many_due_triggers_fire_in_batches_each_once() {
+    let (app, admin) = setup().await;
+    let mut ids = Vec::new();
+    for _ in 0..1_200 {
+        let spec = json!({"robot": "invoices", "kind": "once", "at": "2027-01-15T08:00:30Z",
+                          "dry_run": true});
+        ids.push(trigger(&app, &admin, spec).await);
+    }
+    app.clock.advance(SignedDuration::from_secs(30));
+    assert_eq!(app.scheduler.fire_due().await.unwrap(), 1_200);
+    assert_eq!(app.scheduler.fire_due().await.unwrap(), 0);
+    for id in [&ids[0], &ids[599], &ids[1_199]] {
+        assert_eq!(outcomes(&firings(&app, &admin, id).await), ["dry_run"]);
+    }
 }

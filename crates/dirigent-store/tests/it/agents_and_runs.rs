@@ -38,6 +38,8 @@ fn queued(id: &str, robot: &str, created: i64) -> Run {
         exit_code: None,
         signal: None,
         not_before: None,
+        args: Vec::new(),
+        env: Default::default(),
         created_at: at(created),
         started_at: None,
         ended_at: None,
@@ -313,12 +315,17 @@ store_test!(runs_story, |store| {
         .insert_run(
             &Run {
                 automatic: true,
+                args: vec!["--day".into(), "monday".into()],
+                env: [("REGION".to_owned(), "emea".to_owned())].into(),
                 ..queued("run_4", "archive", 30)
             },
             &transition(RunState::Queued, 30, "restart_policy"),
         )
         .await
         .unwrap();
+    let stored = store.run("run_4").await.unwrap();
+    assert_eq!(stored.args, ["--day", "monday"]);
+    assert_eq!(stored.env["REGION"], "emea");
     assert_eq!(
         store.automatic_starts("archive", at(0)).await.unwrap(),
         [at(30)]

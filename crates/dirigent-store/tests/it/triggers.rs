@@ -1,13 +1,12 @@
-//! Triggers on both backends: a due firing is taken once, however many nodes try at once.
+//! Triggers on both backends: a due firing is taken once, however many nodes try at once;
+//! queue triggers wake when told; failed runs in a row are counted and disable a trigger.
 
-use dirigent_store::TriggerRecord;
-use jiff::Timestamp;
+use dirigent_store::{FiringTake, NewFiring, Store, TriggerRecord};
+use jiff::{SignedDuration, Timestamp};
 
 use crate::backends::store_test;
 
-store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
-    let due = Timestamp::from_second(1_800_000_000).unwrap();
-    let next = Timestamp::from_second(1_800_000_060).unwrap();
+async fn robot_and_triggers(store: &Store, at: Timestamp, triggers: &[(&str, Option<&str>)]) {
     store
         .insert_robot(
             &dirigent_domain::robot::RobotDraft {
@@ -17,52 +16,199 @@ store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
             }
             .validate()
             .unwrap(),
-            due,
+            at,
         )
         .await
         .unwrap();
-    store
-        .insert_trigger(&TriggerRecord {
-            id: "trg_1".to_owned(),
-            robot: "r".to_owned(),
-            calendar: None,
-            spec: "{}".to_owned(),
-            enabled: true,
-            next_fire_at: Some(due),
-            disabled_reason: None,
-            created_at: due,
-            updated_at: due,
-        })
-        .await
-        .unwrap();
-    assert_eq!(store.next_trigger_due().await.unwrap(), Some(due));
-    assert_eq!(store.due_triggers(due, 10).await.unwrap().len(), 1);
+    for (id, queue) in triggers {
+        store
+            .insert_trigger(&TriggerRecord {
+                id: (*id).to_owned(),
+                robot: "r".to_owned(),
+                calendar: None,
+                queue: queue.map(str::to_owned),
+                spec: "{}".to_owned(),
+                enabled: true,
+                next_fire_at: queue.is_none().then_some(at),
+                disabled_reason: None,
+                consecutive_failures: 0,
+                created_at: at,
+                updated_at: at,
+            })
+            .await
+            .unwrap();
+    }
+}
 
-    // Eight "nodes" try to take the same firing at once.
+fn take(id: &str, due: Timestamp, next: Timestamp) -> FiringTake {
+    FiringTake {
+        trigger_id: id.to_owned(),
+        due_at: due,
+        next: Some(next),
+        firings: vec![NewFiring {
+            due_at: due,
+            outcome: "due",
+            reason: None,
+        }],
+    }
+}
+
+store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
+    let due = Timestamp::from_second(1_800_000_000).unwrap();
+    let next = Timestamp::from_second(1_800_000_060).unwrap();
+    let ids = ["trg_1", "trg_2", "trg_3", "trg_4"];
+    let triggers: Vec<_> = ids.iter().map(|id| (*id, None)).collect();
+    robot_and_triggers(&store, due, &triggers).await;
+    assert_eq!(store.next_trigger_due().await.unwrap(), Some(due));
+    assert_eq!(store.due_triggers(due, 10).await.unwrap().len(), 4);
+
+    // Eight "nodes" take overlapping batches of the same firings at once.
     let mut attempts = Vec::new();
-    for _ in 0..8 {
+    for node in 0..8 {
         let store = store.clone();
+        let batch: Vec<FiringTake> = (0..3)
+            .map(|k| take(ids[(node + k) % ids.len()], due, next))
+            .collect();
         attempts.push(tokio::spawn(async move {
-            store
-                .take_trigger_firing("trg_1", due, Some(next), &[(due, "due", None)], due)
-                .await
-                .unwrap()
+            let answers = store.take_trigger_firings(&batch, due).await.unwrap();
+            batch
+                .iter()
+                .zip(answers)
+                .filter_map(|(take, answer)| {
+                    answer.map(|firings| (take.trigger_id.clone(), firings))
+                })
+                .collect::<Vec<_>>()
         }));
     }
-    let mut taken = 0;
+    let mut taken = Vec::new();
     for attempt in attempts {
-        if attempt.await.unwrap().is_some() {
-            taken += 1;
+        for (id, firings) in attempt.await.unwrap() {
+            assert_eq!(firings.len(), 1);
+            assert_eq!(firings[0].trigger_id, id);
+            taken.push(id);
         }
     }
-    assert_eq!(taken, 1);
-    let firings = store.trigger_firings("trg_1", 10).await.unwrap();
-    assert_eq!(firings.len(), 1);
-    assert_eq!(store.unsettled_firings().await.unwrap().len(), 1);
+    taken.sort();
+    assert_eq!(taken, ids);
+    for id in ids {
+        assert_eq!(store.trigger_firings(id, 10).await.unwrap().len(), 1);
+    }
+    let unsettled = store.unsettled_firings().await.unwrap();
+    assert_eq!(unsettled.len(), 4);
     store
-        .settle_firing(firings[0].id, "started", None, Some("run_x"), due)
+        .settle_firing(unsettled[0].id, "started", None, Some("run_x"), due)
         .await
         .unwrap();
-    assert!(store.unsettled_firings().await.unwrap().is_empty());
+    assert_eq!(store.unsettled_firings().await.unwrap().len(), 3);
     assert_eq!(store.next_trigger_due().await.unwrap(), Some(next));
+    assert_eq!(
+        store.trigger_of_run("run_x").await.unwrap().as_deref(),
+        Some(unsettled[0].trigger_id.as_str())
+    );
+});
+
+store_test!(queue_triggers_wake_and_failures_disable, |store| {
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    robot_and_triggers(
+        &store,
+        now,
+        &[("trg_q", Some("inbox")), ("trg_o", Some("other"))],
+    )
+    .await;
+    // Dormant until their queue fills.
+    assert_eq!(store.next_trigger_due().await.unwrap(), None);
+    assert_eq!(
+        store
+            .wake_queue_triggers(Some("inbox"), None, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.next_trigger_due().await.unwrap(), Some(now));
+    // Due already: waking again changes nothing (its due time stays).
+    let later = now + SignedDuration::from_secs(5);
+    assert_eq!(
+        store
+            .wake_queue_triggers(Some("inbox"), None, later)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .wake_queue_triggers(None, Some("r"), later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .wake_queue_triggers(None, Some("nobody"), later)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Readiness: items ready now, capped; the next postponed one.
+    store
+        .create_queue(
+            "inbox",
+            &dirigent_domain::queue::QueueSettings::default(),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.queue_readiness("inbox", now, 10).await.unwrap(),
+        (0, None)
+    );
+    assert_eq!(
+        store.queue_readiness("missing", now, 10).await.unwrap(),
+        (0, None)
+    );
+
+    // Failures in a row count up; a success starts again from zero.
+    assert_eq!(
+        store.count_trigger_run("trg_q", true).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.count_trigger_run("trg_q", true).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.count_trigger_run("trg_q", false).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(store.count_trigger_run("gone", true).await.unwrap(), None);
+    assert!(
+        store
+            .disable_trigger("trg_q", "too many failures", Some("run_9"), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .disable_trigger("trg_q", "again", None, now)
+            .await
+            .unwrap()
+    );
+    let trigger = store.trigger("trg_q").await.unwrap();
+    assert!(!trigger.enabled);
+    assert_eq!(
+        trigger.disabled_reason.as_deref(),
+        Some("too many failures")
+    );
+    let firings = store.trigger_firings("trg_q", 10).await.unwrap();
+    assert_eq!(firings.len(), 1);
+    assert_eq!(firings[0].outcome, "disabled");
+    assert_eq!(firings[0].run_id.as_deref(), Some("run_9"));
+    // A disabled queue trigger is not woken.
+    assert_eq!(
+        store
+            .wake_queue_triggers(Some("inbox"), None, later)
+            .await
+            .unwrap(),
+        0
+    );
 });
