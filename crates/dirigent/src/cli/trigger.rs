@@ -27,7 +27,8 @@ pub(crate) enum TriggerCommand {
         client: ClientArgs,
     },
     /// Create a trigger for a robot: `--cron`, `--every`, `--at`, `--weekly` with `--times`,
-    /// `--window` with `--open` and `--close`, or a JSON file of the API's shape.
+    /// `--window` with `--open` and `--close`, `--queue` (with `--min-items`, `--max-runs`),
+    /// or a JSON file of the API's shape.
     Create {
         /// The robot it starts [default: the file's `robot`].
         robot: Option<String>,
@@ -107,6 +108,15 @@ pub(crate) struct TriggerFlags {
     /// Keep the robot running on these days (`mon,tue`) between `--open` and `--close`.
     #[arg(long, value_name = "DAYS", conflicts_with_all = ["cron", "every", "at", "weekly"])]
     window: Option<String>,
+    /// Start runs while this queue holds items ready to claim.
+    #[arg(long, value_name = "QUEUE", conflicts_with_all = ["cron", "every", "at", "weekly", "window"])]
+    queue: Option<String>,
+    /// For `--queue`: ready items per run [default: 1].
+    #[arg(long, value_name = "N")]
+    min_items: Option<u32>,
+    /// For `--queue`: runs active at once, at most [default: 1].
+    #[arg(long, value_name = "N")]
+    max_runs: Option<u32>,
     /// When the window opens, `HH:MM`.
     #[arg(long, value_name = "TIME")]
     open: Option<String>,
@@ -134,6 +144,18 @@ pub(crate) struct TriggerFlags {
     /// A random delay of up to this many seconds before each firing.
     #[arg(long, value_name = "SECONDS")]
     jitter: Option<u32>,
+    /// Disable the trigger after this many failed runs in a row.
+    #[arg(long, value_name = "N")]
+    max_failures: Option<u32>,
+    /// An argument appended to the robot's command for the runs it starts (repeatable).
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// An environment variable for the runs it starts (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Record the firings without starting runs (`--dry-run=false` to start them again).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    dry_run: Option<bool>,
     #[arg(long)]
     description: Option<String>,
     /// Create it disabled.
@@ -167,6 +189,21 @@ impl TriggerFlags {
             spec.kind = "window".to_owned();
             spec.days = Some(list(&days));
         }
+        if let Some(queue) = self.queue {
+            spec.kind = "queue".to_owned();
+            spec.queue = Some(queue);
+        }
+        if !self.args.is_empty() {
+            spec.args = Some(self.args);
+        }
+        for pair in &self.env {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("--env takes KEY=VALUE, not {pair:?}");
+            };
+            spec.env
+                .get_or_insert_default()
+                .insert(key.to_owned(), value.to_owned());
+        }
         let fields = [
             (&mut spec.time_zone, self.time_zone),
             (&mut spec.calendar, self.calendar),
@@ -184,11 +221,18 @@ impl TriggerFlags {
         }
         spec.catch_up_seconds = self.catch_up.or(spec.catch_up_seconds);
         spec.jitter_seconds = self.jitter.or(spec.jitter_seconds);
+        spec.min_items = self.min_items.or(spec.min_items);
+        spec.max_runs = self.max_runs.or(spec.max_runs);
+        spec.max_consecutive_failures = self.max_failures.or(spec.max_consecutive_failures);
+        spec.dry_run = self.dry_run.or(spec.dry_run);
         if self.disabled {
             spec.enabled = Some(false);
         }
         if spec.kind.is_empty() {
-            bail!("say when it fires: --cron, --every, --at, --weekly or --window (or --file)");
+            bail!(
+                "say when it fires: --cron, --every, --at, --weekly, --window or --queue \
+                 (or --file)"
+            );
         }
         Ok(())
     }
@@ -362,6 +406,17 @@ fn describe(trigger: &Trigger) -> String {
             spec.open.as_deref().unwrap_or_default(),
             spec.close.as_deref().unwrap_or_default()
         ),
+        "queue" => format!(
+            "{} per {} ready items of queue {}, at most {} at once",
+            if spec.dry_run == Some(true) {
+                "a dry run"
+            } else {
+                "a run"
+            },
+            spec.min_items.unwrap_or(1),
+            spec.queue.as_deref().unwrap_or_default(),
+            spec.max_runs.unwrap_or(1)
+        ),
         other => other.to_owned(),
     }
 }
@@ -394,6 +449,35 @@ fn show(trigger: &Trigger, json: bool) -> anyhow::Result<()> {
         (
             "missed",
             optional(spec.missed.as_deref().or(Some("run_once"))),
+        ),
+        ("args", spec.args.clone().unwrap_or_default().join(" ")),
+        (
+            "env",
+            spec.env
+                .iter()
+                .flatten()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "dry run",
+            if spec.dry_run == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ),
+        (
+            "failures",
+            match spec.max_consecutive_failures {
+                Some(limit) => format!(
+                    "{} in a row (disabled at {limit})",
+                    trigger.consecutive_failures
+                ),
+                None => format!("{} in a row", trigger.consecutive_failures),
+            },
         ),
         ("disabled why", optional(trigger.disabled_reason.as_deref())),
     ];

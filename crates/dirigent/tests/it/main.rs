@@ -19,3 +19,4 @@ mod serve;
 mod support;
 mod tidy;
 mod tls;
+mod triggers;

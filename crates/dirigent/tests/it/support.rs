@@ -235,3 +235,20 @@ pub(crate) fn fails(output: Output, code: i32, message: &str) {
     assert!(err.contains(message), "expected {message:?} in: {err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
+
+/// Asks `check` again (every 50 ms, for at most 60 s) until it answers something: for the
+/// conditions the server offers no wait for.
+#[track_caller]
+pub(crate) fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 60 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
