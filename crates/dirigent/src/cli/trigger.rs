@@ -33,7 +33,7 @@ pub(crate) enum TriggerCommand {
         /// The robot it starts [default: the file's `robot`].
         robot: Option<String>,
         #[command(flatten)]
-        fields: TriggerFlags,
+        fields: Box<TriggerFlags>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -41,7 +41,7 @@ pub(crate) enum TriggerCommand {
     Update {
         id: String,
         #[command(flatten)]
-        fields: TriggerFlags,
+        fields: Box<TriggerFlags>,
         #[command(flatten)]
         client: ClientArgs,
     },
