@@ -17,6 +17,16 @@ pub enum AgentState {
     Offline,
 }
 
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Online => "online",
+            AgentState::Draining => "draining",
+            AgentState::Offline => "offline",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Agent {
     pub name: String,

@@ -35,8 +35,19 @@ pub struct LoginResponse {
 pub struct Me {
     pub username: String,
     pub roles: Vec<String>,
-    /// `session` or `api_token`.
+    /// `session`, `api_token` or `run_token`.
     pub credential: String,
+    /// The control panel's language the user chose (`en`, `ru`); absent: the browser's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+/// `PUT /api/v1/me/language`: the control panel's language for the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLanguage {
+    /// `en` or `ru`; `null` to follow the browser's language.
+    pub language: Option<String>,
 }
 
 /// `POST /api/v1/tokens`.

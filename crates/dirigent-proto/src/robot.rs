@@ -90,6 +90,15 @@ pub enum RobotMode {
     Manual,
 }
 
+impl RobotMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RobotMode::Auto => "auto",
+            RobotMode::Manual => "manual",
+        }
+    }
+}
+
 /// A robot as the server returns it: the definition with every default filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Robot {

@@ -1,4 +1,4 @@
-//! The HTTP application: the API routes plus the middleware every response passes through —
+//! The HTTP application: the API routes and the control panel's pages, plus the middleware every response passes through —
 //! request ids, JSON error bodies, size limits, security headers, tracing.
 
 use axum::{
@@ -12,7 +12,7 @@ use axum::{
 use dirigent_proto::error::ErrorBody;
 use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
-use crate::{AppState, api, audit, error::ApiError};
+use crate::{AppState, api, audit, error::ApiError, ui};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -20,6 +20,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn app(state: AppState) -> Router {
     let (routes, _openapi) = api::router().split_for_parts();
     routes
+        .merge(ui::router())
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -63,7 +64,8 @@ async fn render_errors(request: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let status = response.status();
-    if !status.is_client_error() && !status.is_server_error() {
+    let page = response.extensions().get::<ui::RenderedPage>().is_some();
+    if page || (!status.is_client_error() && !status.is_server_error()) {
         return response;
     }
     let error = response

@@ -5,7 +5,7 @@
 //! config file into a [`ServerConfig`] and prints what [`start`] reports.
 //!
 //! Code map: `api/` holds the routes of `/api/v1` (thin: parse, authorize, call the store,
-//! render), `auth/` who the caller is and what they may do, `http` the cross-cutting
+//! render), `ui/` the control panel's pages, `auth/` who the caller is and what they may do, `http` the cross-cutting
 //! middleware (request ids, error bodies, size limits), `error` the one error type every route
 //! answers with.
 
@@ -21,6 +21,7 @@ mod http;
 mod janitor;
 pub mod scheduler;
 pub mod tls;
+pub mod ui;
 pub mod writer;
 
 pub use http::app;

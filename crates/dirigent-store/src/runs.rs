@@ -238,6 +238,21 @@ impl Store {
         rows.into_iter().map(RunRow::into_run).collect()
     }
 
+    /// Runs that failed, timed out or were lost since `since`, the latest first.
+    pub async fn failed_runs_since(&self, since: Timestamp, limit: u32) -> StoreResult<Vec<Run>> {
+        let rows: Vec<RunRow> = dispatch!(self, reader, pool => {
+            sqlx::query_as(select_runs!(
+                "WHERE r.ended_at >= $1 AND r.state IN ('failed', 'timed_out', 'lost') \
+                 ORDER BY r.ended_at DESC, r.id DESC LIMIT $2"
+            ))
+            .bind(to_millis(since))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.into_iter().map(RunRow::into_run).collect()
+    }
+
     /// When the automatic runs of a robot created since `since` were created.
     pub async fn automatic_starts(
         &self,

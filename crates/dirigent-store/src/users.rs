@@ -11,6 +11,8 @@ pub struct UserRecord {
     pub username: String,
     pub roles: Vec<String>,
     pub disabled: bool,
+    /// The panel's language the user chose (`en`, `ru`); none: the browser's.
+    pub language: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -30,6 +32,7 @@ struct UserRow {
     username: String,
     roles: String,
     disabled: bool,
+    language: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -37,7 +40,7 @@ struct UserRow {
 impl Store {
     pub async fn users(&self) -> StoreResult<Vec<UserRecord>> {
         let rows: Vec<UserRow> = dispatch!(self, reader, pool => {
-            sqlx::query_as("SELECT id, username, roles, disabled, created_at, updated_at FROM users ORDER BY username")
+            sqlx::query_as("SELECT id, username, roles, disabled, language, created_at, updated_at FROM users ORDER BY username")
                 .fetch_all(pool)
                 .await
         })?;
@@ -46,12 +49,35 @@ impl Store {
 
     pub async fn user(&self, username: &str) -> StoreResult<UserRecord> {
         let row: UserRow = dispatch!(self, reader, pool => {
-            sqlx::query_as("SELECT id, username, roles, disabled, created_at, updated_at FROM users WHERE username = $1")
+            sqlx::query_as("SELECT id, username, roles, disabled, language, created_at, updated_at FROM users WHERE username = $1")
                 .bind(username)
                 .fetch_one(pool)
                 .await
         })?;
         row.into_record()
+    }
+
+    /// Saves the panel's language a user chose (none: the browser's). `NotFound` for an
+    /// unknown user.
+    pub async fn set_user_language(
+        &self,
+        id: UserId,
+        language: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let result = dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE users SET language = $1, updated_at = $2 WHERE id = $3")
+                .bind(language)
+                .bind(to_millis(now))
+                .bind(id.0)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        if result == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     /// Changes what is given of a user's roles, disabled flag and password hash. Disabling a
@@ -185,6 +211,7 @@ impl UserRow {
             username: self.username,
             roles,
             disabled: self.disabled,
+            language: self.language,
             created_at: from_millis("created_at", self.created_at)?,
             updated_at: from_millis("updated_at", self.updated_at)?,
         })

@@ -38,7 +38,7 @@ use crate::{
     security(("bearer" = [])),
     responses((status = 200, body = [Agent]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_agents(
+pub(crate) async fn list_agents(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<Agent>>, ApiError> {
@@ -105,6 +105,7 @@ pub(super) async fn drain_agent(
         .set_agent_draining(&name, request.draining)
         .await
         .map_err(|err| agent_error(err, &name))?;
+    state.fleet.agent_changed(&name);
     if !request.draining {
         state.fleet.dispatch().await?;
     }

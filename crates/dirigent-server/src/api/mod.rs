@@ -5,13 +5,14 @@
 //! Handlers are thin: take a [`Caller`](crate::auth::Caller), declare the permission they
 //! need, parse, call the store, convert to wire types.
 
-mod agents;
+pub(crate) mod agents;
 mod audit;
+mod events;
 mod health;
 mod json;
 mod queues;
-mod robots;
-mod runs;
+pub(crate) mod robots;
+pub(crate) mod runs;
 mod session;
 mod tokens;
 mod triggers;
@@ -62,6 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(session::login))
         .routes(routes!(session::logout))
         .routes(routes!(session::me))
+        .routes(routes!(session::set_language))
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(robots::list_robots, robots::create_robot))
@@ -80,6 +82,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::restart_run))
         .routes(routes!(runs::run_logs))
         .routes(routes!(runs::follow_logs))
+        .routes(routes!(events::follow_events))
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::get_agent))
         .routes(routes!(agents::drain_agent))

@@ -31,7 +31,7 @@ use crate::{
     security(("bearer" = [])),
     responses((status = 200, body = [Robot]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_robots(
+pub(crate) async fn list_robots(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<Robot>>, ApiError> {
@@ -113,7 +113,7 @@ pub(super) async fn create_robot(
         (status = 404, body = ErrorBody),
     )
 )]
-pub(super) async fn get_robot(
+pub(crate) async fn get_robot(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(name): PathSegment,

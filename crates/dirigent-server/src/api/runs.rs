@@ -73,14 +73,14 @@ pub(super) async fn create_run(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
+pub(crate) struct ListQuery {
     /// Only runs of this robot.
-    robot: Option<String>,
+    pub(crate) robot: Option<String>,
     /// Only runs that have not ended.
     #[serde(default)]
-    active: bool,
+    pub(crate) active: bool,
     /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// Runs, newest first.
@@ -92,7 +92,7 @@ pub(super) struct ListQuery {
     params(ListQuery),
     responses((status = 200, body = [Run]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_runs(
+pub(crate) async fn list_runs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -120,9 +120,9 @@ pub(super) async fn list_runs(
     Ok(Json(visible.collect()))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub(super) struct GetQuery {
+pub(crate) struct GetQuery {
     /// Wait until the run is in one of these states (comma-separated) or has ended.
     wait_for: Option<String>,
     /// How long to wait, in seconds (default 30, at most 300).
@@ -143,7 +143,7 @@ pub(super) struct GetQuery {
         (status = 404, body = ErrorBody),
     )
 )]
-pub(super) async fn get_run(
+pub(crate) async fn get_run(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(id): PathSegment,
@@ -456,7 +456,7 @@ impl Follower {
     }
 }
 
-pub(super) fn to_wire(run: domain::Run) -> Run {
+pub(crate) fn to_wire(run: domain::Run) -> Run {
     Run {
         id: run.id,
         robot: run.robot,

@@ -6,8 +6,9 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
+use dirigent_domain::InvalidField;
 use dirigent_proto::{
-    auth::{LoginRequest, LoginResponse, Me},
+    auth::{LoginRequest, LoginResponse, Me, SetLanguage},
     error::{ErrorBody, ErrorCode},
 };
 use dirigent_store::CredentialKind;
@@ -18,6 +19,7 @@ use crate::{
     audit::AuditActor,
     auth::{self, Caller, cookie, secrets, throttle::Admission},
     error::ApiError,
+    ui::Lang,
 };
 
 /// Exchanges a username and password for a session token, answered or (`"cookie": true`)
@@ -163,15 +165,61 @@ pub(super) async fn logout(
     security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody))
 )]
-pub(super) async fn me(caller: Caller) -> Json<Me> {
+pub(super) async fn me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Me>, ApiError> {
     let credential = match caller.credential {
         CredentialKind::Session => "session",
         CredentialKind::ApiToken { .. } => "api_token",
         CredentialKind::RunToken { .. } => "run_token",
     };
-    Json(Me {
+    let language = match caller.user_id {
+        Some(_) => state.store.user(&caller.username).await?.language,
+        None => None,
+    };
+    Ok(Json(Me {
         username: caller.username,
         roles: caller.roles,
         credential: credential.to_owned(),
-    })
+        language,
+    }))
+}
+
+/// Sets the control panel's language for the caller.
+#[utoipa::path(
+    put,
+    path = "/me/language",
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = SetLanguage,
+    responses(
+        (status = 204, description = "Saved"),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "A run token has no user", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub(super) async fn set_language(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<SetLanguage>,
+) -> Result<StatusCode, ApiError> {
+    let user = caller.user()?;
+    if let Some(code) = &request.language
+        && Lang::from_code(code).is_none()
+    {
+        return Err(ApiError::invalid(InvalidField::new(
+            "language",
+            format!("{code:?} is not a language of the panel: en or ru"),
+        )));
+    }
+    let now = state.clock.now();
+    let gone = || ApiError::unauthenticated("the user no longer exists");
+    state
+        .store
+        .set_user_language(user, request.language.as_deref(), now)
+        .await
+        .map_err(|err| ApiError::from_store(err, gone, gone))?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -157,6 +157,13 @@ impl Fleet {
         self.events.subscribe()
     }
 
+    /// Tells listeners that an agent changed (its drain flag, say).
+    pub fn agent_changed(&self, name: &str) {
+        let _ = self.events.send(FleetEvent::Agent {
+            name: name.to_owned(),
+        });
+    }
+
     /// Every run that ends from now on, in order, none skipped.
     pub fn run_ends(&self) -> mpsc::UnboundedReceiver<Run> {
         let (sender, receiver) = mpsc::unbounded_channel();

@@ -217,9 +217,10 @@ impl Scheduler {
     /// Fires every trigger due now, in batches (one transaction takes a batch); answers how
     /// many firings it took.
     pub async fn fire_due(&self) -> Result<usize, ApiError> {
-        let now = self.clock.now();
         let mut taken = 0;
         loop {
+            // Read per batch: what is recorded as fired carries the time it really was.
+            let now = self.clock.now();
             let due = self.store.due_triggers(now, BATCH).await?;
             let full = due.len() == BATCH as usize;
             let (fired, handled) = self.fire_batch(due, now).await?;

@@ -38,6 +38,13 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("GET", "/api/v1/openapi.json", None, "YYYYYYY.."),
     ("GET", "/api/v1/me", None, "YYYYYYY.."),
     (
+        "PUT",
+        "/api/v1/me/language",
+        Some(r#"{"language": "ru"}"#),
+        "YYYYYY...",
+    ),
+    ("GET", "/api/v1/events", None, "YYYYYY..."),
+    (
         "POST",
         "/api/v1/me/password",
         Some(r#"{"current_password": "not-the-password", "new_password": "new-password-1"}"#),

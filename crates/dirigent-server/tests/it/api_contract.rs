@@ -20,6 +20,8 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/login", Access::Open),
     ("POST", "/api/v1/logout", Access::Authenticated),
     ("GET", "/api/v1/me", Access::Authenticated),
+    ("PUT", "/api/v1/me/language", Access::Authenticated),
+    ("GET", "/api/v1/events", Access::Authenticated),
     ("GET", "/api/v1/tokens", Access::Authenticated),
     ("POST", "/api/v1/tokens", Access::Authenticated),
     ("DELETE", "/api/v1/tokens/{id}", Access::Authenticated),

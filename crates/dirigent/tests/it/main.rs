@@ -12,8 +12,10 @@
     reason = "these tests run the dirigent binary itself"
 )]
 
+mod browser;
 mod cli;
 mod lifecycle;
+mod panel;
 mod queues;
 mod serve;
 mod support;

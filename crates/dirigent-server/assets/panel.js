@@ -1,0 +1,270 @@
+// The control panel's script: buttons and forms call the JSON API (with the session's CSRF
+// token), pages update in place when /api/v1/events reports a change that concerns them, a
+// run's output streams in, and times are shown in the reader's own time zone.
+"use strict";
+
+const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+const main = document.getElementById("main");
+const alertBox = document.getElementById("alert");
+const liveState = document.getElementById("live-state");
+const texts = document.body.dataset;
+
+function showError(message) {
+  alertBox.textContent = message;
+  alertBox.hidden = false;
+}
+
+function clearError() {
+  alertBox.hidden = true;
+  alertBox.textContent = "";
+}
+
+/** Calls the API; answers the parsed JSON body, or throws an Error with the server's message. */
+async function call(method, path, body) {
+  const headers = { accept: "application/json" };
+  if (csrf) headers["x-csrf-token"] = csrf;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    throw new Error(texts.unreachable);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    throw new Error(data?.message || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+/** Only an address of this site: never another origin, whatever `next` says. */
+function localAddress(address) {
+  return typeof address === "string" && address.startsWith("/") && !address.startsWith("//")
+    && !address.startsWith("/\\") ? address : "/";
+}
+
+/** Does what a button or form says follows success. */
+function then(what, data) {
+  if (what === "refresh") {
+    refresh();
+  } else if (what === "next") {
+    location.assign(localAddress(new URLSearchParams(location.search).get("next")));
+  } else if (what.startsWith("go:")) {
+    const address = what.slice(3).replace(/\{(\w+)\}/g, (_, key) => encodeURIComponent(data?.[key] ?? ""));
+    location.assign(localAddress(address));
+  }
+}
+
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-path]");
+  if (!button) return;
+  if (button.dataset.confirmNeeded && !confirm(`${button.textContent.trim()}: ${texts.confirm}`)) return;
+  clearError();
+  button.disabled = true;
+  try {
+    const body = button.dataset.body ? JSON.parse(button.dataset.body) : undefined;
+    then(button.dataset.then || "refresh", await call(button.dataset.method, button.dataset.path, body));
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+/** A form's fields as JSON, each by its data-type: lines, number, bool, optional or text. */
+function formBody(form) {
+  const body = {};
+  for (const field of form.elements) {
+    if (!field.name || field.type === "submit") continue;
+    const value = field.value;
+    switch (field.dataset.type) {
+      case "lines":
+        body[field.name] = value.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line !== "");
+        break;
+      case "number":
+        if (value !== "") body[field.name] = Number(value);
+        break;
+      case "bool":
+        body[field.name] = value === "true";
+        break;
+      case "optional":
+        if (value !== "") body[field.name] = value;
+        break;
+      default:
+        body[field.name] = value;
+    }
+  }
+  return body;
+}
+
+document.addEventListener("submit", async (event) => {
+  const form = event.target.closest("form[data-path]");
+  if (!form) return;
+  event.preventDefault();
+  clearError();
+  const submit = form.querySelector('[type="submit"]');
+  if (submit) submit.disabled = true;
+  try {
+    then(form.dataset.then || "refresh", await call(form.dataset.method, form.dataset.path, formBody(form)));
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    if (submit) submit.disabled = false;
+  }
+});
+
+document.getElementById("language")?.addEventListener("change", async (event) => {
+  try {
+    await call("PUT", "/api/v1/me/language", { language: event.target.value });
+    location.reload();
+  } catch (error) {
+    showError(error.message);
+  }
+});
+
+/** Shows every <time> of `root` in the reader's time zone, keeping UTC in its title. */
+function localTimes(root) {
+  for (const time of root.querySelectorAll("time[datetime]")) {
+    const moment = new Date(time.getAttribute("datetime"));
+    if (Number.isNaN(moment.getTime())) continue;
+    time.title = time.textContent;
+    time.textContent = moment.toLocaleString(document.documentElement.lang);
+  }
+}
+
+/** What identifies a control across a refresh, so that keyboard focus stays where it was. */
+function focusKey(element) {
+  if (!element || element === document.body) return null;
+  if (element.id) return `#${CSS.escape(element.id)}`;
+  if (element.dataset?.path) return `button[data-path="${CSS.escape(element.dataset.path)}"]`;
+  return null;
+}
+
+let refreshing = false;
+let refreshAgain = false;
+
+/** Reads the page again and replaces each of its live parts that changed. */
+async function refresh() {
+  if (refreshing) {
+    refreshAgain = true;
+    return;
+  }
+  refreshing = true;
+  try {
+    const response = await fetch(location.href, { headers: { accept: "text/html" }, credentials: "same-origin" });
+    if (response.redirected && new URL(response.url).pathname === "/login") {
+      location.assign(response.url);
+      return;
+    }
+    if (!response.ok) return;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    const focused = focusKey(document.activeElement);
+    for (const part of fresh.querySelectorAll("[data-live][id]")) {
+      const current = document.getElementById(part.id);
+      if (!current || current.innerHTML === part.innerHTML) continue;
+      const adopted = document.importNode(part, true);
+      current.replaceWith(adopted);
+      localTimes(adopted);
+    }
+    if (focused && !document.activeElement?.matches?.(focused)) {
+      document.querySelector(focused)?.focus();
+    }
+  } catch {
+    // The next event tries again.
+  } finally {
+    refreshing = false;
+    if (refreshAgain) {
+      refreshAgain = false;
+      refresh();
+    }
+  }
+}
+
+let refreshTimer = null;
+
+/** Refreshes once a burst of events is over (100 ms), not once per event. */
+function refreshSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, 100);
+}
+
+function followEvents() {
+  const kinds = (main.dataset.refreshOn || "").split(" ").filter(Boolean);
+  if (kinds.length === 0) return;
+  const events = new EventSource("/api/v1/events");
+  const concerns = (run) => (!main.dataset.robot || run.robot === main.dataset.robot)
+    && (!main.dataset.run || run.id === main.dataset.run);
+  if (kinds.includes("run")) {
+    events.addEventListener("run", (event) => {
+      if (concerns(JSON.parse(event.data))) refreshSoon();
+    });
+  }
+  if (kinds.includes("agent")) events.addEventListener("agent", refreshSoon);
+  events.addEventListener("resync", refreshSoon);
+  // Whatever changed between rendering the page and (re)connecting is read once more.
+  events.addEventListener("open", () => {
+    liveState.textContent = "";
+    main.dataset.live = "connected";
+    refreshSoon();
+  });
+  events.addEventListener("error", () => {
+    liveState.textContent = texts.reconnecting;
+    main.dataset.live = "reconnecting";
+  });
+}
+
+/** Streams a run's output into its <pre>, resuming after the last line seen. */
+function followOutput() {
+  const output = document.getElementById("output");
+  if (!output) return;
+  const limit = 20000;
+  let lastSeq = 0;
+  let ended = false;
+  output.textContent = output.dataset.empty;
+  output.classList.add("empty");
+  const connect = () => {
+    const stream = new EventSource(`${output.dataset.stream}?after=${lastSeq}`);
+    stream.addEventListener("line", (event) => {
+      const line = JSON.parse(event.data);
+      if (line.seq <= lastSeq) return;
+      lastSeq = line.seq;
+      if (output.classList.contains("empty")) {
+        output.textContent = "";
+        output.classList.remove("empty");
+      }
+      const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
+      const span = document.createElement("span");
+      span.className = line.stream;
+      span.textContent = `${line.text}\n`;
+      output.append(span);
+      while (output.childElementCount > limit) output.firstElementChild.remove();
+      if (atBottom) output.scrollTop = output.scrollHeight;
+    });
+    stream.addEventListener("end", () => {
+      ended = true;
+      stream.close();
+      output.dataset.ended = "true";
+      refreshSoon();
+    });
+    stream.addEventListener("error", () => {
+      stream.close();
+      if (!ended) setTimeout(connect, 2000);
+    });
+  };
+  connect();
+}
+
+localTimes(document);
+followEvents();
+followOutput();

@@ -1,0 +1,241 @@
+//! The panel's languages: English (the words in the templates) and Russian (this table), chosen
+//! by the user's saved preference, else by the browser's `Accept-Language`.
+
+/// A language the panel speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Ru,
+}
+
+impl Lang {
+    /// Every language, in the order the switcher lists them.
+    pub const ALL: [Lang; 2] = [Lang::En, Lang::Ru];
+
+    /// The language saved as `code` (`en`, `ru`), if the panel speaks it.
+    pub fn from_code(code: &str) -> Option<Lang> {
+        match code {
+            "en" => Some(Lang::En),
+            "ru" => Some(Lang::Ru),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Ru => "ru",
+        }
+    }
+
+    /// The language's own name, for the switcher.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::En => "English",
+            Lang::Ru => "Русский",
+        }
+    }
+
+    /// The first language of an `Accept-Language` header the panel speaks (by quality, then
+    /// order); English when none.
+    pub fn from_accept_language(header: &str) -> Lang {
+        let mut best: Option<(f32, Lang)> = None;
+        for entry in header.split(',') {
+            let mut parts = entry.trim().split(';');
+            let tag = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let quality = parts
+                .find_map(|param| param.trim().strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let primary = tag.split('-').next().unwrap_or_default();
+            if let Some(lang) = Lang::from_code(primary)
+                && best.is_none_or(|(q, _)| q < quality)
+            {
+                best = Some((quality, lang));
+            }
+        }
+        best.map_or(Lang::En, |(_, lang)| lang)
+    }
+
+    /// `english` in this language.
+    pub fn t(self, english: &str) -> &str {
+        match self {
+            Lang::En => english,
+            Lang::Ru => RUSSIAN
+                .iter()
+                .find(|(en, _)| *en == english)
+                .map_or(english, |(_, ru)| ru),
+        }
+    }
+}
+
+/// Every English phrase of the panel and its Russian; `tests` checks that each phrase the
+/// templates and pages use is here.
+const RUSSIAN: &[(&str, &str)] = &[
+    ("Dashboard", "Обзор"),
+    ("Robots", "Роботы"),
+    ("Robot", "Робот"),
+    ("Runs", "Запуски"),
+    ("Run", "Запуск"),
+    ("Agents", "Агенты"),
+    ("Agent", "Агент"),
+    ("Triggers", "Триггеры"),
+    ("Queues", "Очереди"),
+    ("Users", "Пользователи"),
+    ("Audit log", "Журнал аудита"),
+    ("Log in", "Войти"),
+    ("Log out", "Выйти"),
+    ("Username", "Имя пользователя"),
+    ("Password", "Пароль"),
+    ("Language", "Язык"),
+    ("Main navigation", "Главное меню"),
+    ("Skip to content", "К содержимому"),
+    ("Signed in as", "Вы вошли как"),
+    ("Agents online", "Агентов в сети"),
+    ("Runs now", "Запусков сейчас"),
+    ("Failed in the last 24 hours", "Сбоев за 24 часа"),
+    ("Robots by state", "Роботы по состоянию"),
+    ("Active runs", "Активные запуски"),
+    ("Recent failures", "Последние сбои"),
+    ("Nothing here yet.", "Пока ничего нет."),
+    ("Name", "Имя"),
+    ("Description", "Описание"),
+    ("Command", "Команда"),
+    ("Working directory", "Рабочий каталог"),
+    ("Environment", "Окружение"),
+    ("Max parallel runs", "Параллельных запусков, не более"),
+    ("Restart policy", "Политика перезапуска"),
+    ("Mode", "Режим"),
+    ("auto", "авто"),
+    ("manual", "ручной"),
+    ("State", "Состояние"),
+    ("Reason", "Причина"),
+    ("Started", "Запущен"),
+    ("Ended", "Завершён"),
+    ("Created", "Создан"),
+    ("Exit code", "Код выхода"),
+    ("Start", "Запустить"),
+    ("Pause", "Пауза"),
+    ("Resume", "Продолжить"),
+    ("Safe stop", "Мягкая остановка"),
+    ("Force stop", "Принудительная остановка"),
+    ("Restart", "Перезапустить"),
+    ("Back to auto", "Вернуть в авто"),
+    ("Delete", "Удалить"),
+    ("Create robot", "Создать робота"),
+    ("New robot", "Новый робот"),
+    ("One argument per line", "Один аргумент на строку"),
+    ("Run history", "История запусков"),
+    ("Definition", "Определение"),
+    ("Timeline", "Хронология"),
+    ("Output", "Вывод"),
+    ("Cause", "Инициатор"),
+    ("Time", "Время"),
+    ("Host", "Хост"),
+    ("Labels", "Метки"),
+    ("Capacity", "Ёмкость"),
+    ("Current runs", "Текущие запуски"),
+    ("Last seen", "Был в сети"),
+    ("Version", "Версия"),
+    ("Drain", "Вывести из работы"),
+    ("Undrain", "Вернуть в работу"),
+    ("online", "в сети"),
+    ("offline", "не в сети"),
+    ("draining", "выводится"),
+    ("queued", "в очереди"),
+    ("starting", "запускается"),
+    ("running", "работает"),
+    ("paused", "на паузе"),
+    ("stopping", "останавливается"),
+    ("succeeded", "успешно"),
+    ("failed", "сбой"),
+    ("stopped", "остановлен"),
+    ("killed", "прерван"),
+    ("timed_out", "превышено время"),
+    ("lost", "потерян"),
+    ("idle", "простаивает"),
+    ("Kind", "Тип"),
+    ("Next fire", "Следующий запуск"),
+    ("Enabled", "Включён"),
+    ("Enable", "Включить"),
+    ("Disable", "Выключить"),
+    ("yes", "да"),
+    ("no", "нет"),
+    ("Items", "Элементы"),
+    ("Oldest new item", "Самый старый новый элемент"),
+    ("Roles", "Роли"),
+    ("Disabled", "Отключён"),
+    ("Actor", "Кто"),
+    ("Action", "Действие"),
+    ("Target", "Объект"),
+    ("Status", "Статус"),
+    ("Not found", "Не найдено"),
+    ("Not allowed", "Нет доступа"),
+    ("Something went wrong", "Что-то пошло не так"),
+    ("Live", "В реальном времени"),
+    ("Reconnecting…", "Переподключение…"),
+    ("Are you sure?", "Вы уверены?"),
+    ("Could not reach the server.", "Сервер недоступен."),
+    (
+        "Streams the output as the robot writes it.",
+        "Вывод появляется по мере работы робота.",
+    ),
+    ("No output yet.", "Вывода пока нет."),
+    ("Show all", "Показать все"),
+    ("Page not found.", "Страница не найдена."),
+    (
+        "You may not see this page.",
+        "У вас нет доступа к этой странице.",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_browsers_preferred_language_wins() {
+        assert_eq!(
+            Lang::from_accept_language("ru-RU,ru;q=0.9,en;q=0.8"),
+            Lang::Ru
+        );
+        assert_eq!(Lang::from_accept_language("en-US,ru;q=0.5"), Lang::En);
+        assert_eq!(Lang::from_accept_language("de-DE, ru;q=0.3"), Lang::Ru);
+        assert_eq!(Lang::from_accept_language("de, fr;q=0.5"), Lang::En);
+        assert_eq!(Lang::from_accept_language(""), Lang::En);
+        assert_eq!(Lang::from_accept_language("en;q=0.2, ru;q=0.7"), Lang::Ru);
+    }
+
+    #[test]
+    fn every_phrase_the_panel_uses_has_its_russian() {
+        let sources = concat!(
+            include_str!("dashboard.rs"),
+            include_str!("robots.rs"),
+            include_str!("agents.rs"),
+            include_str!("mod.rs"),
+            include_str!("../../templates/base.html"),
+            include_str!("../../templates/login.html"),
+            include_str!("../../templates/dashboard.html"),
+            include_str!("../../templates/robots.html"),
+            include_str!("../../templates/robot.html"),
+            include_str!("../../templates/run.html"),
+            include_str!("../../templates/agents.html"),
+            include_str!("../../templates/message.html"),
+        );
+        let mut missing = Vec::new();
+        for (n, _) in sources.match_indices("t(\"") {
+            let phrase = &sources[n + 3..];
+            let phrase = &phrase[..phrase.find('"').unwrap()];
+            if !RUSSIAN.iter().any(|(en, _)| *en == phrase) {
+                missing.push(phrase);
+            }
+        }
+        assert!(missing.is_empty(), "no Russian for {missing:?}");
+        let mut seen = std::collections::HashSet::new();
+        for (en, ru) in RUSSIAN {
+            assert!(seen.insert(en), "{en:?} twice");
+            assert_eq!(Lang::Ru.t(en), *ru);
+        }
+    }
+}

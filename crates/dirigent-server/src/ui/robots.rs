@@ -1,0 +1,261 @@
+//! Robots and their runs: the robot list (with the form that defines a new robot), a robot's
+//! page (definition, mode, buttons, run history) and a run's page (timeline, live output).
+
+use askama::Template;
+use axum::{
+    Json,
+    extract::{Path, State},
+    response::Response,
+};
+use dirigent_domain::access::{Action, Resource};
+use dirigent_proto::{
+    robot::{Robot, RobotMode},
+    run::{Run, RunDetail, RunState},
+};
+
+use super::{Frame, Viewer};
+use crate::{
+    AppState,
+    api::{
+        self, ApiQuery, PathSegment,
+        runs::{GetQuery, ListQuery},
+    },
+    auth::Caller,
+    error::ApiError,
+};
+
+/// How many runs a robot's page lists.
+const HISTORY: u32 = 50;
+
+/// A button that calls the API: `method` and `path`, a JSON `body`, and what follows success
+/// (`then`: `refresh` the page, or `go:` an address where `{id}` is the answer's `id`).
+pub(super) struct Button {
+    pub label: &'static str,
+    pub method: &'static str,
+    pub path: String,
+    pub body: String,
+    pub then: &'static str,
+    pub confirm: bool,
+    /// `danger` for what cannot be undone.
+    pub class: &'static str,
+}
+
+impl Button {
+    fn post(label: &'static str, path: String) -> Button {
+        Button {
+            label,
+            method: "POST",
+            path,
+            body: String::new(),
+            then: "refresh",
+            confirm: false,
+            class: "",
+        }
+    }
+}
+
+/// Starts a run of `robot`, then shows the run.
+fn start_button(caller: &Caller, robot: &str) -> Option<Button> {
+    caller
+        .may(Resource::Robots, Action::Run, Some(robot))
+        .then(|| Button {
+            body: serde_json::json!({ "robot": robot }).to_string(),
+            then: "go:/runs/{id}",
+            ..Button::post("Start", "/api/v1/runs".to_owned())
+        })
+}
+
+/// The buttons of a run that its state allows and the reader may use.
+fn run_buttons(caller: &Caller, run: &Run) -> Vec<Button> {
+    let may = |action| caller.may(Resource::Robots, action, Some(&run.robot));
+    let path = |operation: &str| format!("/api/v1/runs/{}/{operation}", run.id);
+    let mut buttons = Vec::new();
+    if run.state == RunState::Running && may(Action::Pause) {
+        buttons.push(Button::post("Pause", path("pause")));
+    }
+    if run.state == RunState::Paused && may(Action::Pause) {
+        buttons.push(Button::post("Resume", path("resume")));
+    }
+    let stoppable = matches!(
+        run.state,
+        RunState::Queued | RunState::Starting | RunState::Running | RunState::Paused
+    );
+    if stoppable && may(Action::Stop) {
+        buttons.push(Button::post("Safe stop", path("stop")));
+    }
+    if !run.state.is_final() && may(Action::Kill) {
+        buttons.push(Button {
+            confirm: true,
+            class: "danger",
+            ..Button::post("Force stop", path("kill"))
+        });
+    }
+    if !run.state.is_final() && may(Action::Stop) && may(Action::Run) {
+        buttons.push(Button {
+            then: "go:/runs/{id}",
+            ..Button::post("Restart", path("restart"))
+        });
+    }
+    buttons
+}
+
+/// A run with the buttons the reader may use on it.
+pub(super) struct RunRow {
+    pub run: Run,
+    pub buttons: Vec<Button>,
+}
+
+fn rows(caller: &Caller, runs: Vec<Run>) -> Vec<RunRow> {
+    runs.into_iter()
+        .map(|run| RunRow {
+            buttons: run_buttons(caller, &run),
+            run,
+        })
+        .collect()
+}
+
+/// A robot in the list: what it is doing now.
+pub(super) struct RobotRow {
+    pub robot: Robot,
+    pub active: Vec<Run>,
+    pub start: Option<Button>,
+}
+
+#[derive(Template)]
+#[template(path = "robots.html")]
+struct RobotsPage<'a> {
+    frame: &'a Frame,
+    robots: Vec<RobotRow>,
+    may_create: bool,
+}
+
+pub(super) async fn list(State(state): State<AppState>, viewer: Viewer) -> Response {
+    viewer.page(robots_page(&state, &viewer).await)
+}
+
+async fn robots_page<'a>(state: &AppState, viewer: &'a Viewer) -> Result<RobotsPage<'a>, ApiError> {
+    let caller = &viewer.caller;
+    let Json(robots) = api::robots::list_robots(State(state.clone()), caller.clone()).await?;
+    let active = if caller.may(Resource::Runs, Action::Read, None) {
+        let query = ListQuery {
+            robot: None,
+            active: true,
+            limit: Some(1000),
+        };
+        api::runs::list_runs(State(state.clone()), caller.clone(), ApiQuery(query))
+            .await?
+            .0
+    } else {
+        Vec::new()
+    };
+    let robots = robots
+        .into_iter()
+        .map(|robot| RobotRow {
+            active: active
+                .iter()
+                .filter(|run| run.robot == robot.name)
+                .cloned()
+                .collect(),
+            start: start_button(caller, &robot.name),
+            robot,
+        })
+        .collect();
+    Ok(RobotsPage {
+        frame: &viewer.frame,
+        robots,
+        may_create: caller.may(Resource::Robots, Action::Edit, None),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "robot.html")]
+struct RobotPage<'a> {
+    frame: &'a Frame,
+    robot: Robot,
+    start: Option<Button>,
+    back_to_auto: Option<Button>,
+    /// None when the reader may not read the robot's runs.
+    runs: Option<Vec<RunRow>>,
+}
+
+pub(super) async fn robot(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+) -> Response {
+    viewer.page(robot_page(&state, &viewer, name).await)
+}
+
+async fn robot_page<'a>(
+    state: &AppState,
+    viewer: &'a Viewer,
+    name: String,
+) -> Result<RobotPage<'a>, ApiError> {
+    let caller = &viewer.caller;
+    let Json(robot) = api::robots::get_robot(
+        State(state.clone()),
+        caller.clone(),
+        PathSegment(name.clone()),
+    )
+    .await?;
+    let runs = if caller.may(Resource::Runs, Action::Read, Some(&name)) {
+        let query = ListQuery {
+            robot: Some(name.clone()),
+            active: false,
+            limit: Some(HISTORY),
+        };
+        let Json(runs) =
+            api::runs::list_runs(State(state.clone()), caller.clone(), ApiQuery(query)).await?;
+        Some(rows(caller, runs))
+    } else {
+        None
+    };
+    let back_to_auto = (robot.mode == RobotMode::Manual
+        && caller.may(Resource::Robots, Action::Run, Some(&name)))
+    .then(|| Button::post("Back to auto", format!("/api/v1/robots/{name}/auto")));
+    Ok(RobotPage {
+        frame: &viewer.frame,
+        start: start_button(caller, &name),
+        back_to_auto,
+        robot,
+        runs,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPage<'a> {
+    frame: &'a Frame,
+    detail: RunDetail,
+    buttons: Vec<Button>,
+    may_read_output: bool,
+}
+
+pub(super) async fn run(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    viewer.page(run_page(&state, &viewer, id).await)
+}
+
+async fn run_page<'a>(
+    state: &AppState,
+    viewer: &'a Viewer,
+    id: String,
+) -> Result<RunPage<'a>, ApiError> {
+    let caller = &viewer.caller;
+    let Json(detail) = api::runs::get_run(
+        State(state.clone()),
+        caller.clone(),
+        PathSegment(id),
+        ApiQuery(GetQuery::default()),
+    )
+    .await?;
+    Ok(RunPage {
+        frame: &viewer.frame,
+        buttons: run_buttons(caller, &detail.run),
+        may_read_output: caller.may(Resource::Runs, Action::Logs, Some(&detail.run.robot)),
+        detail,
+    })
+}

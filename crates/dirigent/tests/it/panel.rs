@@ -1,0 +1,186 @@
+//! The control panel in a real headless Chromium against a real `dirigent serve` with its local
+//! agent: an operator logs in, defines a robot, starts it, watches its output arrive live,
+//! pauses, resumes and stops it; pages follow changes made elsewhere without reloading; a
+//! viewer sees no buttons and a forged request is still refused. Screenshots of the main pages
+//! land in `target/panel-screenshots`.
+
+use serde_json::Value;
+
+use crate::{
+    browser::Browser,
+    support::{ServerProcess, ok, run, run_with_input},
+};
+
+const PASSWORD: &str = "panel-password-1";
+const VIEWER_PASSWORD: &str = "viewer-password-1";
+
+fn log_in(browser: &Browser, server: &ServerProcess, username: &str, password: &str) {
+    browser.type_into("#username", username);
+    browser.type_into("#password", password);
+    browser.click("#login button[type=submit]");
+    crate::support::eventually("the login to go through", || {
+        Some(()).filter(|()| !browser.url().contains("/login"))
+    });
+    assert!(browser.url().starts_with(&server.url), "{}", browser.url());
+}
+
+/// Marks the page, so that a later check can tell it was not loaded again.
+fn mark_page(browser: &Browser) {
+    browser.run_async("window.panelTestMark = 'kept'; arguments[0](true);");
+}
+
+fn page_was_kept(browser: &Browser) -> bool {
+    browser.run_async("arguments[0](window.panelTestMark === 'kept');") == Value::Bool(true)
+}
+
+#[test]
+fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
+    let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
+    server.login(PASSWORD);
+    ok(run_with_input(
+        server.cli(&[
+            "user",
+            "create",
+            "vera",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ]),
+        &format!("{VIEWER_PASSWORD}\n"),
+    ));
+    let browser = Browser::start("en-US");
+
+    // A page asked for without a session leads to the login, and back after it.
+    browser.open(&format!("{}/robots", server.url));
+    browser.wait_for("#login");
+    assert!(
+        browser.url().contains("/login?next=%2Frobots"),
+        "{}",
+        browser.url()
+    );
+    browser.screenshot("login");
+    browser.type_into("#username", "admin");
+    browser.type_into("#password", "wrong password");
+    browser.click("#login button[type=submit]");
+    browser.wait_text("#alert", "wrong username or password");
+    browser.open(&format!("{}/login?next=%2Frobots", server.url));
+    log_in(&browser, &server, "admin", PASSWORD);
+    assert!(browser.url().ends_with("/robots"), "{}", browser.url());
+
+    // Define a robot with the form.
+    browser.type_into("#robot-name", "ticker");
+    browser.type_into("#robot-description", "counts aloud");
+    browser.type_into(
+        "#robot-argv",
+        "sh\n-c\ni=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done",
+    );
+    browser.click("#new-robot button[type=submit]");
+    browser.wait_for("#robot-mode");
+    assert!(
+        browser.url().ends_with("/robots/ticker"),
+        "{}",
+        browser.url()
+    );
+    browser.wait_text("main", "counts aloud");
+    browser.screenshot("robot");
+
+    // Start it: the run's page shows its output as the robot writes it.
+    browser.click("button[data-path='/api/v1/runs']");
+    browser.wait_for("#output");
+    assert!(browser.url().contains("/runs/"), "{}", browser.url());
+    browser.wait_text("#run-state-value", "running");
+    browser.wait_text("#output", "tick 3");
+    mark_page(&browser);
+    browser.wait_text("#output", "tick 12");
+    assert!(page_was_kept(&browser), "the output came without reloading");
+    browser.screenshot("run");
+
+    browser.click("button[data-path$='/pause']");
+    browser.wait_text("#run-state-value", "paused");
+    browser.wait_for("button[data-path$='/resume']");
+    assert!(browser.find("button[data-path$='/pause']").is_none());
+    browser.click("button[data-path$='/resume']");
+    browser.wait_text("#run-state-value", "running");
+    browser.click("button[data-path$='/stop']");
+    browser.wait_text("#run-state-value", "stopped");
+    browser.wait_text("#timeline", "paused");
+    browser.wait_text("#timeline", "user:admin");
+    assert!(browser.find("button[data-path$='/stop']").is_none());
+    // The output stream ends with the run.
+    browser.wait_for("#output[data-ended='true']");
+
+    // An operator's start put the robot in manual mode; back to auto from its page.
+    browser.open(&format!("{}/robots/ticker", server.url));
+    browser.wait_text("#robot-mode", "manual");
+    browser.click("button[data-path='/api/v1/robots/ticker/auto']");
+    browser.wait_text("#robot-mode", "auto");
+
+    // A run started elsewhere (the CLI) appears on the open pages by itself.
+    browser.open(&format!("{}/", server.url));
+    browser.wait_text("#agents-online", "1/1");
+    browser.wait_text("#runs-now", "0");
+    mark_page(&browser);
+    let started: Value =
+        serde_json::from_str(&ok(run(server.cli(&["run", "start", "ticker", "--json"])))).unwrap();
+    browser.wait_text("#runs-now", "1");
+    browser.wait_text("#active-runs", started["id"].as_str().unwrap());
+    assert!(
+        page_was_kept(&browser),
+        "the dashboard followed without reloading"
+    );
+    browser.screenshot("dashboard");
+    browser.open(&format!("{}/agents", server.url));
+    browser.wait_text("#agents", "ticker");
+    browser.screenshot("agents");
+    // Force stop asks first.
+    browser.click("#agents a[href^='/runs/']");
+    browser.wait_text("#run-state-value", "running");
+    browser.click("button[data-path$='/kill']");
+    browser.accept_dialog();
+    browser.wait_text("#run-state-value", "killed");
+
+    // Russian, chosen by the user, stays with the user.
+    browser.click("#language");
+    browser.click("#language option[value='ru']");
+    browser.wait_text("nav", "Агенты");
+    browser.screenshot("run-ru");
+    browser.click("button[data-path='/api/v1/logout']");
+    browser.wait_for("#login");
+
+    // A viewer sees the robot and its runs, and no button that changes anything.
+    log_in(&browser, &server, "vera", VIEWER_PASSWORD);
+    browser.open(&format!("{}/robots/ticker", server.url));
+    browser.wait_text("#history", "stopped");
+    for action in ["/api/v1/runs", "/api/v1/robots/ticker/auto"] {
+        assert!(
+            browser
+                .find(&format!("button[data-path='{action}']"))
+                .is_none()
+        );
+    }
+    assert!(browser.find("#history button").is_none());
+    browser.open(&format!("{}/robots", server.url));
+    browser.wait_for("#robots");
+    assert!(browser.find("#new-robot").is_none());
+    // Forged with the viewer's own session and CSRF token, a start is still refused.
+    let answer = browser.run_async(
+        "const done = arguments[0];
+         fetch('/api/v1/runs', {method: 'POST', credentials: 'same-origin',
+           headers: {'content-type': 'application/json',
+                     'x-csrf-token': document.querySelector('meta[name=csrf-token]').content},
+           body: JSON.stringify({robot: 'ticker'})})
+         .then(async (r) => done([r.status, (await r.json()).message]));",
+    );
+    assert_eq!(answer[0], 403, "{answer}");
+    assert!(
+        answer[1].as_str().unwrap().starts_with("vera may not run"),
+        "{answer}"
+    );
+    // And without the CSRF token, even an administrator's cookie does nothing.
+    let answer = browser.run_async(
+        "const done = arguments[0];
+         fetch('/api/v1/logout', {method: 'POST', credentials: 'same-origin'})
+         .then((r) => done(r.status));",
+    );
+    assert_eq!(answer, 403);
+}
