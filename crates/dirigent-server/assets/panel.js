@@ -82,7 +82,8 @@ document.addEventListener("click", async (event) => {
   }
 });
 
-/** A form's fields as JSON, each by its data-type: lines, number, bool, optional or text. */
+/** A form's fields as JSON, each by its data-type: lines, list (comma-separated), number,
+ * bool, checkbox, optional (left out when empty) or text. */
 function formBody(form) {
   const body = {};
   for (const field of form.elements) {
@@ -91,6 +92,12 @@ function formBody(form) {
     switch (field.dataset.type) {
       case "lines":
         body[field.name] = value.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line !== "");
+        break;
+      case "list":
+        if (value.trim() !== "") body[field.name] = value.split(",").map((part) => part.trim()).filter(Boolean);
+        break;
+      case "checkbox":
+        if (field.checked) body[field.name] = true;
         break;
       case "number":
         if (value !== "") body[field.name] = Number(value);
@@ -122,6 +129,20 @@ document.addEventListener("submit", async (event) => {
   } finally {
     if (submit) submit.disabled = false;
   }
+});
+
+// Filter forms (method get) leave empty fields out of the address.
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest('form[method="get"]');
+  if (!form) return;
+  event.preventDefault();
+  const query = new URLSearchParams();
+  for (const [key, value] of new FormData(form)) {
+    if (value !== "") query.append(key, value);
+  }
+  const address = new URL(form.action, location.href);
+  address.search = query.toString();
+  location.assign(localAddress(address.pathname + address.search));
 });
 
 document.getElementById("language")?.addEventListener("change", async (event) => {

@@ -36,7 +36,7 @@ pub use queues::{
     QueueRecord, QueueStats,
 };
 pub use runs::{OutputLine, RunQuery};
-pub use triggers::{CalendarRecord, FiringRecord, FiringTake, NewFiring, TriggerRecord};
+pub use triggers::{CalendarRecord, FiringRecord, FiringTake, NewFiring, Taken, TriggerRecord};
 pub use users::{RoleRecord, UserRecord};
 
 /// What can go wrong in the store, in terms a caller can act on.

@@ -93,6 +93,42 @@ impl TryFrom<TriggerRow> for TriggerRecord {
 const SELECT_TRIGGER: &str = "SELECT id, robot, calendar, queue, spec, enabled, next_fire_at, \
      disabled_reason, consecutive_failures, created_at, updated_at FROM triggers";
 
+/// The compare-and-set of the next firing of each take of `$chunk`, answering the ids of the
+/// triggers it moved when `$returning` (a macro: the query builder is of either backend).
+macro_rules! take_statement {
+    ($chunk:expr, $returning:expr) => {{
+        let mut update =
+            sqlx::QueryBuilder::new("UPDATE triggers SET next_fire_at = v.column3 FROM (");
+        update.push_values($chunk, |mut row, take| {
+            row.push_bind(take.trigger_id.as_str())
+                .push_bind(to_millis(take.due_at))
+                .push_bind(take.next.map(to_millis));
+        });
+        update.push(") AS v WHERE triggers.id = v.column1 AND triggers.next_fire_at = v.column2");
+        if $returning {
+            update.push(" RETURNING triggers.id");
+        }
+        update
+    }};
+}
+
+/// The insert of firings `$rows` (trigger id, firing), recorded at `$now`.
+macro_rules! insert_firings {
+    ($rows:expr, $now:expr) => {{
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, recorded_at) ",
+        );
+        insert.push_values($rows, |mut row, (trigger_id, firing)| {
+            row.push_bind(*trigger_id)
+                .push_bind(to_millis(firing.due_at))
+                .push_bind(firing.outcome)
+                .push_bind(firing.reason.as_deref())
+                .push_bind(to_millis($now));
+        });
+        insert
+    }};
+}
+
 impl Store {
     /// Creates a calendar; `Conflict` when the name is taken.
     pub async fn insert_calendar(&self, name: &str, spec: &str, now: Timestamp) -> StoreResult<()> {
@@ -278,6 +314,16 @@ pub struct NewFiring {
     pub reason: Option<String>,
 }
 
+/// A firing to record and the id of its trigger.
+type FiringOf<'a> = (&'a str, &'a NewFiring);
+
+/// What one take recorded: how many firings, and those taken as `due`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub recorded: usize,
+    pub due: Vec<FiringRecord>,
+}
+
 /// A firing of a trigger and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FiringRecord {
@@ -353,56 +399,64 @@ impl Store {
 
     /// Takes the firings of triggers, each as one [`FiringTake`], in one transaction: moves
     /// each trigger's next firing on and records its firings — unless another node took it
-    /// first (its answer is then `None`). Answers the recorded firings, take by take.
+    /// first (its answer is then `None`). Answers what was recorded, take by take.
+    ///
+    /// Only `due` firings come back as rows (their runs are to start); the others are only
+    /// counted, so that a batch of dry runs or missed firings moves no rows back and forth.
     pub async fn take_trigger_firings(
         &self,
         takes: &[FiringTake],
         now: Timestamp,
-    ) -> StoreResult<Vec<Option<Vec<FiringRecord>>>> {
-        let mut taken: HashMap<String, Vec<FiringRecord>> = HashMap::new();
+    ) -> StoreResult<Vec<Option<Taken>>> {
+        let mut taken: HashMap<&str, Taken> = HashMap::new();
         dispatch!(self, writer, pool => {
             let mut tx = pool.begin().await?;
             for chunk in takes.chunks(TAKE_CHUNK) {
-                // One compare-and-set of every trigger's next firing.
-                let mut update = sqlx::QueryBuilder::new(
-                    "UPDATE triggers SET next_fire_at = v.column3 FROM (",
-                );
-                update.push_values(chunk, |mut row, take| {
-                    row.push_bind(take.trigger_id.as_str())
-                        .push_bind(to_millis(take.due_at))
-                        .push_bind(take.next.map(to_millis));
-                });
-                update.push(
-                    ") AS v WHERE triggers.id = v.column1 AND triggers.next_fire_at = v.column2 \
-                     RETURNING triggers.id",
-                );
-                let won: Vec<String> = update.build_query_scalar().fetch_all(&mut *tx).await?;
-                let won: HashSet<&str> = won.iter().map(String::as_str).collect();
-                let firings: Vec<(&str, &NewFiring)> = chunk
+                // One compare-and-set of every trigger's next firing. Usually every one holds
+                // and a count says so; when another node took some, the savepoint is rolled
+                // back and the statement run again to learn which.
+                sqlx::query("SAVEPOINT trigger_take").execute(&mut *tx).await?;
+                let moved = take_statement!(chunk, false)
+                    .build()
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let won: HashSet<String> = if moved == chunk.len() as u64 {
+                    sqlx::query("RELEASE SAVEPOINT trigger_take").execute(&mut *tx).await?;
+                    chunk.iter().map(|take| take.trigger_id.clone()).collect()
+                } else {
+                    sqlx::query("ROLLBACK TO SAVEPOINT trigger_take").execute(&mut *tx).await?;
+                    take_statement!(chunk, true)
+                        .build_query_scalar()
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect()
+                };
+                let won: Vec<&FiringTake> = chunk
                     .iter()
-                    .filter(|take| won.contains(take.trigger_id.as_str()))
-                    .flat_map(|take| take.firings.iter().map(|firing| (take.trigger_id.as_str(), firing)))
+                    .filter(|take| won.contains(&take.trigger_id))
                     .collect();
-                for rows in firings.chunks(TAKE_CHUNK) {
-                    let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, recorded_at) ",
-                    );
-                    insert.push_values(rows, |mut row, (trigger_id, firing)| {
-                        row.push_bind(*trigger_id)
-                            .push_bind(to_millis(firing.due_at))
-                            .push_bind(firing.outcome)
-                            .push_bind(firing.reason.as_deref())
-                            .push_bind(to_millis(now));
-                    });
+                for take in &won {
+                    taken.insert(&take.trigger_id, Taken { recorded: take.firings.len(), due: Vec::new() });
+                }
+                let (due, other): (Vec<FiringOf<'_>>, Vec<FiringOf<'_>>) = won
+                    .iter()
+                    .flat_map(|take| take.firings.iter().map(|firing| (take.trigger_id.as_str(), firing)))
+                    .partition(|(_, firing)| firing.outcome == "due");
+                for rows in other.chunks(TAKE_CHUNK) {
+                    insert_firings!(rows, now).build().execute(&mut *tx).await?;
+                }
+                for rows in due.chunks(TAKE_CHUNK) {
+                    let mut insert = insert_firings!(rows, now);
                     insert.push(" RETURNING id, trigger_id, due_at, outcome, reason, run_id, recorded_at");
                     let recorded: Vec<FiringRow> = insert.build_query_as().fetch_all(&mut *tx).await?;
                     for row in recorded {
                         let firing = FiringRecord::try_from(row)?;
-                        taken.entry(firing.trigger_id.clone()).or_default().push(firing);
+                        if let Some(entry) = taken.get_mut(firing.trigger_id.as_str()) {
+                            entry.due.push(firing);
+                        }
                     }
-                }
-                for trigger_id in won {
-                    taken.entry(trigger_id.to_owned()).or_default();
                 }
             }
             tx.commit().await?;
@@ -410,9 +464,9 @@ impl Store {
         Ok(takes
             .iter()
             .map(|take| {
-                taken.remove(&take.trigger_id).map(|mut firings| {
-                    firings.sort_by_key(|firing| firing.id);
-                    firings
+                taken.remove(take.trigger_id.as_str()).map(|mut taken| {
+                    taken.due.sort_by_key(|firing| firing.id);
+                    taken
                 })
             })
             .collect())

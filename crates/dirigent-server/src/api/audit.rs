@@ -15,18 +15,18 @@ use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub(super) struct AuditParams {
+pub(crate) struct AuditParams {
     /// Only this actor, such as `user:alice`.
-    actor: Option<String>,
+    pub(crate) actor: Option<String>,
     /// Only `allowed`, `denied` or `failed`.
-    outcome: Option<String>,
+    pub(crate) outcome: Option<String>,
     /// Only records older than the one with this id (the next page).
-    before: Option<i64>,
+    pub(crate) before: Option<i64>,
     /// Only records at or after this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
-    since: Option<Timestamp>,
+    pub(crate) since: Option<Timestamp>,
     /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// The audit log, newest first: every state-changing request and every denial.
@@ -38,7 +38,7 @@ pub(super) struct AuditParams {
     params(AuditParams),
     responses((status = 200, body = [AuditEntry]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_audit(
+pub(crate) async fn list_audit(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<AuditParams>,

@@ -6,17 +6,17 @@
 //! need, parse, call the store, convert to wire types.
 
 pub(crate) mod agents;
-mod audit;
+pub(crate) mod audit;
 mod events;
 mod health;
 mod json;
-mod queues;
+pub(crate) mod queues;
 pub(crate) mod robots;
 pub(crate) mod runs;
 mod session;
 mod tokens;
-mod triggers;
-mod users;
+pub(crate) mod triggers;
+pub(crate) mod users;
 
 use std::sync::LazyLock;
 

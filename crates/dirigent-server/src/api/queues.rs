@@ -41,7 +41,7 @@ use crate::{
     security(("bearer" = [])),
     responses((status = 200, body = [Queue]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_queues(
+pub(crate) async fn list_queues(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<Queue>>, ApiError> {
@@ -111,7 +111,7 @@ pub(super) async fn create_queue(
     params(("name" = String, Path)),
     responses((status = 200, body = Queue), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn get_queue(
+pub(crate) async fn get_queue(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(name): PathSegment,
@@ -240,22 +240,22 @@ pub(super) async fn add_items(
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(super) struct ItemQuery {
+pub(crate) struct ItemQuery {
     /// `new`, `in_progress`, `successful`, `failed`, `abandoned` or `deleted`.
-    status: Option<String>,
-    reference: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) reference: Option<String>,
     /// RFC 3339: added at or after.
-    created_from: Option<jiff::Timestamp>,
+    pub(crate) created_from: Option<jiff::Timestamp>,
     /// RFC 3339: added before.
-    created_to: Option<jiff::Timestamp>,
+    pub(crate) created_to: Option<jiff::Timestamp>,
     /// A payload field as a dotted path, such as `customer.id`; needs `value`.
-    field: Option<String>,
+    pub(crate) field: Option<String>,
     /// The value of `field`, compared as text.
-    value: Option<String>,
+    pub(crate) value: Option<String>,
     /// Only items with a larger id: the last id of the previous page.
-    after: Option<i64>,
+    pub(crate) after: Option<i64>,
     /// At most this many (default 100, at most 1000).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// Lists and searches a queue's items, by id.
@@ -267,7 +267,7 @@ pub(super) struct ItemQuery {
     params(("name" = String, Path), ItemQuery),
     responses((status = 200, body = [Item]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_items(
+pub(crate) async fn list_items(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(name): PathSegment,

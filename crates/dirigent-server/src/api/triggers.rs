@@ -35,9 +35,9 @@ use crate::{
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(super) struct TriggerQuery {
+pub(crate) struct TriggerQuery {
     /// Only the triggers of this robot.
-    robot: Option<String>,
+    pub(crate) robot: Option<String>,
 }
 
 /// The triggers of the robots the caller may read.
@@ -49,7 +49,7 @@ pub(super) struct TriggerQuery {
     params(TriggerQuery),
     responses((status = 200, body = [Trigger]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_triggers(
+pub(crate) async fn list_triggers(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<TriggerQuery>,
@@ -110,7 +110,7 @@ pub(super) async fn create_trigger(
     params(("id" = String, Path)),
     responses((status = 200, body = Trigger), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn get_trigger(
+pub(crate) async fn get_trigger(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(id): PathSegment,
@@ -214,11 +214,11 @@ pub(super) async fn disable_trigger(
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(super) struct PreviewQuery {
+pub(crate) struct PreviewQuery {
     /// RFC 3339 [default: now].
-    from: Option<Timestamp>,
+    pub(crate) from: Option<Timestamp>,
     /// How many (default 10, at most 1000).
-    count: Option<usize>,
+    pub(crate) count: Option<usize>,
 }
 
 /// The trigger's next firings after `from`, with their local times and offsets; calendars
@@ -231,7 +231,7 @@ pub(super) struct PreviewQuery {
     params(("id" = String, Path), PreviewQuery),
     responses((status = 200, body = [FireTime]), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn preview_trigger(
+pub(crate) async fn preview_trigger(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(id): PathSegment,
@@ -298,9 +298,9 @@ async fn set_enabled(
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(super) struct FiringQuery {
+pub(crate) struct FiringQuery {
     /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// The trigger's firings, newest first: each started, skipped or missed, with the reason.
@@ -312,7 +312,7 @@ pub(super) struct FiringQuery {
     params(("id" = String, Path), FiringQuery),
     responses((status = 200, body = [Firing]), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_firings(
+pub(crate) async fn list_firings(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(id): PathSegment,

@@ -28,7 +28,7 @@ use crate::{
 /// Every user.
 #[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = [User]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub(super) async fn list_users(
+pub(crate) async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<User>>, ApiError> {
@@ -219,7 +219,7 @@ pub(super) async fn change_password(
 /// The built-in roles, then the custom ones.
 #[utoipa::path(get, path = "/roles", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = [RoleSpec]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub(super) async fn list_roles(
+pub(crate) async fn list_roles(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<RoleSpec>>, ApiError> {

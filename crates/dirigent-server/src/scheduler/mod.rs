@@ -290,12 +290,11 @@ impl Scheduler {
             .collect();
         let results = self.store.take_trigger_firings(&takes, now).await?;
         handled += takes.len();
-        for ((trigger, spec, _, _), firings) in scheduled.iter().zip(results) {
-            for firing in firings.iter().flatten() {
-                taken += 1;
-                if firing.outcome == "due"
-                    && let Err(err) = self.start_firing(trigger, spec, firing).await
-                {
+        for ((trigger, spec, _, _), result) in scheduled.iter().zip(results) {
+            let Some(result) = result else { continue };
+            taken += result.recorded;
+            for firing in &result.due {
+                if let Err(err) = self.start_firing(trigger, spec, firing).await {
                     tracing::error!(trigger = trigger.id, ?err, "starting a firing's run");
                 }
             }
@@ -381,13 +380,13 @@ impl Scheduler {
             next,
             firings,
         };
-        let Some(Some(firings)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
+        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
             return Ok(0);
         };
-        for firing in firings.iter().filter(|firing| firing.outcome == "due") {
+        for firing in &taken.due {
             self.start_firing(trigger, spec, firing).await?;
         }
-        Ok(firings.len())
+        Ok(taken.recorded)
     }
 
     /// A window opened (start the robot unless it runs) or closed (safe-stop its runs).
@@ -419,10 +418,10 @@ impl Scheduler {
                 ),
             }],
         };
-        let Some(Some(firings)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
+        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
             return Ok(0);
         };
-        for firing in firings.iter().filter(|firing| firing.outcome == "due") {
+        for firing in &taken.due {
             if open {
                 self.start_firing(trigger, spec, firing).await?;
                 continue;
@@ -439,7 +438,7 @@ impl Scheduler {
                 .settle_firing(firing.id, "stopped", Some(&reason), None, self.clock.now())
                 .await?;
         }
-        Ok(firings.len())
+        Ok(taken.recorded)
     }
 
     /// Starts the run of a taken firing, unless the robot's mode or the overlap policy says

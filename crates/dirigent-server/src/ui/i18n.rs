@@ -60,7 +60,10 @@ impl Lang {
     /// `english` in this language.
     pub fn t(self, english: &str) -> &str {
         match self {
-            Lang::En => english,
+            Lang::En => ENGLISH
+                .iter()
+                .find(|(key, _)| *key == english)
+                .map_or(english, |(_, words)| words),
             Lang::Ru => RUSSIAN
                 .iter()
                 .find(|(en, _)| *en == english)
@@ -68,6 +71,9 @@ impl Lang {
         }
     }
 }
+
+/// State names of the API that read better as words.
+const ENGLISH: &[(&str, &str)] = &[("in_progress", "in progress"), ("timed_out", "timed out")];
 
 /// Every English phrase of the panel and its Russian; `tests` checks that each phrase the
 /// templates and pages use is here.
@@ -187,6 +193,49 @@ const RUSSIAN: &[(&str, &str)] = &[
         "You may not see this page.",
         "У вас нет доступа к этой странице.",
     ),
+    ("Trigger", "Триггер"),
+    ("Schedule", "Расписание"),
+    ("dry run", "пробный"),
+    ("New trigger", "Новый триггер"),
+    ("Every, seconds", "Каждые, секунд"),
+    ("At", "В"),
+    ("Days", "Дни"),
+    ("Times", "Время запуска"),
+    ("Window opens", "Окно открывается"),
+    ("Window closes", "Окно закрывается"),
+    ("Queue", "Очередь"),
+    ("Time zone", "Часовой пояс"),
+    (
+        "Dry run: record firings, start nothing",
+        "Пробный режим: записывать срабатывания, ничего не запускать",
+    ),
+    ("Create trigger", "Создать триггер"),
+    ("Failed runs in a row", "Сбоев подряд"),
+    ("Next fire times", "Ближайшие запуски"),
+    ("Local time", "Местное время"),
+    ("Offset", "Смещение"),
+    ("Firings", "Срабатывания"),
+    ("Due", "Срок"),
+    ("Outcome", "Итог"),
+    ("new", "новый"),
+    ("in_progress", "в работе"),
+    ("successful", "успешно"),
+    ("abandoned", "брошен"),
+    ("deleted", "удалён"),
+    ("Successful in the last hour", "Успешно за последний час"),
+    ("Max attempts", "Попыток, не более"),
+    ("Lease, seconds", "Аренда, секунд"),
+    ("Unique references", "Уникальные ссылки"),
+    ("Reference", "Ссылка"),
+    ("Filter", "Отобрать"),
+    ("Priority", "Приоритет"),
+    ("Attempts", "Попытки"),
+    ("Error", "Ошибка"),
+    ("Payload", "Данные"),
+    ("Requeue these", "Вернуть эти в очередь"),
+    ("Delete these", "Удалить эти"),
+    ("Permissions", "Права"),
+    ("Older", "Раньше"),
 ];
 
 #[cfg(test)]

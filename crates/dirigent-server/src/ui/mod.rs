@@ -6,10 +6,13 @@
 //! cookie and its CSRF token), so the panel can do nothing the API would refuse. Pages update
 //! in place when `/api/v1/events` reports a change that concerns them.
 
+mod admin;
 mod agents;
 mod dashboard;
 mod i18n;
+mod queues;
 mod robots;
+mod triggers;
 
 use std::sync::LazyLock;
 
@@ -42,6 +45,12 @@ pub fn router() -> Router<AppState> {
         .route("/robots/{name}", get(robots::robot))
         .route("/runs/{id}", get(robots::run))
         .route("/agents", get(agents::list))
+        .route("/triggers", get(triggers::list))
+        .route("/triggers/{id}", get(triggers::trigger))
+        .route("/queues", get(queues::list))
+        .route("/queues/{name}", get(queues::queue))
+        .route("/users", get(admin::users))
+        .route("/audit", get(admin::audit))
         .route("/assets/{file}", get(asset))
 }
 
@@ -170,12 +179,24 @@ impl FromRequestParts<AppState> for Viewer {
         let path = parts.uri.path();
         let nav = [
             ("/", "Dashboard", None),
-            ("/robots", "Robots", Some(Resource::Robots)),
-            ("/agents", "Agents", Some(Resource::Agents)),
+            ("/robots", "Robots", Some((Resource::Robots, Action::Read))),
+            ("/agents", "Agents", Some((Resource::Agents, Action::Read))),
+            (
+                "/triggers",
+                "Triggers",
+                Some((Resource::Triggers, Action::Read)),
+            ),
+            ("/queues", "Queues", Some((Resource::Queues, Action::Read))),
+            ("/users", "Users", Some((Resource::Users, Action::Admin))),
+            (
+                "/audit",
+                "Audit log",
+                Some((Resource::Users, Action::Admin)),
+            ),
         ]
         .into_iter()
-        .filter(|(_, _, resource)| {
-            resource.is_none_or(|resource| caller.may(resource, Action::Read, None))
+        .filter(|(_, _, needs)| {
+            needs.is_none_or(|(resource, action)| caller.may(resource, action, None))
         })
         .map(|(href, label, _)| NavItem {
             href,

@@ -41,7 +41,7 @@ pub(super) struct Button {
 }
 
 impl Button {
-    fn post(label: &'static str, path: String) -> Button {
+    pub(super) fn post(label: &'static str, path: String) -> Button {
         Button {
             label,
             method: "POST",

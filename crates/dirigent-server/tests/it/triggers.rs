@@ -436,7 +436,7 @@ async fn a_firing_taken_before_a_stop_is_started_once_after_it() {
         .take_trigger_firings(std::slice::from_ref(&take), due)
         .await
         .unwrap();
-    assert_eq!(taken[0].as_ref().map(Vec::len), Some(1));
+    assert_eq!(taken[0].as_ref().map(|taken| taken.due.len()), Some(1));
     // No second node takes it again.
     let again = app.store.take_trigger_firings(&[take], due).await.unwrap();
     assert!(again[0].is_none());

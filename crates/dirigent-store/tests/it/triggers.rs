@@ -83,8 +83,9 @@ store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
     let mut taken = Vec::new();
     for attempt in attempts {
         for (id, firings) in attempt.await.unwrap() {
-            assert_eq!(firings.len(), 1);
-            assert_eq!(firings[0].trigger_id, id);
+            assert_eq!(firings.recorded, 1);
+            assert_eq!(firings.due.len(), 1);
+            assert_eq!(firings.due[0].trigger_id, id);
             taken.push(id);
         }
     }
@@ -105,6 +106,44 @@ store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
         store.trigger_of_run("run_x").await.unwrap().as_deref(),
         Some(unsettled[0].trigger_id.as_str())
     );
+});
+
+store_test!(firings_without_runs_are_recorded_and_counted, |store| {
+    let due = Timestamp::from_second(1_800_000_000).unwrap();
+    let next = due + SignedDuration::from_secs(60);
+    robot_and_triggers(&store, due, &[("trg_a", None), ("trg_b", None)]).await;
+    let mut quiet = take("trg_a", due, next);
+    quiet.firings = vec![
+        NewFiring {
+            due_at: due - SignedDuration::from_secs(60),
+            outcome: "missed",
+            reason: Some("down".to_owned()),
+        },
+        NewFiring {
+            due_at: due,
+            outcome: "dry_run",
+            reason: None,
+        },
+    ];
+    // trg_b is not due at this time any more: it is not taken, and neither is it recorded.
+    let stale = take("trg_b", next, next);
+    let answers = store
+        .take_trigger_firings(&[quiet, stale], due)
+        .await
+        .unwrap();
+    let quiet = answers[0].as_ref().unwrap();
+    assert_eq!((quiet.recorded, quiet.due.len()), (2, 0));
+    assert!(answers[1].is_none());
+    let recorded = store.trigger_firings("trg_a", 10).await.unwrap();
+    let mut outcomes: Vec<&str> = recorded
+        .iter()
+        .map(|firing| firing.outcome.as_str())
+        .collect();
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["dry_run", "missed"]);
+    assert!(store.trigger_firings("trg_b", 10).await.unwrap().is_empty());
+    assert!(store.unsettled_firings().await.unwrap().is_empty());
+    assert_eq!(store.next_trigger_due().await.unwrap(), Some(due));
 });
 
 store_test!(queue_triggers_wake_and_failures_disable, |store| {

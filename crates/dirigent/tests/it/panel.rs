@@ -184,3 +184,97 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
     );
     assert_eq!(answer, 403);
 }
+
+#[test]
+fn an_operator_schedules_and_sorts_work_from_the_panel() {
+    let server = ServerProcess::start(
+        &["--no-local-agent"],
+        &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)],
+    );
+    server.login(PASSWORD);
+    ok(run(
+        server.cli(&["robot", "create", "nightly", "--", "true"])
+    ));
+    ok(run(server.cli(&["queue", "create", "invoices"])));
+    for n in 1..=3 {
+        ok(run(server.cli(&[
+            "queue",
+            "add",
+            "invoices",
+            "--payload",
+            &format!(r#"{{"invoice": {n}}}"#),
+            "--reference",
+            &format!("INV-{n}"),
+        ])));
+    }
+    let browser = Browser::start("en-US");
+    browser.open(&format!("{}/login", server.url));
+    log_in(&browser, &server, "admin", PASSWORD);
+
+    // A cron trigger in Berlin time, as a dry run; its page previews the next fire times.
+    browser.open(&format!("{}/triggers", server.url));
+    browser.type_into("#trigger-description", "nightly run");
+    browser.type_into("#trigger-cron", "30 2 * * *");
+    browser.type_into("#trigger-zone", "Europe/Berlin");
+    browser.click("#new-trigger input[name=dry_run]");
+    browser.click("#new-trigger button[type=submit]");
+    browser.wait_for("#preview");
+    assert!(
+        browser.url().contains("/triggers/trg_"),
+        "{}",
+        browser.url()
+    );
+    let preview = browser.wait_text("#preview", "02:30");
+    assert!(
+        preview.contains("+01:00") || preview.contains("+02:00"),
+        "{preview}"
+    );
+    browser.wait_text("#trigger-state", "dry run");
+    browser.screenshot("trigger");
+    browser.click("button[data-path$='/disable']");
+    browser.wait_text("#trigger-enabled", "no");
+    browser.open(&format!("{}/triggers", server.url));
+    browser.wait_text("#triggers", "nightly run");
+    browser.screenshot("triggers");
+
+    // A queue's items by filter; bulk delete what the filter selects, then requeue it.
+    browser.open(&format!("{}/queues", server.url));
+    browser.wait_text("#queues", "invoices");
+    browser.screenshot("queues");
+    browser.click("a[href='/queues/invoices']");
+    browser.wait_text("#items", "INV-3");
+    browser.type_into("#filter-reference", "INV-2");
+    browser.click("#item-filter button[type=submit]");
+    browser.wait_for("#items");
+    assert!(
+        browser.url().ends_with("/queues/invoices?reference=INV-2"),
+        "{}",
+        browser.url()
+    );
+    let items = browser.text("#items");
+    assert!(
+        items.contains("INV-2") && !items.contains("INV-3"),
+        "{items}"
+    );
+    browser.click("button[data-path$='/items/delete']");
+    browser.accept_dialog();
+    browser.wait_text("#items", "deleted");
+    browser.screenshot("queue");
+    let deleted: Value = serde_json::from_str(&ok(run(server.cli(&[
+        "queue", "items", "invoices", "--status", "deleted", "--json",
+    ]))))
+    .unwrap();
+    assert_eq!(deleted.as_array().unwrap().len(), 1, "{deleted}");
+    assert_eq!(deleted[0]["reference"], "INV-2");
+    browser.click("button[data-path$='/items/requeue']");
+    browser.accept_dialog();
+    browser.wait_text("#items", "new");
+
+    // Users and roles, and the audit log, which recorded all of the above.
+    browser.open(&format!("{}/users", server.url));
+    browser.wait_text("#roles", "viewer");
+    browser.screenshot("users");
+    browser.open(&format!("{}/audit", server.url));
+    browser.wait_text("#audit", "/api/v1/queues/invoices/items/delete");
+    browser.screenshot("audit");
+}
