@@ -58,6 +58,8 @@ function localAddress(address) {
 function then(what, data) {
   if (what === "refresh") {
     refresh();
+  } else if (what === "reload") {
+    location.reload();
   } else if (what === "next") {
     location.assign(localAddress(new URLSearchParams(location.search).get("next")));
   } else if (what.startsWith("go:")) {
@@ -83,13 +85,15 @@ document.addEventListener("click", async (event) => {
 });
 
 /** A form's fields as JSON, each by its data-type: lines, list (comma-separated), number,
- * bool, checkbox, optional (left out when empty) or text. */
+ * bool, checkbox, optional (left out when empty) or text; a json-body field is the whole body. */
 function formBody(form) {
   const body = {};
   for (const field of form.elements) {
     if (!field.name || field.type === "submit") continue;
     const value = field.value;
     switch (field.dataset.type) {
+      case "json-body":
+        return JSON.parse(value);
       case "lines":
         body[field.name] = value.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line !== "");
         break;

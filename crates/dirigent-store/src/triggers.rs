@@ -372,7 +372,7 @@ impl Store {
     /// The earliest next firing of an enabled trigger.
     pub async fn next_trigger_due(&self) -> StoreResult<Option<Timestamp>> {
         let next: Option<i64> = dispatch!(self, reader, pool => {
-            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM triggers WHERE enabled = TRUE")
+            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM triggers WHERE enabled")
                 .fetch_one(pool)
                 .await?
         });
@@ -387,7 +387,7 @@ impl Store {
     ) -> StoreResult<Vec<TriggerRecord>> {
         let rows: Vec<TriggerRow> = dispatch!(self, reader, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_TRIGGER} WHERE enabled = TRUE AND next_fire_at <= $1 ORDER BY next_fire_at LIMIT $2"
+                "{SELECT_TRIGGER} WHERE enabled AND next_fire_at <= $1 ORDER BY next_fire_at LIMIT $2"
             )))
             .bind(to_millis(now))
             .bind(i64::from(limit))
@@ -547,7 +547,7 @@ impl Store {
     ) -> StoreResult<u64> {
         Ok(dispatch!(self, writer, pool => {
             sqlx::query(
-                "UPDATE triggers SET next_fire_at = $3 WHERE queue IS NOT NULL AND enabled = TRUE \
+                "UPDATE triggers SET next_fire_at = $3 WHERE queue IS NOT NULL AND enabled \
                  AND ($1 IS NULL OR queue = $1) AND ($2 IS NULL OR robot = $2) \
                  AND (next_fire_at IS NULL OR next_fire_at > $3)",
             )
@@ -638,7 +638,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE triggers SET enabled = FALSE, disabled_reason = $2, next_fire_at = NULL, \
-                 updated_at = $3 WHERE id = $1 AND enabled = TRUE",
+                 updated_at = $3 WHERE id = $1 AND enabled",
             )
             .bind(trigger_id)
             .bind(reason)

@@ -423,7 +423,7 @@ fn to_wire(record: TriggerRecord) -> Result<Trigger, ApiError> {
     security(("bearer" = [])),
     responses((status = 200, body = [Calendar]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn list_calendars(
+pub(crate) async fn list_calendars(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<Calendar>>, ApiError> {

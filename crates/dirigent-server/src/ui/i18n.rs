@@ -236,6 +236,19 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("Delete these", "Удалить эти"),
     ("Permissions", "Права"),
     ("Older", "Раньше"),
+    ("Calendars", "Календари"),
+    ("Working days", "Рабочие дни"),
+    ("Excluded dates", "Исключённые даты"),
+    ("Edit", "Изменить"),
+    ("one per line", "по одной на строку"),
+    ("Import CSV or iCalendar", "Импорт из CSV или iCalendar"),
+    ("Save", "Сохранить"),
+    ("New calendar", "Новый календарь"),
+    ("Create calendar", "Создать календарь"),
+    ("New user", "Новый пользователь"),
+    ("Create user", "Создать пользователя"),
+    ("Edit definition", "Изменить определение"),
+    ("Definition, JSON", "Определение, JSON"),
 ];
 
 #[cfg(test)]
@@ -258,28 +271,62 @@ mod tests {
 
     #[test]
     fn every_phrase_the_panel_uses_has_its_russian() {
-        let sources = concat!(
-            include_str!("dashboard.rs"),
-            include_str!("robots.rs"),
-            include_str!("agents.rs"),
-            include_str!("mod.rs"),
+        let templates = concat!(
             include_str!("../../templates/base.html"),
+            include_str!("../../templates/buttons.html"),
             include_str!("../../templates/login.html"),
             include_str!("../../templates/dashboard.html"),
             include_str!("../../templates/robots.html"),
             include_str!("../../templates/robot.html"),
             include_str!("../../templates/run.html"),
             include_str!("../../templates/agents.html"),
+            include_str!("../../templates/triggers.html"),
+            include_str!("../../templates/trigger.html"),
+            include_str!("../../templates/calendars.html"),
+            include_str!("../../templates/queues.html"),
+            include_str!("../../templates/queue.html"),
+            include_str!("../../templates/users.html"),
+            include_str!("../../templates/audit.html"),
             include_str!("../../templates/message.html"),
         );
-        let mut missing = Vec::new();
-        for (n, _) in sources.match_indices("t(\"") {
-            let phrase = &sources[n + 3..];
-            let phrase = &phrase[..phrase.find('"').unwrap()];
-            if !RUSSIAN.iter().any(|(en, _)| *en == phrase) {
-                missing.push(phrase);
+        // Labels chosen in Rust (buttons, navigation, error titles): every capitalized
+        // string literal outside comments.
+        let code = concat!(
+            include_str!("mod.rs"),
+            include_str!("dashboard.rs"),
+            include_str!("robots.rs"),
+            include_str!("agents.rs"),
+            include_str!("triggers.rs"),
+            include_str!("queues.rs"),
+            include_str!("admin.rs"),
+        );
+        let mut phrases: Vec<&str> = templates
+            .match_indices(".t(\"")
+            .map(|(n, _)| {
+                let rest = &templates[n + 4..];
+                &rest[..rest.find('"').unwrap()]
+            })
+            .collect();
+        for line in code
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+        {
+            for literal in line.split('"').skip(1).step_by(2) {
+                let mut chars = literal.chars();
+                let capitalized = chars.next().is_some_and(char::is_uppercase)
+                    && chars.next().is_some_and(char::is_lowercase);
+                if capitalized && !literal.contains(['{', '/', '<', ':']) {
+                    phrases.push(literal);
+                }
             }
         }
+        for expected in ["Safe stop", "Log in", "Requeue these", "Audit log"] {
+            assert!(phrases.contains(&expected), "{expected:?} not found");
+        }
+        let missing: Vec<&&str> = phrases
+            .iter()
+            .filter(|phrase| !RUSSIAN.iter().any(|(en, _)| en == *phrase))
+            .collect();
         assert!(missing.is_empty(), "no Russian for {missing:?}");
         let mut seen = std::collections::HashSet::new();
         for (en, ru) in RUSSIAN {

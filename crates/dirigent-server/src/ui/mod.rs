@@ -47,6 +47,7 @@ pub fn router() -> Router<AppState> {
         .route("/agents", get(agents::list))
         .route("/triggers", get(triggers::list))
         .route("/triggers/{id}", get(triggers::trigger))
+        .route("/calendars", get(triggers::calendars))
         .route("/queues", get(queues::list))
         .route("/queues/{name}", get(queues::queue))
         .route("/users", get(admin::users))
@@ -185,6 +186,11 @@ impl FromRequestParts<AppState> for Viewer {
                 "/triggers",
                 "Triggers",
                 Some((Resource::Triggers, Action::Read)),
+            ),
+            (
+                "/calendars",
+                "Calendars",
+                Some((Resource::Calendars, Action::Read)),
             ),
             ("/queues", "Queues", Some((Resource::Queues, Action::Read))),
             ("/users", "Users", Some((Resource::Users, Action::Admin))),

@@ -174,6 +174,8 @@ struct RobotPage<'a> {
     robot: Robot,
     start: Option<Button>,
     back_to_auto: Option<Button>,
+    /// The definition as JSON to edit, when the reader may edit it.
+    edit: Option<String>,
     /// None when the reader may not read the robot's runs.
     runs: Option<Vec<RunRow>>,
 }
@@ -213,8 +215,14 @@ async fn robot_page<'a>(
     let back_to_auto = (robot.mode == RobotMode::Manual
         && caller.may(Resource::Robots, Action::Run, Some(&name)))
     .then(|| Button::post("Back to auto", format!("/api/v1/robots/{name}/auto")));
+    let edit = caller
+        .may(Resource::Robots, Action::Edit, Some(&name))
+        .then(|| serde_json::to_string_pretty(&robot.to_spec()))
+        .transpose()
+        .map_err(ApiError::internal)?;
     Ok(RobotPage {
         frame: &viewer.frame,
+        edit,
         start: start_button(caller, &name),
         back_to_auto,
         robot,

@@ -1,5 +1,6 @@
-//! Triggers: the list (with the form that creates one), and a trigger's page with its next
-//! fire times, its recorded firings and the buttons that enable, disable or delete it.
+//! Triggers and calendars: the trigger list (with the form that creates one), a trigger's page
+//! with its next fire times, its recorded firings, its definition to edit and the buttons that
+//! enable, disable or delete it; the calendars, each to edit, and the form that creates one.
 
 use askama::Template;
 use axum::{
@@ -10,7 +11,7 @@ use axum::{
 use dirigent_domain::access::{Action, Resource};
 use dirigent_proto::{
     robot::Robot,
-    trigger::{FireTime, Firing, Trigger, TriggerSpec},
+    trigger::{Calendar, FireTime, Firing, Trigger, TriggerSpec},
 };
 
 use super::{Frame, Viewer, robots::Button};
@@ -135,6 +136,8 @@ struct TriggerPage<'a> {
     preview: Option<Vec<FireTime>>,
     firings: Vec<Firing>,
     buttons: Vec<Button>,
+    /// The definition as JSON to edit, when the reader may edit it.
+    edit: Option<String>,
 }
 
 pub(super) async fn trigger(
@@ -181,7 +184,12 @@ async fn trigger_page<'a>(
     )
     .await?;
     let mut buttons: Vec<Button> = toggle(caller, &trigger).into_iter().collect();
-    if caller.may(Resource::Triggers, Action::Edit, Some(&trigger.spec.robot)) {
+    let may_edit = caller.may(Resource::Triggers, Action::Edit, Some(&trigger.spec.robot));
+    let edit = may_edit
+        .then(|| serde_json::to_string_pretty(&trigger.spec))
+        .transpose()
+        .map_err(ApiError::internal)?;
+    if may_edit {
         buttons.push(Button {
             method: "DELETE",
             then: "go:/triggers",
@@ -197,5 +205,58 @@ async fn trigger_page<'a>(
         preview,
         firings,
         buttons,
+        edit,
     })
+}
+
+/// A calendar with the buttons and form the reader may use on it.
+pub(super) struct CalendarRow {
+    pub calendar: Calendar,
+    /// The excluded dates, one per line, for the edit form; none when the reader may not edit.
+    pub edit: Option<String>,
+    pub delete: Option<Button>,
+}
+
+#[derive(Template)]
+#[template(path = "calendars.html")]
+struct CalendarsPage<'a> {
+    frame: &'a Frame,
+    calendars: Vec<CalendarRow>,
+    may_create: bool,
+}
+
+pub(super) async fn calendars(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let caller = &viewer.caller;
+    let calendars = api::triggers::list_calendars(State(state.clone()), caller.clone())
+        .await
+        .map(|Json(calendars)| CalendarsPage {
+            frame: &viewer.frame,
+            calendars: calendars
+                .into_iter()
+                .map(|calendar| {
+                    let may_edit =
+                        caller.may(Resource::Calendars, Action::Edit, Some(&calendar.name));
+                    CalendarRow {
+                        edit: may_edit.then(|| {
+                            calendar
+                                .excluded_dates
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        }),
+                        delete: may_edit.then(|| Button {
+                            method: "DELETE",
+                            confirm: true,
+                            class: "danger",
+                            then: "reload",
+                            ..Button::post("Delete", format!("/api/v1/calendars/{}", calendar.name))
+                        }),
+                        calendar,
+                    }
+                })
+                .collect(),
+            may_create: caller.may(Resource::Calendars, Action::Edit, None),
+        });
+    viewer.page(calendars)
 }

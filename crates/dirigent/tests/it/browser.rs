@@ -159,6 +159,16 @@ impl Browser {
         );
     }
 
+    /// Empties the field `css` selects.
+    pub(crate) fn clear(&self, css: &str) {
+        let element = self.wait_for(css);
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/clear"),
+            Some(json!({})),
+        );
+    }
+
     /// Types `text` into the field `css` selects, after what it holds.
     pub(crate) fn type_into(&self, css: &str, text: &str) {
         let element = self.wait_for(css);

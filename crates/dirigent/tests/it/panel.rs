@@ -237,6 +237,34 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     browser.wait_text("#triggers", "nightly run");
     browser.screenshot("triggers");
 
+    // A calendar of holidays, and the robot's definition edited as JSON.
+    browser.open(&format!("{}/calendars", server.url));
+    browser.type_into("#calendar-name", "berlin");
+    browser.type_into("#calendar-dates", "2026-12-25\n2026-12-26");
+    browser.click("#new-calendar button[type=submit]");
+    browser.wait_text("#calendar-berlin", "2");
+    browser.screenshot("calendars");
+    browser.open(&format!("{}/robots/nightly", server.url));
+    browser.click("#edit-robot-toggle");
+    browser.clear("#robot-spec");
+    browser.type_into(
+        "#robot-spec",
+        r#"{"argv": ["true"], "description": "edited in the panel", "max_parallel": 2}"#,
+    );
+    browser.click("#edit-robot button[type=submit]");
+    browser.wait_text("main", "edited in the panel");
+    let robot: Value = serde_json::from_str(&ok(run(
+        server.cli(&["robot", "show", "nightly", "--json"])
+    )))
+    .unwrap();
+    assert_eq!(robot["max_parallel"], 2, "{robot}");
+    // A definition the API refuses says why, and changes nothing.
+    browser.click("#edit-robot-toggle");
+    browser.clear("#robot-spec");
+    browser.type_into("#robot-spec", r#"{"argv": []}"#);
+    browser.click("#edit-robot button[type=submit]");
+    browser.wait_text("#alert", "argv");
+
     // A queue's items by filter; bulk delete what the filter selects, then requeue it.
     browser.open(&format!("{}/queues", server.url));
     browser.wait_text("#queues", "invoices");
