@@ -85,7 +85,8 @@ document.addEventListener("click", async (event) => {
 });
 
 /** A form's fields as JSON, each by its data-type: lines, list (comma-separated), number,
- * bool, checkbox, optional (left out when empty) or text; a json-body field is the whole body. */
+ * bool, checkbox (true when checked, else left out), flag (true or false), optional (left out
+ * when empty) or text; a json-body field is the whole body. */
 function formBody(form) {
   const body = {};
   for (const field of form.elements) {
@@ -102,6 +103,9 @@ function formBody(form) {
         break;
       case "checkbox":
         if (field.checked) body[field.name] = true;
+        break;
+      case "flag":
+        body[field.name] = field.checked;
         break;
       case "number":
         if (value !== "") body[field.name] = Number(value);

@@ -249,6 +249,10 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("Create user", "Создать пользователя"),
     ("Edit definition", "Изменить определение"),
     ("Definition, JSON", "Определение, JSON"),
+    ("New password", "Новый пароль"),
+    ("New role", "Новая роль"),
+    ("Create role", "Создать роль"),
+    ("Next page", "Следующая страница"),
 ];
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ use crate::{
     error::ApiError,
 };
 
+/// Items a page of a queue shows.
+const ITEMS_PAGE: u32 = 100;
+
 /// The statuses, in the order a queue's figures show them.
 const STATUSES: [&str; 6] = [
     "new",
@@ -61,6 +64,8 @@ struct QueuePage<'a> {
     status: String,
     reference: String,
     buttons: Vec<Button>,
+    /// The address of the items after these, when this page is full.
+    next_page: Option<String>,
 }
 
 pub(super) async fn queue(
@@ -107,6 +112,15 @@ async fn queue_page<'a>(
         .filter(|(_, value)| !value.is_null())
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
+    let limit = query.limit.unwrap_or(ITEMS_PAGE);
+    let next_filters: Vec<(String, String)> = filter
+        .iter()
+        .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+        .collect();
+    let query = ItemQuery {
+        limit: Some(limit),
+        ..query
+    };
     let Json(items) = api::queues::list_items(
         State(state.clone()),
         caller.clone(),
@@ -114,6 +128,15 @@ async fn queue_page<'a>(
         ApiQuery(query),
     )
     .await?;
+    let next_page = (items.len() == limit as usize)
+        .then(|| items.last())
+        .flatten()
+        .map(|last| {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.extend_pairs(&next_filters);
+            query.append_pair("after", &last.id.to_string());
+            format!("/queues/{name}?{}", query.finish())
+        });
     let mut buttons = Vec::new();
     if caller.may(Resource::Queues, Action::Process, Some(&name)) {
         let body = serde_json::Value::Object(filter).to_string();
@@ -143,5 +166,6 @@ async fn queue_page<'a>(
         status,
         reference,
         buttons,
+        next_page,
     })
 }

@@ -150,6 +150,83 @@ async fn pages_show_only_the_buttons_the_reader_may_use() {
 }
 
 #[tokio::test]
+async fn a_queue_page_filters_and_pages_through_its_items() {
+    let app = TestApp::new().await;
+    let admin = app.admin().await;
+    app.send(
+        Method::POST,
+        "/api/v1/queues",
+        Some(&admin),
+        Some(json!({"name": "inbox"})),
+    )
+    .await;
+    let items: Vec<Value> = (1..=5)
+        .map(|n| json!({"payload": {"n": n}, "reference": if n % 2 == 0 { "even" } else { "odd" }}))
+        .collect();
+    let added = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/inbox/items",
+            Some(&admin),
+            Some(Value::Array(items)),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{:?}", added.body);
+
+    let (status, _, body) = page(
+        &app,
+        "/queues/inbox?reference=odd&limit=2",
+        Some(&admin),
+        "en",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("{&#34;n&#34;:1}") || body.contains("{&quot;n&quot;:1}"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("&#34;n&#34;:2") && !body.contains("&#34;n&#34;:5"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"href="/queues/inbox?reference=odd&#38;after=3""#)
+            || body.contains(r#"href="/queues/inbox?reference=odd&amp;after=3""#),
+        "{body}"
+    );
+    // The bulk buttons act on what the filters select.
+    assert!(
+        body.contains(r#"{&#34;reference&#34;:&#34;odd&#34;}"#)
+            || body.contains("{&quot;reference&quot;:&quot;odd&quot;}"),
+        "{body}"
+    );
+
+    let (status, _, body) = page(
+        &app,
+        "/queues/inbox?reference=odd&limit=2&after=3",
+        Some(&admin),
+        "en",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("&#34;n&#34;:5") || body.contains("&quot;n&quot;:5"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("after="),
+        "the last page links no further: {body}"
+    );
+
+    let (status, _, body) = page(&app, "/queues/inbox?status=lost", Some(&admin), "en").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body.contains("<!doctype html>") && body.contains("status"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn the_language_is_the_users_choice_else_the_browsers() {
     let app = TestApp::new().await;
     let admin = app.admin().await;

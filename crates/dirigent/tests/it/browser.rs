@@ -159,6 +159,15 @@ impl Browser {
         );
     }
 
+    /// Sizes the window, as a laptop's or a phone's.
+    pub(crate) fn resize(&self, width: u32, height: u32) {
+        self.command(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        );
+    }
+
     /// Empties the field `css` selects.
     pub(crate) fn clear(&self, css: &str) {
         let element = self.wait_for(css);

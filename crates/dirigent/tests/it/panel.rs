@@ -24,6 +24,60 @@ fn log_in(browser: &Browser, server: &ServerProcess, username: &str, password: &
     assert!(browser.url().starts_with(&server.url), "{}", browser.url());
 }
 
+/// Checks the accessible basics of the page shown: a language, a label for every field, a
+/// name for every button and link, and text contrast of at least 4.5:1 (3:1 for large text)
+/// against the background it is drawn on.
+#[track_caller]
+fn assert_accessible(browser: &Browser) {
+    let found = browser.run_async(
+        r#"const done = arguments[0];
+        const fields = [...document.querySelectorAll("input:not([type=hidden]), select, textarea")]
+          .filter((field) => field.labels.length === 0 && !field.getAttribute("aria-label"))
+          .map((field) => field.name || field.id);
+        const unnamed = [...document.querySelectorAll("button, a[href]")]
+          .filter((control) => control.textContent.trim() === "" && !control.getAttribute("aria-label"))
+          .map((control) => control.outerHTML);
+        const rgb = (text) => text.match(/[\d.]+/g).map(Number);
+        const luminance = ([r, g, b]) => [r, g, b]
+          .map((c) => c / 255).map((c) => c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4)
+          .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+        const background = (element) => {
+          for (let at = element; at; at = at.parentElement) {
+            const color = rgb(getComputedStyle(at).backgroundColor);
+            if (color.length < 4 || color[3] > 0) return color;
+          }
+          return [255, 255, 255];
+        };
+        const faint = [];
+        for (const element of document.querySelectorAll("body *")) {
+          const own = [...element.childNodes].some((node) => node.nodeType === 3 && node.textContent.trim());
+          const style = getComputedStyle(element);
+          if (!own || style.visibility === "hidden" || element.closest("[hidden]") || element.offsetParent === null) continue;
+          const [fg, bg] = [luminance(rgb(style.color)), luminance(background(element))];
+          const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+          const large = parseFloat(style.fontSize) >= 24 || (parseFloat(style.fontSize) >= 18.66 && style.fontWeight >= 700);
+          if (ratio < (large ? 3 : 4.5)) faint.push(`${element.tagName} "${element.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}`);
+        }
+        done([document.documentElement.lang, fields, unnamed, faint]);"#,
+    );
+    assert!(
+        !found[0].as_str().unwrap().is_empty(),
+        "no language: {found}"
+    );
+    for (n, what) in [
+        (1, "unlabeled fields"),
+        (2, "unnamed controls"),
+        (3, "faint text"),
+    ] {
+        assert_eq!(
+            found[n],
+            Value::Array(Vec::new()),
+            "{what} on {}",
+            browser.url()
+        );
+    }
+}
+
 /// Marks the page, so that a later check can tell it was not loaded again.
 fn mark_page(browser: &Browser) {
     browser.run_async("window.panelTestMark = 'kept'; arguments[0](true);");
@@ -59,6 +113,16 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
         browser.url()
     );
     browser.screenshot("login");
+    assert_accessible(&browser);
+    // The keyboard moves focus, and focus shows.
+    browser.type_into("#username", "\u{e004}");
+    let focus = browser.run_async(
+        "const at = document.activeElement;
+         arguments[0]([at.id, at.matches(':focus-visible'), getComputedStyle(at).outlineStyle]);",
+    );
+    assert_eq!(focus[0], "password", "{focus}");
+    assert_eq!(focus[1], true, "{focus}");
+    assert_ne!(focus[2], "none", "{focus}");
     browser.type_into("#username", "admin");
     browser.type_into("#password", "wrong password");
     browser.click("#login button[type=submit]");
@@ -83,6 +147,7 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
     );
     browser.wait_text("main", "counts aloud");
     browser.screenshot("robot");
+    assert_accessible(&browser);
 
     // Start it: the run's page shows its output as the robot writes it.
     browser.click("button[data-path='/api/v1/runs']");
@@ -94,6 +159,7 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
     browser.wait_text("#output", "tick 12");
     assert!(page_was_kept(&browser), "the output came without reloading");
     browser.screenshot("run");
+    assert_accessible(&browser);
 
     browser.click("button[data-path$='/pause']");
     browser.wait_text("#run-state-value", "paused");
@@ -129,9 +195,19 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
         "the dashboard followed without reloading"
     );
     browser.screenshot("dashboard");
+    assert_accessible(&browser);
+    // On a phone's screen, the page fits its width.
+    browser.resize(390, 844);
+    let overflow = browser.run_async(
+        "arguments[0](document.documentElement.scrollWidth - document.documentElement.clientWidth);",
+    );
+    assert_eq!(overflow, 0, "the dashboard is wider than a phone");
+    browser.screenshot("dashboard-phone");
+    browser.resize(1280, 900);
     browser.open(&format!("{}/agents", server.url));
     browser.wait_text("#agents", "ticker");
     browser.screenshot("agents");
+    assert_accessible(&browser);
     // Force stop asks first.
     browser.click("#agents a[href^='/runs/']");
     browser.wait_text("#run-state-value", "running");
@@ -144,6 +220,7 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
     browser.click("#language option[value='ru']");
     browser.wait_text("nav", "Агенты");
     browser.screenshot("run-ru");
+    assert_accessible(&browser);
     browser.click("button[data-path='/api/v1/logout']");
     browser.wait_for("#login");
 
@@ -231,11 +308,13 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     );
     browser.wait_text("#trigger-state", "dry run");
     browser.screenshot("trigger");
+    assert_accessible(&browser);
     browser.click("button[data-path$='/disable']");
     browser.wait_text("#trigger-enabled", "no");
     browser.open(&format!("{}/triggers", server.url));
     browser.wait_text("#triggers", "nightly run");
     browser.screenshot("triggers");
+    assert_accessible(&browser);
 
     // A calendar of holidays, and the robot's definition edited as JSON.
     browser.open(&format!("{}/calendars", server.url));
@@ -244,6 +323,7 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     browser.click("#new-calendar button[type=submit]");
     browser.wait_text("#calendar-berlin", "2");
     browser.screenshot("calendars");
+    assert_accessible(&browser);
     browser.open(&format!("{}/robots/nightly", server.url));
     browser.click("#edit-robot-toggle");
     browser.clear("#robot-spec");
@@ -269,6 +349,7 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     browser.open(&format!("{}/queues", server.url));
     browser.wait_text("#queues", "invoices");
     browser.screenshot("queues");
+    assert_accessible(&browser);
     browser.click("a[href='/queues/invoices']");
     browser.wait_text("#items", "INV-3");
     browser.type_into("#filter-reference", "INV-2");
@@ -288,6 +369,7 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     browser.accept_dialog();
     browser.wait_text("#items", "deleted");
     browser.screenshot("queue");
+    assert_accessible(&browser);
     let deleted: Value = serde_json::from_str(&ok(run(server.cli(&[
         "queue", "items", "invoices", "--status", "deleted", "--json",
     ]))))
@@ -301,8 +383,12 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     // Users and roles, and the audit log, which recorded all of the above.
     browser.open(&format!("{}/users", server.url));
     browser.wait_text("#roles", "viewer");
+    browser.click("#new-role button[type=submit]");
+    browser.wait_text("#roles", "finance-*");
     browser.screenshot("users");
+    assert_accessible(&browser);
     browser.open(&format!("{}/audit", server.url));
     browser.wait_text("#audit", "/api/v1/queues/invoices/items/delete");
     browser.screenshot("audit");
+    assert_accessible(&browser);
 }
