@@ -10,13 +10,19 @@ use axum::{
 use dirigent_domain::access::{Action, Resource};
 use dirigent_proto::error::ErrorBody;
 use futures_util::stream::{self, Stream};
+use jiff::SignedDuration;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::{AppState, api::runs, auth::Caller, error::ApiError, fleet::FleetEvent};
 
+/// How stale the knowledge that the caller's credential still works may be before an event
+/// is sent: a stream outlives its request, and ends soon after a logout or expiry.
+const RECHECK: SignedDuration = SignedDuration::from_secs(5);
+
 /// Follows changes as server-sent events: `run` (a Run, whenever its state changes), `agent`
 /// (`{"name"}`, whenever an agent connects, disconnects or changes), and `resync` when events
-/// were dropped for a slow reader (read again what is shown).
+/// were dropped for a slow reader (read again what is shown). The stream ends once the
+/// credential stops working.
 #[utoipa::path(
     get,
     path = "/events",
@@ -33,33 +39,44 @@ pub(super) async fn follow_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     caller.user()?;
     let events = state.fleet.subscribe();
-    let stream = stream::unfold((events, caller), |(mut events, caller)| async move {
-        loop {
-            let event = match events.recv().await {
-                Ok(FleetEvent::Run(run))
-                    if caller.may(Resource::Runs, Action::Read, Some(&run.robot)) =>
-                {
-                    Event::default()
-                        .event("run")
-                        .json_data(runs::to_wire(*run))
-                        .ok()
+    let checked = state.clock.now();
+    let follower = (events, caller, state, checked);
+    let stream = stream::unfold(
+        follower,
+        |(mut events, caller, state, mut checked)| async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(FleetEvent::Run(run))
+                        if caller.may(Resource::Runs, Action::Read, Some(&run.robot)) =>
+                    {
+                        Event::default()
+                            .event("run")
+                            .json_data(runs::to_wire(*run))
+                            .ok()
+                    }
+                    Ok(FleetEvent::Agent { name })
+                        if caller.may(Resource::Agents, Action::Read, Some(&name)) =>
+                    {
+                        Event::default()
+                            .event("agent")
+                            .json_data(serde_json::json!({ "name": name }))
+                            .ok()
+                    }
+                    Ok(_) => None,
+                    Err(RecvError::Lagged(_)) => Some(Event::default().event("resync").data("")),
+                    Err(RecvError::Closed) => return None,
+                };
+                let Some(event) = event else { continue };
+                let now = state.clock.now();
+                if RECHECK <= now.duration_since(checked) {
+                    if !caller.still_valid(&state).await {
+                        return None;
+                    }
+                    checked = now;
                 }
-                Ok(FleetEvent::Agent { name })
-                    if caller.may(Resource::Agents, Action::Read, Some(&name)) =>
-                {
-                    Event::default()
-                        .event("agent")
-                        .json_data(serde_json::json!({ "name": name }))
-                        .ok()
-                }
-                Ok(_) => None,
-                Err(RecvError::Lagged(_)) => Some(Event::default().event("resync").data("")),
-                Err(RecvError::Closed) => return None,
-            };
-            if let Some(event) = event {
-                return Some((Ok(event), (events, caller)));
+                return Some((Ok(event), (events, caller, state, checked)));
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -71,6 +71,22 @@ impl Caller {
         self.require(Resource::Runs, action, Some(robot))
     }
 
+    /// Whether the credential still works — not logged out, revoked, expired or its user
+    /// disabled — asked of the store: for responses that outlast their request.
+    pub async fn still_valid(&self, state: &AppState) -> bool {
+        let now = state.clock.now();
+        let found = match self.credential {
+            CredentialKind::Session => state.store.session_credential(&self.token_digest).await,
+            CredentialKind::ApiToken { .. } => {
+                state.store.api_token_credential(&self.token_digest).await
+            }
+            CredentialKind::RunToken { .. } => {
+                return state.store.run_by_token(&self.token_digest).await.is_ok();
+            }
+        };
+        found.is_ok_and(|credential| credential.expires_at.is_none_or(|at| now < at))
+    }
+
     /// Whether the credential is an API token limited to some of its owner's permissions.
     pub fn is_limited(&self) -> bool {
         self.token_permissions.is_some()

@@ -356,4 +356,22 @@ async fn the_live_feed_carries_only_what_the_reader_may_read() {
     assert_eq!(name, "run");
     assert_eq!(run["robot"], "finance-invoices", "{run}");
     assert_eq!(run["state"], "queued");
+
+    // Once she has logged out, the stream ends instead of telling her more.
+    let out = app
+        .send(Method::POST, "/api/v1/logout", Some(&fiona), None)
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    app.clock.advance(jiff::SignedDuration::from_secs(6));
+    app.send(
+        Method::POST,
+        "/api/v1/runs",
+        Some(&admin),
+        Some(json!({"robot": "finance-invoices"})),
+    )
+    .await;
+    let end = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the stream ends within 10 s");
+    assert!(end.is_none(), "no more events after the logout: {end:?}");
 }
