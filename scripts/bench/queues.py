@@ -16,65 +16,28 @@ and prints the ratios.
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BINARY = os.path.join(ROOT, "target", "release", "dirigent")
-LOAD = os.path.join(ROOT, "target", "release", "examples", "queue_load")
-PASSWORD = "bench-password-1"
+from orchestrator import BINARY, call, example, orchestrator
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def call(base, method, path, body=None, token=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    if token:
-        request.add_header("authorization", "Bearer " + token)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        text = response.read()
-        return json.loads(text) if text else None
+LOAD = example("queue_load")
 
 
 def dirigent(items, consumers_list):
     results = []
-    with tempfile.TemporaryDirectory() as workdir:
-        port = free_port()
-        env = dict(os.environ, DIRIGENT_ADMIN_PASSWORD=PASSWORD)
-        server = subprocess.Popen(
-            [BINARY, "serve", "--listen", f"127.0.0.1:{port}", "--data", workdir, "--no-local-agent"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
-        )
-        try:
-            for line in server.stdout:
-                if " listening on " in line:
-                    break
-            base = f"http://127.0.0.1:{port}"
-            session = call(base, "POST", "/api/v1/login", {"username": "admin", "password": PASSWORD})["token"]
-            token = call(base, "POST", "/api/v1/tokens", {"name": "bench"}, session)["token"]
-            for consumers in consumers_list:
-                queue = f"bench-{consumers}"
-                call(base, "POST", "/api/v1/queues", {"name": queue}, token)
-                out = subprocess.run(
-                    [LOAD, base, token, queue, str(items), str(consumers)],
-                    check=True, capture_output=True, text=True,
-                ).stdout
-                results.append(json.loads(out))
-        finally:
-            server.terminate()
-            server.wait()
+    with orchestrator() as (base, token, _):
+        for consumers in consumers_list:
+            queue = f"bench-{consumers}"
+            call(base, "POST", "/api/v1/queues", {"name": queue}, token)
+            out = subprocess.run(
+                [LOAD, base, token, queue, str(items), str(consumers)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            results.append(json.loads(out))
     return results
 
 

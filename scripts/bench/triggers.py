@@ -18,38 +18,16 @@ and prints p50/p99 of both and the ratio.
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BINARY = os.path.join(ROOT, "target", "release", "dirigent")
-LOAD = os.path.join(ROOT, "target", "release", "examples", "trigger_load")
-PASSWORD = "bench-password-1"
+from orchestrator import BINARY, call, example, orchestrator
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def call(base, method, path, body=None, token=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    if token:
-        request.add_header("authorization", "Bearer " + token)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        text = response.read()
-        return json.loads(text) if text else None
+LOAD = example("trigger_load")
 
 
 def percentile(values, share):
@@ -88,37 +66,20 @@ def watch_firings(database, count, after_id, deadline):
 
 
 def dirigent(far, due):
-    with tempfile.TemporaryDirectory() as workdir:
-        port = free_port()
-        env = dict(os.environ, DIRIGENT_ADMIN_PASSWORD=PASSWORD, DIRIGENT_LOG="warn")
-        server = subprocess.Popen(
-            [BINARY, "serve", "--listen", f"127.0.0.1:{port}", "--data", workdir, "--no-local-agent"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
-        )
-        try:
-            for line in server.stdout:
-                if " listening on " in line:
-                    break
-            base = f"http://127.0.0.1:{port}"
-            session = call(base, "POST", "/api/v1/login", {"username": "admin", "password": PASSWORD})["token"]
-            token = call(base, "POST", "/api/v1/tokens", {"name": "bench"}, session)["token"]
-            call(base, "POST", "/api/v1/robots", {"name": "bench", "argv": ["true"]}, token)
-            database = os.path.join(workdir, "dirigent.db")
-
-            future = register(base, token, far, datetime(2100, 1, 1, tzinfo=timezone.utc), 86_400_000)
-            rate = future["per_second"]
-            rounds = []
-            last_id = 0
-            for label, spread_ms in (("spread over 1 s", 1000), ("at one instant", 0)):
-                lead = due / rate * 1.5 + 3
-                first_due = datetime.now(timezone.utc) + timedelta(seconds=lead)
-                register(base, token, due, first_due, spread_ms)
-                deadline = first_due.timestamp() + 120
-                visible, recorded, last_id = watch_firings(database, due, last_id, deadline)
-                rounds.append({"label": label, "fired": len(visible), "visible": visible, "recorded": recorded})
-        finally:
-            server.terminate()
-            server.wait()
+    with orchestrator() as (base, token, workdir):
+        call(base, "POST", "/api/v1/robots", {"name": "bench", "argv": ["true"]}, token)
+        database = os.path.join(workdir, "dirigent.db")
+        future = register(base, token, far, datetime(2100, 1, 1, tzinfo=timezone.utc), 86_400_000)
+        rate = future["per_second"]
+        rounds = []
+        last_id = 0
+        for label, spread_ms in (("spread over 1 s", 1000), ("at one instant", 0)):
+            lead = due / rate * 1.5 + 3
+            first_due = datetime.now(timezone.utc) + timedelta(seconds=lead)
+            register(base, token, due, first_due, spread_ms)
+            deadline = first_due.timestamp() + 120
+            visible, recorded, last_id = watch_firings(database, due, last_id, deadline)
+            rounds.append({"label": label, "fired": len(visible), "visible": visible, "recorded": recorded})
     return {"registered_per_second": rate, "registered": far + 2 * due, "rounds": rounds}
 
 

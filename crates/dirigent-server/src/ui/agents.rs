@@ -9,12 +9,11 @@ use dirigent_proto::{
     run::Run,
 };
 
-use super::{Frame, Viewer, robots::Button};
-use crate::{
-    AppState,
-    api::{self, ApiQuery, runs::ListQuery},
-    error::ApiError,
+use super::{
+    Frame, Viewer,
+    robots::{Button, active_runs},
 };
+use crate::{AppState, api, error::ApiError};
 
 pub(super) struct AgentRow {
     pub agent: Agent,
@@ -36,18 +35,7 @@ pub(super) async fn list(State(state): State<AppState>, viewer: Viewer) -> Respo
 async fn agents_page<'a>(state: &AppState, viewer: &'a Viewer) -> Result<AgentsPage<'a>, ApiError> {
     let caller = &viewer.caller;
     let Json(agents) = api::agents::list_agents(State(state.clone()), caller.clone()).await?;
-    let active = if caller.may(Resource::Runs, Action::Read, None) {
-        let query = ListQuery {
-            robot: None,
-            active: true,
-            limit: Some(1000),
-        };
-        api::runs::list_runs(State(state.clone()), caller.clone(), ApiQuery(query))
-            .await?
-            .0
-    } else {
-        Vec::new()
-    };
+    let active = active_runs(state, caller).await?.unwrap_or_default();
     let agents = agents
         .into_iter()
         .map(|agent| {

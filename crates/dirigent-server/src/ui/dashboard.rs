@@ -11,12 +11,8 @@ use dirigent_proto::{
 };
 use jiff::SignedDuration;
 
-use super::{Frame, Viewer};
-use crate::{
-    AppState,
-    api::{self, runs::ListQuery},
-    error::ApiError,
-};
+use super::{Frame, Viewer, robots::active_runs};
+use crate::{AppState, api, error::ApiError};
 
 /// How many recent failures the dashboard lists (and counts, beyond which it says "N+").
 const FAILURES_SHOWN: u32 = 500;
@@ -58,15 +54,8 @@ async fn dashboard<'a>(
     } else {
         None
     };
-    let (runs_now, failures, failures_capped) = if caller.may(Resource::Runs, Action::Read, None) {
-        let query = ListQuery {
-            robot: None,
-            active: true,
-            limit: Some(1000),
-        };
-        let Json(runs_now) =
-            api::runs::list_runs(State(state.clone()), caller.clone(), api::ApiQuery(query))
-                .await?;
+    let runs_now = active_runs(state, caller).await?;
+    let (failures, failures_capped) = if runs_now.is_some() {
         let since = state
             .clock
             .now()
@@ -79,9 +68,9 @@ async fn dashboard<'a>(
             .filter(|run| caller.may(Resource::Runs, Action::Read, Some(&run.robot)))
             .map(api::runs::to_wire)
             .collect();
-        (Some(runs_now), Some(failures), capped)
+        (Some(failures), capped)
     } else {
-        (None, None, false)
+        (None, false)
     };
     let robots = if caller.may(Resource::Robots, Action::Read, None) {
         let Json(robots) = api::robots::list_robots(State(state.clone()), caller.clone()).await?;

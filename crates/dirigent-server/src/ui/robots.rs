@@ -114,6 +114,25 @@ fn rows(caller: &Caller, runs: Vec<Run>) -> Vec<RunRow> {
         .collect()
 }
 
+/// The runs not ended yet (at most 1,000) that the reader may see; none when the reader may
+/// not read runs at all.
+pub(super) async fn active_runs(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Option<Vec<Run>>, ApiError> {
+    if !caller.may(Resource::Runs, Action::Read, None) {
+        return Ok(None);
+    }
+    let query = ListQuery {
+        robot: None,
+        active: true,
+        limit: Some(1000),
+    };
+    let Json(runs) =
+        api::runs::list_runs(State(state.clone()), caller.clone(), ApiQuery(query)).await?;
+    Ok(Some(runs))
+}
+
 /// A robot in the list: what it is doing now.
 pub(super) struct RobotRow {
     pub robot: Robot,
@@ -136,18 +155,7 @@ pub(super) async fn list(State(state): State<AppState>, viewer: Viewer) -> Respo
 async fn robots_page<'a>(state: &AppState, viewer: &'a Viewer) -> Result<RobotsPage<'a>, ApiError> {
     let caller = &viewer.caller;
     let Json(robots) = api::robots::list_robots(State(state.clone()), caller.clone()).await?;
-    let active = if caller.may(Resource::Runs, Action::Read, None) {
-        let query = ListQuery {
-            robot: None,
-            active: true,
-            limit: Some(1000),
-        };
-        api::runs::list_runs(State(state.clone()), caller.clone(), ApiQuery(query))
-            .await?
-            .0
-    } else {
-        Vec::new()
-    };
+    let active = active_runs(state, caller).await?.unwrap_or_default();
     let robots = robots
         .into_iter()
         .map(|robot| RobotRow {
