@@ -1,8 +1,9 @@
 //! The client's methods for work-item queues.
 
 use dirigent_proto::queue::{
-    AbandonRequest, AddItems, AddedItems, BulkResult, Claim, CompleteRequest, FailRequest, Item,
-    ItemFilter, LeaseRequest, PostponeRequest, Queue, QueueSpec,
+    AbandonRequest, AddItems, AddedItems, BulkResult, Claim, ClaimRequest, Claims, CompleteItems,
+    CompleteRequest, CompletedItems, FailRequest, Item, ItemFilter, LeaseRequest, PostponeRequest,
+    Queue, QueueSpec,
 };
 use reqwest::Method;
 
@@ -62,6 +63,41 @@ impl Client {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|err| ClientError::Decode(err.to_string()))
+    }
+
+    /// Claims up to `count` ready items under one lease; `None` when no item is ready.
+    pub async fn claim_items(
+        &self,
+        queue: &str,
+        count: u32,
+    ) -> Result<Option<Claims>, ClientError> {
+        let bytes = self
+            .send(
+                Method::POST,
+                &["api", "v1", "queues", queue, "claims"],
+                Some(&ClaimRequest { count }),
+            )
+            .await?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| ClientError::Decode(err.to_string()))
+    }
+
+    /// Completes several claimed items, each on its own.
+    pub async fn complete_items(
+        &self,
+        queue: &str,
+        request: &CompleteItems,
+    ) -> Result<CompletedItems, ClientError> {
+        self.call(
+            Method::POST,
+            &["api", "v1", "queues", queue, "items", "complete"],
+            Some(request),
+        )
+        .await
     }
 
     /// Lists a queue's items; `query` holds the filters and paging of the route.

@@ -223,6 +223,24 @@ pub struct Claim {
     pub lease_expires_at: Timestamp,
 }
 
+/// `POST /api/v1/queues/{name}/claims`: how many items to claim at most.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// 1 to 10,000.
+    pub count: u32,
+}
+
+/// `POST /api/v1/queues/{name}/claims`: the items claimed, in claim order, and the one lease
+/// that holds them all (each item is then extended, completed or failed on its own).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Claims {
+    pub items: Vec<Item>,
+    pub lease_token: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub lease_expires_at: Timestamp,
+}
+
 /// The lease token, for `extend`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +256,40 @@ pub struct CompleteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub output: Option<Box<RawValue>>,
+}
+
+/// `POST /api/v1/queues/{name}/items/complete`: several claimed items to complete at once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteItems {
+    /// 1 to 10,000.
+    pub items: Vec<ItemCompletion>,
+}
+
+/// One item of [`CompleteItems`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemCompletion {
+    pub id: i64,
+    pub lease_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Box<RawValue>>,
+}
+
+/// What became of each item of [`CompleteItems`], in the order given: each is completed or
+/// refused on its own.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompletedItems {
+    pub results: Vec<ItemResult>,
+}
+
+/// One item's result: without `error` it is done.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ItemResult {
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::ErrorBody>,
 }
 
 /// `fail`: a `business` error (bad data: final) or an `application` error (retried up to the

@@ -1,8 +1,9 @@
 //! The audit trail: a middleware records every state-changing request and every denial —
 //! who, what, on which target, when, from which address, and the outcome — in the store's
 //! append-only audit log. The extractors that identify a caller name the actor through the
-//! [`AuditActor`] slot the middleware puts in each request. Records go through the
-//! group-commit [`Writer`](crate::writer::Writer) before the response leaves.
+//! [`AuditSlot`] the middleware puts in each request. Records go through the group-commit
+//! [`Writer`](crate::writer::Writer) before the response leaves; the record of a work-item
+//! operation in the operation's own transaction.
 
 use std::{
     net::SocketAddr,
@@ -10,8 +11,8 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, MatchedPath, Request, State},
-    http::{Method, StatusCode},
+    extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State},
+    http::{Method, StatusCode, request::Parts},
     middleware::Next,
     response::Response,
 };
@@ -19,32 +20,58 @@ use dirigent_store::AuditRecord;
 
 use crate::AppState;
 
-/// Who the request acts for, once an extractor knows; `anonymous` until then.
+/// The audit record of a request in the making: the middleware opens it, the extractor that
+/// identifies the caller names the actor (`anonymous` until then). A handler whose operation
+/// goes through the group-commit writer takes the record to store it in the operation's own
+/// transaction; the middleware writes the others.
 #[derive(Debug, Clone, Default)]
-pub struct AuditActor(Arc<Mutex<Option<String>>>);
+pub struct AuditSlot(Arc<Mutex<Slot>>);
 
-impl AuditActor {
+#[derive(Debug, Default)]
+struct Slot {
+    actor: Option<String>,
+    /// What the middleware knows of the request; gone once taken.
+    record: Option<AuditRecord>,
+}
+
+impl AuditSlot {
     /// Names the actor of the request these parts belong to.
     pub fn name(extensions: &axum::http::Extensions, actor: String) {
-        if let Some(slot) = extensions.get::<AuditActor>() {
+        if let Some(slot) = extensions.get::<AuditSlot>() {
             slot.set(actor);
         }
     }
 
     pub fn set(&self, actor: String) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(actor);
+        self.lock().actor = Some(actor);
     }
 
-    fn take(&self) -> String {
-        let name = self
-            .0
+    /// The request's record, its actor named, for the handler to store with its operation (the
+    /// outcome and status are the handler's to fill); the middleware writes no other.
+    pub fn take(&self) -> Option<AuditRecord> {
+        let mut slot = self.lock();
+        let mut record = slot.record.take()?;
+        record.actor = slot.actor.clone().unwrap_or_else(|| "anonymous".to_owned());
+        Some(record)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.0
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        name.unwrap_or_else(|| "anonymous".to_owned())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A handler's view of its request's slot (an empty one where no middleware opened it).
+impl<S: Send + Sync> FromRequestParts<S> for AuditSlot {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<AuditSlot>()
+            .cloned()
+            .unwrap_or_default())
     }
 }
 
@@ -63,39 +90,49 @@ pub(crate) async fn record(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string());
-    let actor = AuditActor::default();
-    request.extensions_mut().insert(actor.clone());
+    let slot = AuditSlot::default();
+    slot.lock().record = Some(AuditRecord {
+        id: 0,
+        at: state.clock.now(),
+        actor: String::new(),
+        action: format!("{method} {}", route.as_deref().unwrap_or(&target)),
+        target,
+        address,
+        outcome: String::new(),
+        status: 0,
+    });
+    request.extensions_mut().insert(slot.clone());
 
     let response = next.run(request).await;
 
     let status = response.status();
     let changes_state = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let denied = status == StatusCode::UNAUTHORIZED
-        || status == StatusCode::FORBIDDEN
-        || status == StatusCode::TOO_MANY_REQUESTS;
-    if !changes_state && !denied {
+    if !changes_state && outcome(status) != "denied" {
         return response;
     }
-    let outcome = if denied {
-        "denied"
-    } else if status.is_success() || status.is_redirection() {
-        "allowed"
-    } else {
-        "failed"
+    // None when the handler stored the record with its operation.
+    let Some(mut record) = slot.take() else {
+        return response;
     };
-    let record = AuditRecord {
-        id: 0,
-        at: state.clock.now(),
-        actor: actor.take(),
-        action: format!("{method} {}", route.as_deref().unwrap_or(&target)),
-        target,
-        address,
-        outcome: outcome.to_owned(),
-        status: status.as_u16(),
-    };
+    record.at = state.clock.now();
+    (record.outcome, record.status) = (outcome(status).to_owned(), status.as_u16());
     let action = record.action.clone();
     if let Err(err) = state.writer.audit(record).await {
         tracing::error!(?err, action, "could not write the audit record");
     }
     response
+}
+
+/// `allowed`, `denied` or `failed`: how a request answered with `status` ended.
+pub(crate) fn outcome(status: StatusCode) -> &'static str {
+    let denied = status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || status == StatusCode::TOO_MANY_REQUESTS;
+    if denied {
+        "denied"
+    } else if status.is_success() || status.is_redirection() {
+        "allowed"
+    } else {
+        "failed"
+    }
 }

@@ -54,6 +54,17 @@ impl ApiError {
         }
     }
 
+    /// The body that tells the client, under the request id if one is given.
+    pub fn body(&self, request_id: Option<String>) -> dirigent_proto::error::ErrorBody {
+        dirigent_proto::error::ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+            field: self.field.clone(),
+            existing_id: self.existing_id,
+            request_id,
+        }
+    }
+
     /// 404 for a named thing that does not exist.
     pub fn not_found(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)

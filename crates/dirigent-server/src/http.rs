@@ -9,7 +9,6 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use dirigent_proto::error::ErrorBody;
 use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
 use crate::{AppState, api, audit, error::ApiError, ui};
@@ -75,13 +74,7 @@ async fn render_errors(request: Request, next: Next) -> Response {
     if error.status.is_server_error() {
         tracing::error!(%request_id, %method, path, status = error.status.as_u16(), detail = error.detail.as_deref().unwrap_or(""), "request failed");
     }
-    let body = ErrorBody {
-        code: error.code,
-        message: error.message,
-        field: error.field,
-        existing_id: error.existing_id,
-        request_id: Some(request_id),
-    };
+    let body = error.body(Some(request_id));
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let (mut parts, _) = response.into_parts();
     parts.status = error.status;

@@ -15,11 +15,15 @@ use std::{
     time::Duration,
 };
 
-use dirigent_store::{AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store};
+use dirigent_store::{
+    AppliedOps, AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store,
+};
 use jiff::Timestamp;
 use tokio::sync::Notify;
 
-use crate::{Clock, batch::Batcher, error::ApiError, scheduler::Scheduler};
+use crate::{
+    Clock, api::queues::answer_status, batch::Batcher, error::ApiError, scheduler::Scheduler,
+};
 
 /// Writes one transaction takes at most.
 const MAX_BATCH: usize = 512;
@@ -32,7 +36,8 @@ type Written = Result<Option<Result<QueueAnswer, QueueOpError>>, ApiError>;
 
 /// A write waiting for its batch.
 enum Write {
-    Queue(QueueOp),
+    /// An operation, and the audit record of its request, whose outcome its answer decides.
+    Queue(QueueOp, Option<AuditRecord>),
     Audit(AuditRecord),
 }
 
@@ -65,16 +70,33 @@ impl Writer {
                 let (target, wake) = (target.clone(), wake.clone());
                 let scheduler = scheduler.clone();
                 async move {
-                    let (mut ops, mut audit, mut is_op) = (Vec::new(), Vec::new(), Vec::new());
+                    let (mut ops, mut op_audit, mut audit, mut is_op) =
+                        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                     for write in writes {
-                        is_op.push(matches!(write, Write::Queue(_)));
+                        is_op.push(matches!(write, Write::Queue(..)));
                         match write {
-                            Write::Queue(op) => ops.push(op),
+                            Write::Queue(op, record) => {
+                                ops.push(op);
+                                op_audit.push(record);
+                            }
                             Write::Audit(record) => audit.push(record),
                         }
                     }
-                    let answers = match store.apply_queue_ops(&ops, &audit, clock.now()).await {
-                        Ok(answers) => answers,
+                    let now = clock.now();
+                    let audit_of = |index: usize, answer: &_| {
+                        let mut record: AuditRecord = op_audit.get_mut(index)?.take()?;
+                        let status = answer_status(answer);
+                        record.at = now;
+                        record.outcome = crate::audit::outcome(status).to_owned();
+                        record.status = status.as_u16();
+                        Some(record)
+                    };
+                    let applied = store.apply_queue_ops(&ops, &audit, audit_of, now).await;
+                    let AppliedOps {
+                        answers,
+                        woken_triggers,
+                    } = match applied {
+                        Ok(applied) => applied,
                         Err(err) => {
                             let err = ApiError::from(err);
                             return is_op.iter().map(|_| Err(err.clone())).collect();
@@ -83,7 +105,9 @@ impl Writer {
                     let earliest_lease = answers
                         .iter()
                         .filter_map(|answer| match answer {
-                            Ok(QueueAnswer::Claimed(Some(item))) => item.lease_expires_at,
+                            Ok(QueueAnswer::Claimed(items)) => {
+                                items.first().and_then(|item| item.lease_expires_at)
+                            }
                             _ => None,
                         })
                         .min();
@@ -92,16 +116,8 @@ impl Writer {
                     {
                         wake.notify_one();
                     }
-                    let mut filled: Vec<&str> = ops
-                        .iter()
-                        .zip(&answers)
-                        .filter(|(op, answer)| op.fills() && answer.is_ok())
-                        .map(|(op, _)| op.queue())
-                        .collect();
-                    filled.sort_unstable();
-                    filled.dedup();
-                    if let Err(err) = scheduler.queues_filled(&filled).await {
-                        tracing::warn!(?err, "waking queue triggers");
+                    if 0 < woken_triggers {
+                        scheduler.changed();
                     }
                     // Answers in the order of the writes.
                     let mut answers = answers.into_iter();
@@ -126,9 +142,10 @@ impl Writer {
         writer
     }
 
-    /// Applies a work-item operation in the next batch; answers once it is durable.
-    pub async fn queue_op(&self, op: QueueOp) -> QueueReply {
-        match self.batcher.submit(Write::Queue(op)).await {
+    /// Applies a work-item operation in the next batch, with the audit record of its request
+    /// (if not written otherwise); answers once both are durable.
+    pub async fn queue_op(&self, op: QueueOp, audit: Option<AuditRecord>) -> QueueReply {
+        match self.batcher.submit(Write::Queue(op, audit)).await {
             Some(Ok(Some(answer))) => Ok(answer),
             Some(Ok(None)) => Err(ApiError::internal("an operation without its answer")),
             Some(Err(err)) => Err(err),

@@ -32,8 +32,8 @@ pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToke
 pub use agents::AgentFacts;
 pub use audit::{AuditQuery, AuditRecord};
 pub use queues::{
-    AttemptRecord, Claimer, ItemFilter, ItemRecord, NewItem, QueueAnswer, QueueOp, QueueOpError,
-    QueueRecord, QueueStats,
+    AppliedOps, AttemptRecord, Claimer, Completion, ItemFilter, ItemRecord, NewItem, QueueAnswer,
+    QueueOp, QueueOpError, QueueRecord, QueueStats,
 };
 pub use runs::{OutputLine, RunQuery};
 pub use triggers::{CalendarRecord, FiringRecord, FiringTake, NewFiring, Taken, TriggerRecord};
@@ -146,13 +146,17 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // An SQLite connection is a file in this process: no ping before each use (it would
+        // cost a round trip to the connection's thread on every transaction).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(StoreError::Connect)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(StoreError::Connect)?;

@@ -94,10 +94,12 @@ pub enum QueueOp {
         queue: String,
         items: Vec<NewItem>,
     },
+    /// Claims up to `count` ready items under one lease.
     Claim {
         queue: String,
         lease_digest: String,
         claimer: Claimer,
+        count: u32,
     },
     Extend {
         queue: String,
@@ -109,6 +111,11 @@ pub enum QueueOp {
         item: i64,
         lease_digest: String,
         output: Option<String>,
+    },
+    /// Completes each item on its own: one refused leaves the others done.
+    CompleteMany {
+        queue: String,
+        items: Vec<Completion>,
     },
     Fail {
         queue: String,
@@ -146,10 +153,30 @@ pub enum QueueOp {
 pub enum QueueAnswer {
     /// The ids of the added items, in the order given.
     Added(Vec<i64>),
-    /// The claimed item, or none ready.
-    Claimed(Option<ItemRecord>),
+    /// The claimed items in claim order; none when none is ready.
+    Claimed(Vec<ItemRecord>),
+    /// Per item of a `CompleteMany`, in the order given: done, or why not.
+    Completed(Vec<Result<(), QueueOpError>>),
     /// The item after the operation.
-    Item(ItemRecord),
+    Item(Box<ItemRecord>),
+}
+
+/// An item to complete and what the robot produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub item: i64,
+    pub lease_digest: String,
+    /// JSON text.
+    pub output: Option<String>,
+}
+
+/// What a batch of operations did.
+#[derive(Debug)]
+pub struct AppliedOps {
+    /// One answer per operation, in order.
+    pub answers: Vec<Result<QueueAnswer, QueueOpError>>,
+    /// How many queue triggers were woken because items became ready.
+    pub woken_triggers: u64,
 }
 
 /// Why an operation was refused; nothing of it was applied.
@@ -305,20 +332,43 @@ macro_rules! queue_columns {
 
 const SELECT_QUEUE: &str = concat!("SELECT ", queue_columns!(), " FROM queues");
 
-/// Claims the first ready item of queue `$6` at time `$5`, in claim order.
+/// Claims the first `$7` ready items of queue `$6` at time `$5`, in claim order.
 const CLAIM_SQLITE: &str = concat!(
     "UPDATE queue_items SET status = 'in_progress', attempts = attempts + 1, lease_digest = $1, \
      lease_expires_at = $2, run_id = $3, claimed_by = $4, started_at = $5, updated_at = $5 \
-     WHERE id = (SELECT id FROM queue_items WHERE queue_id = $6 AND status = 'new' \
-     AND available_at <= $5 ORDER BY deadline_key, priority, id LIMIT 1) RETURNING ",
+     WHERE id IN (SELECT id FROM queue_items WHERE queue_id = $6 AND status = 'new' \
+     AND available_at <= $5 ORDER BY deadline_key, priority, id LIMIT $7) RETURNING ",
     item_columns!()
 );
 const CLAIM_POSTGRES: &str = concat!(
     "UPDATE queue_items SET status = 'in_progress', attempts = attempts + 1, lease_digest = $1, \
      lease_expires_at = $2, run_id = $3, claimed_by = $4, started_at = $5, updated_at = $5 \
-     WHERE id = (SELECT id FROM queue_items WHERE queue_id = $6 AND status = 'new' \
-     AND available_at <= $5 ORDER BY deadline_key, priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     WHERE id IN (SELECT id FROM queue_items WHERE queue_id = $6 AND status = 'new' \
+     AND available_at <= $5 ORDER BY deadline_key, priority, id LIMIT $7 FOR UPDATE SKIP LOCKED) \
      RETURNING ",
+    item_columns!()
+);
+
+/// Completes at time `$1` the items of the JSON array `$2` (`item`, `queue_id`, `digest`,
+/// `new_output` each) that are held under their digest: all completions of a batch in one
+/// statement.
+const COMPLETE_SQLITE: &str = concat!(
+    "UPDATE queue_items SET status = 'successful', output = COALESCE(j.new_output, output), \
+     error_kind = NULL, error_message = NULL, lease_digest = NULL, lease_expires_at = NULL, \
+     finished_at = $1, updated_at = $1, last_outcome = 'successful' \
+     FROM (SELECT value ->> 'item' AS item, value ->> 'item_queue' AS item_queue, \
+     value ->> 'digest' AS digest, value ->> 'new_output' AS new_output FROM json_each($2)) AS j \
+     WHERE id = j.item AND queue_id = j.item_queue AND status = 'in_progress' \
+     AND lease_digest = j.digest AND lease_expires_at > $1 RETURNING ",
+    item_columns!()
+);
+const COMPLETE_POSTGRES: &str = concat!(
+    "UPDATE queue_items SET status = 'successful', output = COALESCE(j.new_output, output), \
+     error_kind = NULL, error_message = NULL, lease_digest = NULL, lease_expires_at = NULL, \
+     finished_at = $1, updated_at = $1, last_outcome = 'successful' \
+     FROM json_to_recordset($2::json) AS j(item BIGINT, item_queue BIGINT, digest TEXT, new_output TEXT) \
+     WHERE id = j.item AND queue_id = j.item_queue AND status = 'in_progress' \
+     AND lease_digest = j.digest AND lease_expires_at > $1 RETURNING ",
     item_columns!()
 );
 
@@ -502,24 +552,32 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
-    /// Applies `ops` in one transaction, in order, and answers each; appends `audit` records
-    /// in the same transaction. A refused operation changes nothing; the others are applied
-    /// all the same. A database failure fails all.
+    /// Applies `ops` in one transaction, in order, and answers each. In the same transaction
+    /// it appends the `audit` records, the record `audit_of` makes of each operation and its
+    /// answer, and wakes the queue triggers of the queues whose items became ready. A refused
+    /// operation changes nothing; the others are applied all the same. A database failure
+    /// fails all.
     pub async fn apply_queue_ops(
         &self,
         ops: &[QueueOp],
         audit: &[crate::AuditRecord],
+        mut audit_of: impl FnMut(
+            usize,
+            &Result<QueueAnswer, QueueOpError>,
+        ) -> Option<crate::AuditRecord>
+        + Send,
         now: Timestamp,
-    ) -> StoreResult<Vec<Result<QueueAnswer, QueueOpError>>> {
-        let claim_sql = match self.backend_kind() {
-            BackendKind::Sqlite => CLAIM_SQLITE,
-            BackendKind::Postgres => CLAIM_POSTGRES,
+    ) -> StoreResult<AppliedOps> {
+        let (claim_sql, complete_sql) = match self.backend_kind() {
+            BackendKind::Sqlite => (CLAIM_SQLITE, COMPLETE_SQLITE),
+            BackendKind::Postgres => (CLAIM_POSTGRES, COMPLETE_POSTGRES),
         };
         let at = to_millis(now);
         let mut answers = Vec::with_capacity(ops.len());
+        let mut woken_triggers = 0;
         dispatch!(self, writer, pool => {
             let mut tx = pool.begin().await?;
-            let mut queues: HashMap<String, Option<QueueRecord>> = HashMap::new();
+            let mut queues: HashMap<&str, Option<QueueRecord>> = HashMap::new();
             for op in ops {
                 let name = op.queue();
                 if !queues.contains_key(name) {
@@ -527,8 +585,47 @@ impl Store {
                         .bind(name)
                         .fetch_optional(&mut *tx)
                         .await?;
-                    queues.insert(name.to_owned(), found.map(TryInto::try_into).transpose()?);
+                    queues.insert(name, found.map(TryInto::try_into).transpose()?);
                 }
+            }
+            // The completions of the batch go first, in one statement (its operations are
+            // concurrent: any order is theirs). An item named twice is sent once; the others,
+            // and those not completed, take the way of one operation below, which says why.
+            let mut completed: HashMap<i64, ItemRecord> = HashMap::new();
+            let mut added: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut sent = std::collections::HashSet::new();
+            let mut completions = Vec::new();
+            for op in ops {
+                let Some(Some(queue)) = queues.get(op.queue()) else { continue };
+                let mut send = |item: i64, digest: &str, output: Option<&String>| {
+                    if sent.insert(item) {
+                        completions.push(serde_json::json!({
+                            "item": item, "item_queue": queue.id, "digest": digest, "new_output": output,
+                        }));
+                    }
+                };
+                match op {
+                    QueueOp::Complete { item, lease_digest, output, .. } => send(*item, lease_digest, output.as_ref()),
+                    QueueOp::CompleteMany { items, .. } => {
+                        for completion in items {
+                            send(completion.item, &completion.lease_digest, completion.output.as_ref());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !completions.is_empty() {
+                let rows: Vec<ItemRow> = sqlx::query_as(complete_sql)
+                    .bind(at)
+                    .bind(serde_json::Value::Array(completions).to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in rows {
+                    completed.insert(row.id, row.try_into()?);
+                }
+            }
+            for op in ops {
+                let name = op.queue();
                 let Some(Some(queue)) = queues.get(name) else {
                     answers.push(Err(QueueOpError::QueueNotFound));
                     continue;
@@ -626,7 +723,7 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?;
                         match row {
-                            Some(row) => Ok(QueueAnswer::Item(ItemRecord::try_from(row)?)),
+                            Some(row) => Ok(QueueAnswer::Item(Box::new(ItemRecord::try_from(row)?))),
                             None => held_item!($item, $digest).and(Err(QueueOpError::StaleLease)),
                         }
                     }};
@@ -659,7 +756,10 @@ impl Store {
                             None => {
                                 // A savepoint confines a duplicate that another transaction
                                 // committed since the check to this operation.
-                                sqlx::query("SAVEPOINT queue_add").execute(&mut *tx).await?;
+                                let unique = settings.enforce_unique_reference && items.iter().any(|item| item.reference.is_some());
+                                if unique {
+                                    sqlx::query("SAVEPOINT queue_add").execute(&mut *tx).await?;
+                                }
                                 let mut ids = Vec::with_capacity(items.len());
                                 let mut duplicate = false;
                                 for chunk in items.chunks(INSERT_CHUNK) {
@@ -709,34 +809,29 @@ impl Store {
                                     let err = found.ok_or_else(|| StoreError::Corrupt("a unique reference clashed with no live item".to_owned()))?;
                                     Err(err)
                                 } else {
-                                    sqlx::query("RELEASE SAVEPOINT queue_add").execute(&mut *tx).await?;
-                                    sqlx::query(
-                                        "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
-                                         ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + excluded.count",
-                                    )
-                                    .bind(queue.id)
-                                    .bind(i64::try_from(items.len()).unwrap_or(i64::MAX))
-                                    .execute(&mut *tx)
-                                    .await?;
+                                    if unique {
+                                        sqlx::query("RELEASE SAVEPOINT queue_add").execute(&mut *tx).await?;
+                                    }
+                                    *added.entry(queue.id).or_default() += i64::try_from(items.len()).unwrap_or(i64::MAX);
                                     Ok(QueueAnswer::Added(ids))
                                 }
                             }
                         }
                     }
-                    QueueOp::Claim { lease_digest, claimer, .. } => {
-                        let row: Option<ItemRow> = sqlx::query_as(claim_sql)
+                    QueueOp::Claim { lease_digest, claimer, count, .. } => {
+                        let rows: Vec<ItemRow> = sqlx::query_as(claim_sql)
                             .bind(lease_digest)
                             .bind(to_millis(settings.lease_until(now)))
                             .bind(&claimer.run_id)
                             .bind(&claimer.name)
                             .bind(at)
                             .bind(queue.id)
-                            .fetch_optional(&mut *tx)
+                            .bind(i64::from(*count))
+                            .fetch_all(&mut *tx)
                             .await?;
-                        match row {
-                            None => Ok(QueueAnswer::Claimed(None)),
-                            Some(row) => Ok(QueueAnswer::Claimed(Some(ItemRecord::try_from(row)?))),
-                        }
+                        let mut items = rows.into_iter().map(ItemRecord::try_from).collect::<StoreResult<Vec<_>>>()?;
+                        items.sort_unstable_by_key(|item| (item.deadline.map_or(i64::MAX, to_millis), item.priority.rank(), item.id));
+                        Ok(QueueAnswer::Claimed(items))
                     }
                     QueueOp::Extend { item, lease_digest, .. } => {
                         let row: Option<ItemRow> = sqlx::query_as(concat!(
@@ -752,17 +847,38 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?;
                         match row {
-                            Some(row) => Ok(QueueAnswer::Item(row.try_into()?)),
+                            Some(row) => Ok(QueueAnswer::Item(Box::new(row.try_into()?))),
                             None => held_item!(*item, lease_digest).and(Err(QueueOpError::StaleLease)),
                         }
                     }
-                    QueueOp::Complete { item, lease_digest, output, .. } => end_attempt!(*item, lease_digest, Ending {
-                        status: ItemStatus::Successful,
-                        available_at: None,
-                        output: output.as_deref(),
-                        error: None,
-                        outcome: "successful",
-                    }),
+                    QueueOp::Complete { item, lease_digest, output, .. } => match completed.remove(item) {
+                        Some(record) => Ok(QueueAnswer::Item(Box::new(record))),
+                        None => end_attempt!(*item, lease_digest, Ending {
+                            status: ItemStatus::Successful,
+                            available_at: None,
+                            output: output.as_deref(),
+                            error: None,
+                            outcome: "successful",
+                        }),
+                    },
+                    QueueOp::CompleteMany { items, .. } => {
+                        let mut done = Vec::with_capacity(items.len());
+                        for completion in items {
+                            if completed.remove(&completion.item).is_some() {
+                                done.push(Ok(()));
+                                continue;
+                            }
+                            let ended = end_attempt!(completion.item, &completion.lease_digest, Ending {
+                                status: ItemStatus::Successful,
+                                available_at: None,
+                                output: completion.output.as_deref(),
+                                error: None,
+                                outcome: "successful",
+                            });
+                            done.push(ended.map(drop));
+                        }
+                        Ok(QueueAnswer::Completed(done))
+                    }
                     QueueOp::Fail { item, lease_digest, kind, message, .. } => {
                         let attempts: Option<i64> = sqlx::query_scalar(
                             "SELECT attempts FROM queue_items WHERE id = $1 AND queue_id = $2",
@@ -812,7 +928,7 @@ impl Store {
                             .bind(at)
                             .fetch_one(&mut *tx)
                             .await?;
-                            Ok(QueueAnswer::Item(row.try_into()?))
+                            Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
                         }
                     },
                     QueueOp::Requeue { item, .. } => match fetch_item!(*item) {
@@ -840,7 +956,7 @@ impl Store {
                             .bind(at)
                             .fetch_one(&mut *tx)
                             .await?;
-                            Ok(QueueAnswer::Item(row.try_into()?))
+                            Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
                         }
                     },
                     QueueOp::Delete { item, .. } => match fetch_item!(*item) {
@@ -856,16 +972,53 @@ impl Store {
                             .bind(at)
                             .fetch_one(&mut *tx)
                             .await?;
-                            Ok(QueueAnswer::Item(row.try_into()?))
+                            Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
                         }
                     },
                 };
                 answers.push(answer);
             }
+            // The items added count as new, per queue.
+            for (queue_id, count) in added {
+                sqlx::query(
+                    "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
+                     ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + excluded.count",
+                )
+                .bind(queue_id)
+                .bind(count)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut filled: Vec<&str> = ops
+                .iter()
+                .zip(&answers)
+                .filter(|(op, answer)| op.fills() && answer.is_ok())
+                .map(|(op, _)| op.queue())
+                .collect();
+            filled.sort_unstable();
+            filled.dedup();
+            for queue in filled {
+                woken_triggers += sqlx::query(crate::triggers::WAKE_QUEUE_TRIGGERS)
+                    .bind(queue)
+                    .bind(None::<&str>)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            let op_audit: Vec<crate::AuditRecord> = answers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, answer)| audit_of(index, answer))
+                .collect();
+            crate::audit::insert_audit_rows!(&mut *tx, op_audit);
             crate::audit::insert_audit_rows!(&mut *tx, audit);
             tx.commit().await?;
         });
-        Ok(answers)
+        Ok(AppliedOps {
+            answers,
+            woken_triggers,
+        })
     }
 
     /// One item of a queue.
@@ -1180,6 +1333,7 @@ impl QueueOp {
             | QueueOp::Claim { queue, .. }
             | QueueOp::Extend { queue, .. }
             | QueueOp::Complete { queue, .. }
+            | QueueOp::CompleteMany { queue, .. }
             | QueueOp::Fail { queue, .. }
             | QueueOp::Postpone { queue, .. }
             | QueueOp::Abandon { queue, .. }

@@ -295,6 +295,12 @@ impl Store {
 /// Triggers whose firings one statement takes, at most.
 const TAKE_CHUNK: usize = 500;
 
+/// Makes the enabled queue triggers that watch queue `$1` (any when NULL), or start robot `$2`
+/// (any when NULL), due at `$3` unless they are due already.
+pub(crate) const WAKE_QUEUE_TRIGGERS: &str = "UPDATE triggers SET next_fire_at = $3 \
+     WHERE queue IS NOT NULL AND enabled AND ($1 IS NULL OR queue = $1) \
+     AND ($2 IS NULL OR robot = $2) AND (next_fire_at IS NULL OR next_fire_at > $3)";
+
 /// A trigger's firing to take: the trigger, the due time it must still have (so that only
 /// one node takes it), its next one, and the firings to record.
 #[derive(Debug, Clone)]
@@ -546,11 +552,7 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<u64> {
         Ok(dispatch!(self, writer, pool => {
-            sqlx::query(
-                "UPDATE triggers SET next_fire_at = $3 WHERE queue IS NOT NULL AND enabled \
-                 AND ($1 IS NULL OR queue = $1) AND ($2 IS NULL OR robot = $2) \
-                 AND (next_fire_at IS NULL OR next_fire_at > $3)",
-            )
+            sqlx::query(WAKE_QUEUE_TRIGGERS)
             .bind(queue)
             .bind(robot)
             .bind(to_millis(now))

@@ -85,16 +85,16 @@ class Client:
 class Item:
     """A claimed work item. Answer it once: complete, fail, postpone or abandon."""
 
-    def __init__(self, client, queue_name, claim):
+    def __init__(self, client, queue_name, item, lease_token, lease_expires_at):
         self._client = client
         self.queue = queue_name
-        self.id = claim["item"]["id"]
-        self.payload = claim["item"]["payload"]
-        self.reference = claim["item"].get("reference")
-        self.priority = claim["item"]["priority"]
-        self.attempts = claim["item"]["attempts"]
-        self.lease_token = claim["lease_token"]
-        self.lease_expires_at = claim["lease_expires_at"]
+        self.id = item["id"]
+        self.payload = item["payload"]
+        self.reference = item.get("reference")
+        self.priority = item["priority"]
+        self.attempts = item["attempts"]
+        self.lease_token = lease_token
+        self.lease_expires_at = lease_expires_at
         self.answered = False
 
     def _answer(self, operation, body):
@@ -127,29 +127,46 @@ class Item:
         return item
 
 
-def queue(name, wait=0.0, client=None):
+def queue(name, wait=0.0, batch=1, client=None):
     """Claims the queue's items one after the other. When none is ready, waits up to `wait`
-    seconds for one (polling with backoff), then stops."""
+    seconds for one (polling with backoff), then stops. With `batch` above 1, claims up to that
+    many items at once under one lease (fewer requests for many small items); those the loop
+    does not reach go back to the queue at once."""
     client = client or Client()
-    path = client.queue_path(name, "claim")
-    current = None
+    claim_path, body = (client.queue_path(name, "claim"), None)
+    if batch > 1:
+        claim_path, body = (client.queue_path(name, "claims"), {"count": batch})
+    current, waiting = None, []
     try:
         while True:
             deadline = time.monotonic() + wait
             pause = 0.05
-            claim = client.request("POST", path)
+            claim = client.request("POST", claim_path, body)
             while claim is None and time.monotonic() < deadline and not should_stop(client):
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 2.0)
-                claim = client.request("POST", path)
+                claim = client.request("POST", claim_path, body)
             if claim is None:
                 return
-            current = Item(client, name, claim)
-            yield current
-            _release(current, "the robot went on without answering the item")
+            items = claim["items"] if batch > 1 else [claim["item"]]
+            waiting = [Item(client, name, item, claim["lease_token"], claim["lease_expires_at"])
+                       for item in items]
+            while waiting:
+                current = waiting.pop(0)
+                yield current
+                _release(current, "the robot went on without answering the item")
     finally:
         if current is not None:
             _release(current, "the robot stopped before answering the item")
+        for item in waiting:
+            try:
+                item.postpone(_now())
+            except DirigentError:
+                pass
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _release(item, message):

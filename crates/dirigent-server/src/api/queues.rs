@@ -14,13 +14,13 @@ use dirigent_domain::{
 use dirigent_proto::{
     error::{ErrorBody, ErrorCode},
     queue::{
-        AbandonRequest, AddItems, AddedItems, Attempt, BulkResult, Claim, CompleteRequest,
-        FailRequest, Item, ItemFilter, LeaseRequest, NewItem, PostponeRequest, Queue, QueueSpec,
-        QueueStats,
+        AbandonRequest, AddItems, AddedItems, Attempt, BulkResult, Claim, ClaimRequest, Claims,
+        CompleteItems, CompleteRequest, CompletedItems, FailRequest, Item, ItemFilter, ItemResult,
+        LeaseRequest, NewItem, PostponeRequest, Queue, QueueSpec, QueueStats,
     },
 };
 use dirigent_store::{
-    self as store, Claimer, ItemRecord, QueueAnswer, QueueOp, QueueOpError, QueueRecord,
+    self as store, Claimer, Completion, ItemRecord, QueueAnswer, QueueOp, QueueOpError, QueueRecord,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -29,6 +29,7 @@ use utoipa::IntoParams;
 use crate::{
     AppState,
     api::{ApiJson, ApiQuery, PathSegment},
+    audit::AuditSlot,
     auth::{Caller, secrets},
     error::ApiError,
 };
@@ -204,6 +205,7 @@ pub(super) async fn delete_queue(
 pub(super) async fn add_items(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     PathSegment(name): PathSegment,
     ApiJson(items): ApiJson<AddItems>,
 ) -> Result<Response, ApiError> {
@@ -212,12 +214,7 @@ pub(super) async fn add_items(
         AddItems::One(item) => vec![item],
         AddItems::Many(items) => items,
     };
-    if items.is_empty() || domain::limits::MAX_BULK_ITEMS < items.len() {
-        return Err(ApiError::invalid(InvalidField::new(
-            ".",
-            format!("give 1 to {} items at once", domain::limits::MAX_BULK_ITEMS),
-        )));
-    }
+    bulk_size(".", items.len())?;
     let single = items.len() == 1;
     let items = items
         .into_iter()
@@ -228,7 +225,7 @@ pub(super) async fn add_items(
         queue: name.clone(),
         items,
     };
-    match answer(&name, state.writer.queue_op(op).await?)? {
+    match answer(&name, state.writer.queue_op(op, audit.take()).await?)? {
         QueueAnswer::Added(ids) => {
             Ok((StatusCode::CREATED, Json(AddedItems { ids })).into_response())
         }
@@ -344,11 +341,78 @@ pub(super) async fn get_item(
 pub(super) async fn claim_item(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     PathSegment(name): PathSegment,
 ) -> Result<Response, ApiError> {
     caller.require(Resource::Queues, Action::Process, Some(&name))?;
     let token = secrets::new_token(secrets::LEASE_PREFIX).map_err(ApiError::internal)?;
-    let claimer = Claimer {
+    let op = QueueOp::Claim {
+        queue: name.clone(),
+        lease_digest: secrets::token_digest(&token),
+        claimer: claimer(&caller),
+        count: 1,
+    };
+    let Some((mut items, lease_expires_at)) = claimed(&state, &name, op, audit).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let item = items
+        .pop()
+        .ok_or_else(|| ApiError::internal("a claim of one answered none"))?;
+    let claim = Claim {
+        item,
+        lease_token: token,
+        lease_expires_at,
+    };
+    Ok(Json(claim).into_response())
+}
+
+/// Claims up to `count` ready items in claim order, all under one lease; 204 when none is
+/// ready.
+#[utoipa::path(
+    post,
+    path = "/queues/{name}/claims",
+    tag = "queues",
+    security(("bearer" = [])),
+    params(("name" = String, Path)),
+    request_body = ClaimRequest,
+    responses(
+        (status = 200, body = Claims),
+        (status = 204, description = "No item is ready"),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+pub(super) async fn claim_items(
+    State(state): State<AppState>,
+    caller: Caller,
+    audit: AuditSlot,
+    PathSegment(name): PathSegment,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Resource::Queues, Action::Process, Some(&name))?;
+    bulk_size("count", request.count as usize)?;
+    let token = secrets::new_token(secrets::LEASE_PREFIX).map_err(ApiError::internal)?;
+    let op = QueueOp::Claim {
+        queue: name.clone(),
+        lease_digest: secrets::token_digest(&token),
+        claimer: claimer(&caller),
+        count: request.count,
+    };
+    let Some((items, lease_expires_at)) = claimed(&state, &name, op, audit).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let claims = Claims {
+        items,
+        lease_token: token,
+        lease_expires_at,
+    };
+    Ok(Json(claims).into_response())
+}
+
+/// Who claims: the caller's run, or the caller.
+fn claimer(caller: &Caller) -> Claimer {
+    Claimer {
         run_id: match &caller.credential {
             store::CredentialKind::RunToken { run_id } => Some(run_id.clone()),
             _ => None,
@@ -357,27 +421,96 @@ pub(super) async fn claim_item(
             Some(_) => format!("user:{}", caller.username),
             None => caller.username.clone(),
         },
-    };
-    let op = QueueOp::Claim {
-        queue: name.clone(),
-        lease_digest: secrets::token_digest(&token),
-        claimer,
-    };
-    match answer(&name, state.writer.queue_op(op).await?)? {
-        QueueAnswer::Claimed(None) => Ok(StatusCode::NO_CONTENT.into_response()),
-        QueueAnswer::Claimed(Some(item)) => {
-            let lease_expires_at = item
-                .lease_expires_at
-                .ok_or_else(|| ApiError::internal("a claimed item without a lease"))?;
-            let claim = Claim {
-                item: to_wire(&name, item, Vec::new())?,
-                lease_token: token,
-                lease_expires_at,
-            };
-            Ok(Json(claim).into_response())
-        }
-        other => Err(ApiError::internal(format!("claim answered {other:?}"))),
     }
+}
+
+/// Applies a claim: the items claimed and their lease's expiry, or none when none was ready.
+async fn claimed(
+    state: &AppState,
+    queue: &str,
+    op: QueueOp,
+    audit: AuditSlot,
+) -> Result<Option<(Vec<Item>, jiff::Timestamp)>, ApiError> {
+    let QueueAnswer::Claimed(items) =
+        answer(queue, state.writer.queue_op(op, audit.take()).await?)?
+    else {
+        return Err(ApiError::internal("a claim answered otherwise"));
+    };
+    let Some(lease_expires_at) = items.first().map(|item| item.lease_expires_at) else {
+        return Ok(None);
+    };
+    let lease_expires_at =
+        lease_expires_at.ok_or_else(|| ApiError::internal("a claimed item without a lease"))?;
+    let items = items
+        .into_iter()
+        .map(|item| to_wire(queue, item, Vec::new()))
+        .collect::<Result<_, _>>()?;
+    Ok(Some((items, lease_expires_at)))
+}
+
+/// Refuses a bulk request of `size` items unless it is 1 to the most one request may carry.
+fn bulk_size(field: &str, size: usize) -> Result<(), ApiError> {
+    if size == 0 || domain::limits::MAX_BULK_ITEMS < size {
+        return Err(ApiError::invalid(InvalidField::new(
+            field,
+            format!("give 1 to {} items at once", domain::limits::MAX_BULK_ITEMS),
+        )));
+    }
+    Ok(())
+}
+
+/// Completes several claimed items, each on its own: the results say which were done and why
+/// the others were refused.
+#[utoipa::path(
+    post,
+    path = "/queues/{name}/items/complete",
+    tag = "queues",
+    security(("bearer" = [])),
+    params(("name" = String, Path)),
+    request_body = CompleteItems,
+    responses(
+        (status = 200, body = CompletedItems),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+pub(super) async fn complete_items(
+    State(state): State<AppState>,
+    caller: Caller,
+    audit: AuditSlot,
+    PathSegment(name): PathSegment,
+    ApiJson(request): ApiJson<CompleteItems>,
+) -> Result<Json<CompletedItems>, ApiError> {
+    caller.require(Resource::Queues, Action::Process, Some(&name))?;
+    bulk_size("items", request.items.len())?;
+    let ids: Vec<i64> = request.items.iter().map(|item| item.id).collect();
+    let op = QueueOp::CompleteMany {
+        queue: name.clone(),
+        items: request
+            .items
+            .into_iter()
+            .map(|item| Completion {
+                item: item.id,
+                lease_digest: secrets::token_digest(&item.lease_token),
+                output: item.output.map(|output| output.get().to_owned()),
+            })
+            .collect(),
+    };
+    let QueueAnswer::Completed(done) =
+        answer(&name, state.writer.queue_op(op, audit.take()).await?)?
+    else {
+        return Err(ApiError::internal("a completion answered otherwise"));
+    };
+    let results = ids
+        .into_iter()
+        .zip(done)
+        .map(|(id, done)| ItemResult {
+            id,
+            error: done.err().map(|err| refusal(&name, err).body(None)),
+        })
+        .collect();
+    Ok(Json(CompletedItems { results }))
 }
 
 /// Defines a handler for an operation on one item: its path, request body, the permission
@@ -403,6 +536,7 @@ macro_rules! item_operation {
         pub(super) async fn $name(
             State(state): State<AppState>,
             caller: Caller,
+            audit: AuditSlot,
             Path((name, id)): Path<(String, String)>,
             ApiJson($request): ApiJson<$body>,
         ) -> Result<Json<Item>, ApiError> {
@@ -410,7 +544,7 @@ macro_rules! item_operation {
             let $id = item_id(&id)?;
             let $queue = name.clone();
             let op: QueueOp = $op;
-            item_answer(&state, &name, $id, op).await
+            item_answer(&state, &name, $id, op, audit).await
         }
     };
 }
@@ -500,6 +634,7 @@ item_operation!(
 pub(super) async fn requeue_item(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Item>, ApiError> {
     caller.require(Resource::Queues, Action::Process, Some(&name))?;
@@ -508,7 +643,7 @@ pub(super) async fn requeue_item(
         queue: name.clone(),
         item: id,
     };
-    item_answer(&state, &name, id, op).await
+    item_answer(&state, &name, id, op, audit).await
 }
 
 /// Deletes an item that no robot holds.
@@ -523,6 +658,7 @@ pub(super) async fn requeue_item(
 pub(super) async fn delete_item(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Item>, ApiError> {
     caller.require(Resource::Queues, Action::Admin, Some(&name))?;
@@ -531,7 +667,7 @@ pub(super) async fn delete_item(
         queue: name.clone(),
         item: id,
     };
-    item_answer(&state, &name, id, op).await
+    item_answer(&state, &name, id, op, audit).await
 }
 
 /// Puts every failed, abandoned or deleted item matching the filter back to `new`.
@@ -592,9 +728,10 @@ async fn item_answer(
     queue: &str,
     id: i64,
     op: QueueOp,
+    audit: AuditSlot,
 ) -> Result<Json<Item>, ApiError> {
-    match answer(queue, state.writer.queue_op(op).await?)? {
-        QueueAnswer::Item(item) => Ok(Json(to_wire(queue, item, Vec::new())?)),
+    match answer(queue, state.writer.queue_op(op, audit.take()).await?)? {
+        QueueAnswer::Item(item) => Ok(Json(to_wire(queue, *item, Vec::new())?)),
         other => Err(ApiError::internal(format!("item {id} answered {other:?}"))),
     }
 }
@@ -604,8 +741,23 @@ fn answer(
     queue: &str,
     outcome: Result<QueueAnswer, QueueOpError>,
 ) -> Result<QueueAnswer, ApiError> {
+    outcome.map_err(|err| refusal(queue, err))
+}
+
+/// The status the request of an operation is answered with.
+pub(crate) fn answer_status(outcome: &Result<QueueAnswer, QueueOpError>) -> StatusCode {
+    match outcome {
+        Ok(QueueAnswer::Added(_)) => StatusCode::CREATED,
+        Ok(QueueAnswer::Claimed(items)) if items.is_empty() => StatusCode::NO_CONTENT,
+        Ok(_) => StatusCode::OK,
+        Err(err) => refusal("", err.clone()).status,
+    }
+}
+
+/// A refused operation as an API error.
+fn refusal(queue: &str, err: QueueOpError) -> ApiError {
     let conflict = |code, message: String| ApiError::new(StatusCode::CONFLICT, code, message);
-    outcome.map_err(|err| match err {
+    match err {
         QueueOpError::QueueNotFound => queue_missing_named(queue),
         QueueOpError::ItemNotFound => ApiError::not_found(
             ErrorCode::ItemNotFound,
@@ -645,7 +797,7 @@ fn answer(
                 ),
             )
         },
-    })
+    }
 }
 
 fn settings(spec: QueueSpec) -> Result<QueueSettings, ApiError> {

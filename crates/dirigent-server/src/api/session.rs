@@ -16,7 +16,7 @@ use dirigent_store::CredentialKind;
 use crate::{
     AppState,
     api::ApiJson,
-    audit::AuditActor,
+    audit::AuditSlot,
     auth::{self, Caller, cookie, secrets, throttle::Admission},
     error::ApiError,
     ui::Lang,
@@ -38,7 +38,7 @@ use crate::{
 )]
 pub(super) async fn login(
     State(state): State<AppState>,
-    actor: Option<Extension<AuditActor>>,
+    actor: Option<Extension<AuditSlot>>,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     if dirigent_domain::user::MAX_PASSWORD_LEN < request.password.len()

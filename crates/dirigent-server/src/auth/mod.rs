@@ -17,7 +17,7 @@ use dirigent_domain::access::{self, Action, Permission, Resource};
 use dirigent_store::{Credential, CredentialKind, Store, StoreError, UserId};
 use jiff::{SignedDuration, Timestamp};
 
-use crate::{AppState, StartError, audit::AuditActor, config::Secret, error::ApiError};
+use crate::{AppState, StartError, audit::AuditSlot, config::Secret, error::ApiError};
 
 /// An authenticated caller and the permissions their roles grant.
 #[derive(Debug, Clone)]
@@ -163,7 +163,7 @@ impl FromRequestParts<AppState> for Caller {
             Some(_) => format!("user:{}", caller.username),
             None => caller.username.clone(),
         };
-        AuditActor::name(&parts.extensions, actor);
+        AuditSlot::name(&parts.extensions, actor);
         Ok(caller)
     }
 }

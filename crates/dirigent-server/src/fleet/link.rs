@@ -56,7 +56,7 @@ impl FromRequestParts<AppState> for AgentCaller {
             .agent_by_credential(&secrets::token_digest(token))
             .await
             .map_err(|err| ApiError::from_store(err, refused, refused))?;
-        crate::audit::AuditActor::name(&parts.extensions, format!("agent:{}", agent.name));
+        crate::audit::AuditSlot::name(&parts.extensions, format!("agent:{}", agent.name));
         Ok(AgentCaller(agent))
     }
 }

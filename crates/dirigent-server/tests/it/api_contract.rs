@@ -73,6 +73,16 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/queues/{name}/items", Access::Authenticated),
     ("POST", "/api/v1/queues/{name}/claim", Access::Authenticated),
     (
+        "POST",
+        "/api/v1/queues/{name}/claims",
+        Access::Authenticated,
+    ),
+    (
+        "POST",
+        "/api/v1/queues/{name}/items/complete",
+        Access::Authenticated,
+    ),
+    (
         "GET",
         "/api/v1/queues/{name}/items/{id}",
         Access::Authenticated,

@@ -144,6 +144,179 @@ async fn items_are_added_claimed_and_answered_under_a_lease() {
 }
 
 #[tokio::test]
+async fn several_items_are_claimed_under_one_lease_and_completed_in_one_request() {
+    let (app, admin) = setup().await;
+    let items: Vec<Value> = (0..5).map(|n| json!({"payload": {"n": n}})).collect();
+    let added = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/invoices/items",
+            Some(&admin),
+            Some(Value::Array(items)),
+        )
+        .await;
+    let ids = added.body["ids"].as_array().unwrap().clone();
+
+    let claims = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/invoices/claims",
+            Some(&admin),
+            Some(json!({"count": 3})),
+        )
+        .await;
+    assert_eq!(claims.status, StatusCode::OK, "{:?}", claims.body);
+    let claimed: Vec<Value> = claims.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].clone())
+        .collect();
+    assert_eq!(claimed, ids[..3], "claim order");
+    let lease = claims.body["lease_token"].as_str().unwrap();
+    assert!(claims.body["lease_expires_at"].is_string());
+
+    let done = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/invoices/items/complete",
+            Some(&admin),
+            Some(json!({"items": [
+                {"id": ids[0], "lease_token": lease, "output": {"ok": 1}},
+                {"id": ids[1], "lease_token": "dgl_forged"},
+                {"id": ids[3], "lease_token": lease},
+                {"id": 999_999, "lease_token": lease},
+                {"id": ids[2], "lease_token": lease},
+            ]})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
+    let results = done.body["results"].as_array().unwrap();
+    let codes: Vec<Option<&str>> = results
+        .iter()
+        .map(|result| result["error"]["code"].as_str())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some("stale_lease"),
+            Some("invalid_state"),
+            Some("item_not_found"),
+            None
+        ]
+    );
+    assert_eq!(results[4]["id"], ids[2]);
+    let first = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/queues/invoices/items/{}", ids[0]),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(first.body["status"], "successful");
+    assert_eq!(first.body["output"], json!({"ok": 1}));
+
+    // The two left are claimed; then none is ready.
+    let rest = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/invoices/claims",
+            Some(&admin),
+            Some(json!({"count": 10})),
+        )
+        .await;
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), 2);
+    let none = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/invoices/claims",
+            Some(&admin),
+            Some(json!({"count": 10})),
+        )
+        .await;
+    assert_eq!(none.status, StatusCode::NO_CONTENT);
+
+    for (body, field) in [
+        (json!({"count": 0}), "count"),
+        (json!({"count": 10_001}), "count"),
+    ] {
+        let refused = app
+            .send(
+                Method::POST,
+                "/api/v1/queues/invoices/claims",
+                Some(&admin),
+                Some(body),
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(refused.body["field"], field);
+    }
+    let empty = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/invoices/items/complete",
+            Some(&admin),
+            Some(json!({"items": []})),
+        )
+        .await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let unknown = app
+        .send(
+            Method::POST,
+            "/api/v1/queues/nope/items/complete",
+            Some(&admin),
+            Some(json!({"items": [{"id": ids[0], "lease_token": lease}]})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // Each request is audited once, with the status it was answered with; the record is
+    // written with the operation.
+    let audit = app
+        .send(Method::GET, "/api/v1/audit?limit=100", Some(&admin), None)
+        .await;
+    let records: Vec<(String, u64, String)> = audit
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|record| {
+            record["action"]
+                .as_str()
+                .unwrap()
+                .contains("/queues/{name}/")
+        })
+        .map(|record| {
+            (
+                record["action"].as_str().unwrap().to_owned(),
+                record["status"].as_u64().unwrap(),
+                record["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let record = |action: &str, status: u64, outcome: &str| {
+        (format!("POST /api/v1{action}"), status, outcome.to_owned())
+    };
+    // Newest first.
+    assert_eq!(
+        records,
+        [
+            record("/queues/{name}/items/complete", 404, "failed"),
+            record("/queues/{name}/items/complete", 422, "failed"),
+            record("/queues/{name}/claims", 422, "failed"),
+            record("/queues/{name}/claims", 422, "failed"),
+            record("/queues/{name}/claims", 204, "allowed"),
+            record("/queues/{name}/claims", 200, "allowed"),
+            record("/queues/{name}/items/complete", 200, "allowed"),
+            record("/queues/{name}/claims", 200, "allowed"),
+            record("/queues/{name}/items", 201, "allowed"),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn items_are_searched_by_status_reference_and_payload_field() {
     let (app, admin) = setup().await;
     let items: Vec<Value> = (0..5)

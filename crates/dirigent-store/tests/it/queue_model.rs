@@ -5,7 +5,7 @@
 use dirigent_domain::queue::{
     AfterAttempt, ErrorKind, ItemStatus, Priority, QueueSettings, after_failure, after_lost_lease,
 };
-use dirigent_store::{Claimer, NewItem, QueueAnswer, QueueOp, QueueOpError};
+use dirigent_store::{Claimer, Completion, NewItem, QueueAnswer, QueueOp, QueueOpError};
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
@@ -30,8 +30,9 @@ type Draft = (Priority, Option<u8>, Option<u8>, Option<u8>);
 #[derive(Debug, Clone)]
 enum Step {
     Add(Vec<Draft>),
-    Claim,
+    Claim(u8),
     Complete(usize),
+    CompleteMany(Vec<usize>),
     Fail(usize, bool),
     Extend(usize),
     Abandon(usize),
@@ -58,8 +59,9 @@ fn step() -> impl Strategy<Value = Step> {
     );
     prop_oneof![
         3 => proptest::collection::vec(new_item, 1..4).prop_map(Step::Add),
-        4 => Just(Step::Claim),
+        4 => (1u8..4).prop_map(Step::Claim),
         2 => any::<usize>().prop_map(Step::Complete),
+        1 => proptest::collection::vec(any::<usize>(), 1..4).prop_map(Step::CompleteMany),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(i, business)| Step::Fail(i, business)),
         1 => any::<usize>().prop_map(Step::Extend),
         1 => any::<usize>().prop_map(Step::Abandon),
@@ -83,6 +85,15 @@ struct ModelItem {
     deadline: Option<Timestamp>,
     reference: Option<String>,
     lease: Option<(String, Timestamp)>,
+}
+
+/// What the model answers besides a refusal.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Done,
+    /// The ids claimed, in claim order.
+    Claimed(Vec<i64>),
+    Completed(Vec<Result<(), QueueOpError>>),
 }
 
 struct Model {
@@ -117,7 +128,7 @@ impl Model {
             .map(|item| item.id)
     }
 
-    fn apply(&mut self, op: &QueueOp) -> Result<Option<i64>, QueueOpError> {
+    fn apply(&mut self, op: &QueueOp) -> Result<Answer, QueueOpError> {
         let now = self.now;
         let settings = self.settings.clone();
         match op {
@@ -150,22 +161,33 @@ impl Model {
                         lease: None,
                     });
                 }
-                Ok(None)
+                Ok(Answer::Done)
             }
-            QueueOp::Claim { lease_digest, .. } => {
-                let next = self
-                    .items
-                    .iter_mut()
-                    .filter(|item| item.status == ItemStatus::New && item.available_at <= now)
-                    .min_by_key(|item| {
-                        dirigent_domain::queue::claim_order(item.deadline, item.priority, item.id)
-                    });
-                Ok(next.map(|item| {
+            QueueOp::Claim {
+                lease_digest,
+                count,
+                ..
+            } => {
+                let mut claimed = Vec::new();
+                for _ in 0..*count {
+                    let next = self
+                        .items
+                        .iter_mut()
+                        .filter(|item| item.status == ItemStatus::New && item.available_at <= now)
+                        .min_by_key(|item| {
+                            dirigent_domain::queue::claim_order(
+                                item.deadline,
+                                item.priority,
+                                item.id,
+                            )
+                        });
+                    let Some(item) = next else { break };
                     item.status = ItemStatus::InProgress;
                     item.attempts += 1;
                     item.lease = Some((lease_digest.clone(), settings.lease_until(now)));
-                    item.id
-                }))
+                    claimed.push(item.id);
+                }
+                Ok(Answer::Claimed(claimed))
             }
             QueueOp::Complete {
                 item, lease_digest, ..
@@ -173,8 +195,19 @@ impl Model {
                 let item = self.held(*item, lease_digest)?;
                 item.status = ItemStatus::Successful;
                 item.lease = None;
-                Ok(None)
+                Ok(Answer::Done)
             }
+            QueueOp::CompleteMany { items, .. } => Ok(Answer::Completed(
+                items
+                    .iter()
+                    .map(|completion| {
+                        let item = self.held(completion.item, &completion.lease_digest)?;
+                        item.status = ItemStatus::Successful;
+                        item.lease = None;
+                        Ok(())
+                    })
+                    .collect(),
+            )),
             QueueOp::Fail {
                 item,
                 lease_digest,
@@ -190,14 +223,14 @@ impl Model {
                     }
                     AfterAttempt::Final(status) => item.status = status,
                 }
-                Ok(None)
+                Ok(Answer::Done)
             }
             QueueOp::Extend {
                 item, lease_digest, ..
             } => {
                 let item = self.held(*item, lease_digest)?;
                 item.lease = Some((lease_digest.clone(), settings.lease_until(now)));
-                Ok(None)
+                Ok(Answer::Done)
             }
             QueueOp::Abandon {
                 item, lease_digest, ..
@@ -205,7 +238,7 @@ impl Model {
                 let item = self.held(*item, lease_digest)?;
                 item.status = ItemStatus::Abandoned;
                 item.lease = None;
-                Ok(None)
+                Ok(Answer::Done)
             }
             QueueOp::Postpone {
                 item,
@@ -217,7 +250,7 @@ impl Model {
                 item.status = ItemStatus::New;
                 item.available_at = *until;
                 item.lease = None;
-                Ok(None)
+                Ok(Answer::Done)
             }
             QueueOp::Postpone {
                 item,
@@ -230,7 +263,7 @@ impl Model {
                     return Err(QueueOpError::WrongStatus(item.status));
                 }
                 item.available_at = *until;
-                Ok(None)
+                Ok(Answer::Done)
             }
             QueueOp::Requeue { item, .. } => {
                 let id = *item;
@@ -251,7 +284,7 @@ impl Model {
                 item.status = ItemStatus::New;
                 item.attempts = 0;
                 item.available_at = now;
-                Ok(None)
+                Ok(Answer::Done)
             }
             QueueOp::Delete { item, .. } => {
                 let item = self.item(*item).ok_or(QueueOpError::ItemNotFound)?;
@@ -259,7 +292,7 @@ impl Model {
                     return Err(QueueOpError::WrongStatus(item.status));
                 }
                 item.status = ItemStatus::Deleted;
-                Ok(None)
+                Ok(Answer::Done)
             }
         }
     }
@@ -338,13 +371,26 @@ async fn run_case(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     })
                     .collect(),
             },
-            Step::Claim => QueueOp::Claim {
+            Step::Claim(count) => QueueOp::Claim {
                 queue,
                 lease_digest: format!("lease-{}", leases.len()),
                 claimer: Claimer {
                     run_id: Some("run_1".to_owned()),
                     name: "run:run_1".to_owned(),
                 },
+                count: u32::from(count),
+            },
+            Step::CompleteMany(picks) => QueueOp::CompleteMany {
+                queue,
+                items: picks
+                    .into_iter()
+                    .filter_map(|i| pick(&leases, i))
+                    .map(|(item, lease_digest)| Completion {
+                        item,
+                        lease_digest,
+                        output: None,
+                    })
+                    .collect(),
             },
             Step::Complete(i)
             | Step::Fail(i, _)
@@ -411,18 +457,23 @@ async fn run_case(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
         };
         let stored = store
-            .apply_queue_ops(std::slice::from_ref(&op), &[], now)
+            .apply_queue_ops(std::slice::from_ref(&op), &[], |_, _| None, now)
             .await
             .unwrap()
+            .answers
             .pop()
             .unwrap();
         let expected = model.apply(&op);
         match (&stored, &expected) {
-            (Ok(QueueAnswer::Claimed(found)), Ok(id)) => {
-                prop_assert_eq!(found.as_ref().map(|item| item.id), *id, "claim of {:?}", op);
-                if let (Some(id), QueueOp::Claim { lease_digest, .. }) = (id, &op) {
-                    leases.push((*id, lease_digest.clone()));
+            (Ok(QueueAnswer::Claimed(found)), Ok(Answer::Claimed(ids))) => {
+                let found: Vec<i64> = found.iter().map(|item| item.id).collect();
+                prop_assert_eq!(&found, ids, "claim of {:?}", op);
+                if let QueueOp::Claim { lease_digest, .. } = &op {
+                    leases.extend(ids.iter().map(|id| (*id, lease_digest.clone())));
                 }
+            }
+            (Ok(QueueAnswer::Completed(done)), Ok(Answer::Completed(wanted))) => {
+                prop_assert_eq!(done, wanted, "{:?}", op);
             }
             (Ok(_), Ok(_)) => {}
             (Err(stored), Err(expected)) => prop_assert_eq!(stored, expected, "{:?}", op),

@@ -3,7 +3,7 @@
 
 use dirigent_domain::queue::{ErrorKind, ItemStatus, Priority, QueueSettings};
 use dirigent_store::{
-    Claimer, ItemFilter, NewItem, QueueAnswer, QueueOp, QueueOpError, Store, StoreError,
+    Claimer, Completion, ItemFilter, NewItem, QueueAnswer, QueueOp, QueueOpError, Store, StoreError,
 };
 use jiff::{SignedDuration, Timestamp};
 
@@ -33,9 +33,10 @@ fn claimer() -> Claimer {
 /// Applies one operation and answers its outcome.
 async fn one(store: &Store, op: QueueOp, now: Timestamp) -> Result<QueueAnswer, QueueOpError> {
     store
-        .apply_queue_ops(&[op], &[], now)
+        .apply_queue_ops(&[op], &[], |_, _| None, now)
         .await
         .unwrap()
+        .answers
         .pop()
         .unwrap()
 }
@@ -64,12 +65,15 @@ async fn claim(store: &Store, queue: &str, lease: &str, now: Timestamp) -> Optio
             queue: queue.to_owned(),
             lease_digest: lease.to_owned(),
             claimer: claimer(),
+            count: 1,
         },
         now,
     )
     .await
     {
-        Ok(QueueAnswer::Claimed(found)) => found.map(|item| (item.id, item.payload)),
+        Ok(QueueAnswer::Claimed(found)) => {
+            found.into_iter().next().map(|item| (item.id, item.payload))
+        }
         other => panic!("claim: {other:?}"),
     }
 }
@@ -140,6 +144,95 @@ store_test!(
         assert_eq!(
             claim(&store, "q", "l", at(100)).await.unwrap().1,
             "\"high-postponed\""
+        );
+    }
+);
+
+store_test!(
+    a_claim_takes_several_items_under_one_lease_and_they_complete_together,
+    |store| {
+        store
+            .create_queue("q", &QueueSettings::default(), at(0))
+            .await
+            .unwrap();
+        let mut urgent = item("urgent");
+        urgent.priority = Priority::High;
+        let ids = add(
+            &store,
+            "q",
+            vec![item("1"), item("2"), urgent, item("3")],
+            at(0),
+        )
+        .await;
+        let claimed = one(
+            &store,
+            QueueOp::Claim {
+                queue: "q".to_owned(),
+                lease_digest: "batch".to_owned(),
+                claimer: claimer(),
+                count: 3,
+            },
+            at(1),
+        )
+        .await;
+        let Ok(QueueAnswer::Claimed(claimed)) = claimed else {
+            panic!("{claimed:?}")
+        };
+        let claimed: Vec<i64> = claimed.iter().map(|item| item.id).collect();
+        assert_eq!(claimed, [ids[2], ids[0], ids[1]], "claim order");
+        let completion = |item: i64, lease: &str| Completion {
+            item,
+            lease_digest: lease.to_owned(),
+            output: Some("[1]".to_owned()),
+        };
+        let done = one(
+            &store,
+            QueueOp::CompleteMany {
+                queue: "q".to_owned(),
+                items: vec![
+                    completion(ids[2], "batch"),
+                    completion(ids[0], "wrong"),
+                    completion(ids[3], "batch"),
+                    completion(ids[1], "batch"),
+                ],
+            },
+            at(2),
+        )
+        .await;
+        assert_eq!(
+            done,
+            Ok(QueueAnswer::Completed(vec![
+                Ok(()),
+                Err(QueueOpError::StaleLease),
+                Err(QueueOpError::WrongStatus(ItemStatus::New)),
+                Ok(()),
+            ]))
+        );
+        let status = |id| {
+            let store = store.clone();
+            async move { store.queue_item("q", id).await.unwrap().status }
+        };
+        assert_eq!(status(ids[2]).await, ItemStatus::Successful);
+        assert_eq!(status(ids[0]).await, ItemStatus::InProgress);
+        assert_eq!(status(ids[1]).await, ItemStatus::Successful);
+        // The last item is the only one left; a claim of many takes what there is.
+        let rest = one(
+            &store,
+            QueueOp::Claim {
+                queue: "q".to_owned(),
+                lease_digest: "next".to_owned(),
+                claimer: claimer(),
+                count: 10,
+            },
+            at(3),
+        )
+        .await;
+        let Ok(QueueAnswer::Claimed(rest)) = rest else {
+            panic!("{rest:?}")
+        };
+        assert_eq!(
+            rest.iter().map(|item| item.id).collect::<Vec<_>>(),
+            [ids[3]]
         );
     }
 );

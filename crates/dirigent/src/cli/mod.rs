@@ -94,6 +94,9 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
     if err.is::<queue::NothingReady>() {
         return 4;
     }
+    if err.is::<queue::NotAllDone>() {
+        return 5;
+    }
     match err.downcast_ref::<ClientError>() {
         Some(ClientError::Api { status, .. }) => match status.as_u16() {
             401 | 403 => 3,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use dirigent_proto::queue::{
-    AbandonRequest, AddItems, CompleteRequest, FailRequest, Item, ItemFilter, LeaseRequest,
-    NewItem, PostponeRequest, Queue, QueueSpec,
+    AbandonRequest, AddItems, CompleteItems, CompleteRequest, FailRequest, Item, ItemCompletion,
+    ItemFilter, LeaseRequest, NewItem, PostponeRequest, Queue, QueueSpec,
 };
 use jiff::Timestamp;
 use serde_json::value::RawValue;
@@ -49,17 +49,23 @@ pub(crate) enum QueueCommand {
     /// Add an item (`--payload JSON`), or the items of a JSON file (an item or an array of
     /// items, as the API takes; `-` reads standard input).
     Add(AddArgs),
-    /// Claim the next ready item; prints it with its lease token. Exits with 4 when no item
-    /// is ready.
+    /// Claim the next ready item (or up to `--count` items under one lease); prints it with
+    /// its lease token. Exits with 4 when no item is ready.
     Claim {
         queue: String,
+        /// Claim up to this many items (1 to 10,000); prints a line per item: its id and
+        /// payload.
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Mark a claimed item successful.
+    /// Mark claimed items successful (several at once when they share a lease). Exits with 5
+    /// when any was refused; the others are done.
     Complete {
         queue: String,
-        id: i64,
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<i64>,
         #[arg(long, value_name = "TOKEN")]
         lease: String,
         /// What the robot produced, as JSON.
@@ -377,7 +383,34 @@ pub(crate) async fn run(command: QueueCommand) -> anyhow::Result<()> {
             Ok(())
         }
         QueueCommand::Add(args) => add(args).await,
-        QueueCommand::Claim { queue, client } => {
+        QueueCommand::Claim {
+            queue,
+            count: Some(count),
+            client,
+        } => {
+            let claims = client.client()?.claim_items(&queue, count).await;
+            let Some(claims) = claims.map_err(explain)? else {
+                return Err(NothingReady(queue).into());
+            };
+            if client.json {
+                return print_json(&claims);
+            }
+            println!(
+                "Claimed {} items until {}; lease token: {}",
+                claims.items.len(),
+                claims.lease_expires_at,
+                claims.lease_token
+            );
+            for item in &claims.items {
+                println!("{}\t{}", item.id, item.payload.get());
+            }
+            Ok(())
+        }
+        QueueCommand::Claim {
+            queue,
+            count: None,
+            client,
+        } => {
             let claim = client.client()?.claim(&queue).await.map_err(explain)?;
             let Some(claim) = claim else {
                 return Err(NothingReady(queue).into());
@@ -394,7 +427,7 @@ pub(crate) async fn run(command: QueueCommand) -> anyhow::Result<()> {
         }
         QueueCommand::Complete {
             queue,
-            id,
+            ids,
             lease,
             output,
             client,
@@ -402,12 +435,46 @@ pub(crate) async fn run(command: QueueCommand) -> anyhow::Result<()> {
             let output = output
                 .map(|output| json_value("--output", output))
                 .transpose()?;
-            let request = CompleteRequest {
-                lease_token: lease,
-                output,
+            if let [id] = ids[..] {
+                let request = CompleteRequest {
+                    lease_token: lease,
+                    output,
+                };
+                let item = client.client()?.complete_item(&queue, id, &request).await;
+                return print_item(item.map_err(explain)?, client.json);
+            }
+            let request = CompleteItems {
+                items: ids
+                    .into_iter()
+                    .map(|id| ItemCompletion {
+                        id,
+                        lease_token: lease.clone(),
+                        output: output.clone(),
+                    })
+                    .collect(),
             };
-            let item = client.client()?.complete_item(&queue, id, &request).await;
-            print_item(item.map_err(explain)?, client.json)
+            let done = client.client()?.complete_items(&queue, &request).await;
+            let done = done.map_err(explain)?;
+            if client.json {
+                print_json(&done)?;
+            }
+            let (mut completed, mut refused) = (Vec::new(), 0);
+            for result in done.results {
+                match result.error {
+                    None => completed.push(result.id.to_string()),
+                    Some(error) => {
+                        refused += 1;
+                        eprintln!("Item {}: {}", result.id, error.message);
+                    }
+                }
+            }
+            if !client.json && !completed.is_empty() {
+                eprintln!("Completed items {}.", completed.join(", "));
+            }
+            if 0 < refused {
+                return Err(NotAllDone(refused).into());
+            }
+            Ok(())
         }
         QueueCommand::Fail {
             queue,
@@ -615,6 +682,12 @@ async fn bulk(args: BulkArgs, requeue: bool) -> anyhow::Result<()> {
     eprintln!("{verb} {} items.", done.count);
     Ok(())
 }
+
+/// Some items of a bulk operation were refused, the others done: exit code 5, as for a
+/// conflict.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} items were refused")]
+pub(crate) struct NotAllDone(usize);
 
 /// No item of the queue is ready to claim: exit code 4, as for anything not found.
 #[derive(Debug, thiserror::Error)]

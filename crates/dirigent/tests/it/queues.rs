@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, ok, run};
+use crate::support::{ServerProcess, fails, ok, run};
 
 const PASSWORD: &str = "queues-password-1";
 
@@ -57,9 +57,14 @@ fn a_python_robot_processes_a_queue_with_the_sdk() {
         file.to_str().unwrap(),
     ])));
 
+    // The first loop takes four items under one lease, answers one and leaves: the other
+    // three go back at once and the second loop takes them again.
     let script = r#"
 from dirigent import queue
-for item in queue("invoices"):
+for item in queue("invoices", batch=4):
+    item.complete({"first": True})
+    break
+for item in queue("invoices", batch=3):
     n = item.payload["n"]
     if n % 2:
         item.complete({"double": 2 * n})
@@ -85,12 +90,73 @@ print("done", flush=True)
     let run_id = run_to_success(&server, "bookkeeper");
 
     let queue = json(&server, &["queue", "show", "invoices"]);
-    assert_eq!(queue["stats"]["counts"]["successful"], 10, "{queue}");
-    assert_eq!(queue["stats"]["counts"]["failed"], 10, "{queue}");
+    assert_eq!(queue["stats"]["counts"]["successful"], 11, "{queue}");
+    assert_eq!(queue["stats"]["counts"]["failed"], 9, "{queue}");
     let done = json(&server, &["queue", "items", "invoices", "--field", "n=7"]);
     assert_eq!(done[0]["output"]["double"], 14);
+    let first = json(&server, &["queue", "items", "invoices", "--field", "n=0"]);
+    assert_eq!(first[0]["output"]["first"], true);
+    let put_back = json(&server, &["queue", "items", "invoices", "--field", "n=1"]);
+    assert_eq!(put_back[0]["attempts"], 2, "{put_back}");
+    assert_eq!(put_back[0]["output"]["double"], 2);
     assert_eq!(done[0]["run_id"], run_id.as_str());
     assert_eq!(done[0]["claimed_by"], format!("run:{run_id}"));
+}
+
+#[test]
+fn the_cli_claims_several_items_and_completes_them_at_once() {
+    let server = server();
+    ok(run(server.cli(&["queue", "create", "parcels"])));
+    for n in 0..3 {
+        ok(run(server.cli(&[
+            "queue",
+            "add",
+            "parcels",
+            "--payload",
+            &n.to_string(),
+        ])));
+    }
+    let claimed = ok(run(
+        server.cli(&["queue", "claim", "parcels", "--count", "2"])
+    ));
+    let mut lines = claimed.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("Claimed 2 items until "), "{claimed}");
+    let lease = header.rsplit(' ').next().unwrap().to_owned();
+    let ids: Vec<String> = lines
+        .map(|line| line.split('\t').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{claimed}");
+
+    let done = run(server.cli(&[
+        "queue", "complete", "parcels", &ids[0], &ids[1], "--lease", &lease,
+    ]));
+    let said = crate::support::stderr(&done);
+    ok(done);
+    assert!(
+        said.contains(&format!("Completed items {}, {}.", ids[0], ids[1])),
+        "{said}"
+    );
+
+    // Completing again is refused, item by item, with the conflict's exit code.
+    let again = run(server.cli(&[
+        "queue", "complete", "parcels", &ids[0], &ids[1], "--lease", &lease,
+    ]));
+    assert_eq!(again.status.code(), Some(5));
+    let said = crate::support::stderr(&again);
+    assert!(
+        said.contains(&format!("Item {}: the item is successful", ids[0])),
+        "{said}"
+    );
+    assert!(said.contains("2 items were refused"), "{said}");
+
+    let json_claim = json(&server, &["queue", "claim", "parcels", "--count", "5"]);
+    assert_eq!(json_claim["items"].as_array().unwrap().len(), 1);
+    fails(
+        run(server.cli(&["queue", "claim", "parcels", "--count", "5"])),
+        4,
+        "no item is ready in queue parcels",
+    );
 }
 
 #[test]
@@ -146,7 +212,9 @@ fn acknowledged_adds_and_completions_survive_kill_9() {
     use std::sync::{Arc, Mutex, mpsc};
 
     use dirigent_client::Client;
-    use dirigent_proto::queue::{AddItems, CompleteRequest, NewItem};
+    use dirigent_proto::queue::{
+        AddItems, CompleteItems, CompleteRequest, ItemCompletion, NewItem,
+    };
 
     let server = server();
     ok(run(server.cli(&["queue", "create", "durable"])));
@@ -198,6 +266,39 @@ fn acknowledged_adds_and_completions_survive_kill_9() {
                     return;
                 }
                 acked.lock().unwrap().completed.push(claim.item.id);
+                let _ = progress.send(());
+            }
+        });
+    }
+    // A consumer of batches: several items under one lease, completed in one request.
+    {
+        let (client, acked, progress) = (client.clone(), acked.clone(), progress.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok(claims) = client.claim_items("durable", 4).await else {
+                    return;
+                };
+                let Some(claims) = claims else { continue };
+                let request = CompleteItems {
+                    items: claims
+                        .items
+                        .iter()
+                        .map(|item| ItemCompletion {
+                            id: item.id,
+                            lease_token: claims.lease_token.clone(),
+                            output: None,
+                        })
+                        .collect(),
+                };
+                let Ok(done) = client.complete_items("durable", &request).await else {
+                    return;
+                };
+                let mut acked = acked.lock().unwrap();
+                let done = done
+                    .results
+                    .into_iter()
+                    .filter(|result| result.error.is_none());
+                acked.completed.extend(done.map(|result| result.id));
                 let _ = progress.send(());
             }
         });
