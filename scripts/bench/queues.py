@@ -4,7 +4,9 @@
 Measures on this machine, SQLite with full synchronous durability on both sides:
   1. bulk add: items per second, added in batches of 1,000 by 4 concurrent senders;
   2. the add -> claim -> complete cycle with several consumers (and a producer per four
-     consumers adding items one by one): items per second, and claim latency p50/p99;
+     consumers): items per second, and claim latency p50/p99; once with one item a request,
+     once with --batch items a request (producers add that many at once, consumers claim
+     up to that many under one lease and complete them in one request);
   3. huey 2.x/3.x (SqliteHuey, fsync=True, 4 worker threads): enqueue rate and the
      enqueue -> execute cycle with producers running alongside the consumer;
 and prints the ratios.
@@ -27,14 +29,15 @@ from orchestrator import BINARY, call, example, orchestrator
 LOAD = example("queue_load")
 
 
-def dirigent(items, consumers_list):
+def dirigent(items, runs):
+    """Figures of each (consumers, batch) run, each on a queue of its own."""
     results = []
     with orchestrator() as (base, token, _):
-        for consumers in consumers_list:
-            queue = f"bench-{consumers}"
+        for consumers, batch in runs:
+            queue = f"bench-{consumers}-{batch}"
             call(base, "POST", "/api/v1/queues", {"name": queue}, token)
             out = subprocess.run(
-                [LOAD, base, token, queue, str(items), str(consumers)],
+                [LOAD, base, token, queue, str(items), str(consumers), str(batch)],
                 check=True, capture_output=True, text=True,
             ).stdout
             results.append(json.loads(out))
@@ -95,27 +98,33 @@ def huey(items, producers=2):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=20000)
-    parser.add_argument("--consumers", default="8,32,128")
+    parser.add_argument("--consumers", default="8,32,128", help="consumers of one item a request")
+    parser.add_argument("--batch", type=int, default=10, help="items a request in the batched runs")
+    parser.add_argument("--batched-consumers", default="4,8,16", help="consumers of --batch items")
     args = parser.parse_args()
     for path in (BINARY, LOAD):
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: cargo build --release --bin dirigent --example queue_load")
-    consumers = [int(n) for n in args.consumers.split(",")]
+    runs = [(int(n), 1) for n in args.consumers.split(",")]
+    runs += [(int(n), args.batch) for n in args.batched_consumers.split(",")]
 
-    ours = dirigent(args.items, consumers)
+    ours = dirigent(args.items, runs)
     theirs = huey(args.items)
-    print(f"{'':38}{'dirigent':>12}{'huey':>12}{'ratio':>8}")
+    print(f"{'':46}{'dirigent':>12}{'huey':>12}{'ratio':>8}")
     bulk = max(result["bulk_items_per_second"] for result in ours)
-    print(f"{'add, items/s (bulk 1000 vs one by one)':38}{bulk:12.0f}{theirs['enqueue_per_second']:12.0f}"
+    print(f"{'add, items/s (bulk 1000 vs one by one)':46}{bulk:12.0f}{theirs['enqueue_per_second']:12.0f}"
           f"{bulk / theirs['enqueue_per_second']:8.1f}")
+    def run(result):
+        return f"{result['consumers']} consumers, {result['batch']} a request"
+
     for result in ours:
-        label = f"cycle, items/s ({result['consumers']} consumers)"
+        label = f"cycle, items/s ({run(result)})"
         rate = result["cycle_items_per_second"]
-        print(f"{label:38}{rate:12.0f}{theirs['cycle_items_per_second']:12.0f}"
+        print(f"{label:46}{rate:12.0f}{theirs['cycle_items_per_second']:12.0f}"
               f"{rate / theirs['cycle_items_per_second']:8.1f}")
     for result in ours:
-        label = f"claim latency p50/p99, ms ({result['consumers']})"
-        print(f"{label:38}{result['claim_p50_ms']:6.1f}/{result['claim_p99_ms']:<5.1f}")
+        label = f"claim latency p50/p99, ms ({run(result)})"
+        print(f"{label:46}{result['claim_p50_ms']:6.1f}/{result['claim_p99_ms']:<5.1f}")
     print("goals: cycle >= 10,000 items/s; bulk add >= 100,000 items/s; claim p99 <= 5 ms")
 
 

@@ -3,7 +3,7 @@
 //! The operations robots call at high rates — add, claim, extend, complete, fail, postpone,
 //! abandon — go through [`Store::apply_queue_ops`], which applies many of them in one
 //! transaction (one fsync for all) and answers each separately. Claims take the first ready
-//! item in claim order; on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so that concurrent
+//! items in claim order; on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so that concurrent
 //! transactions of several nodes never hand out one item twice.
 
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
@@ -349,6 +349,34 @@ const CLAIM_POSTGRES: &str = concat!(
     item_columns!()
 );
 
+/// The first `$3` ready items of queue `$1` at time `$2`, in claim order.
+const READY_SQLITE: &str = "SELECT id FROM queue_items WHERE queue_id = $1 AND status = 'new' \
+     AND available_at <= $2 ORDER BY deadline_key, priority, id LIMIT $3";
+const READY_POSTGRES: &str = "SELECT id FROM queue_items WHERE queue_id = $1 AND status = 'new' \
+     AND available_at <= $2 ORDER BY deadline_key, priority, id LIMIT $3 FOR UPDATE SKIP LOCKED";
+
+/// Claims at time `$1` the items of the JSON array `$2`, each under its own lease
+/// (`item`, `new_digest`, `new_expires`, `new_run`, `new_claimer` each).
+const CLAIM_ASSIGNED_SQLITE: &str = concat!(
+    "UPDATE queue_items SET status = 'in_progress', attempts = attempts + 1, \
+     lease_digest = j.new_digest, lease_expires_at = j.new_expires, run_id = j.new_run, \
+     claimed_by = j.new_claimer, started_at = $1, updated_at = $1 \
+     FROM (SELECT value ->> 'item' AS item, value ->> 'new_digest' AS new_digest, \
+     value ->> 'new_expires' AS new_expires, value ->> 'new_run' AS new_run, \
+     value ->> 'new_claimer' AS new_claimer FROM json_each($2)) AS j \
+     WHERE id = j.item AND status = 'new' RETURNING ",
+    item_columns!()
+);
+const CLAIM_ASSIGNED_POSTGRES: &str = concat!(
+    "UPDATE queue_items SET status = 'in_progress', attempts = attempts + 1, \
+     lease_digest = j.new_digest, lease_expires_at = j.new_expires, run_id = j.new_run, \
+     claimed_by = j.new_claimer, started_at = $1, updated_at = $1 \
+     FROM json_to_recordset($2::json) AS j(item BIGINT, new_digest TEXT, new_expires BIGINT, \
+     new_run TEXT, new_claimer TEXT) \
+     WHERE id = j.item AND status = 'new' RETURNING ",
+    item_columns!()
+);
+
 /// Completes at time `$1` the items of the JSON array `$2` (`item`, `queue_id`, `digest`,
 /// `new_output` each) that are held under their digest: all completions of a batch in one
 /// statement.
@@ -552,11 +580,12 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
-    /// Applies `ops` in one transaction, in order, and answers each. In the same transaction
-    /// it appends the `audit` records, the record `audit_of` makes of each operation and its
-    /// answer, and wakes the queue triggers of the queues whose items became ready. A refused
-    /// operation changes nothing; the others are applied all the same. A database failure
-    /// fails all.
+    /// Applies `ops` in one transaction and answers each: the completions first, in one
+    /// statement, then the others in order (the operations of a batch are concurrent requests,
+    /// so any order is theirs). In the same transaction it appends the `audit` records, the
+    /// record `audit_of` makes of each operation and its answer, and wakes the queue triggers
+    /// of the queues whose items became ready. A refused operation changes nothing; the others
+    /// are applied all the same. A database failure fails all.
     pub async fn apply_queue_ops(
         &self,
         ops: &[QueueOp],
@@ -568,9 +597,19 @@ impl Store {
         + Send,
         now: Timestamp,
     ) -> StoreResult<AppliedOps> {
-        let (claim_sql, complete_sql) = match self.backend_kind() {
-            BackendKind::Sqlite => (CLAIM_SQLITE, COMPLETE_SQLITE),
-            BackendKind::Postgres => (CLAIM_POSTGRES, COMPLETE_POSTGRES),
+        let (claim_sql, ready_sql, claim_assigned_sql, complete_sql) = match self.backend_kind() {
+            BackendKind::Sqlite => (
+                CLAIM_SQLITE,
+                READY_SQLITE,
+                CLAIM_ASSIGNED_SQLITE,
+                COMPLETE_SQLITE,
+            ),
+            BackendKind::Postgres => (
+                CLAIM_POSTGRES,
+                READY_POSTGRES,
+                CLAIM_ASSIGNED_POSTGRES,
+                COMPLETE_POSTGRES,
+            ),
         };
         let at = to_millis(now);
         let mut answers = Vec::with_capacity(ops.len());
@@ -624,7 +663,66 @@ impl Store {
                     completed.insert(row.id, row.try_into()?);
                 }
             }
-            for op in ops {
+            // With several claims, the ready items of each queue are read once, in claim order,
+            // shared out among its claims in order, and all claimed in one statement.
+            let claims: Vec<(usize, &QueueRecord, &String, &Claimer, u32)> = ops
+                .iter()
+                .enumerate()
+                .filter_map(|(index, op)| match (op, queues.get(op.queue())) {
+                    (QueueOp::Claim { lease_digest, claimer, count, .. }, Some(Some(queue))) => {
+                        Some((index, queue, lease_digest, claimer, *count))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let shared_claims = 1 < claims.len();
+            let mut claimed: HashMap<usize, Vec<ItemRecord>> = HashMap::new();
+            if shared_claims {
+                let mut totals: BTreeMap<i64, i64> = BTreeMap::new();
+                for (_, queue, _, _, count) in &claims {
+                    *totals.entry(queue.id).or_default() += i64::from(*count);
+                }
+                let mut ready: HashMap<i64, std::vec::IntoIter<i64>> = HashMap::new();
+                for (queue_id, total) in totals {
+                    let ids: Vec<i64> = sqlx::query_scalar(ready_sql)
+                        .bind(queue_id)
+                        .bind(at)
+                        .bind(total)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    ready.insert(queue_id, ids.into_iter());
+                }
+                let (mut owners, mut assignments) = (HashMap::new(), Vec::new());
+                let mut order: HashMap<usize, Vec<i64>> = HashMap::new();
+                for (index, queue, digest, claimer, count) in &claims {
+                    let Some(ids) = ready.get_mut(&queue.id) else { continue };
+                    for id in ids.by_ref().take(*count as usize) {
+                        owners.insert(id, *index);
+                        order.entry(*index).or_default().push(id);
+                        assignments.push(serde_json::json!({
+                            "item": id, "new_digest": digest,
+                            "new_expires": to_millis(queue.settings.lease_until(now)),
+                            "new_run": claimer.run_id, "new_claimer": claimer.name,
+                        }));
+                    }
+                }
+                let mut records: HashMap<i64, ItemRecord> = HashMap::new();
+                if !assignments.is_empty() {
+                    let rows: Vec<ItemRow> = sqlx::query_as(claim_assigned_sql)
+                        .bind(at)
+                        .bind(serde_json::Value::Array(assignments).to_string())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    for row in rows {
+                        records.insert(row.id, row.try_into()?);
+                    }
+                }
+                for (index, ids) in order {
+                    let items = ids.iter().filter_map(|id| records.remove(id)).collect();
+                    claimed.insert(index, items);
+                }
+            }
+            for (index, op) in ops.iter().enumerate() {
                 let name = op.queue();
                 let Some(Some(queue)) = queues.get(name) else {
                     answers.push(Err(QueueOpError::QueueNotFound));
@@ -817,6 +915,9 @@ impl Store {
                                 }
                             }
                         }
+                    }
+                    QueueOp::Claim { .. } if shared_claims => {
+                        Ok(QueueAnswer::Claimed(claimed.remove(&index).unwrap_or_default()))
                     }
                     QueueOp::Claim { lease_digest, claimer, count, .. } => {
                         let rows: Vec<ItemRow> = sqlx::query_as(claim_sql)

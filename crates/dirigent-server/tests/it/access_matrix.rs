@@ -157,6 +157,24 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("POST", "/api/v1/queues/finance-q/claim", None, "YYY...Y.."),
     ("POST", "/api/v1/queues/hr-q/claim", None, "YYY......"),
     (
+        "POST",
+        "/api/v1/queues/finance-q/claims",
+        Some(r#"{"count": 2}"#),
+        "YYY...Y..",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/hr-q/claims",
+        Some(r#"{"count": 2}"#),
+        "YYY......",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/finance-q/items/complete",
+        Some(r#"{"items": [{"id": 1, "lease_token": "dgl_stale"}]}"#),
+        "YYY...Y..",
+    ),
+    (
         "GET",
         "/api/v1/queues/finance-q/items/{item}",
         None,

@@ -238,6 +238,89 @@ store_test!(
 );
 
 store_test!(
+    the_claims_of_one_batch_share_the_ready_items_out_in_order,
+    |store| {
+        for queue in ["q", "r"] {
+            store
+                .create_queue(queue, &QueueSettings::default(), at(0))
+                .await
+                .unwrap();
+        }
+        let mut urgent = item("urgent");
+        urgent.priority = Priority::High;
+        let ids = add(
+            &store,
+            "q",
+            vec![item("1"), item("2"), item("3"), urgent, item("4")],
+            at(0),
+        )
+        .await;
+        let other = add(&store, "r", vec![item("r1")], at(0)).await;
+        let claim = |queue: &str, lease: &str, count| QueueOp::Claim {
+            queue: queue.to_owned(),
+            lease_digest: lease.to_owned(),
+            claimer: claimer(),
+            count,
+        };
+        let applied = store
+            .apply_queue_ops(
+                &[
+                    claim("q", "a", 2),
+                    claim("none", "x", 1),
+                    claim("r", "r", 3),
+                    claim("q", "b", 1),
+                    claim("q", "c", 5),
+                    claim("q", "d", 1),
+                ],
+                &[],
+                |_, _| None,
+                at(1),
+            )
+            .await
+            .unwrap();
+        let got: Vec<Result<Vec<(i64, String)>, QueueOpError>> = applied
+            .answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(QueueAnswer::Claimed(items)) => Ok(items
+                    .into_iter()
+                    .map(|item| (item.id, item.payload))
+                    .collect()),
+                Ok(other) => panic!("{other:?}"),
+                Err(err) => Err(err),
+            })
+            .collect();
+        let held = |id: i64, payload: &str| (id, payload.to_owned());
+        assert_eq!(
+            got,
+            [
+                Ok(vec![held(ids[3], "urgent"), held(ids[0], "1")]),
+                Err(QueueOpError::QueueNotFound),
+                Ok(vec![held(other[0], "r1")]),
+                Ok(vec![held(ids[1], "2")]),
+                Ok(vec![held(ids[2], "3"), held(ids[4], "4")]),
+                Ok(vec![]),
+            ]
+        );
+        // Each holds its items under its own lease.
+        let extend = |item: i64, lease: &str| QueueOp::Extend {
+            queue: "q".to_owned(),
+            item,
+            lease_digest: lease.to_owned(),
+        };
+        assert!(one(&store, extend(ids[1], "b"), at(2)).await.is_ok());
+        assert_eq!(
+            one(&store, extend(ids[1], "a"), at(2)).await,
+            Err(QueueOpError::StaleLease)
+        );
+        let attempts = store.item_attempts(ids[2]).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].claimed_by, "run:run_1");
+        assert_eq!(attempts[0].run_id.as_deref(), Some("run_1"));
+    }
+);
+
+store_test!(
     a_lease_token_guards_every_change_of_a_claimed_item,
     |store| {
         store
