@@ -110,9 +110,9 @@ def main():
 
     ours = dirigent(args.items, runs)
     theirs = huey(args.items)
-    print(f"{'':46}{'dirigent':>12}{'huey':>12}{'ratio':>8}")
+    print(f"{'':52}{'dirigent':>12}{'huey':>12}{'ratio':>8}")
     bulk = max(result["bulk_items_per_second"] for result in ours)
-    print(f"{'add, items/s (bulk 1000 vs one by one)':46}{bulk:12.0f}{theirs['enqueue_per_second']:12.0f}"
+    print(f"{'add, items/s (bulk 1000 vs one by one)':52}{bulk:12.0f}{theirs['enqueue_per_second']:12.0f}"
           f"{bulk / theirs['enqueue_per_second']:8.1f}")
     def run(result):
         return f"{result['consumers']} consumers, {result['batch']} a request"
@@ -120,11 +120,11 @@ def main():
     for result in ours:
         label = f"cycle, items/s ({run(result)})"
         rate = result["cycle_items_per_second"]
-        print(f"{label:46}{rate:12.0f}{theirs['cycle_items_per_second']:12.0f}"
+        print(f"{label:52}{rate:12.0f}{theirs['cycle_items_per_second']:12.0f}"
               f"{rate / theirs['cycle_items_per_second']:8.1f}")
     for result in ours:
         label = f"claim latency p50/p99, ms ({run(result)})"
-        print(f"{label:46}{result['claim_p50_ms']:6.1f}/{result['claim_p99_ms']:<5.1f}")
+        print(f"{label:52}{result['claim_p50_ms']:6.1f}/{result['claim_p99_ms']:<5.1f}")
     print("goals: cycle >= 10,000 items/s; bulk add >= 100,000 items/s; claim p99 <= 5 ms")
 
 

@@ -15,11 +15,12 @@ pub(crate) struct Batcher<T, R> {
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Starts `writers` tasks that each take whatever requests wait, up to `max_batch`, and
-    /// answer them with `apply`, which returns one result per request, in order. The tasks
-    /// end when the batcher is dropped.
+    /// answer them with `apply`, which returns one result per request, in order; it learns
+    /// whether more requests were waiting when the batch was taken. The tasks end when the
+    /// batcher is dropped.
     pub(crate) fn spawn<F, Fut>(writers: usize, max_batch: usize, apply: F) -> Batcher<T, R>
     where
-        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        F: Fn(Vec<T>, bool) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send,
     {
         let (submit, pending) = mpsc::channel::<(T, oneshot::Sender<R>)>(BACKLOG);
@@ -30,15 +31,16 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(max_batch);
                 loop {
-                    {
+                    let more = {
                         let mut pending = pending.lock().await;
                         if pending.recv_many(&mut batch, max_batch).await == 0 {
                             return;
                         }
-                    }
+                        !pending.is_empty()
+                    };
                     let (requests, replies): (Vec<T>, Vec<oneshot::Sender<R>>) =
                         batch.drain(..).unzip();
-                    for (reply, result) in replies.into_iter().zip(apply(requests).await) {
+                    for (reply, result) in replies.into_iter().zip(apply(requests, more).await) {
                         let _ = reply.send(result);
                     }
                 }

@@ -9,14 +9,14 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicI64, Ordering},
     },
     time::Duration,
 };
 
 use dirigent_store::{
-    AppliedOps, AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store,
+    AppliedOps, AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store, WriteSession,
 };
 use jiff::Timestamp;
 use tokio::sync::Notify;
@@ -27,6 +27,10 @@ use crate::{
 
 /// Writes one transaction takes at most.
 const MAX_BATCH: usize = 512;
+
+/// Batches one writer applies in a row on the write connection it holds, at most, while more
+/// writes wait; then it hands the connection back, so that other writers get their turn.
+const HOLD_BATCHES: u32 = 8;
 
 /// The outcome of a work-item operation.
 pub type QueueReply = Result<Result<QueueAnswer, QueueOpError>, ApiError>;
@@ -61,14 +65,17 @@ impl Writer {
             BackendKind::Sqlite => 1,
             BackendKind::Postgres => 4,
         };
+        // Write connections kept between batches while more writes wait, with how many
+        // batches in a row each has applied.
+        let held: Arc<Mutex<Vec<(WriteSession, u32)>>> = Arc::default();
         let batcher = {
             let (store, clock) = (store.clone(), clock.clone());
             let (target, wake) = (reaper_target.clone(), reaper_wake.clone());
             let scheduler = scheduler.clone();
-            Batcher::spawn(writers, MAX_BATCH, move |writes: Vec<Write>| {
+            Batcher::spawn(writers, MAX_BATCH, move |writes: Vec<Write>, more| {
                 let (store, clock) = (store.clone(), clock.clone());
                 let (target, wake) = (target.clone(), wake.clone());
-                let scheduler = scheduler.clone();
+                let (scheduler, held) = (scheduler.clone(), held.clone());
                 async move {
                     let (mut ops, mut op_audit, mut audit, mut is_op) =
                         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -91,7 +98,24 @@ impl Writer {
                         record.status = status.as_u16();
                         Some(record)
                     };
-                    let applied = store.apply_queue_ops(&ops, &audit, audit_of, now).await;
+                    let kept = held.lock().unwrap_or_else(PoisonError::into_inner).pop();
+                    let session = match kept {
+                        Some(kept) => Ok(kept),
+                        None => store.write_session().await.map(|session| (session, 0)),
+                    };
+                    let applied = match session {
+                        Ok((mut session, used)) => {
+                            let applied = store
+                                .apply_queue_ops(&mut session, &ops, &audit, audit_of, now)
+                                .await;
+                            if more && used + 1 < HOLD_BATCHES && applied.is_ok() {
+                                let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
+                                held.push((session, used + 1));
+                            }
+                            applied
+                        }
+                        Err(err) => Err(err),
+                    };
                     let AppliedOps {
                         answers,
                         woken_triggers,

@@ -114,6 +114,29 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// The write connection, held by one writer across consecutive transactions: a flood of
+/// batches keeps it instead of handing it back to the pool after each (which costs a round
+/// trip to the connection). Other writers wait for it while it is held: drop it when idle.
+#[derive(Debug)]
+pub struct WriteSession(SessionConnection);
+
+#[derive(Debug)]
+enum SessionConnection {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+/// Runs `$body` with `$conn` bound to the session's connection, whichever the backend.
+macro_rules! dispatch_session {
+    ($session:expr, $conn:ident => $body:expr) => {
+        match &mut $session.0 {
+            $crate::SessionConnection::Sqlite($conn) => $body,
+            $crate::SessionConnection::Postgres($conn) => $body,
+        }
+    };
+}
+pub(crate) use dispatch_session;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -136,6 +159,14 @@ impl Store {
             Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(store)
+    }
+
+    /// Takes the write connection (on PostgreSQL, one of the pool's) for several transactions.
+    pub async fn write_session(&self) -> StoreResult<WriteSession> {
+        Ok(WriteSession(match &self.backend {
+            Backend::Sqlite { writer, .. } => SessionConnection::Sqlite(writer.acquire().await?),
+            Backend::Postgres(pool) => SessionConnection::Postgres(pool.acquire().await?),
+        }))
     }
 
     async fn open_sqlite(url: &str) -> StoreResult<Store> {

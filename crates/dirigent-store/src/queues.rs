@@ -588,6 +588,7 @@ impl Store {
     /// are applied all the same. A database failure fails all.
     pub async fn apply_queue_ops(
         &self,
+        session: &mut crate::WriteSession,
         ops: &[QueueOp],
         audit: &[crate::AuditRecord],
         mut audit_of: impl FnMut(
@@ -614,8 +615,8 @@ impl Store {
         let at = to_millis(now);
         let mut answers = Vec::with_capacity(ops.len());
         let mut woken_triggers = 0;
-        dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+        crate::dispatch_session!(session, conn => {
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
             let mut queues: HashMap<&str, Option<QueueRecord>> = HashMap::new();
             for op in ops {
                 let name = op.queue();

@@ -456,8 +456,15 @@ async fn run_case(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 QueueOp::Delete { queue, item }
             }
         };
+        let mut session = store.write_session().await.unwrap();
         let stored = store
-            .apply_queue_ops(std::slice::from_ref(&op), &[], |_, _| None, now)
+            .apply_queue_ops(
+                &mut session,
+                std::slice::from_ref(&op),
+                &[],
+                |_, _| None,
+                now,
+            )
             .await
             .unwrap()
             .answers

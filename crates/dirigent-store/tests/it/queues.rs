@@ -32,8 +32,9 @@ fn claimer() -> Claimer {
 
 /// Applies one operation and answers its outcome.
 async fn one(store: &Store, op: QueueOp, now: Timestamp) -> Result<QueueAnswer, QueueOpError> {
+    let mut session = store.write_session().await.unwrap();
     store
-        .apply_queue_ops(&[op], &[], |_, _| None, now)
+        .apply_queue_ops(&mut session, &[op], &[], |_, _| None, now)
         .await
         .unwrap()
         .answers
@@ -262,8 +263,11 @@ store_test!(
             claimer: claimer(),
             count,
         };
+        // One session holds the write connection for this batch and the next.
+        let mut session = store.write_session().await.unwrap();
         let applied = store
             .apply_queue_ops(
+                &mut session,
                 &[
                     claim("q", "a", 2),
                     claim("none", "x", 1),
@@ -290,6 +294,14 @@ store_test!(
                 Err(err) => Err(err),
             })
             .collect();
+        let none_left = store
+            .apply_queue_ops(&mut session, &[claim("q", "e", 1)], &[], |_, _| None, at(1))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&none_left.answers[..], [Ok(QueueAnswer::Claimed(items))] if items.is_empty())
+        );
+        drop(session);
         let held = |id: i64, payload: &str| (id, payload.to_owned());
         assert_eq!(
             got,
