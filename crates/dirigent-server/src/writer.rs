@@ -16,7 +16,8 @@ use std::{
 };
 
 use dirigent_store::{
-    AppliedOps, AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store, WriteSession,
+    AppliedOps, AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store, StoreError,
+    WriteSession,
 };
 use jiff::Timestamp;
 use tokio::sync::Notify;
@@ -65,9 +66,7 @@ impl Writer {
             BackendKind::Sqlite => 1,
             BackendKind::Postgres => 4,
         };
-        // Write connections kept between batches while more writes wait, with how many
-        // batches in a row each has applied.
-        let held: Arc<Mutex<Vec<(WriteSession, u32)>>> = Arc::default();
+        let held = Arc::new(HeldSessions::default());
         let batcher = {
             let (store, clock) = (store.clone(), clock.clone());
             let (target, wake) = (reaper_target.clone(), reaper_wake.clone());
@@ -98,19 +97,13 @@ impl Writer {
                         record.status = status.as_u16();
                         Some(record)
                     };
-                    let kept = held.lock().unwrap_or_else(PoisonError::into_inner).pop();
-                    let session = match kept {
-                        Some(kept) => Ok(kept),
-                        None => store.write_session().await.map(|session| (session, 0)),
-                    };
-                    let applied = match session {
+                    let applied = match held.take(&store).await {
                         Ok((mut session, used)) => {
                             let applied = store
                                 .apply_queue_ops(&mut session, &ops, &audit, audit_of, now)
                                 .await;
-                            if more && used + 1 < HOLD_BATCHES && applied.is_ok() {
-                                let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
-                                held.push((session, used + 1));
+                            if applied.is_ok() {
+                                held.keep(session, used + 1, more);
                             }
                             applied
                         }
@@ -192,6 +185,31 @@ impl Writer {
             self.scheduler.some_queues_filled().await?;
         }
         Ok(released)
+    }
+}
+
+/// Write connections kept between batches while more writes wait, each with how many batches
+/// in a row it has applied.
+#[derive(Default)]
+struct HeldSessions(Mutex<Vec<(WriteSession, u32)>>);
+
+impl HeldSessions {
+    /// A kept connection, or a new one.
+    async fn take(&self, store: &Store) -> Result<(WriteSession, u32), StoreError> {
+        let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        match kept {
+            Some(kept) => Ok(kept),
+            None => Ok((store.write_session().await?, 0)),
+        }
+    }
+
+    /// Keeps a connection that applied `used` batches in a row for the next batch, when more
+    /// writes wait and it may apply one more; else hands it back.
+    fn keep(&self, session: WriteSession, used: u32, more: bool) {
+        if more && used < HOLD_BATCHES {
+            let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.push((session, used));
+        }
     }
 }
 
