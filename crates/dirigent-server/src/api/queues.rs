@@ -345,23 +345,17 @@ pub(super) async fn claim_item(
     PathSegment(name): PathSegment,
 ) -> Result<Response, ApiError> {
     caller.require(Resource::Queues, Action::Process, Some(&name))?;
-    let token = secrets::new_token(secrets::LEASE_PREFIX).map_err(ApiError::internal)?;
-    let op = QueueOp::Claim {
-        queue: name.clone(),
-        lease_digest: secrets::token_digest(&token),
-        claimer: claimer(&caller),
-        count: 1,
-    };
-    let Some((mut items, lease_expires_at)) = claimed(&state, &name, op, audit).await? else {
+    let Some(mut claims) = claim(&state, &caller, audit, &name, 1).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let item = items
+    let item = claims
+        .items
         .pop()
         .ok_or_else(|| ApiError::internal("a claim of one answered none"))?;
     let claim = Claim {
         item,
-        lease_token: token,
-        lease_expires_at,
+        lease_token: claims.lease_token,
+        lease_expires_at: claims.lease_expires_at,
     };
     Ok(Json(claim).into_response())
 }
@@ -392,22 +386,10 @@ pub(super) async fn claim_items(
 ) -> Result<Response, ApiError> {
     caller.require(Resource::Queues, Action::Process, Some(&name))?;
     bulk_size("count", request.count as usize)?;
-    let token = secrets::new_token(secrets::LEASE_PREFIX).map_err(ApiError::internal)?;
-    let op = QueueOp::Claim {
-        queue: name.clone(),
-        lease_digest: secrets::token_digest(&token),
-        claimer: claimer(&caller),
-        count: request.count,
-    };
-    let Some((items, lease_expires_at)) = claimed(&state, &name, op, audit).await? else {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    };
-    let claims = Claims {
-        items,
-        lease_token: token,
-        lease_expires_at,
-    };
-    Ok(Json(claims).into_response())
+    match claim(&state, &caller, audit, &name, request.count).await? {
+        Some(claims) => Ok(Json(claims).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
 }
 
 /// Who claims: the caller's run, or the caller.
@@ -424,16 +406,23 @@ fn claimer(caller: &Caller) -> Claimer {
     }
 }
 
-/// Applies a claim: the items claimed and their lease's expiry, or none when none was ready.
-async fn claimed(
+/// Claims up to `count` items of `queue` under a new lease; none when none was ready.
+async fn claim(
     state: &AppState,
-    queue: &str,
-    op: QueueOp,
+    caller: &Caller,
     audit: AuditSlot,
-) -> Result<Option<(Vec<Item>, jiff::Timestamp)>, ApiError> {
-    let QueueAnswer::Claimed(items) =
-        answer(queue, state.writer.queue_op(op, audit.take()).await?)?
-    else {
+    queue: &str,
+    count: u32,
+) -> Result<Option<Claims>, ApiError> {
+    let token = secrets::new_token(secrets::LEASE_PREFIX).map_err(ApiError::internal)?;
+    let op = QueueOp::Claim {
+        queue: queue.to_owned(),
+        lease_digest: secrets::token_digest(&token),
+        claimer: claimer(caller),
+        count,
+    };
+    let answer = answer(queue, state.writer.queue_op(op, audit.take()).await?)?;
+    let QueueAnswer::Claimed(items) = answer else {
         return Err(ApiError::internal("a claim answered otherwise"));
     };
     let Some(lease_expires_at) = items.first().map(|item| item.lease_expires_at) else {
@@ -445,7 +434,11 @@ async fn claimed(
         .into_iter()
         .map(|item| to_wire(queue, item, Vec::new()))
         .collect::<Result<_, _>>()?;
-    Ok(Some((items, lease_expires_at)))
+    Ok(Some(Claims {
+        items,
+        lease_token: token,
+        lease_expires_at,
+    }))
 }
 
 /// Refuses a bulk request of `size` items unless it is 1 to the most one request may carry.
