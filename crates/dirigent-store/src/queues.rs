@@ -632,7 +632,6 @@ impl Store {
             // concurrent: any order is theirs). An item named twice is sent once; the others,
             // and those not completed, take the way of one operation below, which says why.
             let mut completed: HashMap<i64, ItemRecord> = HashMap::new();
-            let mut added: BTreeMap<i64, i64> = BTreeMap::new();
             let mut sent = std::collections::HashSet::new();
             let mut completions = Vec::new();
             for op in ops {
@@ -693,12 +692,11 @@ impl Store {
                         .await?;
                     ready.insert(queue_id, ids.into_iter());
                 }
-                let (mut owners, mut assignments) = (HashMap::new(), Vec::new());
+                let mut assignments = Vec::new();
                 let mut order: HashMap<usize, Vec<i64>> = HashMap::new();
                 for (index, queue, digest, claimer, count) in &claims {
                     let Some(ids) = ready.get_mut(&queue.id) else { continue };
                     for id in ids.by_ref().take(*count as usize) {
-                        owners.insert(id, *index);
                         order.entry(*index).or_default().push(id);
                         assignments.push(serde_json::json!({
                             "item": id, "new_digest": digest,
@@ -723,6 +721,8 @@ impl Store {
                     claimed.insert(index, items);
                 }
             }
+            // The items added, per queue: they count as new.
+            let mut added: BTreeMap<i64, i64> = BTreeMap::new();
             for (index, op) in ops.iter().enumerate() {
                 let name = op.queue();
                 let Some(Some(queue)) = queues.get(name) else {
@@ -1080,7 +1080,6 @@ impl Store {
                 };
                 answers.push(answer);
             }
-            // The items added count as new, per queue.
             for (queue_id, count) in added {
                 sqlx::query(
                     "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
