@@ -686,7 +686,7 @@ async fn bulk(args: BulkArgs, requeue: bool) -> anyhow::Result<()> {
 /// Some items of a bulk operation were refused, the others done: exit code 5, as for a
 /// conflict.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} items were refused")]
+#[error("not all items were done: {0} refused")]
 pub(crate) struct NotAllDone(usize);
 
 /// No item of the queue is ready to claim: exit code 4, as for anything not found.

@@ -149,14 +149,22 @@ impl Browser {
         eventually(&format!("an element {css}"), || self.find(css))
     }
 
-    /// Clicks the element `css` selects (waiting for it).
+    /// Clicks the element `css` selects (waiting for it). A live part of the page may be
+    /// drawn anew between finding the element and clicking it: then it is found again.
     pub(crate) fn click(&self, css: &str) {
-        let element = self.wait_for(css);
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        );
+        eventually(&format!("a click on {css}"), || {
+            let element = self.find(css)?;
+            let clicked = self.request(
+                reqwest::Method::POST,
+                &format!("/element/{element}/click"),
+                Some(json!({})),
+            );
+            match clicked {
+                Ok(_) => Some(()),
+                Err(err) if err.contains("stale element") => None,
+                Err(err) => panic!("WebDriver click on {css}: {err}"),
+            }
+        });
     }
 
     /// Sizes the window, as a laptop's or a phone's.
