@@ -50,19 +50,8 @@ impl Client {
 
     /// Claims the next ready item; `None` when no item is ready.
     pub async fn claim(&self, queue: &str) -> Result<Option<Claim>, ClientError> {
-        let bytes = self
-            .send(
-                Method::POST,
-                &["api", "v1", "queues", queue, "claim"],
-                None::<&()>,
-            )
-            .await?;
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| ClientError::Decode(err.to_string()))
+        self.claim_from(&["api", "v1", "queues", queue, "claim"], None::<&()>)
+            .await
     }
 
     /// Claims up to `count` ready items under one lease; `None` when no item is ready.
@@ -71,13 +60,18 @@ impl Client {
         queue: &str,
         count: u32,
     ) -> Result<Option<Claims>, ClientError> {
-        let bytes = self
-            .send(
-                Method::POST,
-                &["api", "v1", "queues", queue, "claims"],
-                Some(&ClaimRequest { count }),
-            )
-            .await?;
+        let request = ClaimRequest { count };
+        self.claim_from(&["api", "v1", "queues", queue, "claims"], Some(&request))
+            .await
+    }
+
+    /// Posts a claim; `None` when the server answers that no item is ready (no content).
+    async fn claim_from<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<Option<T>, ClientError> {
+        let bytes = self.send(Method::POST, segments, body).await?;
         if bytes.is_empty() {
             return Ok(None);
         }
