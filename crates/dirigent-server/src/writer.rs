@@ -23,7 +23,11 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 
 use crate::{
-    Clock, api::queues::answer_status, batch::Batcher, error::ApiError, scheduler::Scheduler,
+    Clock,
+    api::queues::answer_status,
+    batch::{Batcher, Writers},
+    error::ApiError,
+    scheduler::Scheduler,
 };
 
 /// Writes one transaction takes at most.
@@ -55,16 +59,17 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the batch writers (one on SQLite, whose writes are serial anyway; several on
-    /// PostgreSQL) and the lease reaper. Operations that leave items ready wake the queue
+    /// Starts the batch writers (on SQLite one, on a thread of its own: its writes are serial
+    /// anyway, and each batch runs synchronously; on PostgreSQL several tasks) and the lease
+    /// reaper. Operations that leave items ready wake the queue
     /// triggers of their queues.
     pub fn start(store: Store, clock: Arc<dyn Clock>, scheduler: Arc<Scheduler>) -> Arc<Writer> {
         // The lease expiry the reaper sleeps until (milliseconds; `i64::MAX` when none).
         let reaper_target = Arc::new(AtomicI64::new(i64::MAX));
         let reaper_wake = Arc::new(Notify::new());
         let writers = match store.backend_kind() {
-            BackendKind::Sqlite => 1,
-            BackendKind::Postgres => 4,
+            BackendKind::Sqlite => Writers::Thread,
+            BackendKind::Postgres => Writers::Tasks(4),
         };
         let held = Arc::new(HeldSessions::default());
         let batcher = {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use dirigent_domain::agent::{Agent, AgentId};
 use jiff::Timestamp;
 
-use crate::{Store, StoreError, StoreResult, dispatch, from_millis_opt, to_millis};
+use crate::{BeginWrite, Store, StoreError, StoreResult, dispatch, from_millis_opt, to_millis};
 
 /// What an agent tells about itself when it connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<AgentId> {
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let used = sqlx::query(
                 "UPDATE enrollment_tokens SET used_at = $2 \
                  WHERE token_hash = $1 AND used_at IS NULL AND $2 < expires_at",
@@ -235,7 +235,7 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<u64> {
         let command_id: i64 = dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let command_id: i64 = sqlx::query_scalar(
                 "UPDATE agents SET last_command_id = last_command_id + 1 WHERE id = $1 RETURNING last_command_id",
             )

@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::{Store, StoreResult, dispatch, from_millis, to_millis};
+use crate::{BeginWrite, Store, StoreResult, dispatch, from_millis, to_millis};
 
 /// One audited request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,14 +68,43 @@ macro_rules! insert_audit_rows {
         }
     };
 }
-pub(crate) use insert_audit_rows;
+/// Inserts audit records in a batch's transaction.
+pub(crate) async fn insert_audit_batch(
+    conn: &mut crate::batch::BatchConn<'_>,
+    records: &[AuditRecord],
+) -> StoreResult<()> {
+    for chunk in records.chunks(1000) {
+        let sql = crate::batch::values_sql(
+            "INSERT INTO audit_log (at, actor, action, target, address, outcome, status)",
+            chunk.len(),
+            7,
+        );
+        let args: Vec<crate::batch::Arg<'_>> = chunk
+            .iter()
+            .flat_map(|record| {
+                crate::batch::args![
+                    to_millis(record.at),
+                    &record.actor,
+                    &record.action,
+                    &record.target,
+                    &record.address,
+                    &record.outcome,
+                    i64::from(record.status),
+                ]
+                .to_owned()
+            })
+            .collect();
+        conn.execute(&sql, &args).await?;
+    }
+    Ok(())
+}
 
 impl Store {
     /// Appends records in one transaction.
     /// Appends records in one transaction.
     pub async fn insert_audit(&self, records: &[AuditRecord]) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             insert_audit_rows!(&mut *tx, records);
             tx.commit().await?;
         });

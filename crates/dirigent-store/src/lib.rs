@@ -6,20 +6,23 @@
 //! native driver. Where the dialects must differ, the backend is matched explicitly.
 //!
 //! **Architecture Invariant.** Only this crate talks to the database, and it returns domain
-//! types, never rows. On SQLite every write goes through one connection (SQLite has a single
-//! writer, and queueing in the pool beats `SQLITE_BUSY` retries); reads use a small pool.
-//! Acknowledged writes are durable: WAL with `synchronous=FULL`.
+//! types, never rows. On SQLite two connections write: the batches of work-item operations
+//! go through one of their own (see [`WriteSession`]), every other write through a pool of
+//! one; write transactions begin `IMMEDIATE`, so that each waits for SQLite's one write lock
+//! instead of failing when the other connection wrote first ([`BeginWrite`]). Reads use a small
+//! pool. Acknowledged writes are durable: WAL with `synchronous=FULL`.
 
 mod accounts;
 mod agents;
 mod audit;
+mod batch;
 mod queues;
 mod robots;
 mod runs;
 mod triggers;
 mod users;
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use sqlx::{
@@ -59,6 +62,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Backend(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -98,6 +103,8 @@ enum Backend {
     Sqlite {
         reader: SqlitePool,
         writer: SqlitePool,
+        /// The connection of the batches of work-item operations.
+        batches: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
     },
     Postgres(PgPool),
 }
@@ -114,28 +121,43 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
-/// The write connection, held by one writer across consecutive transactions: a flood of
-/// batches keeps it instead of handing it back to the pool after each (which costs a round
-/// trip to the connection). Other writers wait for it while it is held: drop it when idle.
+/// A connection for batches of work-item operations, held by one batch writer across
+/// consecutive transactions: a flood of batches keeps it instead of handing it back after
+/// each. Other batch writers wait for it while it is held: drop it when idle.
+///
+/// On SQLite it is a connection of its own, driven synchronously (each statement a call, not
+/// a hand-over to sqlx's connection thread) with its statements prepared once; on PostgreSQL
+/// one of the pool's.
 #[derive(Debug)]
 pub struct WriteSession(SessionConnection);
 
 #[derive(Debug)]
 enum SessionConnection {
-    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Sqlite(tokio::sync::OwnedMutexGuard<rusqlite::Connection>),
     Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
 }
 
-/// Runs `$body` with `$conn` bound to the session's connection, whichever the backend.
-macro_rules! dispatch_session {
-    ($session:expr, $conn:ident => $body:expr) => {
-        match &mut $session.0 {
-            $crate::SessionConnection::Sqlite($conn) => $body,
-            $crate::SessionConnection::Postgres($conn) => $body,
-        }
-    };
+/// Begins a write transaction: on SQLite `BEGIN IMMEDIATE`, which takes the write lock at
+/// once (waiting up to the busy timeout), so that a transaction which reads before it writes
+/// cannot fail because the other write connection committed in between.
+pub(crate) trait BeginWrite<DB: sqlx::Database> {
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, DB>>;
 }
-pub(crate) use dispatch_session;
+
+impl BeginWrite<sqlx::Sqlite> for SqlitePool {
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite<sqlx::Postgres> for PgPool {
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.begin().await
+    }
+}
+
+/// How long an SQLite write waits for the write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -161,10 +183,12 @@ impl Store {
         Ok(store)
     }
 
-    /// Takes the write connection (on PostgreSQL, one of the pool's) for several transactions.
+    /// Takes a connection for batches of work-item operations, for several transactions.
     pub async fn write_session(&self) -> StoreResult<WriteSession> {
         Ok(WriteSession(match &self.backend {
-            Backend::Sqlite { writer, .. } => SessionConnection::Sqlite(writer.acquire().await?),
+            Backend::Sqlite { batches, .. } => {
+                SessionConnection::Sqlite(batches.clone().lock_owned().await)
+            }
             Backend::Postgres(pool) => SessionConnection::Postgres(pool.acquire().await?),
         }))
     }
@@ -176,7 +200,7 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(BUSY_TIMEOUT);
         // An SQLite connection is a file in this process: no ping before each use (it would
         // cost a round trip to the connection's thread on every transaction).
         let writer = SqlitePoolOptions::new()
@@ -188,11 +212,22 @@ impl Store {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(StoreError::Connect)?;
+        let batches = rusqlite::Connection::open(options.get_filename())
+            .and_then(|connection| {
+                connection.busy_timeout(BUSY_TIMEOUT)?;
+                connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON")?;
+                Ok(connection)
+            })
+            .map_err(|err| StoreError::Connect(sqlx::Error::Configuration(err.into())))?;
         Ok(Store {
-            backend: Backend::Sqlite { reader, writer },
+            backend: Backend::Sqlite {
+                reader,
+                writer,
+                batches: Arc::new(tokio::sync::Mutex::new(batches)),
+            },
         })
     }
 
@@ -226,7 +261,7 @@ impl Store {
     /// Closes every connection; pending writes finish first.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { reader, writer } => {
+            Backend::Sqlite { reader, writer, .. } => {
                 reader.close().await;
                 writer.close().await;
             }

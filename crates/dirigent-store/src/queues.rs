@@ -14,7 +14,9 @@ use dirigent_domain::queue::{
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    BackendKind, Store, StoreError, StoreResult, dispatch, from_millis, from_millis_opt, to_millis,
+    BackendKind, BeginWrite, Store, StoreError, StoreResult,
+    batch::{Arg, BatchConn, Row, args},
+    dispatch, from_millis, from_millis_opt, to_millis,
 };
 
 /// A queue as stored.
@@ -252,6 +254,31 @@ struct ItemRow {
     updated_at: i64,
 }
 
+impl Row for ItemRow {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
+        Ok(ItemRow {
+            id: row.get(0)?,
+            status: row.get(1)?,
+            priority: row.get(2)?,
+            reference: row.get(3)?,
+            payload: row.get(4)?,
+            output: row.get(5)?,
+            error_kind: row.get(6)?,
+            error_message: row.get(7)?,
+            attempts: row.get(8)?,
+            deadline: row.get(9)?,
+            available_at: row.get(10)?,
+            lease_expires_at: row.get(11)?,
+            run_id: row.get(12)?,
+            claimed_by: row.get(13)?,
+            created_at: row.get(14)?,
+            started_at: row.get(15)?,
+            finished_at: row.get(16)?,
+            updated_at: row.get(17)?,
+        })
+    }
+}
+
 impl TryFrom<ItemRow> for ItemRecord {
     type Error = StoreError;
 
@@ -296,6 +323,34 @@ struct QueueRow {
     updated_at: i64,
 }
 
+impl Row for QueueRow {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
+        Ok(QueueRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            description: row.get(2)?,
+            max_attempts: row.get(3)?,
+            retry_delay_seconds: row.get(4)?,
+            retry_backoff: row.get(5)?,
+            lease_seconds: row.get(6)?,
+            enforce_unique_reference: row.get(7)?,
+            retention_days: row.get(8)?,
+            max_payload_bytes: row.get(9)?,
+            created_at: row.get(10)?,
+            updated_at: row.get(11)?,
+        })
+    }
+}
+
+/// An item's status and lease: `status, lease_digest, lease_expires_at`.
+type LeaseRow = (String, Option<String>, Option<i64>);
+
+impl Row for LeaseRow {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<LeaseRow> {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    }
+}
+
 impl TryFrom<QueueRow> for QueueRecord {
     type Error = StoreError;
 
@@ -331,6 +386,8 @@ macro_rules! queue_columns {
 }
 
 const SELECT_QUEUE: &str = concat!("SELECT ", queue_columns!(), " FROM queues");
+const SELECT_QUEUE_BY_NAME: &str =
+    concat!("SELECT ", queue_columns!(), " FROM queues WHERE name = $1");
 
 /// Claims the first `$7` ready items of queue `$6` at time `$5`, in claim order.
 const CLAIM_SQLITE: &str = concat!(
@@ -535,7 +592,7 @@ impl Store {
     /// Deletes a queue and its items; `Conflict` while a robot holds one of them.
     pub async fn delete_queue(&self, name: &str) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let held: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM queue_items i JOIN queues q ON q.id = i.queue_id \
                  WHERE q.name = $1 AND i.status = 'in_progress'",
@@ -563,7 +620,7 @@ impl Store {
 
     pub async fn queue(&self, name: &str) -> StoreResult<QueueRecord> {
         let row: QueueRow = dispatch!(self, reader, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_QUEUE} WHERE name = $1")))
+            sqlx::query_as(SELECT_QUEUE_BY_NAME)
                 .bind(name)
                 .fetch_one(pool)
                 .await?
@@ -591,535 +648,24 @@ impl Store {
         session: &mut crate::WriteSession,
         ops: &[QueueOp],
         audit: &[crate::AuditRecord],
-        mut audit_of: impl FnMut(
-            usize,
-            &Result<QueueAnswer, QueueOpError>,
-        ) -> Option<crate::AuditRecord>
+        audit_of: impl FnMut(usize, &Result<QueueAnswer, QueueOpError>) -> Option<crate::AuditRecord>
         + Send,
         now: Timestamp,
     ) -> StoreResult<AppliedOps> {
-        let (claim_sql, ready_sql, claim_assigned_sql, complete_sql) = match self.backend_kind() {
-            BackendKind::Sqlite => (
-                CLAIM_SQLITE,
-                READY_SQLITE,
-                CLAIM_ASSIGNED_SQLITE,
-                COMPLETE_SQLITE,
-            ),
-            BackendKind::Postgres => (
-                CLAIM_POSTGRES,
-                READY_POSTGRES,
-                CLAIM_ASSIGNED_POSTGRES,
-                COMPLETE_POSTGRES,
-            ),
-        };
-        let at = to_millis(now);
-        let mut answers = Vec::with_capacity(ops.len());
-        let mut woken_triggers = 0;
-        crate::dispatch_session!(session, conn => {
-            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-            let mut queues: HashMap<&str, Option<QueueRecord>> = HashMap::new();
-            for op in ops {
-                let name = op.queue();
-                if !queues.contains_key(name) {
-                    let found: Option<QueueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_QUEUE} WHERE name = $1")))
-                        .bind(name)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    queues.insert(name, found.map(TryInto::try_into).transpose()?);
-                }
+        match &mut session.0 {
+            crate::SessionConnection::Sqlite(connection) => {
+                let mut batch = BatchConn::begin_sqlite(connection)?;
+                let applied = apply_ops(&mut batch, ops, audit, audit_of, now).await?;
+                batch.commit().await?;
+                Ok(applied)
             }
-            // The completions of the batch go first, in one statement (its operations are
-            // concurrent: any order is theirs). An item named twice is sent once; the others,
-            // and those not completed, take the way of one operation below, which says why.
-            let mut completed: HashMap<i64, ItemRecord> = HashMap::new();
-            let mut sent = std::collections::HashSet::new();
-            let mut completions = Vec::new();
-            for op in ops {
-                let Some(Some(queue)) = queues.get(op.queue()) else { continue };
-                let mut send = |item: i64, digest: &str, output: Option<&String>| {
-                    if sent.insert(item) {
-                        completions.push(serde_json::json!({
-                            "item": item, "item_queue": queue.id, "digest": digest, "new_output": output,
-                        }));
-                    }
-                };
-                match op {
-                    QueueOp::Complete { item, lease_digest, output, .. } => send(*item, lease_digest, output.as_ref()),
-                    QueueOp::CompleteMany { items, .. } => {
-                        for completion in items {
-                            send(completion.item, &completion.lease_digest, completion.output.as_ref());
-                        }
-                    }
-                    _ => {}
-                }
+            crate::SessionConnection::Postgres(conn) => {
+                let mut batch = BatchConn::begin_postgres(conn).await?;
+                let applied = apply_ops(&mut batch, ops, audit, audit_of, now).await?;
+                batch.commit().await?;
+                Ok(applied)
             }
-            if !completions.is_empty() {
-                let rows: Vec<ItemRow> = sqlx::query_as(complete_sql)
-                    .bind(at)
-                    .bind(serde_json::Value::Array(completions).to_string())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for row in rows {
-                    completed.insert(row.id, row.try_into()?);
-                }
-            }
-            // With several claims, the ready items of each queue are read once, in claim order,
-            // shared out among its claims in order, and all claimed in one statement.
-            let claims: Vec<(usize, &QueueRecord, &String, &Claimer, u32)> = ops
-                .iter()
-                .enumerate()
-                .filter_map(|(index, op)| match (op, queues.get(op.queue())) {
-                    (QueueOp::Claim { lease_digest, claimer, count, .. }, Some(Some(queue))) => {
-                        Some((index, queue, lease_digest, claimer, *count))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let shared_claims = 1 < claims.len();
-            let mut claimed: HashMap<usize, Vec<ItemRecord>> = HashMap::new();
-            if shared_claims {
-                let mut totals: BTreeMap<i64, i64> = BTreeMap::new();
-                for (_, queue, _, _, count) in &claims {
-                    *totals.entry(queue.id).or_default() += i64::from(*count);
-                }
-                let mut ready: HashMap<i64, std::vec::IntoIter<i64>> = HashMap::new();
-                for (queue_id, total) in totals {
-                    let ids: Vec<i64> = sqlx::query_scalar(ready_sql)
-                        .bind(queue_id)
-                        .bind(at)
-                        .bind(total)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    ready.insert(queue_id, ids.into_iter());
-                }
-                let mut assignments = Vec::new();
-                let mut order: HashMap<usize, Vec<i64>> = HashMap::new();
-                for (index, queue, digest, claimer, count) in &claims {
-                    let Some(ids) = ready.get_mut(&queue.id) else { continue };
-                    for id in ids.by_ref().take(*count as usize) {
-                        order.entry(*index).or_default().push(id);
-                        assignments.push(serde_json::json!({
-                            "item": id, "new_digest": digest,
-                            "new_expires": to_millis(queue.settings.lease_until(now)),
-                            "new_run": claimer.run_id, "new_claimer": claimer.name,
-                        }));
-                    }
-                }
-                let mut records: HashMap<i64, ItemRecord> = HashMap::new();
-                if !assignments.is_empty() {
-                    let rows: Vec<ItemRow> = sqlx::query_as(claim_assigned_sql)
-                        .bind(at)
-                        .bind(serde_json::Value::Array(assignments).to_string())
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    for row in rows {
-                        records.insert(row.id, row.try_into()?);
-                    }
-                }
-                for (index, ids) in order {
-                    let items = ids.iter().filter_map(|id| records.remove(id)).collect();
-                    claimed.insert(index, items);
-                }
-            }
-            // The items added, per queue: they count as new.
-            let mut added: BTreeMap<i64, i64> = BTreeMap::new();
-            for (index, op) in ops.iter().enumerate() {
-                let name = op.queue();
-                let Some(Some(queue)) = queues.get(name) else {
-                    answers.push(Err(QueueOpError::QueueNotFound));
-                    continue;
-                };
-                let settings = &queue.settings;
-
-                // The item an operation names, if it is in this queue.
-                macro_rules! fetch_item {
-                    ($item:expr) => {{
-                        let row: Option<ItemRow> = sqlx::query_as(concat!(
-                            "SELECT ", item_columns!(), " FROM queue_items WHERE id = $1 AND queue_id = $2"
-                        ))
-                        .bind($item)
-                        .bind(queue.id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match row {
-                            Some(row) => Some(ItemRecord::try_from(row)?),
-                            None => None,
-                        }
-                    }};
-                }
-                // The item of the queue that holds the unique reference `$reference`, if any.
-                macro_rules! live_reference {
-                    ($reference:expr) => {{
-                        let existing: Option<i64> = sqlx::query_scalar(
-                            "SELECT id FROM queue_items WHERE queue_id = $1 AND reference = $2 \
-                             AND unique_reference = TRUE AND status <> 'deleted'",
-                        )
-                        .bind(queue.id)
-                        .bind($reference)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        existing
-                    }};
-                }
-                // `Ok` if the item is held under `$digest`, or why not.
-                macro_rules! held_item {
-                    ($item:expr, $digest:expr) => {{
-                        let row: Option<(String, Option<String>, Option<i64>)> = sqlx::query_as(
-                            "SELECT status, lease_digest, lease_expires_at FROM queue_items \
-                             WHERE id = $1 AND queue_id = $2",
-                        )
-                        .bind($item)
-                        .bind(queue.id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match row {
-                            None => Err(QueueOpError::ItemNotFound),
-                            Some((status, _, _)) if status != "in_progress" => Err(
-                                QueueOpError::WrongStatus(status.parse().map_err(|_| {
-                                    StoreError::Corrupt(format!("queue item {}: status", $item))
-                                })?),
-                            ),
-                            Some((_, digest, expires))
-                                if digest.as_deref() != Some($digest.as_str())
-                                    || expires.is_none_or(|expires| expires <= at) =>
-                            {
-                                Err(QueueOpError::StaleLease)
-                            }
-                            Some(_) => Ok(()),
-                        }
-                    }};
-                }
-                // Ends the attempt of a held item: the item to `$ending.status`.
-                // Ends the attempt of the item held under `$digest`: the item to
-                // `$ending.status` (a trigger closes its attempt row). Answers the item, or why
-                // it is not held.
-                macro_rules! end_attempt {
-                    ($item:expr, $digest:expr, $ending:expr) => {{
-                        let ending: Ending<'_> = $ending;
-                        let finished = ending.status.is_finished().then_some(at);
-                        let (kind, message) = match ending.error {
-                            Some((kind, message)) => (Some(kind), Some(message)),
-                            None => (None, None),
-                        };
-                        let row: Option<ItemRow> = sqlx::query_as(concat!(
-                            "UPDATE queue_items SET status = $3, available_at = COALESCE($4, available_at), \
-                             output = COALESCE($5, output), error_kind = $6, error_message = $7, \
-                             lease_digest = NULL, lease_expires_at = NULL, finished_at = $8, updated_at = $9, \
-                             last_outcome = $10 WHERE id = $1 AND queue_id = $2 AND status = 'in_progress' \
-                             AND lease_digest = $11 AND lease_expires_at > $9 RETURNING ", item_columns!()
-                        ))
-                        .bind($item)
-                        .bind(queue.id)
-                        .bind(ending.status.as_str())
-                        .bind(ending.available_at.map(to_millis))
-                        .bind(ending.output)
-                        .bind(kind)
-                        .bind(message)
-                        .bind(finished)
-                        .bind(at)
-                        .bind(ending.outcome)
-                        .bind($digest)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match row {
-                            Some(row) => Ok(QueueAnswer::Item(Box::new(ItemRecord::try_from(row)?))),
-                            None => held_item!($item, $digest).and(Err(QueueOpError::StaleLease)),
-                        }
-                    }};
-                }
-
-                let answer = match op {
-                    QueueOp::Add { items, .. } => {
-                        let mut refused = None;
-                        let mut seen = std::collections::HashSet::new();
-                        for (index, item) in items.iter().enumerate() {
-                            if u32::try_from(item.payload.len()).map_or(true, |len| settings.max_payload_bytes < len) {
-                                refused = Some(QueueOpError::PayloadTooLarge { index, limit: settings.max_payload_bytes });
-                                break;
-                            }
-                            if settings.enforce_unique_reference
-                                && let Some(reference) = &item.reference
-                            {
-                                if !seen.insert(reference.as_str()) {
-                                    refused = Some(QueueOpError::RepeatedReference(reference.clone()));
-                                    break;
-                                }
-                                if let Some(existing) = live_reference!(reference) {
-                                    refused = Some(QueueOpError::DuplicateReference { reference: reference.clone(), existing });
-                                    break;
-                                }
-                            }
-                        }
-                        match refused {
-                            Some(err) => Err(err),
-                            None => {
-                                // A savepoint confines a duplicate that another transaction
-                                // committed since the check to this operation.
-                                let unique = settings.enforce_unique_reference && items.iter().any(|item| item.reference.is_some());
-                                if unique {
-                                    sqlx::query("SAVEPOINT queue_add").execute(&mut *tx).await?;
-                                }
-                                let mut ids = Vec::with_capacity(items.len());
-                                let mut duplicate = false;
-                                for chunk in items.chunks(INSERT_CHUNK) {
-                                    let mut insert = sqlx::QueryBuilder::new(
-                                        "INSERT INTO queue_items (queue_id, status, priority, reference, \
-                                         unique_reference, payload, deadline, deadline_key, available_at, \
-                                         created_at, updated_at) ",
-                                    );
-                                    insert.push_values(chunk, |mut row, item| {
-                                        row.push_bind(queue.id)
-                                            .push_bind("new")
-                                            .push_bind(item.priority.rank())
-                                            .push_bind(item.reference.clone())
-                                            .push_bind(settings.enforce_unique_reference && item.reference.is_some())
-                                            .push_bind(item.payload.clone())
-                                            .push_bind(item.deadline.map(to_millis))
-                                            .push_bind(item.deadline.map_or(i64::MAX, to_millis))
-                                            .push_bind(item.postpone_until.map_or(at, to_millis))
-                                            .push_bind(at)
-                                            .push_bind(at);
-                                    });
-                                    insert.push(" RETURNING id");
-                                    let inserted: Result<Vec<i64>, sqlx::Error> =
-                                        insert.build_query_scalar().fetch_all(&mut *tx).await;
-                                    match inserted {
-                                        Ok(mut chunk_ids) => {
-                                            // Identities are assigned in the order of the rows.
-                                            chunk_ids.sort_unstable();
-                                            ids.extend(chunk_ids);
-                                        }
-                                        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                                            duplicate = true;
-                                            break;
-                                        }
-                                        Err(err) => return Err(err.into()),
-                                    }
-                                }
-                                if duplicate {
-                                    sqlx::query("ROLLBACK TO SAVEPOINT queue_add").execute(&mut *tx).await?;
-                                    let mut found = None;
-                                    for reference in items.iter().filter_map(|item| item.reference.as_ref()) {
-                                        if let Some(existing) = live_reference!(reference) {
-                                            found = Some(QueueOpError::DuplicateReference { reference: reference.clone(), existing });
-                                            break;
-                                        }
-                                    }
-                                    let err = found.ok_or_else(|| StoreError::Corrupt("a unique reference clashed with no live item".to_owned()))?;
-                                    Err(err)
-                                } else {
-                                    if unique {
-                                        sqlx::query("RELEASE SAVEPOINT queue_add").execute(&mut *tx).await?;
-                                    }
-                                    *added.entry(queue.id).or_default() += i64::try_from(items.len()).unwrap_or(i64::MAX);
-                                    Ok(QueueAnswer::Added(ids))
-                                }
-                            }
-                        }
-                    }
-                    QueueOp::Claim { .. } if shared_claims => {
-                        Ok(QueueAnswer::Claimed(claimed.remove(&index).unwrap_or_default()))
-                    }
-                    QueueOp::Claim { lease_digest, claimer, count, .. } => {
-                        let rows: Vec<ItemRow> = sqlx::query_as(claim_sql)
-                            .bind(lease_digest)
-                            .bind(to_millis(settings.lease_until(now)))
-                            .bind(&claimer.run_id)
-                            .bind(&claimer.name)
-                            .bind(at)
-                            .bind(queue.id)
-                            .bind(i64::from(*count))
-                            .fetch_all(&mut *tx)
-                            .await?;
-                        let mut items = rows.into_iter().map(ItemRecord::try_from).collect::<StoreResult<Vec<_>>>()?;
-                        items.sort_unstable_by_key(|item| (item.deadline.map_or(i64::MAX, to_millis), item.priority.rank(), item.id));
-                        Ok(QueueAnswer::Claimed(items))
-                    }
-                    QueueOp::Extend { item, lease_digest, .. } => {
-                        let row: Option<ItemRow> = sqlx::query_as(concat!(
-                            "UPDATE queue_items SET lease_expires_at = $3, updated_at = $4 \
-                             WHERE id = $1 AND queue_id = $2 AND status = 'in_progress' \
-                             AND lease_digest = $5 AND lease_expires_at > $4 RETURNING ", item_columns!()
-                        ))
-                        .bind(*item)
-                        .bind(queue.id)
-                        .bind(to_millis(settings.lease_until(now)))
-                        .bind(at)
-                        .bind(lease_digest)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match row {
-                            Some(row) => Ok(QueueAnswer::Item(Box::new(row.try_into()?))),
-                            None => held_item!(*item, lease_digest).and(Err(QueueOpError::StaleLease)),
-                        }
-                    }
-                    QueueOp::Complete { item, lease_digest, output, .. } => match completed.remove(item) {
-                        Some(record) => Ok(QueueAnswer::Item(Box::new(record))),
-                        None => end_attempt!(*item, lease_digest, Ending {
-                            status: ItemStatus::Successful,
-                            available_at: None,
-                            output: output.as_deref(),
-                            error: None,
-                            outcome: "successful",
-                        }),
-                    },
-                    QueueOp::CompleteMany { items, .. } => {
-                        let mut done = Vec::with_capacity(items.len());
-                        for completion in items {
-                            if completed.remove(&completion.item).is_some() {
-                                done.push(Ok(()));
-                                continue;
-                            }
-                            let ended = end_attempt!(completion.item, &completion.lease_digest, Ending {
-                                status: ItemStatus::Successful,
-                                available_at: None,
-                                output: completion.output.as_deref(),
-                                error: None,
-                                outcome: "successful",
-                            });
-                            done.push(ended.map(drop));
-                        }
-                        Ok(QueueAnswer::Completed(done))
-                    }
-                    QueueOp::Fail { item, lease_digest, kind, message, .. } => {
-                        let attempts: Option<i64> = sqlx::query_scalar(
-                            "SELECT attempts FROM queue_items WHERE id = $1 AND queue_id = $2",
-                        )
-                        .bind(*item)
-                        .bind(queue.id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        let attempts = attempts.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
-                        let (status, available_at, outcome) = match after_failure(settings, *kind, attempts, now) {
-                            AfterAttempt::Retry { at } => (ItemStatus::New, Some(at), "retried"),
-                            AfterAttempt::Final(status) => (status, None, "failed"),
-                        };
-                        end_attempt!(*item, lease_digest, Ending {
-                            status,
-                            available_at,
-                            output: None,
-                            error: Some((kind.as_str(), message.as_str())),
-                            outcome,
-                        })
-                    }
-                    QueueOp::Abandon { item, lease_digest, message, .. } => end_attempt!(*item, lease_digest, Ending {
-                        status: ItemStatus::Abandoned,
-                        available_at: None,
-                        output: None,
-                        error: message.as_deref().map(|message| ("abandoned", message)),
-                        outcome: "abandoned",
-                    }),
-                    QueueOp::Postpone { item, lease_digest: Some(lease_digest), until, .. } => end_attempt!(*item, lease_digest, Ending {
-                        status: ItemStatus::New,
-                        available_at: Some(*until),
-                        output: None,
-                        error: None,
-                        outcome: "postponed",
-                    }),
-                    QueueOp::Postpone { item, lease_digest: None, until, .. } => match fetch_item!(*item) {
-                        None => Err(QueueOpError::ItemNotFound),
-                        Some(found) if found.status != ItemStatus::New => Err(QueueOpError::WrongStatus(found.status)),
-                        Some(_) => {
-                            let row: ItemRow = sqlx::query_as(concat!(
-                                "UPDATE queue_items SET available_at = $3, updated_at = $4 \
-                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
-                            ))
-                            .bind(*item)
-                            .bind(queue.id)
-                            .bind(to_millis(*until))
-                            .bind(at)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                            Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
-                        }
-                    },
-                    QueueOp::Requeue { item, .. } => match fetch_item!(*item) {
-                        None => Err(QueueOpError::ItemNotFound),
-                        Some(found) if !found.status.can_requeue() => Err(QueueOpError::WrongStatus(found.status)),
-                        Some(found) => {
-                            // A deleted item's unique reference may have been taken since.
-                            let reference = found
-                                .reference
-                                .as_ref()
-                                .filter(|_| found.status == ItemStatus::Deleted && settings.enforce_unique_reference);
-                            if let Some(reference) = reference
-                                && let Some(existing) = live_reference!(reference)
-                            {
-                                answers.push(Err(QueueOpError::DuplicateReference { reference: reference.clone(), existing }));
-                                continue;
-                            }
-                            let row: ItemRow = sqlx::query_as(concat!(
-                                "UPDATE queue_items SET status = 'new', attempts = 0, available_at = $3, \
-                                 error_kind = NULL, error_message = NULL, finished_at = NULL, updated_at = $3 \
-                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
-                            ))
-                            .bind(*item)
-                            .bind(queue.id)
-                            .bind(at)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                            Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
-                        }
-                    },
-                    QueueOp::Delete { item, .. } => match fetch_item!(*item) {
-                        None => Err(QueueOpError::ItemNotFound),
-                        Some(found) if !found.status.can_delete() => Err(QueueOpError::WrongStatus(found.status)),
-                        Some(_) => {
-                            let row: ItemRow = sqlx::query_as(concat!(
-                                "UPDATE queue_items SET status = 'deleted', finished_at = $3, updated_at = $3 \
-                                 WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
-                            ))
-                            .bind(*item)
-                            .bind(queue.id)
-                            .bind(at)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                            Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
-                        }
-                    },
-                };
-                answers.push(answer);
-            }
-            for (queue_id, count) in added {
-                sqlx::query(
-                    "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
-                     ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + excluded.count",
-                )
-                .bind(queue_id)
-                .bind(count)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let mut filled: Vec<&str> = ops
-                .iter()
-                .zip(&answers)
-                .filter(|(op, answer)| op.fills() && answer.is_ok())
-                .map(|(op, _)| op.queue())
-                .collect();
-            filled.sort_unstable();
-            filled.dedup();
-            for queue in filled {
-                woken_triggers += sqlx::query(crate::triggers::WAKE_QUEUE_TRIGGERS)
-                    .bind(queue)
-                    .bind(None::<&str>)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            let op_audit: Vec<crate::AuditRecord> = answers
-                .iter()
-                .enumerate()
-                .filter_map(|(index, answer)| audit_of(index, answer))
-                .collect();
-            crate::audit::insert_audit_rows!(&mut *tx, op_audit);
-            crate::audit::insert_audit_rows!(&mut *tx, audit);
-            tx.commit().await?;
-        });
-        Ok(AppliedOps {
-            answers,
-            woken_triggers,
-        })
+        }
     }
 
     /// One item of a queue.
@@ -1323,7 +869,7 @@ impl Store {
         let at = to_millis(now);
         let mut released = 0;
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let held: Vec<(i64, i64, i64)> = match run_id {
                 Some(run_id) => sqlx::query_as(
                     "SELECT id, queue_id, attempts FROM queue_items WHERE run_id = $1 AND status = 'in_progress'",
@@ -1442,4 +988,628 @@ impl QueueOp {
             | QueueOp::Delete { queue, .. } => queue,
         }
     }
+}
+
+/// The body of [`Store::apply_queue_ops`] on the batch's open transaction.
+async fn apply_ops(
+    conn: &mut BatchConn<'_>,
+    ops: &[QueueOp],
+    audit: &[crate::AuditRecord],
+    mut audit_of: impl FnMut(usize, &Result<QueueAnswer, QueueOpError>) -> Option<crate::AuditRecord>
+    + Send,
+    now: Timestamp,
+) -> StoreResult<AppliedOps> {
+    let (claim_sql, ready_sql, claim_assigned_sql, complete_sql) = match conn.kind() {
+        BackendKind::Sqlite => (
+            CLAIM_SQLITE,
+            READY_SQLITE,
+            CLAIM_ASSIGNED_SQLITE,
+            COMPLETE_SQLITE,
+        ),
+        BackendKind::Postgres => (
+            CLAIM_POSTGRES,
+            READY_POSTGRES,
+            CLAIM_ASSIGNED_POSTGRES,
+            COMPLETE_POSTGRES,
+        ),
+    };
+    let at = to_millis(now);
+    let mut answers = Vec::with_capacity(ops.len());
+    let mut woken_triggers = 0;
+    let mut queues: HashMap<&str, Option<QueueRecord>> = HashMap::new();
+    for op in ops {
+        let name = op.queue();
+        if !queues.contains_key(name) {
+            let found: Option<QueueRow> = conn.row(SELECT_QUEUE_BY_NAME, args![name]).await?;
+            queues.insert(name, found.map(TryInto::try_into).transpose()?);
+        }
+    }
+    // The completions of the batch go first, in one statement (its operations are
+    // concurrent: any order is theirs). An item named twice is sent once; the others,
+    // and those not completed, take the way of one operation below, which says why.
+    let mut completed: HashMap<i64, ItemRecord> = HashMap::new();
+    let mut sent = std::collections::HashSet::new();
+    let mut completions = Vec::new();
+    for op in ops {
+        let Some(Some(queue)) = queues.get(op.queue()) else {
+            continue;
+        };
+        let mut send = |item: i64, digest: &str, output: Option<&String>| {
+            if sent.insert(item) {
+                completions.push(serde_json::json!({
+                    "item": item, "item_queue": queue.id, "digest": digest, "new_output": output,
+                }));
+            }
+        };
+        match op {
+            QueueOp::Complete {
+                item,
+                lease_digest,
+                output,
+                ..
+            } => send(*item, lease_digest, output.as_ref()),
+            QueueOp::CompleteMany { items, .. } => {
+                for completion in items {
+                    send(
+                        completion.item,
+                        &completion.lease_digest,
+                        completion.output.as_ref(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    if !completions.is_empty() {
+        let rows: Vec<ItemRow> = conn
+            .rows(
+                complete_sql,
+                args![at, &serde_json::Value::Array(completions).to_string()],
+            )
+            .await?;
+        for row in rows {
+            completed.insert(row.id, row.try_into()?);
+        }
+    }
+    // With several claims, the ready items of each queue are read once, in claim order,
+    // shared out among its claims in order, and all claimed in one statement.
+    let claims: Vec<(usize, &QueueRecord, &String, &Claimer, u32)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(index, op)| match (op, queues.get(op.queue())) {
+            (
+                QueueOp::Claim {
+                    lease_digest,
+                    claimer,
+                    count,
+                    ..
+                },
+                Some(Some(queue)),
+            ) => Some((index, queue, lease_digest, claimer, *count)),
+            _ => None,
+        })
+        .collect();
+    let shared_claims = 1 < claims.len();
+    let mut claimed: HashMap<usize, Vec<ItemRecord>> = HashMap::new();
+    if shared_claims {
+        let mut totals: BTreeMap<i64, i64> = BTreeMap::new();
+        for (_, queue, _, _, count) in &claims {
+            *totals.entry(queue.id).or_default() += i64::from(*count);
+        }
+        let mut ready: HashMap<i64, std::vec::IntoIter<i64>> = HashMap::new();
+        for (queue_id, total) in totals {
+            let ids: Vec<(i64,)> = conn.rows(ready_sql, args![queue_id, at, total]).await?;
+            let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
+            ready.insert(queue_id, ids.into_iter());
+        }
+        let mut assignments = Vec::new();
+        let mut order: HashMap<usize, Vec<i64>> = HashMap::new();
+        for (index, queue, digest, claimer, count) in &claims {
+            let Some(ids) = ready.get_mut(&queue.id) else {
+                continue;
+            };
+            for id in ids.by_ref().take(*count as usize) {
+                order.entry(*index).or_default().push(id);
+                assignments.push(serde_json::json!({
+                    "item": id, "new_digest": digest,
+                    "new_expires": to_millis(queue.settings.lease_until(now)),
+                    "new_run": claimer.run_id, "new_claimer": claimer.name,
+                }));
+            }
+        }
+        let mut records: HashMap<i64, ItemRecord> = HashMap::new();
+        if !assignments.is_empty() {
+            let rows: Vec<ItemRow> = conn
+                .rows(
+                    claim_assigned_sql,
+                    args![at, &serde_json::Value::Array(assignments).to_string()],
+                )
+                .await?;
+            for row in rows {
+                records.insert(row.id, row.try_into()?);
+            }
+        }
+        for (index, ids) in order {
+            let items = ids.iter().filter_map(|id| records.remove(id)).collect();
+            claimed.insert(index, items);
+        }
+    }
+    // The items added, per queue: they count as new.
+    let mut added: BTreeMap<i64, i64> = BTreeMap::new();
+    for (index, op) in ops.iter().enumerate() {
+        let name = op.queue();
+        let Some(Some(queue)) = queues.get(name) else {
+            answers.push(Err(QueueOpError::QueueNotFound));
+            continue;
+        };
+        let settings = &queue.settings;
+
+        // The item an operation names, if it is in this queue.
+        macro_rules! fetch_item {
+            ($item:expr) => {{
+                let row: Option<ItemRow> = conn
+                    .row(
+                        concat!(
+                            "SELECT ",
+                            item_columns!(),
+                            " FROM queue_items WHERE id = $1 AND queue_id = $2"
+                        ),
+                        args![$item, queue.id],
+                    )
+                    .await?;
+                match row {
+                    Some(row) => Some(ItemRecord::try_from(row)?),
+                    None => None,
+                }
+            }};
+        }
+        // The item of the queue that holds the unique reference `$reference`, if any.
+        macro_rules! live_reference {
+            ($reference:expr) => {{
+                let existing: Option<(i64,)> = conn
+                    .row(
+                        "SELECT id FROM queue_items WHERE queue_id = $1 AND reference = $2 \
+                     AND unique_reference = TRUE AND status <> 'deleted'",
+                        args![queue.id, $reference],
+                    )
+                    .await?;
+                existing.map(|(id,)| id)
+            }};
+        }
+        // `Ok` if the item is held under `$digest`, or why not.
+        macro_rules! held_item {
+            ($item:expr, $digest:expr) => {{
+                let row: Option<LeaseRow> = conn
+                    .row(
+                        "SELECT status, lease_digest, lease_expires_at FROM queue_items \
+                     WHERE id = $1 AND queue_id = $2",
+                        args![$item, queue.id],
+                    )
+                    .await?;
+                match row {
+                    None => Err(QueueOpError::ItemNotFound),
+                    Some((status, _, _)) if status != "in_progress" => {
+                        Err(QueueOpError::WrongStatus(status.parse().map_err(|_| {
+                            StoreError::Corrupt(format!("queue item {}: status", $item))
+                        })?))
+                    }
+                    Some((_, digest, expires))
+                        if digest.as_deref() != Some($digest.as_str())
+                            || expires.is_none_or(|expires| expires <= at) =>
+                    {
+                        Err(QueueOpError::StaleLease)
+                    }
+                    Some(_) => Ok(()),
+                }
+            }};
+        }
+        // Ends the attempt of a held item: the item to `$ending.status`.
+        // Ends the attempt of the item held under `$digest`: the item to
+        // `$ending.status` (a trigger closes its attempt row). Answers the item, or why
+        // it is not held.
+        macro_rules! end_attempt {
+            ($item:expr, $digest:expr, $ending:expr) => {{
+                let ending: Ending<'_> = $ending;
+                let finished = ending.status.is_finished().then_some(at);
+                let (kind, message) = match ending.error {
+                    Some((kind, message)) => (Some(kind), Some(message)),
+                    None => (None, None),
+                };
+                let row: Option<ItemRow> = conn.row(concat!(
+                    "UPDATE queue_items SET status = $3, available_at = COALESCE($4, available_at), \
+                     output = COALESCE($5, output), error_kind = $6, error_message = $7, \
+                     lease_digest = NULL, lease_expires_at = NULL, finished_at = $8, updated_at = $9, \
+                     last_outcome = $10 WHERE id = $1 AND queue_id = $2 AND status = 'in_progress' \
+                     AND lease_digest = $11 AND lease_expires_at > $9 RETURNING ", item_columns!()
+                ), args![$item, queue.id, ending.status.as_str(), ending.available_at.map(to_millis), ending.output, kind, message, finished, at, ending.outcome, $digest]).await?;
+                match row {
+                    Some(row) => Ok(QueueAnswer::Item(Box::new(ItemRecord::try_from(row)?))),
+                    None => held_item!($item, $digest).and(Err(QueueOpError::StaleLease)),
+                }
+            }};
+        }
+
+        let answer = match op {
+            QueueOp::Add { items, .. } => {
+                let mut refused = None;
+                let mut seen = std::collections::HashSet::new();
+                for (index, item) in items.iter().enumerate() {
+                    if u32::try_from(item.payload.len())
+                        .map_or(true, |len| settings.max_payload_bytes < len)
+                    {
+                        refused = Some(QueueOpError::PayloadTooLarge {
+                            index,
+                            limit: settings.max_payload_bytes,
+                        });
+                        break;
+                    }
+                    if settings.enforce_unique_reference
+                        && let Some(reference) = &item.reference
+                    {
+                        if !seen.insert(reference.as_str()) {
+                            refused = Some(QueueOpError::RepeatedReference(reference.clone()));
+                            break;
+                        }
+                        if let Some(existing) = live_reference!(reference) {
+                            refused = Some(QueueOpError::DuplicateReference {
+                                reference: reference.clone(),
+                                existing,
+                            });
+                            break;
+                        }
+                    }
+                }
+                match refused {
+                    Some(err) => Err(err),
+                    None => {
+                        // A savepoint confines a duplicate that another transaction
+                        // committed since the check to this operation.
+                        let unique = settings.enforce_unique_reference
+                            && items.iter().any(|item| item.reference.is_some());
+                        if unique {
+                            conn.execute("SAVEPOINT queue_add", &[]).await?;
+                        }
+                        let mut ids = Vec::with_capacity(items.len());
+                        let mut duplicate = false;
+                        for chunk in items.chunks(INSERT_CHUNK) {
+                            let sql = crate::batch::values_sql(
+                                "INSERT INTO queue_items (queue_id, status, priority, reference, \
+                                 unique_reference, payload, deadline, deadline_key, available_at, \
+                                 created_at, updated_at)",
+                                chunk.len(),
+                                11,
+                            ) + " RETURNING id";
+                            let args: Vec<Arg<'_>> = chunk
+                                .iter()
+                                .flat_map(|item| {
+                                    args![
+                                        queue.id,
+                                        "new",
+                                        item.priority.rank(),
+                                        &item.reference,
+                                        settings.enforce_unique_reference
+                                            && item.reference.is_some(),
+                                        &item.payload,
+                                        item.deadline.map(to_millis),
+                                        item.deadline.map_or(i64::MAX, to_millis),
+                                        item.postpone_until.map_or(at, to_millis),
+                                        at,
+                                        at,
+                                    ]
+                                    .to_owned()
+                                })
+                                .collect();
+                            let inserted: StoreResult<Vec<(i64,)>> = conn.rows(&sql, &args).await;
+                            match inserted {
+                                Ok(chunk_ids) => {
+                                    // Identities are assigned in the order of the rows.
+                                    let mut chunk_ids: Vec<i64> =
+                                        chunk_ids.into_iter().map(|(id,)| id).collect();
+                                    chunk_ids.sort_unstable();
+                                    ids.extend(chunk_ids);
+                                }
+                                Err(StoreError::Conflict) => {
+                                    duplicate = true;
+                                    break;
+                                }
+                                Err(err) => return Err(err),
+                            }
+                        }
+                        if duplicate {
+                            conn.execute("ROLLBACK TO SAVEPOINT queue_add", &[]).await?;
+                            let mut found = None;
+                            for reference in items.iter().filter_map(|item| item.reference.as_ref())
+                            {
+                                if let Some(existing) = live_reference!(reference) {
+                                    found = Some(QueueOpError::DuplicateReference {
+                                        reference: reference.clone(),
+                                        existing,
+                                    });
+                                    break;
+                                }
+                            }
+                            let err = found.ok_or_else(|| {
+                                StoreError::Corrupt(
+                                    "a unique reference clashed with no live item".to_owned(),
+                                )
+                            })?;
+                            Err(err)
+                        } else {
+                            if unique {
+                                conn.execute("RELEASE SAVEPOINT queue_add", &[]).await?;
+                            }
+                            *added.entry(queue.id).or_default() +=
+                                i64::try_from(items.len()).unwrap_or(i64::MAX);
+                            Ok(QueueAnswer::Added(ids))
+                        }
+                    }
+                }
+            }
+            QueueOp::Claim { .. } if shared_claims => Ok(QueueAnswer::Claimed(
+                claimed.remove(&index).unwrap_or_default(),
+            )),
+            QueueOp::Claim {
+                lease_digest,
+                claimer,
+                count,
+                ..
+            } => {
+                let rows: Vec<ItemRow> = conn
+                    .rows(
+                        claim_sql,
+                        args![
+                            lease_digest,
+                            to_millis(settings.lease_until(now)),
+                            &claimer.run_id,
+                            &claimer.name,
+                            at,
+                            queue.id,
+                            i64::from(*count)
+                        ],
+                    )
+                    .await?;
+                let mut items = rows
+                    .into_iter()
+                    .map(ItemRecord::try_from)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                items.sort_unstable_by_key(|item| {
+                    (
+                        item.deadline.map_or(i64::MAX, to_millis),
+                        item.priority.rank(),
+                        item.id,
+                    )
+                });
+                Ok(QueueAnswer::Claimed(items))
+            }
+            QueueOp::Extend {
+                item, lease_digest, ..
+            } => {
+                let row: Option<ItemRow> = conn
+                    .row(
+                        concat!(
+                            "UPDATE queue_items SET lease_expires_at = $3, updated_at = $4 \
+                     WHERE id = $1 AND queue_id = $2 AND status = 'in_progress' \
+                     AND lease_digest = $5 AND lease_expires_at > $4 RETURNING ",
+                            item_columns!()
+                        ),
+                        args![
+                            *item,
+                            queue.id,
+                            to_millis(settings.lease_until(now)),
+                            at,
+                            lease_digest
+                        ],
+                    )
+                    .await?;
+                match row {
+                    Some(row) => Ok(QueueAnswer::Item(Box::new(row.try_into()?))),
+                    None => held_item!(*item, lease_digest).and(Err(QueueOpError::StaleLease)),
+                }
+            }
+            QueueOp::Complete {
+                item,
+                lease_digest,
+                output,
+                ..
+            } => match completed.remove(item) {
+                Some(record) => Ok(QueueAnswer::Item(Box::new(record))),
+                None => end_attempt!(
+                    *item,
+                    lease_digest,
+                    Ending {
+                        status: ItemStatus::Successful,
+                        available_at: None,
+                        output: output.as_deref(),
+                        error: None,
+                        outcome: "successful",
+                    }
+                ),
+            },
+            QueueOp::CompleteMany { items, .. } => {
+                let mut done = Vec::with_capacity(items.len());
+                for completion in items {
+                    if completed.remove(&completion.item).is_some() {
+                        done.push(Ok(()));
+                        continue;
+                    }
+                    let ended = end_attempt!(
+                        completion.item,
+                        &completion.lease_digest,
+                        Ending {
+                            status: ItemStatus::Successful,
+                            available_at: None,
+                            output: completion.output.as_deref(),
+                            error: None,
+                            outcome: "successful",
+                        }
+                    );
+                    done.push(ended.map(drop));
+                }
+                Ok(QueueAnswer::Completed(done))
+            }
+            QueueOp::Fail {
+                item,
+                lease_digest,
+                kind,
+                message,
+                ..
+            } => {
+                let attempts: Option<(i64,)> = conn
+                    .row(
+                        "SELECT attempts FROM queue_items WHERE id = $1 AND queue_id = $2",
+                        args![*item, queue.id],
+                    )
+                    .await?;
+                let attempts = attempts.map_or(0, |(n,)| u32::try_from(n).unwrap_or(u32::MAX));
+                let (status, available_at, outcome) =
+                    match after_failure(settings, *kind, attempts, now) {
+                        AfterAttempt::Retry { at } => (ItemStatus::New, Some(at), "retried"),
+                        AfterAttempt::Final(status) => (status, None, "failed"),
+                    };
+                end_attempt!(
+                    *item,
+                    lease_digest,
+                    Ending {
+                        status,
+                        available_at,
+                        output: None,
+                        error: Some((kind.as_str(), message.as_str())),
+                        outcome,
+                    }
+                )
+            }
+            QueueOp::Abandon {
+                item,
+                lease_digest,
+                message,
+                ..
+            } => end_attempt!(
+                *item,
+                lease_digest,
+                Ending {
+                    status: ItemStatus::Abandoned,
+                    available_at: None,
+                    output: None,
+                    error: message.as_deref().map(|message| ("abandoned", message)),
+                    outcome: "abandoned",
+                }
+            ),
+            QueueOp::Postpone {
+                item,
+                lease_digest: Some(lease_digest),
+                until,
+                ..
+            } => end_attempt!(
+                *item,
+                lease_digest,
+                Ending {
+                    status: ItemStatus::New,
+                    available_at: Some(*until),
+                    output: None,
+                    error: None,
+                    outcome: "postponed",
+                }
+            ),
+            QueueOp::Postpone {
+                item,
+                lease_digest: None,
+                until,
+                ..
+            } => match fetch_item!(*item) {
+                None => Err(QueueOpError::ItemNotFound),
+                Some(found) if found.status != ItemStatus::New => {
+                    Err(QueueOpError::WrongStatus(found.status))
+                }
+                Some(_) => {
+                    let row: ItemRow = conn
+                        .row(
+                            concat!(
+                                "UPDATE queue_items SET available_at = $3, updated_at = $4 \
+                         WHERE id = $1 AND queue_id = $2 RETURNING ",
+                                item_columns!()
+                            ),
+                            args![*item, queue.id, to_millis(*until), at],
+                        )
+                        .await?
+                        .ok_or(StoreError::NotFound)?;
+                    Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
+                }
+            },
+            QueueOp::Requeue { item, .. } => match fetch_item!(*item) {
+                None => Err(QueueOpError::ItemNotFound),
+                Some(found) if !found.status.can_requeue() => {
+                    Err(QueueOpError::WrongStatus(found.status))
+                }
+                Some(found) => {
+                    // A deleted item's unique reference may have been taken since.
+                    let reference = found.reference.as_ref().filter(|_| {
+                        found.status == ItemStatus::Deleted && settings.enforce_unique_reference
+                    });
+                    if let Some(reference) = reference
+                        && let Some(existing) = live_reference!(reference)
+                    {
+                        answers.push(Err(QueueOpError::DuplicateReference {
+                            reference: reference.clone(),
+                            existing,
+                        }));
+                        continue;
+                    }
+                    let row: ItemRow = conn.row(concat!(
+                        "UPDATE queue_items SET status = 'new', attempts = 0, available_at = $3, \
+                         error_kind = NULL, error_message = NULL, finished_at = NULL, updated_at = $3 \
+                         WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                    ), args![*item, queue.id, at]).await?.ok_or(StoreError::NotFound)?;
+                    Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
+                }
+            },
+            QueueOp::Delete { item, .. } => match fetch_item!(*item) {
+                None => Err(QueueOpError::ItemNotFound),
+                Some(found) if !found.status.can_delete() => {
+                    Err(QueueOpError::WrongStatus(found.status))
+                }
+                Some(_) => {
+                    let row: ItemRow = conn.row(concat!(
+                        "UPDATE queue_items SET status = 'deleted', finished_at = $3, updated_at = $3 \
+                         WHERE id = $1 AND queue_id = $2 RETURNING ", item_columns!()
+                    ), args![*item, queue.id, at]).await?.ok_or(StoreError::NotFound)?;
+                    Ok(QueueAnswer::Item(Box::new(row.try_into()?)))
+                }
+            },
+        };
+        answers.push(answer);
+    }
+    for (queue_id, count) in added {
+        conn.execute(
+            "INSERT INTO queue_counts (queue_id, status, count) VALUES ($1, 'new', $2) \
+             ON CONFLICT (queue_id, status) DO UPDATE SET count = queue_counts.count + excluded.count",
+            args![queue_id, count],
+        ).await?;
+    }
+    let mut filled: Vec<&str> = ops
+        .iter()
+        .zip(&answers)
+        .filter(|(op, answer)| op.fills() && answer.is_ok())
+        .map(|(op, _)| op.queue())
+        .collect();
+    filled.sort_unstable();
+    filled.dedup();
+    for queue in filled {
+        woken_triggers += conn
+            .execute(
+                crate::triggers::WAKE_QUEUE_TRIGGERS,
+                args![queue, None::<&str>, at],
+            )
+            .await?;
+    }
+    let op_audit: Vec<crate::AuditRecord> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(index, answer)| audit_of(index, answer))
+        .collect();
+    crate::audit::insert_audit_batch(conn, &op_audit).await?;
+    crate::audit::insert_audit_batch(conn, audit).await?;
+    Ok(AppliedOps {
+        answers,
+        woken_triggers,
+    })
 }

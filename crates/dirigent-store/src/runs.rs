@@ -6,7 +6,9 @@ use dirigent_domain::{
 };
 use jiff::Timestamp;
 
-use crate::{Store, StoreError, StoreResult, dispatch, from_millis, from_millis_opt, to_millis};
+use crate::{
+    BeginWrite, Store, StoreError, StoreResult, dispatch, from_millis, from_millis_opt, to_millis,
+};
 
 /// One line of output to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +64,7 @@ impl Store {
     /// Stores a new run with its first transition.
     pub async fn insert_run(&self, run: &Run, transition: &Transition) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO runs (id, robot, agent_id, state, reason, stop_requested, automatic, \
                  not_before, created_at, args, env) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -89,7 +91,7 @@ impl Store {
     /// Writes back a run's changed fields, and the transition that changed its state if any.
     pub async fn update_run(&self, run: &Run, transition: Option<&Transition>) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(
                 "UPDATE runs SET agent_id = $2, state = $3, reason = $4, stop_requested = $5, pid = $6, \
                  exit_code = $7, signal = $8, not_before = $9, started_at = $10, ended_at = $11 WHERE id = $1",
@@ -136,7 +138,7 @@ impl Store {
             )));
         };
         let command_id: i64 = dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE runs SET agent_id = $2, state = $3, reason = $4, token_hash = $5 WHERE id = $1")
                 .bind(&run.id)
                 .bind(agent_id.0)
@@ -298,7 +300,7 @@ impl Store {
             return Ok(());
         }
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for line in lines {
                 sqlx::query(
                     "INSERT INTO run_output (run_id, seq, stream, at, text) VALUES ($1, $2, $3, $4, $5) \

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use jiff::Timestamp;
 
-use crate::{Store, StoreError, StoreResult, dispatch, from_millis, from_millis_opt, to_millis};
+use crate::{
+    BeginWrite, Store, StoreError, StoreResult, dispatch, from_millis, from_millis_opt, to_millis,
+};
 
 /// A calendar as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,7 +418,7 @@ impl Store {
     ) -> StoreResult<Vec<Option<Taken>>> {
         let mut taken: HashMap<&str, Taken> = HashMap::new();
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for chunk in takes.chunks(TAKE_CHUNK) {
                 // One compare-and-set of every trigger's next firing. Usually every one holds
                 // and a count says so; when another node took some, the savepoint is rolled
@@ -637,7 +639,7 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<bool> {
         Ok(dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let done = sqlx::query(
                 "UPDATE triggers SET enabled = FALSE, disabled_reason = $2, next_fire_at = NULL, \
                  updated_at = $3 WHERE id = $1 AND enabled",

@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 
-use crate::{Store, StoreError, StoreResult, UserId, dispatch, from_millis, to_millis};
+use crate::{BeginWrite, Store, StoreError, StoreResult, UserId, dispatch, from_millis, to_millis};
 
 /// A user as administrators see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl Store {
             .transpose()?;
         let ends_sessions = disabled == Some(true) || password_hash.is_some();
         dispatch!(self, writer, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let id: i64 = sqlx::query_scalar(
                 "UPDATE users SET roles = COALESCE($2, roles), disabled = COALESCE($3, disabled), \
                  password_hash = COALESCE($4, password_hash), updated_at = $5 WHERE username = $1 RETURNING id",
