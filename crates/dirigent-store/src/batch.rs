@@ -4,9 +4,11 @@
 //! a hand-over to the connection's thread and back, which under load costs far more than
 //! SQLite's own work.)
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, Postgres, postgres::PgRow};
 
-use crate::{BackendKind, StoreError, StoreResult};
+use crate::{BUSY_TIMEOUT, BackendKind, StoreError, StoreResult};
 
 /// A value bound to a `$N` parameter.
 #[derive(Debug, Clone, Copy)]
@@ -86,14 +88,27 @@ pub(crate) enum BatchConn<'a> {
 
 impl<'a> BatchConn<'a> {
     /// Begins a transaction on the batch writer's SQLite connection; `IMMEDIATE`, so that it
-    /// waits for the write lock rather than fail when the pool's connection wrote first.
-    pub(crate) fn begin_sqlite(
+    /// holds the write lock from the start. While the pool's connection holds it, waits
+    /// without blocking the thread (the connection's own busy timeout is zero), up to
+    /// [`BUSY_TIMEOUT`].
+    pub(crate) async fn begin_sqlite(
         connection: &'a mut rusqlite::Connection,
     ) -> StoreResult<BatchConn<'a>> {
-        connection
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(sqlite_error)?;
-        Ok(BatchConn::Sqlite(SqliteTx(connection)))
+        let (mut waited, mut pause) = (Duration::ZERO, Duration::from_millis(1));
+        loop {
+            match connection.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => return Ok(BatchConn::Sqlite(SqliteTx(connection))),
+                Err(err)
+                    if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && waited < BUSY_TIMEOUT =>
+                {
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(err) => return Err(sqlite_error(err)),
+            }
+        }
     }
 
     /// Begins a transaction on a PostgreSQL connection.

@@ -157,7 +157,7 @@ impl BeginWrite<sqlx::Postgres> for PgPool {
 }
 
 /// How long an SQLite write waits for the write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -217,7 +217,8 @@ impl Store {
             .map_err(StoreError::Connect)?;
         let batches = rusqlite::Connection::open(options.get_filename())
             .and_then(|connection| {
-                connection.busy_timeout(BUSY_TIMEOUT)?;
+                // Its transactions wait for the write lock without blocking the thread.
+                connection.busy_timeout(Duration::ZERO)?;
                 connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON")?;
                 Ok(connection)
             })

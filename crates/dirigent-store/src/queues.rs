@@ -654,7 +654,7 @@ impl Store {
     ) -> StoreResult<AppliedOps> {
         match &mut session.0 {
             crate::SessionConnection::Sqlite(connection) => {
-                let mut batch = BatchConn::begin_sqlite(connection)?;
+                let mut batch = BatchConn::begin_sqlite(connection).await?;
                 let applied = apply_ops(&mut batch, ops, audit, audit_of, now).await?;
                 batch.commit().await?;
                 Ok(applied)

@@ -687,6 +687,81 @@ store_test!(
     }
 );
 
+// On SQLite the batches and the pool write through two connections: a transaction of the
+// pool that reads, then writes (releasing a run's items) must wait for the write lock, not
+// fail because a batch committed in between.
+store_test!(batches_and_other_writes_interleave, |store| {
+    store
+        .create_queue("q", &QueueSettings::default(), at(0))
+        .await
+        .unwrap();
+    let retried = QueueSettings {
+        max_attempts: 100,
+        ..QueueSettings::default()
+    };
+    store.create_queue("other", &retried, at(0)).await.unwrap();
+    let ids = add(
+        &store,
+        "q",
+        (0..200).map(|n| item(&n.to_string())).collect(),
+        at(0),
+    )
+    .await;
+    add(&store, "other", vec![item("{}")], at(0)).await;
+    let mut consumers = Vec::new();
+    for consumer in 0..4 {
+        let store = store.clone();
+        consumers.push(tokio::spawn(async move {
+            let lease = format!("lease-{consumer}");
+            let mut done = Vec::new();
+            while let Some((id, _)) = claim(&store, "q", &lease, at(1)).await {
+                one(&store, complete("q", id, &lease), at(2)).await.unwrap();
+                done.push(id);
+            }
+            done
+        }));
+    }
+    let releases = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut released = 0;
+            for _ in 0..50 {
+                let claimed = one(
+                    &store,
+                    QueueOp::Claim {
+                        queue: "other".to_owned(),
+                        lease_digest: "lease-other".to_owned(),
+                        claimer: Claimer {
+                            run_id: Some("run_2".to_owned()),
+                            name: "run:run_2".to_owned(),
+                        },
+                        count: 1,
+                    },
+                    at(1),
+                )
+                .await;
+                assert!(matches!(claimed, Ok(QueueAnswer::Claimed(items)) if items.len() == 1));
+                released += store
+                    .release_run_items("run_2", false, at(1))
+                    .await
+                    .unwrap();
+            }
+            released
+        })
+    };
+    let mut processed = Vec::new();
+    for consumer in consumers {
+        processed.extend(consumer.await.unwrap());
+    }
+    processed.sort_unstable();
+    assert_eq!(processed, ids, "every item once, none twice");
+    assert_eq!(
+        releases.await.unwrap(),
+        50,
+        "each claim of the other queue released"
+    );
+});
+
 store_test!(many_consumers_process_every_item_once, |store| {
     store
         .create_queue("q", &QueueSettings::default(), at(0))
