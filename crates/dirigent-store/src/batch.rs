@@ -68,6 +68,17 @@ macro_rules! args {
 }
 pub(crate) use args;
 
+/// The sqlx query `$query` with `$args` bound, `$1` first.
+macro_rules! bind_postgres {
+    ($query:expr, $args:expr) => {
+        $args.iter().fold($query, |query, arg| match *arg {
+            Arg::Int(value) => query.bind(value),
+            Arg::Text(value) => query.bind(value),
+            Arg::Bool(value) => query.bind(value),
+        })
+    };
+}
+
 /// A row type read on either backend.
 pub(crate) trait Row: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin {
     /// Reads the row's columns in the order its queries select them.
@@ -140,15 +151,8 @@ impl<'a> BatchConn<'a> {
                 Ok(found)
             }
             BatchConn::Postgres(tx) => {
-                let query = args.iter().fold(
-                    sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql.to_owned())),
-                    |query, arg| match *arg {
-                        Arg::Int(value) => query.bind(value),
-                        Arg::Text(value) => query.bind(value.map(str::to_owned)),
-                        Arg::Bool(value) => query.bind(value),
-                    },
-                );
-                Ok(query.fetch_all(&mut **tx).await?)
+                let query = sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql.to_owned()));
+                Ok(bind_postgres!(query, args).fetch_all(&mut **tx).await?)
             }
         }
     }
@@ -172,15 +176,11 @@ impl<'a> BatchConn<'a> {
                 Ok(changed as u64)
             }
             BatchConn::Postgres(tx) => {
-                let query = args.iter().fold(
-                    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())),
-                    |query, arg| match *arg {
-                        Arg::Int(value) => query.bind(value),
-                        Arg::Text(value) => query.bind(value.map(str::to_owned)),
-                        Arg::Bool(value) => query.bind(value),
-                    },
-                );
-                Ok(query.execute(&mut **tx).await?.rows_affected())
+                let query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+                Ok(bind_postgres!(query, args)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected())
             }
         }
     }
