@@ -103,8 +103,8 @@ enum Backend {
     Sqlite {
         reader: SqlitePool,
         writer: SqlitePool,
-        /// The connection of the batches of work-item operations.
-        batches: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
+        /// The connection of the batches of work-item operations; none once closed.
+        batches: Arc<tokio::sync::Mutex<Option<rusqlite::Connection>>>,
     },
     Postgres(PgPool),
 }
@@ -133,7 +133,7 @@ pub struct WriteSession(SessionConnection);
 
 #[derive(Debug)]
 enum SessionConnection {
-    Sqlite(tokio::sync::OwnedMutexGuard<rusqlite::Connection>),
+    Sqlite(tokio::sync::OwnedMutexGuard<Option<rusqlite::Connection>>),
     Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
 }
 
@@ -232,7 +232,7 @@ impl Store {
             backend: Backend::Sqlite {
                 reader,
                 writer,
-                batches: Arc::new(tokio::sync::Mutex::new(batches)),
+                batches: Arc::new(tokio::sync::Mutex::new(Some(batches))),
             },
         })
     }
@@ -264,12 +264,22 @@ impl Store {
         Ok(())
     }
 
-    /// Closes every connection; pending writes finish first.
+    /// Closes every connection; pending writes finish first. On SQLite the last one to close
+    /// folds the write-ahead log into the database file, which then holds everything.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { reader, writer, .. } => {
+            Backend::Sqlite {
+                reader,
+                writer,
+                batches,
+            } => {
                 reader.close().await;
                 writer.close().await;
+                if let Some(connection) = batches.lock().await.take()
+                    && let Err((_, err)) = connection.close()
+                {
+                    tracing::warn!(%err, "closing the queue batches' connection");
+                }
             }
             Backend::Postgres(pool) => pool.close().await,
         }

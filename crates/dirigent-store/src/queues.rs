@@ -654,6 +654,9 @@ impl Store {
     ) -> StoreResult<AppliedOps> {
         match &mut session.0 {
             crate::SessionConnection::Sqlite(connection) => {
+                let connection = connection
+                    .as_mut()
+                    .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))?;
                 let mut batch = BatchConn::begin_sqlite(connection).await?;
                 let applied = apply_ops(&mut batch, ops, audit, audit_of, now).await?;
                 batch.commit().await?;

@@ -103,6 +103,44 @@ async fn sqlite_file_is_created_in_wal_mode() {
     );
 }
 
+// Closing folds the write-ahead log into the file (the last connection to close does), so
+// that a copy of the stopped server's database file holds everything, queue batches too.
+#[tokio::test]
+async fn closing_leaves_everything_in_the_database_file() {
+    let (dir, store) = fresh_sqlite().await;
+    store
+        .create_queue("q", &Default::default(), jiff::Timestamp::UNIX_EPOCH)
+        .await
+        .unwrap();
+    let add = dirigent_store::QueueOp::Add {
+        queue: "q".to_owned(),
+        items: vec![dirigent_store::NewItem {
+            payload: "{}".to_owned(),
+            reference: None,
+            priority: Default::default(),
+            deadline: None,
+            postpone_until: None,
+        }],
+    };
+    let mut session = store.write_session().await.unwrap();
+    let applied = store
+        .apply_queue_ops(
+            &mut session,
+            &[add],
+            &[],
+            |_, _| None,
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .await
+        .unwrap();
+    assert!(applied.answers[0].is_ok());
+    drop(session);
+    let wal = dir.path().join("dirigent.db-wal");
+    assert!(wal.exists(), "the batch was written to the write-ahead log");
+    store.close().await;
+    assert!(!wal.exists(), "closing folded the log into the file");
+}
+
 #[tokio::test]
 async fn reopening_applies_no_migration_twice() {
     let dir = tempfile::tempdir().unwrap();
