@@ -228,8 +228,8 @@ pub(crate) fn values_sql(insert: &str, rows: usize, columns: usize) -> String {
     sql
 }
 
-/// `sql` prepared (once per batch) with `args` bound: its `$N` parameters written `?N`,
-/// which SQLite numbers `N` (it numbers `$N` by first appearance).
+/// `sql` prepared (once: the connection keeps its statements) with `args` bound; its `$N`
+/// parameters written `?N`, which SQLite numbers `N` (it numbers `$N` by first appearance).
 fn prepare<'c>(
     connection: &'c rusqlite::Connection,
     sql: &str,

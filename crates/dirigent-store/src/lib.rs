@@ -219,6 +219,8 @@ impl Store {
             .and_then(|connection| {
                 // Its transactions wait for the write lock without blocking the thread.
                 connection.busy_timeout(Duration::ZERO)?;
+                // Room for every statement of a batch: each is prepared once.
+                connection.set_prepared_statement_cache_capacity(64);
                 // The same durability as the pool's; a page cache of 64 MiB (the default is
                 // 2 MiB), so that the indexes of queues with many items stay in memory.
                 connection.execute_batch(

@@ -254,6 +254,7 @@ struct ItemRow {
     updated_at: i64,
 }
 
+/// The columns of `item_columns!`, in order.
 impl Row for ItemRow {
     fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
         Ok(ItemRow {
@@ -323,6 +324,7 @@ struct QueueRow {
     updated_at: i64,
 }
 
+/// The columns of `queue_columns!`, in order.
 impl Row for QueueRow {
     fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
         Ok(QueueRow {
@@ -652,23 +654,18 @@ impl Store {
         + Send,
         now: Timestamp,
     ) -> StoreResult<AppliedOps> {
-        match &mut session.0 {
+        let mut batch = match &mut session.0 {
             crate::SessionConnection::Sqlite(connection) => {
                 let connection = connection
                     .as_mut()
                     .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))?;
-                let mut batch = BatchConn::begin_sqlite(connection).await?;
-                let applied = apply_ops(&mut batch, ops, audit, audit_of, now).await?;
-                batch.commit().await?;
-                Ok(applied)
+                BatchConn::begin_sqlite(connection).await?
             }
-            crate::SessionConnection::Postgres(conn) => {
-                let mut batch = BatchConn::begin_postgres(conn).await?;
-                let applied = apply_ops(&mut batch, ops, audit, audit_of, now).await?;
-                batch.commit().await?;
-                Ok(applied)
-            }
-        }
+            crate::SessionConnection::Postgres(conn) => BatchConn::begin_postgres(conn).await?,
+        };
+        let applied = apply_ops(&mut batch, ops, audit, audit_of, now).await?;
+        batch.commit().await?;
+        Ok(applied)
     }
 
     /// One item of a queue.
