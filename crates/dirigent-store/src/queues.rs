@@ -1027,7 +1027,7 @@ async fn apply_ops(
     // The completions of the batch go first, in one statement (its operations are
     // concurrent: any order is theirs). An item named twice is sent once; the others,
     // and those not completed, take the way of one operation below, which says why.
-    let mut completed: HashMap<i64, ItemRecord> = HashMap::new();
+    let mut completed = HashMap::new();
     let mut sent = std::collections::HashSet::new();
     let mut completions = Vec::new();
     for op in ops {
@@ -1067,9 +1067,7 @@ async fn apply_ops(
                 args![at, &serde_json::Value::Array(completions).to_string()],
             )
             .await?;
-        for row in rows {
-            completed.insert(row.id, row.try_into()?);
-        }
+        completed = by_id(rows)?;
     }
     // With several claims, the ready items of each queue are read once, in claim order,
     // shared out among its claims in order, and all claimed in one statement.
@@ -1117,7 +1115,7 @@ async fn apply_ops(
                 }));
             }
         }
-        let mut records: HashMap<i64, ItemRecord> = HashMap::new();
+        let mut records = HashMap::new();
         if !assignments.is_empty() {
             let rows: Vec<ItemRow> = conn
                 .rows(
@@ -1125,9 +1123,7 @@ async fn apply_ops(
                     args![at, &serde_json::Value::Array(assignments).to_string()],
                 )
                 .await?;
-            for row in rows {
-                records.insert(row.id, row.try_into()?);
-            }
+            records = by_id(rows)?;
         }
         for (index, ids) in order {
             let items = ids.iter().filter_map(|id| records.remove(id)).collect();
@@ -1612,4 +1608,11 @@ async fn apply_ops(
         answers,
         woken_triggers,
     })
+}
+
+/// Rows read as items, by id.
+fn by_id(rows: Vec<ItemRow>) -> StoreResult<HashMap<i64, ItemRecord>> {
+    rows.into_iter()
+        .map(|row| Ok((row.id, ItemRecord::try_from(row)?)))
+        .collect()
 }

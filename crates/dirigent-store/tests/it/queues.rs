@@ -687,6 +687,32 @@ store_test!(
     }
 );
 
+/// Has `consumers` consumers claim and complete the items of `queue` until none is ready;
+/// answers the ids they completed, in order.
+async fn consume_all(store: &Store, queue: &str, consumers: usize) -> Vec<i64> {
+    let mut tasks = Vec::new();
+    for consumer in 0..consumers {
+        let (store, queue) = (store.clone(), queue.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let lease = format!("lease-{consumer}");
+            let mut done = Vec::new();
+            while let Some((id, _)) = claim(&store, &queue, &lease, at(1)).await {
+                match one(&store, complete(&queue, id, &lease), at(2)).await {
+                    Ok(_) => done.push(id),
+                    Err(err) => panic!("consumer {consumer} lost item {id}: {err}"),
+                }
+            }
+            done
+        }));
+    }
+    let mut processed = Vec::new();
+    for task in tasks {
+        processed.extend(task.await.unwrap());
+    }
+    processed.sort_unstable();
+    processed
+}
+
 // On SQLite the batches and the pool write through two connections: a transaction of the
 // pool that reads, then writes (releasing a run's items) must wait for the write lock, not
 // fail because a batch committed in between.
@@ -708,19 +734,7 @@ store_test!(batches_and_other_writes_interleave, |store| {
     )
     .await;
     add(&store, "other", vec![item("{}")], at(0)).await;
-    let mut consumers = Vec::new();
-    for consumer in 0..4 {
-        let store = store.clone();
-        consumers.push(tokio::spawn(async move {
-            let lease = format!("lease-{consumer}");
-            let mut done = Vec::new();
-            while let Some((id, _)) = claim(&store, "q", &lease, at(1)).await {
-                one(&store, complete("q", id, &lease), at(2)).await.unwrap();
-                done.push(id);
-            }
-            done
-        }));
-    }
+    let consumers = consume_all(&store, "q", 4);
     let releases = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -749,12 +763,7 @@ store_test!(batches_and_other_writes_interleave, |store| {
             released
         })
     };
-    let mut processed = Vec::new();
-    for consumer in consumers {
-        processed.extend(consumer.await.unwrap());
-    }
-    processed.sort_unstable();
-    assert_eq!(processed, ids, "every item once, none twice");
+    assert_eq!(consumers.await, ids, "every item once, none twice");
     assert_eq!(
         releases.await.unwrap(),
         50,
@@ -769,26 +778,7 @@ store_test!(many_consumers_process_every_item_once, |store| {
         .unwrap();
     let items: Vec<NewItem> = (0..400).map(|n| item(&n.to_string())).collect();
     let ids = add(&store, "q", items, at(0)).await;
-    let mut consumers = Vec::new();
-    for consumer in 0..8 {
-        let store = store.clone();
-        consumers.push(tokio::spawn(async move {
-            let lease = format!("lease-{consumer}");
-            let mut done = Vec::new();
-            while let Some((id, _)) = claim(&store, "q", &lease, at(1)).await {
-                match one(&store, complete("q", id, &lease), at(2)).await {
-                    Ok(_) => done.push(id),
-                    Err(err) => panic!("consumer {consumer} lost item {id}: {err}"),
-                }
-            }
-            done
-        }));
-    }
-    let mut processed = Vec::new();
-    for consumer in consumers {
-        processed.extend(consumer.await.unwrap());
-    }
-    processed.sort_unstable();
+    let processed = consume_all(&store, "q", 8).await;
     assert_eq!(processed, ids, "every item once, none twice");
 });
 
