@@ -27,8 +27,10 @@ use crate::{
 /// Everything `dirigent agent` needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The orchestrator's base URL, `http://host:port` or `https://host:port`.
-    pub server_url: String,
+    /// The orchestrator's base URLs, `http://host:port` or `https://host:port`: one, or one per
+    /// node when several share a database. The agent connects to the first that answers and
+    /// moves on to the next when its node goes away; robots are given the first.
+    pub server_urls: Vec<String>,
     /// Which certificates to trust under `https`.
     pub trust: dirigent_client::Trust,
     /// Where the credential and the journal live.
@@ -99,7 +101,10 @@ pub async fn run(
         AgentError::Setup(format!("creating {}: {err}", config.data_dir.display()))
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let tls = match config.server_url.starts_with("https:") {
+    let Some(first_url) = config.server_urls.first().cloned() else {
+        return Err(AgentError::Setup("no server URL given".to_owned()));
+    };
+    let tls = match config.server_urls.iter().any(|url| url.starts_with("https:")) {
         true => Some(Arc::new(
             config.trust.client_config().map_err(AgentError::Setup)?,
         )),
@@ -109,16 +114,19 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut runner = Runner::new(
         RunnerConfig {
-            server_url: config.server_url.clone(),
+            server_url: first_url.clone(),
         },
         events_tx,
     );
     let mut failures: u32 = 0;
     let mut offline_since = tokio::time::Instant::now();
+    // Which of the server URLs to try next.
+    let mut next_url = 0;
     tokio::pin!(shutdown);
     loop {
+        let url = config.server_urls.get(next_url).unwrap_or(&first_url).clone();
         let ended = tokio::select! {
-            ended = session(&config, tls.clone(), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
+            ended = session(&config, &url, tls.clone(), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
             () = &mut shutdown => return Ok(()),
         };
         match ended {
@@ -128,13 +136,20 @@ pub async fn run(
                 tracing::error!(reason, "the server refused this agent")
             }
             Err(SessionError::Link(reason)) => {
-                tracing::info!(reason, server = config.server_url, "not connected")
+                tracing::info!(reason, server = url, "not connected")
             }
         }
         if failures == 0 {
             offline_since = tokio::time::Instant::now();
         }
         failures = failures.saturating_add(1);
+        next_url = (next_url + 1) % config.server_urls.len();
+        // Straight on to the next node while some were not tried since the last connection;
+        // then back off.
+        let n_urls = u32::try_from(config.server_urls.len()).unwrap_or(u32::MAX);
+        if failures < n_urls {
+            continue;
+        }
         if let Some(limit) = config.exit_when_orphaned
             && runner.n_live() == 0
             && limit <= offline_since.elapsed()
@@ -142,7 +157,7 @@ pub async fn run(
             tracing::info!("no run alive and the server unreachable: stopping");
             return Ok(());
         }
-        let delay = backoff(failures);
+        let delay = backoff(failures - n_urls + 1);
         // While waiting, keep journaling what the runs report.
         let wait = tokio::time::sleep(delay);
         tokio::pin!(wait);
@@ -227,6 +242,7 @@ fn link_error(err: impl std::fmt::Display) -> SessionError {
 /// relay events and commands until the connection ends.
 async fn session(
     config: &AgentConfig,
+    server_url: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
     credential: &str,
     journal: &mut Journal,
@@ -234,7 +250,7 @@ async fn session(
     events: &mut mpsc::UnboundedReceiver<AgentEvent>,
     failures: &mut u32,
 ) -> Result<std::convert::Infallible, SessionError> {
-    let url = link_url(&config.server_url)?;
+    let url = link_url(server_url)?;
     let mut request = url.into_client_request().map_err(link_error)?;
     let bearer = HeaderValue::from_str(&format!("Bearer {credential}")).map_err(link_error)?;
     request.headers_mut().insert("authorization", bearer);
@@ -288,11 +304,7 @@ async fn session(
         },
     )
     .await?;
-    tracing::info!(
-        server = config.server_url,
-        resent = resend.len(),
-        "connected"
-    );
+    tracing::info!(server = server_url, resent = resend.len(), "connected");
 
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.reset();

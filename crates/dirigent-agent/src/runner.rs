@@ -171,6 +171,7 @@ impl Runner {
             run_id: spec.run_id.clone(),
             pid,
             at: now,
+            token_digest: spec.run_token.as_deref().map(token_digest),
         });
         let (control, control_rx) = mpsc::unbounded_channel();
         self.runs.insert(
@@ -206,6 +207,7 @@ fn spawn(config: &RunnerConfig, spec: &StartSpec) -> Result<tokio::process::Chil
         .env("DIRIGENT_URL", &config.server_url)
         .env("DIRIGENT_RUN_ID", &spec.run_id)
         .env("DIRIGENT_ROBOT", &spec.robot)
+        .envs(spec.run_token.iter().map(|token| ("DIRIGENT_RUN_TOKEN", token)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -466,4 +468,15 @@ fn now() -> Timestamp {
     )]
     let now = Timestamp::now();
     Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
+}
+
+/// The SHA-256 of a token in hex: how the server knows a run's token.
+fn token_digest(token: &str) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let mut hex = String::with_capacity(64);
+    for byte in sha2::Sha256::digest(token.as_bytes()) {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
 }

@@ -110,6 +110,9 @@ pub struct Run {
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub ended_at: Option<Timestamp>,
+    /// Bumped by every stored change: a change is stored only over the version it was
+    /// decided on (compare-and-set), so that two nodes never both apply one.
+    pub version: u64,
 }
 
 /// One change of a run's state.

@@ -97,6 +97,10 @@ pub struct StartSpec {
     pub env: BTreeMap<String, String>,
     pub stop_grace_seconds: u32,
     pub max_duration_seconds: Option<u32>,
+    /// The run's token (`DIRIGENT_RUN_TOKEN`); the server does not keep it, so a start
+    /// command sent again carries a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +110,10 @@ pub enum AgentEvent {
         run_id: String,
         pid: u32,
         at: Timestamp,
+        /// The SHA-256 (hex) of the token the robot was given: the one that works, when a
+        /// start command was sent twice with different tokens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_digest: Option<String>,
     },
     StartFailed {
         run_id: String,

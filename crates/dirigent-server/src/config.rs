@@ -17,6 +17,8 @@ pub struct ServerConfig {
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub fleet: crate::fleet::FleetSettings,
+    /// This node's id and how soon other nodes take over from it.
+    pub cluster: crate::cluster::ClusterSettings,
     /// Serve HTTPS with this certificate; plain HTTP without.
     pub tls: Option<crate::tls::TlsFiles>,
     /// A program that checks passwords the local ones do not match (PAM, LDAP, …).

@@ -138,6 +138,11 @@ impl ApiError {
         match err {
             StoreError::NotFound => not_found(),
             StoreError::Conflict => conflict(),
+            StoreError::Stale => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::InvalidState,
+                "it changed meanwhile (another request got there first); read it again and retry",
+            ),
             StoreError::Connect(_) | StoreError::Unavailable(_) => ApiError {
                 detail: Some(err.to_string()),
                 ..ApiError::new(

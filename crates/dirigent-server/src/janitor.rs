@@ -1,21 +1,25 @@
 //! The janitor: ages out finished data on a timer: expired login sessions (already refused,
 //! but whose rows would otherwise stay) and finished work items past their queue's retention.
+//! With several nodes, only the one holding the singleton duties does it.
 
 use std::{sync::Arc, time::Duration};
 
 use dirigent_store::Store;
 use tokio::task::JoinHandle;
 
-use crate::Clock;
+use crate::{Clock, cluster::Cluster};
 
 const EVERY: Duration = Duration::from_secs(3600);
 
 /// Starts the janitor; it runs until the handle is aborted.
-pub(crate) fn spawn(store: Store, clock: Arc<dyn Clock>) -> JoinHandle<()> {
+pub(crate) fn spawn(store: Store, clock: Arc<dyn Clock>, cluster: Arc<Cluster>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(EVERY);
         loop {
             ticks.tick().await;
+            if !cluster.is_leading() {
+                continue;
+            }
             match store.delete_expired_sessions(clock.now()).await {
                 Ok(0) => {}
                 Ok(n_deleted) => tracing::info!(n_deleted, "deleted expired sessions"),

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 mod batch;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fleet;
@@ -69,7 +70,9 @@ pub struct RunningServer {
     store: Store,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
-    janitor: JoinHandle<()>,
+    cluster: Arc<cluster::Cluster>,
+    /// The janitor and the cluster's loops.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Opens the database (applying migrations), creates the `admin` user on an empty database,
@@ -101,14 +104,35 @@ pub async fn start(
     let generated_admin_password =
         auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await?;
 
-    let fleet = fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
+    let fleet = fleet::Fleet::new(
+        store.clone(),
+        clock.clone(),
+        config.fleet,
+        config.cluster.node_id.clone(),
+    );
     let credentials = auth::cache::CredentialCache::following_runs(&fleet);
     let scheduler = scheduler::Scheduler::start(store.clone(), fleet.clone(), clock.clone());
+    let (cluster, mut background) = cluster::Cluster::join(
+        store.clone(),
+        fleet.clone(),
+        scheduler.clone(),
+        clock.clone(),
+        config.cluster.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Store {
+        url: config.database_url.to_string(),
+        source,
+    })?;
     fleet
         .recover()
         .await
         .map_err(|err| StartError::Bootstrap(format!("recovering runs: {err}")))?;
-    let janitor = janitor::spawn(store.clone(), clock.clone());
+    background.push(janitor::spawn(
+        store.clone(),
+        clock.clone(),
+        cluster.clone(),
+    ));
     let config_listen = config.listen;
     let state = AppState {
         store: store.clone(),
@@ -153,14 +177,15 @@ pub async fn start(
             )
         }
     };
-    tracing::info!(%local_addr, backend = ?store.backend_kind(), "serving");
+    tracing::info!(%local_addr, backend = ?store.backend_kind(), node = cluster.node_id(), "serving");
     Ok(RunningServer {
         local_addr,
         generated_admin_password,
         store,
         stop,
         serving,
-        janitor,
+        cluster,
+        background,
     })
 }
 
@@ -188,14 +213,18 @@ impl RunningServer {
             .await
     }
 
-    /// Stops accepting connections, lets requests in flight finish, closes the database.
+    /// Stops accepting connections, lets requests in flight finish, leaves the cluster (so
+    /// that another node takes over at once), closes the database.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.stop.send(());
-        self.janitor.abort();
+        for task in &self.background {
+            task.abort();
+        }
         let served = self
             .serving
             .await
             .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+        self.cluster.leave().await;
         self.store.close().await;
         served
     }

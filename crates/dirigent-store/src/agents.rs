@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use dirigent_domain::agent::{Agent, AgentId};
 use jiff::Timestamp;
 
-use crate::{BeginWrite, Store, StoreError, StoreResult, dispatch, from_millis_opt, to_millis};
+use crate::{
+    BackendKind, BeginWrite, Store, StoreError, StoreResult, dispatch, from_millis_opt, to_millis,
+};
 
 /// What an agent tells about itself when it connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,11 +150,13 @@ impl Store {
         rows.into_iter().map(AgentRow::into_agent).collect()
     }
 
-    /// Records a connection: the agent's facts, online. Answers the last event id applied.
+    /// Records a connection to the node `node`: the agent's facts, online. Answers the last
+    /// event id applied.
     pub async fn agent_connected(
         &self,
         id: AgentId,
         facts: &AgentFacts,
+        node: &str,
         now: Timestamp,
     ) -> StoreResult<u64> {
         let labels = serde_json::to_string(&facts.labels)
@@ -160,7 +164,7 @@ impl Store {
         let last_event_id: i64 = dispatch!(self, writer, pool => {
             sqlx::query_scalar(
                 "UPDATE agents SET host = $2, os_user = $3, labels = $4, capacity = $5, version = $6, \
-                 online = TRUE, last_seen_at = $7 WHERE id = $1 RETURNING last_event_id",
+                 online = TRUE, last_seen_at = $7, node_id = $8 WHERE id = $1 RETURNING last_event_id",
             )
             .bind(id.0)
             .bind(&facts.host)
@@ -169,18 +173,18 @@ impl Store {
             .bind(i64::from(facts.capacity))
             .bind(&facts.version)
             .bind(to_millis(now))
+            .bind(node)
             .fetch_one(pool)
             .await
         })?;
         Ok(u64::try_from(last_event_id).unwrap_or(0))
     }
 
-    /// Records that an agent was heard from at `now`, and whether it is connected.
-    pub async fn agent_seen(&self, id: AgentId, online: bool, now: Timestamp) -> StoreResult<()> {
+    /// Records that a connected agent was heard from at `now`.
+    pub async fn agent_seen(&self, id: AgentId, now: Timestamp) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
-            sqlx::query("UPDATE agents SET online = $2, last_seen_at = $3 WHERE id = $1")
+            sqlx::query("UPDATE agents SET last_seen_at = $2 WHERE id = $1")
                 .bind(id.0)
-                .bind(online)
                 .bind(to_millis(now))
                 .execute(pool)
                 .await
@@ -189,12 +193,55 @@ impl Store {
         Ok(())
     }
 
-    /// Marks every agent offline: at start, no connection exists yet.
-    pub async fn mark_all_agents_offline(&self) -> StoreResult<()> {
+    /// Records that the agent's connection to `node` ended at `now`, unless it connected to
+    /// another node meanwhile. Answers whether it did.
+    pub async fn agent_disconnected(
+        &self,
+        id: AgentId,
+        node: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let n_rows = dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE agents SET online = FALSE, last_seen_at = $3 WHERE id = $1 AND node_id = $2")
+                .bind(id.0)
+                .bind(node)
+                .bind(to_millis(now))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n_rows == 1)
+    }
+
+    /// Marks offline the agents connected to `node`: at its start, its earlier life's
+    /// connections are gone. Agents of other nodes are left alone.
+    pub async fn mark_node_agents_offline(&self, node: &str) -> StoreResult<()> {
         dispatch!(self, writer, pool => {
-            sqlx::query("UPDATE agents SET online = FALSE").execute(pool).await.map(|done| done.rows_affected())
-        })?;
+            sqlx::query("UPDATE agents SET online = FALSE WHERE online AND node_id = $1")
+                .bind(node)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
         Ok(())
+    }
+
+    /// Marks offline the agents connected to nodes whose last heartbeat is older than
+    /// `cutoff` (or to no known node); answers their names.
+    pub async fn disconnect_agents_of_dead_nodes(
+        &self,
+        cutoff: Timestamp,
+    ) -> StoreResult<Vec<String>> {
+        let names: Vec<String> = dispatch!(self, writer, pool => {
+            sqlx::query_scalar(
+                "UPDATE agents SET online = FALSE WHERE online AND (node_id IS NULL OR node_id NOT IN \
+                 (SELECT id FROM nodes WHERE heartbeat_at >= $1)) RETURNING name",
+            )
+            .bind(to_millis(cutoff))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(names)
     }
 
     pub async fn set_agent_draining(&self, name: &str, draining: bool) -> StoreResult<()> {
@@ -234,32 +281,26 @@ impl Store {
         body: &str,
         now: Timestamp,
     ) -> StoreResult<u64> {
+        let postgres = self.backend_kind() == BackendKind::Postgres;
         let command_id: i64 = dispatch!(self, writer, pool => {
             let mut tx = pool.begin_write().await?;
-            let command_id: i64 = sqlx::query_scalar(
-                "UPDATE agents SET last_command_id = last_command_id + 1 WHERE id = $1 RETURNING last_command_id",
-            )
-            .bind(id.0)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO agent_commands (agent_id, id, body, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(id.0)
-                .bind(command_id)
-                .bind(body)
-                .bind(to_millis(now))
-                .execute(&mut *tx)
-                .await?;
+            let command_id = queue_command!(&mut *tx, postgres, id, body, now);
             tx.commit().await?;
             command_id
         });
         Ok(u64::try_from(command_id).unwrap_or(0))
     }
 
-    /// The commands an agent has not acknowledged, in order.
-    pub async fn pending_agent_commands(&self, id: AgentId) -> StoreResult<Vec<(u64, String)>> {
+    /// The commands an agent has not acknowledged with ids above `after`, in order.
+    pub async fn pending_agent_commands(
+        &self,
+        id: AgentId,
+        after: u64,
+    ) -> StoreResult<Vec<(u64, String)>> {
         let rows: Vec<(i64, String)> = dispatch!(self, reader, pool => {
-            sqlx::query_as("SELECT id, body FROM agent_commands WHERE agent_id = $1 ORDER BY id")
+            sqlx::query_as("SELECT id, body FROM agent_commands WHERE agent_id = $1 AND id > $2 ORDER BY id")
                 .bind(id.0)
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
                 .fetch_all(pool)
                 .await
         })?;
@@ -283,6 +324,40 @@ impl Store {
         Ok(())
     }
 }
+
+/// The channel on which PostgreSQL tells every node that an agent has a new command (the
+/// payload is `AGENT_ID:COMMAND_ID`), so that the node holding its connection sends it.
+pub const COMMANDS_CHANNEL: &str = "dirigent_agent_commands";
+
+/// Queues a command for an agent inside a transaction (`$postgres`: on PostgreSQL, which
+/// also notifies the nodes at commit); evaluates to its id, above every earlier one.
+macro_rules! queue_command {
+    ($executor:expr, $postgres:expr, $agent_id:expr, $body:expr, $now:expr) => {{
+        let agent_id: dirigent_domain::agent::AgentId = $agent_id;
+        let command_id: i64 = sqlx::query_scalar(
+            "UPDATE agents SET last_command_id = last_command_id + 1 WHERE id = $1 RETURNING last_command_id",
+        )
+        .bind(agent_id.0)
+        .fetch_one($executor)
+        .await?;
+        sqlx::query("INSERT INTO agent_commands (agent_id, id, body, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(agent_id.0)
+            .bind(command_id)
+            .bind($body)
+            .bind($crate::to_millis($now))
+            .execute($executor)
+            .await?;
+        if $postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind($crate::agents::COMMANDS_CHANNEL)
+                .bind(format!("{}:{command_id}", agent_id.0))
+                .execute($executor)
+                .await?;
+        }
+        command_id
+    }};
+}
+pub(crate) use queue_command;
 
 impl AgentRow {
     fn into_agent(self) -> StoreResult<Agent> {

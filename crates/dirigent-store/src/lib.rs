@@ -16,6 +16,7 @@ mod accounts;
 mod agents;
 mod audit;
 mod batch;
+mod nodes;
 mod queues;
 mod robots;
 mod runs;
@@ -32,13 +33,14 @@ use sqlx::{
 };
 
 pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToken, UserId};
-pub use agents::AgentFacts;
+pub use agents::{AgentFacts, COMMANDS_CHANNEL};
+pub use nodes::{Listener, NodeRecord};
 pub use audit::{AuditQuery, AuditRecord};
 pub use queues::{
     AppliedOps, AttemptRecord, Claimer, Completion, ItemFilter, ItemRecord, NewItem, QueueAnswer,
     QueueOp, QueueOpError, QueueRecord, QueueStats,
 };
-pub use runs::{OutputLine, RunQuery};
+pub use runs::{OutputLine, Placement, RunEnd, RunQuery};
 pub use triggers::{CalendarRecord, FiringRecord, FiringTake, NewFiring, Taken, TriggerRecord};
 pub use users::{RoleRecord, UserRecord};
 
@@ -50,6 +52,10 @@ pub enum StoreError {
     /// A unique value exists already, or a row is still referred to.
     #[error("already exists, or is in use")]
     Conflict,
+    /// What a change was decided on changed meanwhile (another node, or another request, got
+    /// there first); nothing was stored. Read again and decide again.
+    #[error("changed meanwhile")]
+    Stale,
     #[error("the database URL is not valid: {0}")]
     InvalidUrl(String),
     #[error("cannot connect to the database: {0}")]

@@ -6,10 +6,10 @@
 //! items in claim order; on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so that concurrent
 //! transactions of several nodes never hand out one item twice.
 
-use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::collections::{BTreeMap, HashMap};
 
 use dirigent_domain::queue::{
-    AfterAttempt, ErrorKind, ItemStatus, Priority, QueueSettings, after_failure, after_lost_lease,
+    AfterAttempt, ErrorKind, ItemStatus, Priority, QueueSettings, after_failure,
 };
 use jiff::{SignedDuration, Timestamp};
 
@@ -18,6 +18,75 @@ use crate::{
     batch::{Arg, BatchConn, Row, args},
     dispatch, from_millis, from_millis_opt, to_millis,
 };
+
+/// Releases, inside the transaction `$tx`, the items held by the run `$run_id` (an
+/// `Option<&str>`), or with `None` those whose leases expired by `$now`; `$outcome` says why
+/// (`run_lost`, `run_ended`, `lease_expired`). Each item's update re-checks what selected it,
+/// so an item extended or claimed again meanwhile (by another node) is left alone. Evaluates
+/// to how many items were released.
+macro_rules! release_held_items {
+    ($tx:expr, $run_id:expr, $now:expr, $outcome:expr) => {{
+        let run_id: Option<&str> = $run_id;
+        let now: jiff::Timestamp = $now;
+        let outcome: &str = $outcome;
+        let at = $crate::to_millis(now);
+        let mut released: u64 = 0;
+        let held: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, queue_id, attempts FROM queue_items WHERE status = 'in_progress' \
+             AND (run_id = $1 OR ($1 IS NULL AND lease_expires_at <= $2))",
+        )
+        .bind(run_id)
+        .bind(at)
+        .fetch_all(&mut **$tx)
+        .await?;
+        let mut settings: std::collections::HashMap<i64, dirigent_domain::queue::QueueSettings> =
+            std::collections::HashMap::new();
+        for (id, queue_id, attempts) in held {
+            if let std::collections::hash_map::Entry::Vacant(slot) = settings.entry(queue_id) {
+                let row: $crate::queues::QueueRow =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("{} WHERE id = $1", $crate::queues::SELECT_QUEUE)))
+                        .bind(queue_id)
+                        .fetch_one(&mut **$tx)
+                        .await?;
+                slot.insert($crate::queues::QueueRecord::try_from(row)?.settings);
+            }
+            let Some(queue) = settings.get(&queue_id) else { continue };
+            let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+            let (status, finished) = match dirigent_domain::queue::after_lost_lease(queue, attempts, now) {
+                dirigent_domain::queue::AfterAttempt::Retry { .. } => {
+                    (dirigent_domain::queue::ItemStatus::New, None)
+                }
+                dirigent_domain::queue::AfterAttempt::Final(status) => (status, Some(at)),
+            };
+            let message = match outcome {
+                "run_lost" => "its run was lost",
+                "run_ended" => "its run ended without finishing it",
+                _ => "its lease expired",
+            };
+            released += sqlx::query(
+                "UPDATE queue_items SET status = $2, available_at = COALESCE($6, available_at), \
+                 lease_digest = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $3, \
+                 error_kind = CASE WHEN $4 IS NULL THEN error_kind ELSE 'application' END, \
+                 error_message = CASE WHEN $4 IS NULL THEN error_message ELSE $5 END, \
+                 last_outcome = $7 WHERE id = $1 AND status = 'in_progress' \
+                 AND (run_id = $8 OR ($8 IS NULL AND lease_expires_at <= $3))",
+            )
+            .bind(id)
+            .bind(status.as_str())
+            .bind(at)
+            .bind(finished)
+            .bind(message)
+            .bind(finished.is_none().then_some(at))
+            .bind(outcome)
+            .bind(run_id)
+            .execute(&mut **$tx)
+            .await?
+            .rows_affected();
+        }
+        released
+    }};
+}
+pub(crate) use release_held_items;
 
 /// A queue as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,7 +378,7 @@ impl TryFrom<ItemRow> for ItemRecord {
 }
 
 #[derive(sqlx::FromRow)]
-struct QueueRow {
+pub(crate) struct QueueRow {
     id: i64,
     name: String,
     description: String,
@@ -387,7 +456,7 @@ macro_rules! queue_columns {
     };
 }
 
-const SELECT_QUEUE: &str = concat!("SELECT ", queue_columns!(), " FROM queues");
+pub(crate) const SELECT_QUEUE: &str = concat!("SELECT ", queue_columns!(), " FROM queues");
 const SELECT_QUEUE_BY_NAME: &str =
     concat!("SELECT ", queue_columns!(), " FROM queues WHERE name = $1");
 
@@ -866,64 +935,11 @@ impl Store {
         now: Timestamp,
         outcome: &str,
     ) -> StoreResult<u64> {
-        let at = to_millis(now);
-        let mut released = 0;
-        dispatch!(self, writer, pool => {
+        let released = dispatch!(self, writer, pool => {
             let mut tx = pool.begin_write().await?;
-            let held: Vec<(i64, i64, i64)> = match run_id {
-                Some(run_id) => sqlx::query_as(
-                    "SELECT id, queue_id, attempts FROM queue_items WHERE run_id = $1 AND status = 'in_progress'",
-                )
-                .bind(run_id)
-                .fetch_all(&mut *tx)
-                .await?,
-                None => sqlx::query_as(
-                    "SELECT id, queue_id, attempts FROM queue_items WHERE status = 'in_progress' \
-                     AND lease_expires_at <= $1",
-                )
-                .bind(at)
-                .fetch_all(&mut *tx)
-                .await?,
-            };
-            let mut settings: HashMap<i64, QueueSettings> = HashMap::new();
-            for (id, queue_id, attempts) in held {
-                if let Entry::Vacant(slot) = settings.entry(queue_id) {
-                    let row: QueueRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_QUEUE} WHERE id = $1")))
-                        .bind(queue_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    slot.insert(QueueRecord::try_from(row)?.settings);
-                }
-                let Some(queue) = settings.get(&queue_id) else { continue };
-                let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
-                let (status, finished) = match after_lost_lease(queue, attempts, now) {
-                    AfterAttempt::Retry { .. } => (ItemStatus::New, None),
-                    AfterAttempt::Final(status) => (status, Some(at)),
-                };
-                let message = match outcome {
-                    "run_lost" => "its run was lost",
-                    "run_ended" => "its run ended without finishing it",
-                    _ => "its lease expired",
-                };
-                sqlx::query(
-                    "UPDATE queue_items SET status = $2, available_at = COALESCE($6, available_at), \
-                     lease_digest = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $3, \
-                     error_kind = CASE WHEN $4 IS NULL THEN error_kind ELSE 'application' END, \
-                     error_message = CASE WHEN $4 IS NULL THEN error_message ELSE $5 END, \
-                     last_outcome = $7 WHERE id = $1 AND status = 'in_progress'",
-                )
-                .bind(id)
-                .bind(status.as_str())
-                .bind(at)
-                .bind(finished)
-                .bind(message)
-                .bind(finished.is_none().then_some(at))
-                .bind(outcome)
-                .execute(&mut *tx)
-                .await?;
-                released += 1;
-            }
+            let released = release_held_items!(&mut tx, run_id, now, outcome);
             tx.commit().await?;
+            released
         });
         Ok(released)
     }
@@ -1616,3 +1632,4 @@ fn by_id(rows: Vec<ItemRow>) -> StoreResult<HashMap<i64, ItemRecord>> {
         .map(|row| Ok((row.id, ItemRecord::try_from(row)?)))
         .collect()
 }
+

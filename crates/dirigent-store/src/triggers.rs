@@ -114,18 +114,19 @@ macro_rules! take_statement {
     }};
 }
 
-/// The insert of firings `$rows` (trigger id, firing), recorded at `$now`.
+/// The insert of firings `$rows` (trigger id, firing), recorded at `$now` by the node `$node`.
 macro_rules! insert_firings {
-    ($rows:expr, $now:expr) => {{
+    ($rows:expr, $now:expr, $node:expr) => {{
         let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, recorded_at) ",
+            "INSERT INTO trigger_firings (trigger_id, due_at, outcome, reason, recorded_at, node_id) ",
         );
         insert.push_values($rows, |mut row, (trigger_id, firing)| {
             row.push_bind(*trigger_id)
                 .push_bind(to_millis(firing.due_at))
                 .push_bind(firing.outcome)
                 .push_bind(firing.reason.as_deref())
-                .push_bind(to_millis($now));
+                .push_bind(to_millis($now))
+                .push_bind($node);
         });
         insert
     }};
@@ -411,9 +412,11 @@ impl Store {
     ///
     /// Only `due` firings come back as rows (their runs are to start); the others are only
     /// counted, so that a batch of dry runs or missed firings moves no rows back and forth.
+    /// The firings are recorded as taken by the node `node`.
     pub async fn take_trigger_firings(
         &self,
         takes: &[FiringTake],
+        node: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<Option<Taken>>> {
         let mut taken: HashMap<&str, Taken> = HashMap::new();
@@ -453,10 +456,10 @@ impl Store {
                     .flat_map(|take| take.firings.iter().map(|firing| (take.trigger_id.as_str(), firing)))
                     .partition(|(_, firing)| firing.outcome == "due");
                 for rows in other.chunks(TAKE_CHUNK) {
-                    insert_firings!(rows, now).build().execute(&mut *tx).await?;
+                    insert_firings!(rows, now, node).build().execute(&mut *tx).await?;
                 }
                 for rows in due.chunks(TAKE_CHUNK) {
-                    let mut insert = insert_firings!(rows, now);
+                    let mut insert = insert_firings!(rows, now, node);
                     insert.push(" RETURNING id, trigger_id, due_at, outcome, reason, run_id, recorded_at");
                     let recorded: Vec<FiringRow> = insert.build_query_as().fetch_all(&mut *tx).await?;
                     for row in recorded {
@@ -480,7 +483,8 @@ impl Store {
             .collect())
     }
 
-    /// Records what became of a firing taken earlier.
+    /// Records what became of a firing taken earlier, unless it was settled already (by
+    /// another node settling the firings of a dead one).
     pub async fn settle_firing(
         &self,
         id: i64,
@@ -492,7 +496,7 @@ impl Store {
         dispatch!(self, writer, pool => {
             sqlx::query(
                 "UPDATE trigger_firings SET outcome = $2, reason = $3, run_id = $4, recorded_at = $5 \
-                 WHERE id = $1",
+                 WHERE id = $1 AND outcome = 'due'",
             )
             .bind(id)
             .bind(outcome)
@@ -506,12 +510,23 @@ impl Store {
         Ok(())
     }
 
-    /// Firings taken but not settled: a node stopped between taking and starting them.
-    pub async fn unsettled_firings(&self) -> StoreResult<Vec<FiringRecord>> {
+    /// Firings taken but not settled by nodes that stopped between taking and starting them:
+    /// nodes whose last heartbeat is older than `alive_after`, and the node `earlier_life` (a
+    /// node starting again settles what it left). A live node's firings are its own.
+    pub async fn unsettled_firings(
+        &self,
+        alive_after: Timestamp,
+        earlier_life: Option<&str>,
+    ) -> StoreResult<Vec<FiringRecord>> {
         let rows: Vec<FiringRow> = dispatch!(self, reader, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_FIRING} WHERE outcome = 'due' ORDER BY id")))
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_FIRING} WHERE outcome = 'due' AND (node_id IS NULL OR node_id = $2 OR node_id NOT IN \
+                 (SELECT id FROM nodes WHERE heartbeat_at >= $1)) ORDER BY id"
+            )))
+            .bind(to_millis(alive_after))
+            .bind(earlier_life)
+            .fetch_all(pool)
+            .await?
         });
         rows.into_iter().map(TryInto::try_into).collect()
     }

@@ -21,8 +21,9 @@ pub(crate) struct AgentArgs {
 
 #[derive(Debug, Args)]
 struct RunAgentArgs {
-    /// The orchestrator's URL.
-    #[arg(long, env = "DIRIGENT_SERVER", value_name = "URL")]
+    /// The orchestrator's URL; with several nodes, their URLs separated by commas (the agent
+    /// moves to the next when its node goes away).
+    #[arg(long, env = "DIRIGENT_SERVER", value_name = "URL[,URL…]")]
     server: Option<String>,
     /// Where the credential and the journal are kept.
     #[arg(
@@ -157,7 +158,22 @@ async fn drain(name: &str, draining: bool, client_args: &ClientArgs) -> anyhow::
 }
 
 async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
-    let Some(server) = args.server else {
+    let Some(servers) = args.server else {
+        bail!("give the orchestrator's URL: dirigent agent --server http://HOST:8420");
+    };
+    let server_urls: Vec<String> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(url) = server_urls
+        .iter()
+        .find(|url| !url.starts_with("http://") && !url.starts_with("https://"))
+    {
+        bail!("--server takes http:// or https:// URLs, not {url:?}");
+    }
+    let Some(server) = server_urls.first().cloned() else {
         bail!("give the orchestrator's URL: dirigent agent --server http://HOST:8420");
     };
     let labels = parse_labels(&args.labels)?;
@@ -193,7 +209,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
     };
     crate::init_tracing();
     let config = AgentConfig {
-        server_url: server,
+        server_urls,
         trust,
         data_dir: args.data,
         labels,

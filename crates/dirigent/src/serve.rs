@@ -8,6 +8,7 @@ use clap::Args;
 use dirigent_server::{
     RunningServer,
     auth::{external::LoginCommand, secrets},
+    cluster::ClusterSettings,
     fleet::FleetSettings,
     tls::TlsFiles,
 };
@@ -57,6 +58,10 @@ pub(crate) struct ServeArgs {
     /// Do not run the built-in local agent.
     #[arg(long)]
     no_local_agent: bool,
+    /// This node's id among the nodes sharing a PostgreSQL database; stable across restarts
+    /// [default: the host name and the data directory].
+    #[arg(long, env = "DIRIGENT_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
 }
 
 /// The settings file. Every key is optional; flags and environment variables win over it.
@@ -77,6 +82,9 @@ struct SettingsFile {
     /// A program checking passwords the local ones do not match (PAM, LDAP, …): argv.
     login_command: Option<Vec<String>>,
     login_command_timeout_seconds: Option<u32>,
+    node_id: Option<String>,
+    /// A node silent this long is dead: another takes over its duties and agents.
+    takeover_after_seconds: Option<u32>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -89,10 +97,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "http"
     };
     let config_tls_cert = config.tls.as_ref().map(|tls| tls.cert.clone());
+    // Alone with its database a node's local agent is `local`; nodes sharing one each have
+    // their own, named after the node.
+    let local_agent_name = match database.starts_with("sqlite:") {
+        true => "local".to_owned(),
+        false => local_agent_name(&config.cluster.node_id),
+    };
     let server = dirigent_server::start(config, Arc::new(SystemClock)).await?;
     if local_agent {
         let pinned = config_tls_cert.as_deref();
-        start_local_agent(&server, &data_dir.join("local-agent"), pinned).await?;
+        let dir = data_dir.join("local-agent");
+        start_local_agent(&server, &local_agent_name, &dir, pinned).await?;
     }
     if let Some(password) = server.generated_admin_password() {
         println!("Created the first user: admin, password: {password}");
@@ -180,6 +195,24 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
         None => {}
     }
     let local_agent = !args.no_local_agent && file.local_agent.unwrap_or(true);
+    let node_id = match args.node_id.or(file.node_id) {
+        Some(id) if id.is_empty() || 200 < id.len() || id.chars().any(char::is_control) => {
+            bail!("node_id must be 1 to 200 printable characters, not {id:?}")
+        }
+        Some(id) => id,
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned());
+            let dir = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
+            format!("{host}:{}", dir.display())
+        }
+    };
+    let takeover_after = match file.takeover_after_seconds {
+        Some(0) => bail!("takeover_after_seconds must be at least 1"),
+        Some(seconds) => Duration::from_secs(u64::from(seconds)),
+        None => ClusterSettings::DEFAULT_TAKEOVER_AFTER,
+    };
     let tls = match (
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
@@ -212,6 +245,10 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
         session_ttl,
         max_body_bytes,
         fleet,
+        cluster: ClusterSettings {
+            node_id,
+            takeover_after,
+        },
         tls,
         login_command,
     };
@@ -246,6 +283,7 @@ fn one_line(message: &str) -> String {
 /// locked and leaves. With nothing to run and no orchestrator for a minute, it stops.
 async fn start_local_agent(
     server: &RunningServer,
+    name: &str,
     dir: &std::path::Path,
     tls_cert: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
@@ -260,7 +298,7 @@ async fn start_local_agent(
         }
     };
     server
-        .provision_agent("local", &credential)
+        .provision_agent(name, &credential)
         .await
         .context("enrolling the local agent")?;
     let addr = server.local_addr();
@@ -313,4 +351,17 @@ async fn start_local_agent(
     // The agent is a daemon of its own: nobody waits for it but init.
     std::mem::forget(child);
     Ok(())
+}
+
+/// The local agent's name on a node sharing its database: `local-` and the node's id, with
+/// what is not a letter, digit, `.` or `-` made a `-`.
+fn local_agent_name(node_id: &str) -> String {
+    let id: String = node_id
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+            true => c,
+            false => '-',
+        })
+        .collect();
+    format!("local-{}", id.trim_matches('-'))
 }

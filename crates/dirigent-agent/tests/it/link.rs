@@ -60,7 +60,7 @@ async fn garbage_is_ignored_and_commands_apply_once() {
     let addr = listener.local_addr().unwrap();
     let data = tempfile::tempdir().unwrap();
     let config = AgentConfig {
-        server_url: format!("http://{addr}"),
+        server_urls: vec![format!("http://{addr}")],
         trust: dirigent_client::Trust::System,
         data_dir: data.path().to_owned(),
         labels: BTreeMap::new(),

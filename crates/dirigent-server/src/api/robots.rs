@@ -166,6 +166,8 @@ pub(super) async fn replace_robot(
         .replace_robot(&definition, state.clock.now())
         .await
         .map_err(|err| robot_store_error(err, &name))?;
+    // Its queued runs may be placed now (more parallel runs, another agent selector).
+    state.fleet.robot_changed().await?;
     Ok(Json(to_wire(robot)))
 }
 
@@ -194,6 +196,8 @@ pub(super) async fn delete_robot(
         .delete_robot(&name)
         .await
         .map_err(|err| robot_store_error(err, &name))?;
+    // Its queued runs fail now rather than when something else happens.
+    state.fleet.robot_changed().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

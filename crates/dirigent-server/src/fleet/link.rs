@@ -21,7 +21,7 @@ use crate::{
     AppState,
     auth::secrets,
     error::ApiError,
-    fleet::{Fleet, FleetEvent},
+    fleet::Fleet,
 };
 
 /// The largest frame an agent may send.
@@ -100,35 +100,20 @@ async fn serve(fleet: Arc<Fleet>, agent: Agent, socket: WebSocket) -> Result<(),
     let now = fleet.clock.now();
     let last_event_id = fleet
         .store
-        .agent_connected(agent.id, &facts, now)
+        .agent_connected(agent.id, &facts, &fleet.node, now)
         .await
         .map_err(|err| err.to_string())?;
 
     let (frames, mut outgoing) = mpsc::unbounded_channel::<ServerFrame>();
     let _ = frames.send(ServerFrame::Welcome { last_event_id });
-    let serial = {
-        // Under the lock no command can be queued between reading the backlog and registering.
-        let _changes = fleet.changes.lock().await;
-        let pending = fleet
-            .store
-            .pending_agent_commands(agent.id)
-            .await
-            .map_err(|err| err.to_string())?;
-        for (id, body) in pending {
-            match serde_json::from_str(&body) {
-                Ok(command) => {
-                    let _ = frames.send(ServerFrame::Command { id, command });
-                }
-                Err(err) => {
-                    tracing::error!(agent = agent.name, id, %err, "unreadable queued command")
-                }
-            }
-        }
-        fleet.register(agent.id, frames.clone())
-    };
-    let _ = fleet.events.send(FleetEvent::Agent {
-        name: agent.name.clone(),
-    });
+    // Registered as having been sent nothing: `deliver` then sends every command the agent
+    // has not acknowledged, in order, and commands queued meanwhile after them.
+    let serial = fleet.register(agent.id, frames.clone(), 0);
+    fleet
+        .deliver(agent.id, u64::MAX)
+        .await
+        .map_err(|err| err.to_string())?;
+    fleet.agent_changed(&agent.name);
     tracing::info!(agent = agent.name, host = facts.host, "agent connected");
 
     let writer = tokio::spawn(async move {
@@ -145,14 +130,13 @@ async fn serve(fleet: Arc<Fleet>, agent: Agent, socket: WebSocket) -> Result<(),
     let ended = read_frames(&fleet, &agent, last_event_id, &frames, &mut stream).await;
     writer.abort();
     if fleet.unregister(agent.id, serial) {
+        // Unless it connected to another node meanwhile, it is offline from now on, and its
+        // runs are lost if it stays silent (the cluster's singleton duties look).
         let _ = fleet
             .store
-            .agent_seen(agent.id, false, fleet.clock.now())
+            .agent_disconnected(agent.id, &fleet.node, fleet.clock.now())
             .await;
-        fleet.watch_silence(agent.id, serial);
-        let _ = fleet.events.send(FleetEvent::Agent {
-            name: agent.name.clone(),
-        });
+        fleet.agent_changed(&agent.name);
     }
     ended
 }
@@ -173,7 +157,7 @@ async fn read_frames(
         if jiff::SignedDuration::from_secs(30) <= now.duration_since(last_seen_written) {
             fleet
                 .store
-                .agent_seen(agent.id, true, now)
+                .agent_seen(agent.id, now)
                 .await
                 .map_err(|err| err.to_string())?;
             last_seen_written = now;

@@ -1,16 +1,24 @@
 //! The fleet: connected agents and the runs on them.
 //!
-//! Every change of a run's state goes through [`Fleet`], under one lock, in this order:
-//! decide with the domain's rules, store, send the agent its command (durably queued first),
-//! publish a [`FleetEvent`]. The agents' WebSocket connections (`link`) feed agent events back
-//! in through [`Fleet::apply_event`]. Nothing here polls: placement runs when something that
-//! can change it happens (a run is created or ends, an agent connects or is drained), and
-//! timers wake it for restart backoff and for agents that went silent.
+//! Every change of a run's state goes through [`Fleet`], in this order: decide with the
+//! domain's rules, store (a compare-and-set on the run's version, so that of two nodes
+//! deciding on one run only one change is stored; the other is re-read and decided again or
+//! refused), send the agent its command (durably queued first), publish a [`FleetEvent`]
+//! (to this node's listeners, and through the cluster's relay to the other nodes'). A run's
+//! end is one transaction with everything it brings (token revoked, work items released,
+//! the restart policy's next run). Inside a node one lock orders the changes.
+//!
+//! The agents' WebSocket connections (`link`) feed agent events back in through
+//! [`Fleet::apply_event`]; commands reach an agent through the node that holds its
+//! connection, woken by the database when another node queued them ([`Fleet::deliver`]).
+//! Nothing here polls: placement runs when something that can change it happens (a run is
+//! created or ends, an agent connects or is drained, a robot changes), and timers wake it for
+//! restart backoff; the cluster's singleton duties mark the runs of silent agents lost.
 
 pub mod link;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,7 +29,7 @@ use dirigent_domain::{
     run::{self, Ending, Operation, Run, RunState, Transition},
 };
 use dirigent_proto::link::{AgentCommand, AgentEvent, LiveRun, ServerFrame, StartSpec};
-use dirigent_store::{OutputLine, Store, StoreError};
+use dirigent_store::{OutputLine, Placement, RunEnd, Store, StoreError};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc};
 
@@ -105,8 +113,8 @@ pub enum Cause {
     Agent(String),
     RestartPolicy,
     Rule(&'static str),
-    /// A trigger's firing: `TRIGGER_ID#FIRING_ID`.
-    Trigger(String),
+    /// A trigger's firing.
+    Trigger { trigger: String, firing: i64 },
 }
 
 impl Cause {
@@ -116,52 +124,99 @@ impl Cause {
             Cause::Agent(name) => format!("agent:{name}"),
             Cause::RestartPolicy => "restart_policy".to_owned(),
             Cause::Rule(rule) => format!("rule:{rule}"),
-            Cause::Trigger(firing) => format!("trigger:{firing}"),
+            Cause::Trigger { trigger, firing } => format!("trigger:{trigger}#{firing}"),
         }
     }
 }
 
+/// An agent's connection to this node.
 struct Connection {
     serial: u64,
     frames: mpsc::UnboundedSender<ServerFrame>,
+    /// The id of the last command sent on it: commands go out in order, each once.
+    last_sent: u64,
 }
+
+/// How many times a change decided on a run that another node changed meanwhile is decided
+/// again before giving up.
+const STALE_RETRIES: usize = 3;
 
 pub struct Fleet {
     store: Store,
     clock: Arc<dyn Clock>,
     settings: FleetSettings,
+    /// This node's id: recorded on the agents connected here.
+    node: String,
     connections: Mutex<HashMap<AgentId, Connection>>,
     next_serial: std::sync::atomic::AtomicU64,
     changes: tokio::sync::Mutex<()>,
     events: broadcast::Sender<FleetEvent>,
-    /// Told of every run that ends (unlike `events`, never lagging behind).
+    /// Where events go for the other nodes (PostgreSQL only).
+    relay: std::sync::OnceLock<mpsc::UnboundedSender<FleetEvent>>,
+    /// Told of every run that ends here (unlike `events`, never lagging behind).
     run_ends: Mutex<Vec<mpsc::UnboundedSender<Run>>>,
 }
 
 impl Fleet {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, settings: FleetSettings) -> Arc<Fleet> {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        settings: FleetSettings,
+        node: String,
+    ) -> Arc<Fleet> {
         let (events, _) = broadcast::channel(4096);
         Arc::new(Fleet {
             store,
             clock,
             settings,
+            node,
             connections: Mutex::new(HashMap::new()),
             next_serial: std::sync::atomic::AtomicU64::new(1),
             changes: tokio::sync::Mutex::new(()),
             events,
+            relay: std::sync::OnceLock::new(),
             run_ends: Mutex::default(),
         })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
         self.events.subscribe()
     }
 
+    /// Sends every event published here to `relay` too (for the other nodes), from now on.
+    pub(crate) fn relay_to(&self, relay: mpsc::UnboundedSender<FleetEvent>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Tells this node's listeners and the other nodes.
+    fn publish(&self, event: FleetEvent) {
+        if let Some(relay) = self.relay.get() {
+            let _ = relay.send(event.clone());
+        }
+        let _ = self.events.send(event);
+    }
+
+    /// Tells this node's listeners of something that happened on another node.
+    pub(crate) fn publish_local(&self, event: FleetEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// Tells listeners that an agent changed (its drain flag, say).
     pub fn agent_changed(&self, name: &str) {
-        let _ = self.events.send(FleetEvent::Agent {
+        self.publish(FleetEvent::Agent {
             name: name.to_owned(),
         });
+    }
+
+    /// A robot's definition was created, changed or deleted: its queued runs may be placed
+    /// now (more parallel runs allowed, another agent selector), or fail (deleted).
+    pub async fn robot_changed(self: &Arc<Fleet>) -> FleetResult<()> {
+        self.dispatch().await
     }
 
     /// Every run that ends from now on, in order, none skipped.
@@ -177,21 +232,10 @@ impl Fleet {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// At start no agent is connected: mark them offline, and give each agent that holds
-    /// runs until the deadline to come back.
+    /// At start no agent is connected to this node: those that were (in its earlier life)
+    /// are offline until they come back, here or elsewhere. Agents of other nodes are theirs.
     pub async fn recover(self: &Arc<Fleet>) -> FleetResult<()> {
-        self.store.mark_all_agents_offline().await?;
-        let holders: HashSet<AgentId> = self
-            .store
-            .active_runs()
-            .await?
-            .into_iter()
-            .filter(|run| run.state.holds_agent())
-            .filter_map(|run| run.agent_id)
-            .collect();
-        for agent_id in holders {
-            self.watch_silence(agent_id, 0);
-        }
+        self.store.mark_node_agents_offline(&self.node).await?;
         self.dispatch().await
     }
 
@@ -209,7 +253,14 @@ impl Fleet {
                 self.take_manual_control(&robot, user, "started a run")
                     .await?;
             }
-            self.create_run(&robot, cause, None, launch).await?
+            let run = self.new_run(&robot, &cause, None, launch)?;
+            let firing = match cause {
+                Cause::Trigger { firing, .. } => Some(firing),
+                _ => None,
+            };
+            self.store.insert_run(&run.0, &run.1, firing).await?;
+            self.publish(FleetEvent::Run(Box::new(run.0.clone())));
+            run.0
         };
         self.dispatch().await?;
         Ok(self.store.run(&run.id).await?)
@@ -223,13 +274,29 @@ impl Fleet {
         operation: Operation,
         cause: Cause,
     ) -> FleetResult<Run> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.operate_once(run_id, operation, &cause).await {
+                Err(FleetError::Store(StoreError::Stale)) if attempt < STALE_RETRIES => {}
+                done => return done,
+            }
+        }
+    }
+
+    async fn operate_once(
+        self: &Arc<Fleet>,
+        run_id: &str,
+        operation: Operation,
+        cause: &Cause,
+    ) -> FleetResult<Run> {
         let run = {
             let _changes = self.changes.lock().await;
             let mut run = self.run(run_id).await?;
             run::check_operation(run.state, operation).map_err(FleetError::InvalidState)?;
             // The robot may have been deleted since; its runs can still be stopped.
             let robot = self.store.robot(&run.robot).await.ok();
-            if let (Some(robot), Cause::User(user)) = (&robot, &cause) {
+            if let (Some(robot), Cause::User(user)) = (&robot, cause) {
                 self.take_manual_control(
                     robot,
                     user,
@@ -249,7 +316,7 @@ impl Fleet {
                 self.transition(
                     &mut run,
                     state,
-                    &cause,
+                    cause,
                     Some("cancelled before it started".to_owned()),
                 )
                 .await?;
@@ -283,9 +350,9 @@ impl Fleet {
                 if matches!(operation, Operation::Stop | Operation::Kill) && !run.stop_requested {
                     run.stop_requested = true;
                     if run.state == RunState::Stopping {
-                        self.store.update_run(&run, None).await?;
+                        self.store.update_run(&mut run, None).await?;
                     } else {
-                        self.transition(&mut run, RunState::Stopping, &cause, None)
+                        self.transition(&mut run, RunState::Stopping, cause, None)
                             .await?;
                     }
                 }
@@ -366,16 +433,7 @@ impl Fleet {
         agent: &Agent,
         event: AgentEvent,
     ) -> FleetResult<()> {
-        let run_id = match &event {
-            AgentEvent::Started { run_id, .. }
-            | AgentEvent::StartFailed { run_id, .. }
-            | AgentEvent::Paused { run_id, .. }
-            | AgentEvent::Resumed { run_id, .. }
-            | AgentEvent::Stopping { run_id, .. }
-            | AgentEvent::Exited { run_id, .. }
-            | AgentEvent::Output { run_id, .. } => run_id.clone(),
-        };
-        if let AgentEvent::Output { lines, .. } = event {
+        if let AgentEvent::Output { run_id, lines } = event {
             let lines: Vec<OutputLine> = lines
                 .into_iter()
                 .map(|line| OutputLine {
@@ -389,103 +447,137 @@ impl Fleet {
                 })
                 .collect();
             self.store.append_output(&run_id, &lines).await?;
-            let _ = self.events.send(FleetEvent::Output {
+            self.publish(FleetEvent::Output {
                 run_id,
                 lines: Arc::new(lines),
             });
             return Ok(());
         }
-
-        let ended = {
-            let _changes = self.changes.lock().await;
-            let mut run = match self.store.run(&run_id).await {
-                Ok(run) => run,
-                Err(StoreError::NotFound) => {
-                    tracing::warn!(agent = agent.name, run_id, "event about an unknown run");
-                    return Ok(());
-                }
-                Err(err) => return Err(err.into()),
-            };
-            if run.agent_id != Some(agent.id) {
-                tracing::warn!(
-                    agent = agent.name,
-                    run_id,
-                    "event about a run placed elsewhere"
-                );
-                return Ok(());
-            }
-            let cause = Cause::Agent(agent.name.clone());
-            match event {
-                AgentEvent::Started { pid, at, .. } if run.state == RunState::Starting => {
-                    run.pid = Some(pid);
-                    run.started_at = Some(at);
-                    self.transition(&mut run, RunState::Running, &cause, None)
-                        .await?;
-                    false
-                }
-                AgentEvent::StartFailed { reason, at, .. } if run.state.is_active() => {
-                    run.ended_at = Some(at);
-                    self.transition(&mut run, RunState::Failed, &cause, Some(reason))
-                        .await?;
-                    true
-                }
-                AgentEvent::Paused { .. } if run.state == RunState::Running => {
-                    self.transition(&mut run, RunState::Paused, &cause, None)
-                        .await?;
-                    false
-                }
-                AgentEvent::Resumed { .. } if run.state == RunState::Paused => {
-                    self.transition(&mut run, RunState::Running, &cause, None)
-                        .await?;
-                    false
-                }
-                AgentEvent::Stopping { .. }
-                    if matches!(run.state, RunState::Running | RunState::Paused) =>
-                {
-                    run.stop_requested = true;
-                    self.transition(&mut run, RunState::Stopping, &cause, None)
-                        .await?;
-                    false
-                }
-                AgentEvent::Exited {
-                    at,
-                    exit_code,
-                    signal,
-                    ending,
-                    ..
-                } if run.state.is_active() || run.state == RunState::Lost => {
-                    let ending = match ending {
-                        dirigent_proto::link::Ending::Natural => Ending::Natural,
-                        dirigent_proto::link::Ending::Stopped => Ending::Stopped,
-                        dirigent_proto::link::Ending::Killed => Ending::Killed,
-                        dirigent_proto::link::Ending::TimedOut => Ending::TimedOut,
-                    };
-                    let state = run::final_state(ending, exit_code, run.stop_requested);
-                    run.exit_code = exit_code;
-                    run.signal = signal;
-                    run.ended_at = Some(at);
-                    let reason = describe_exit(exit_code, signal);
-                    let was_lost = run.state == RunState::Lost;
-                    self.transition(&mut run, state, &cause, Some(reason))
-                        .await?;
-                    !was_lost
-                }
-                other => {
-                    tracing::debug!(
-                        agent = agent.name,
-                        run_id,
-                        state = run.state.as_str(),
-                        ?other,
-                        "event changes nothing"
-                    );
-                    false
-                }
+        let mut attempt = 0;
+        let ended = loop {
+            attempt += 1;
+            match self.apply_state_event(agent, &event).await {
+                Err(FleetError::Store(StoreError::Stale)) if attempt < STALE_RETRIES => {}
+                done => break done?,
             }
         };
         if ended {
             self.dispatch().await?;
         }
         Ok(())
+    }
+
+    /// Applies an event that changes a run's state; answers whether the run ended (and so
+    /// freed a place).
+    async fn apply_state_event(
+        self: &Arc<Fleet>,
+        agent: &Agent,
+        event: &AgentEvent,
+    ) -> FleetResult<bool> {
+        let run_id = match event {
+            AgentEvent::Started { run_id, .. }
+            | AgentEvent::StartFailed { run_id, .. }
+            | AgentEvent::Paused { run_id, .. }
+            | AgentEvent::Resumed { run_id, .. }
+            | AgentEvent::Stopping { run_id, .. }
+            | AgentEvent::Exited { run_id, .. }
+            | AgentEvent::Output { run_id, .. } => run_id,
+        };
+        let _changes = self.changes.lock().await;
+        let mut run = match self.store.run(run_id).await {
+            Ok(run) => run,
+            Err(StoreError::NotFound) => {
+                tracing::warn!(agent = agent.name, run_id, "event about an unknown run");
+                return Ok(false);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if run.agent_id != Some(agent.id) {
+            tracing::warn!(
+                agent = agent.name,
+                run_id,
+                "event about a run placed elsewhere"
+            );
+            return Ok(false);
+        }
+        let cause = Cause::Agent(agent.name.clone());
+        let ended = match event {
+            AgentEvent::Started {
+                pid,
+                at,
+                token_digest,
+                ..
+            } if run.state == RunState::Starting => {
+                if let Some(digest) = token_digest {
+                    self.store
+                        .confirm_run_token(&run.id, agent.id, digest)
+                        .await?;
+                }
+                run.pid = Some(*pid);
+                run.started_at = Some(*at);
+                self.transition(&mut run, RunState::Running, &cause, None)
+                    .await?;
+                false
+            }
+            AgentEvent::StartFailed { reason, at, .. } if run.state.is_active() => {
+                run.ended_at = Some(*at);
+                self.transition(&mut run, RunState::Failed, &cause, Some(reason.clone()))
+                    .await?;
+                true
+            }
+            AgentEvent::Paused { .. } if run.state == RunState::Running => {
+                self.transition(&mut run, RunState::Paused, &cause, None)
+                    .await?;
+                false
+            }
+            AgentEvent::Resumed { .. } if run.state == RunState::Paused => {
+                self.transition(&mut run, RunState::Running, &cause, None)
+                    .await?;
+                false
+            }
+            AgentEvent::Stopping { .. }
+                if matches!(run.state, RunState::Running | RunState::Paused) =>
+            {
+                run.stop_requested = true;
+                self.transition(&mut run, RunState::Stopping, &cause, None)
+                    .await?;
+                false
+            }
+            AgentEvent::Exited {
+                at,
+                exit_code,
+                signal,
+                ending,
+                ..
+            } if run.state.is_active() || run.state == RunState::Lost => {
+                let ending = match ending {
+                    dirigent_proto::link::Ending::Natural => Ending::Natural,
+                    dirigent_proto::link::Ending::Stopped => Ending::Stopped,
+                    dirigent_proto::link::Ending::Killed => Ending::Killed,
+                    dirigent_proto::link::Ending::TimedOut => Ending::TimedOut,
+                };
+                let state = run::final_state(ending, *exit_code, run.stop_requested);
+                run.exit_code = *exit_code;
+                run.signal = *signal;
+                run.ended_at = Some(*at);
+                let reason = describe_exit(*exit_code, *signal);
+                let was_lost = run.state == RunState::Lost;
+                self.transition(&mut run, state, &cause, Some(reason))
+                    .await?;
+                !was_lost
+            }
+            other => {
+                tracing::debug!(
+                    agent = agent.name,
+                    run_id,
+                    state = run.state.as_str(),
+                    ?other,
+                    "event changes nothing"
+                );
+                false
+            }
+        };
+        Ok(ended)
     }
 
     /// Reconciles with what a (re)connected agent reports alive: runs it no longer has are
@@ -513,13 +605,9 @@ impl Fleet {
                 {
                     run.ended_at = Some(self.clock.now());
                     let reason = Some("the agent no longer runs it (was it restarted?)".to_owned());
-                    self.transition(
-                        &mut run,
-                        RunState::Lost,
-                        &Cause::Agent(agent.name.clone()),
-                        reason,
-                    )
-                    .await?;
+                    let cause = Cause::Agent(agent.name.clone());
+                    let lost = self.transition(&mut run, RunState::Lost, &cause, reason);
+                    unless_stale(lost.await)?;
                 }
             }
             for live in live_runs {
@@ -544,7 +632,9 @@ impl Fleet {
         self.dispatch().await
     }
 
-    /// Places queued runs on agents with free places, in the order they were created.
+    /// Places queued runs on agents with free places, in the order they were created. The
+    /// store checks each placement again under its lock, so that nodes placing at once never
+    /// exceed a robot's parallel runs or an agent's capacity.
     pub async fn dispatch(self: &Arc<Fleet>) -> FleetResult<()> {
         let _changes = self.changes.lock().await;
         let now = self.clock.now();
@@ -575,43 +665,38 @@ impl Fleet {
             let Some(Some(robot)) = robots.get(&run.robot) else {
                 run.ended_at = Some(now);
                 let reason = Some("its robot was deleted".to_owned());
-                self.transition(&mut run, RunState::Failed, &Cause::Rule("dispatch"), reason)
-                    .await?;
+                let failed =
+                    self.transition(&mut run, RunState::Failed, &Cause::Rule("dispatch"), reason);
+                unless_stale(failed.await)?;
                 continue;
             };
             let running = holding.get(&run.robot).copied().unwrap_or(0);
-            if robot.definition.max_parallel <= running {
-                let reason = format!(
-                    "waiting: the robot runs {running} of {} allowed at once",
-                    robot.definition.max_parallel
-                );
-                self.note_reason(&mut run, reason).await?;
+            let max_parallel = robot.definition.max_parallel;
+            if max_parallel <= running {
+                let reason =
+                    format!("waiting: the robot runs {running} of {max_parallel} allowed at once");
+                unless_stale(self.note_reason(&mut run, reason).await)?;
                 continue;
             }
             let slots: Vec<_> = agents.iter().map(Agent::slot).collect();
             let placed = match place(&robot.definition.agent, &slots) {
                 Ok(slot) => slot.name.clone(),
                 Err(reason) => {
-                    self.note_reason(&mut run, reason).await?;
+                    unless_stale(self.note_reason(&mut run, reason).await)?;
                     continue;
                 }
             };
             let Some(agent) = agents.iter_mut().find(|agent| agent.name == placed) else {
                 continue;
             };
-            agent.active_runs += 1;
-            *holding.entry(run.robot.clone()).or_default() += 1;
             let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX)
                 .map_err(|err| FleetError::Internal(err.to_string()))?;
             let token_hash = secrets::token_digest(&token);
-            run.agent_id = Some(agent.id);
-            run.agent = Some(agent.name.clone());
             let mut env = robot.definition.env.clone();
             env.extend(run.env.clone());
-            env.insert("DIRIGENT_RUN_TOKEN".to_owned(), token);
             let mut argv = robot.definition.argv.clone();
             argv.extend(run.args.iter().cloned());
-            let command = AgentCommand::Start(StartSpec {
+            let spec = StartSpec {
                 run_id: run.id.clone(),
                 robot: run.robot.clone(),
                 argv,
@@ -619,24 +704,45 @@ impl Fleet {
                 env,
                 stop_grace_seconds: robot.definition.stop_grace_seconds,
                 max_duration_seconds: robot.definition.max_duration_seconds,
-            });
+                run_token: None,
+            };
+            // The stored command has no token: the token lives only in the frame sent now.
+            let body = serde_json::to_string(&AgentCommand::Start(spec.clone()))
+                .map_err(|err| FleetError::Internal(err.to_string()))?;
+            let queued = run.clone();
+            run.agent_id = Some(agent.id);
+            run.agent = Some(agent.name.clone());
             run.state = RunState::Starting;
-            run.reason =
-                (!agent.online).then(|| format!("waiting for agent {} to connect", agent.name));
+            run.reason = None;
             let transition = Transition {
                 state: RunState::Starting,
                 at: now,
                 cause: Cause::Rule("dispatch").label(),
-                reason: run.reason.clone(),
+                reason: None,
             };
-            let body = serde_json::to_string(&command)
-                .map_err(|err| FleetError::Internal(err.to_string()))?;
-            let command_id = self
+            let placement = self
                 .store
-                .place_run(&run, &transition, &token_hash, &body)
-                .await?;
-            self.push(agent.id, command_id, command);
-            let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
+                .place_run(&mut run, &transition, &token_hash, &body, max_parallel)
+                .await;
+            match placement {
+                Ok(Placement::Placed { command_id }) => {
+                    agent.active_runs += 1;
+                    *holding.entry(run.robot.clone()).or_default() += 1;
+                    let command = AgentCommand::Start(StartSpec {
+                        run_token: Some(token),
+                        ..spec
+                    });
+                    self.push(agent.id, command_id, command);
+                    self.publish(FleetEvent::Run(Box::new(run)));
+                }
+                Ok(Placement::Refused(reason)) => {
+                    let mut run = queued;
+                    unless_stale(self.note_reason(&mut run, reason).await)?;
+                }
+                // Another node placed or ended it meanwhile.
+                Err(StoreError::Stale) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
         if let Some(wake) = next_wake {
             self.wake_at(wake);
@@ -644,17 +750,19 @@ impl Fleet {
         Ok(())
     }
 
-    /// What happens after a run ended: the restart policy, guarded against crash loops.
-    async fn after_end(self: &Arc<Fleet>, run: &Run) -> FleetResult<()> {
+    /// What automation makes of a run that is ending: the restart policy's next run (with its
+    /// first transition), guarded against crash loops, or the robot switched to manual mode
+    /// when it loops. Decided before the end is stored, and stored with it.
+    async fn after_end(&self, run: &Run) -> FleetResult<AfterEnd> {
         let robot = match self.store.robot(&run.robot).await {
             Ok(robot) => robot,
-            Err(StoreError::NotFound) => return Ok(()),
+            Err(StoreError::NotFound) => return Ok(AfterEnd::default()),
             Err(err) => return Err(err.into()),
         };
         if robot.mode != RobotMode::Auto
             || !run::should_restart(robot.definition.restart_policy, run.state)
         {
-            return Ok(());
+            return Ok(AfterEnd::default());
         }
         let now = self.clock.now();
         let guard = robot.definition.crash_loop;
@@ -666,14 +774,14 @@ impl Fleet {
                 guard.max_starts, guard.window_seconds
             );
             tracing::warn!(robot = run.robot, reason, "crash-loop guard");
-            self.store
-                .set_robot_mode(&run.robot, RobotMode::Manual, &reason)
-                .await?;
-            return Ok(());
+            return Ok(AfterEnd {
+                restart: None,
+                manual: Some(reason),
+            });
         }
         let recent = self.store.ended_runs(&run.robot, 32).await?;
-        let failures = recent
-            .iter()
+        let failures = std::iter::once(run)
+            .chain(recent.iter().filter(|ended| ended.id != run.id))
             .take_while(|ended| {
                 matches!(
                     ended.state,
@@ -686,18 +794,21 @@ impl Fleet {
             u32::try_from(failures).unwrap_or(u32::MAX),
         );
         let not_before = (!delay.is_zero()).then(|| now.saturating_add(delay).unwrap_or(now));
-        self.create_run(&robot, Cause::RestartPolicy, not_before, Launch::of(run))
-            .await?;
-        Ok(())
+        let restart = self.new_run(&robot, &Cause::RestartPolicy, not_before, Launch::of(run))?;
+        Ok(AfterEnd {
+            restart: Some(restart),
+            manual: None,
+        })
     }
 
-    async fn create_run(
+    /// A new queued run of `robot` with its first transition, not yet stored.
+    fn new_run(
         &self,
         robot: &Robot,
-        cause: Cause,
+        cause: &Cause,
         not_before: Option<Timestamp>,
         launch: Launch,
-    ) -> FleetResult<Run> {
+    ) -> FleetResult<(Run, Transition)> {
         let now = self.clock.now();
         let id = secrets::new_id("run_").map_err(|err| FleetError::Internal(err.to_string()))?;
         let reason = match not_before {
@@ -722,6 +833,7 @@ impl Fleet {
             created_at: now,
             started_at: None,
             ended_at: None,
+            version: 0,
         };
         let transition = Transition {
             state: RunState::Queued,
@@ -729,9 +841,7 @@ impl Fleet {
             cause: cause.label(),
             reason: Some(reason),
         };
-        self.store.insert_run(&run, &transition).await?;
-        let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
-        Ok(run)
+        Ok((run, transition))
     }
 
     async fn take_manual_control(&self, robot: &Robot, user: &str, what: &str) -> FleetResult<()> {
@@ -745,17 +855,20 @@ impl Fleet {
         Ok(())
     }
 
-    /// Moves a run to `state`, recording why. When the run ends here, its token is revoked
-    /// and the restart policy consulted before the change is published, so that whoever sees
+    /// Moves a run to `state`, recording why, over the version it was read at (`Stale` when
+    /// it changed meanwhile: nothing is stored). A run that ends here ends in one
+    /// transaction with its token revoked, its work items released and what the restart
+    /// policy makes of it; all of that is published after the commit, so that whoever sees
     /// the end also sees what automation made of it.
     async fn transition(
-        self: &Arc<Fleet>,
+        &self,
         run: &mut Run,
         state: RunState,
         cause: &Cause,
         reason: Option<String>,
     ) -> FleetResult<()> {
         let ends_here = state.is_final() && !run.state.is_final();
+        let before = (run.state, run.reason.clone());
         run.state = state;
         run.reason = reason.clone();
         let transition = Transition {
@@ -764,19 +877,43 @@ impl Fleet {
             cause: cause.label(),
             reason,
         };
-        self.store.update_run(run, Some(&transition)).await?;
-        if ends_here {
-            self.store.set_run_token(&run.id, None).await?;
-            // Work items it held go back to their queues now, not when their leases expire.
-            let lost = state == RunState::Lost;
+        let stored = if ends_here {
+            match self.after_end(run).await {
+                Ok(after) => {
+                    let end = RunEnd {
+                        restart: after.restart.as_ref().map(|(next, first)| (next, first)),
+                        manual: after.manual.as_deref(),
+                    };
+                    self.store
+                        .end_run(run, &transition, end)
+                        .await
+                        .map(|_| after.restart)
+                        .map_err(FleetError::from)
+                }
+                Err(err) => Err(err),
+            }
+        } else {
             self.store
-                .release_run_items(&run.id, lost, transition.at)
-                .await?;
-            self.after_end(run).await?;
+                .update_run(run, Some(&transition))
+                .await
+                .map(|()| None)
+                .map_err(FleetError::from)
+        };
+        let restart = match stored {
+            Ok(restart) => restart,
+            Err(err) => {
+                (run.state, run.reason) = before;
+                return Err(err);
+            }
+        };
+        self.publish(FleetEvent::Run(Box::new(run.clone())));
+        if let Some((next, _)) = restart {
+            self.publish(FleetEvent::Run(Box::new(next)));
+        }
+        if ends_here {
             self.lock_run_ends()
                 .retain(|listener| listener.send(run.clone()).is_ok());
         }
-        let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
         Ok(())
     }
 
@@ -786,12 +923,13 @@ impl Fleet {
         }
         run.reason = Some(reason);
         self.store.update_run(run, None).await?;
-        let _ = self.events.send(FleetEvent::Run(Box::new(run.clone())));
+        self.publish(FleetEvent::Run(Box::new(run.clone())));
         Ok(())
     }
 
-    /// Queues a command for an agent durably, and sends it at once if it is connected.
-    async fn send(&self, agent_id: AgentId, command: AgentCommand) -> FleetResult<()> {
+    /// Queues a command for an agent durably, and sends it at once if it is connected here
+    /// (the database wakes the node that holds it otherwise).
+    async fn send(self: &Arc<Fleet>, agent_id: AgentId, command: AgentCommand) -> FleetResult<()> {
         let body =
             serde_json::to_string(&command).map_err(|err| FleetError::Internal(err.to_string()))?;
         let id = self
@@ -802,15 +940,93 @@ impl Fleet {
         Ok(())
     }
 
-    /// Sends a command already queued durably to its agent, if it is connected.
-    fn push(&self, agent_id: AgentId, id: u64, command: AgentCommand) {
-        let connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(connection) = connections.get(&agent_id) {
+    /// Sends a command already queued durably to its agent, if it is connected here: at once
+    /// when it is the next one the connection is due, else after those before it
+    /// ([`Fleet::deliver`]), so that commands reach the agent in order.
+    fn push(self: &Arc<Fleet>, agent_id: AgentId, id: u64, command: AgentCommand) {
+        let mut connections = self.lock_connections();
+        let Some(connection) = connections.get_mut(&agent_id) else {
+            return;
+        };
+        if connection.last_sent + 1 == id {
             let _ = connection.frames.send(ServerFrame::Command { id, command });
+            connection.last_sent = id;
+        } else if connection.last_sent < id {
+            drop(connections);
+            let fleet = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(err) = fleet.deliver(agent_id, id).await {
+                    tracing::warn!(%err, "sending queued commands");
+                }
+            });
         }
+    }
+
+    /// Sends an agent connected here the commands queued for it that it was not sent yet (up
+    /// to `up_to` at least), in order. A start command read back from the database carries a
+    /// new run token (the server keeps none), unless the run is no longer starting: then the
+    /// agent has it already, or it ended, and it is not sent again.
+    pub(crate) async fn deliver(self: &Arc<Fleet>, agent_id: AgentId, up_to: u64) -> FleetResult<()> {
+        let after = match self.lock_connections().get(&agent_id) {
+            Some(connection) if connection.last_sent < up_to => connection.last_sent,
+            _ => return Ok(()),
+        };
+        let mut ready = Vec::new();
+        for (id, body) in self.store.pending_agent_commands(agent_id, after).await? {
+            let command = match serde_json::from_str(&body) {
+                Ok(AgentCommand::Start(spec)) if spec.run_token.is_none() => {
+                    let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX)
+                        .map_err(|err| FleetError::Internal(err.to_string()))?;
+                    let digest = secrets::token_digest(&token);
+                    self.store
+                        .renew_run_token(&spec.run_id, &digest)
+                        .await?
+                        .then(|| {
+                            AgentCommand::Start(StartSpec {
+                                run_token: Some(token),
+                                ..spec
+                            })
+                        })
+                }
+                Ok(command) => Some(command),
+                Err(err) => {
+                    tracing::error!(agent = agent_id.0, id, %err, "unreadable queued command");
+                    None
+                }
+            };
+            ready.push((id, command));
+        }
+        let mut connections = self.lock_connections();
+        let Some(connection) = connections.get_mut(&agent_id) else {
+            return Ok(());
+        };
+        for (id, command) in ready {
+            if id <= connection.last_sent {
+                continue;
+            }
+            if let Some(command) = command {
+                let _ = connection.frames.send(ServerFrame::Command { id, command });
+            }
+            connection.last_sent = id;
+        }
+        Ok(())
+    }
+
+    /// Sends every agent connected here what it was not sent yet: after notifications from
+    /// other nodes may have been missed.
+    pub(crate) async fn deliver_all(self: &Arc<Fleet>) {
+        let connected: Vec<AgentId> = self.lock_connections().keys().copied().collect();
+        for agent_id in connected {
+            if let Err(err) = self.deliver(agent_id, u64::MAX).await {
+                tracing::warn!(%err, "sending queued commands");
+            }
+        }
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, Connection>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn robot(&self, name: &str) -> FleetResult<Robot> {
@@ -839,69 +1055,59 @@ impl Fleet {
         });
     }
 
-    /// Marks the agent's runs lost if it has not reconnected (with a newer connection than
-    /// `serial`) within the deadline.
-    fn watch_silence(self: &Arc<Fleet>, agent_id: AgentId, serial: u64) {
-        let fleet = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(fleet.settings.lost_after).await;
-            let reconnected = {
-                let connections = fleet
-                    .connections
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                connections
-                    .get(&agent_id)
-                    .is_some_and(|connection| serial < connection.serial)
-            };
-            if reconnected {
-                return;
-            }
-            if let Err(err) = fleet.mark_lost(agent_id).await {
-                tracing::error!(%err, "marking the runs of a silent agent lost");
-            }
-        });
-    }
-
-    async fn mark_lost(self: &Arc<Fleet>, agent_id: AgentId) -> FleetResult<()> {
+    /// Marks lost the runs of agents that are connected to no live node and have been silent
+    /// longer than `lost_after`, whichever node they were connected to: one of the cluster's
+    /// singleton duties. Answers how many.
+    pub(crate) async fn mark_silent_runs_lost(self: &Arc<Fleet>) -> FleetResult<usize> {
+        let seconds = self.settings.lost_after.as_secs();
+        let cutoff = self.clock.now() - self.settings.lost_after;
+        let silent = self.store.runs_of_silent_agents(cutoff).await?;
+        if silent.is_empty() {
+            return Ok(0);
+        }
+        let mut marked = 0;
         {
             let _changes = self.changes.lock().await;
-            let seconds = self.settings.lost_after.as_secs();
-            for mut run in self.store.active_runs().await? {
-                if run.agent_id == Some(agent_id) && run.state.holds_agent() {
-                    run.ended_at = Some(self.clock.now());
-                    let reason = Some(format!("its agent was silent for more than {seconds} s"));
-                    self.transition(
-                        &mut run,
-                        RunState::Lost,
-                        &Cause::Rule("agent_silent"),
-                        reason,
-                    )
-                    .await?;
+            for mut run in silent {
+                run.ended_at = Some(self.clock.now());
+                let reason = Some(format!("its agent was silent for more than {seconds} s"));
+                let cause = Cause::Rule("agent_silent");
+                match self.transition(&mut run, RunState::Lost, &cause, reason).await {
+                    Ok(()) => marked += 1,
+                    // It changed meanwhile (its agent came back): not lost.
+                    Err(FleetError::Store(StoreError::Stale)) => {}
+                    Err(err) => return Err(err),
                 }
             }
         }
-        self.dispatch().await
+        self.dispatch().await?;
+        Ok(marked)
     }
 
-    fn register(&self, agent_id: AgentId, frames: mpsc::UnboundedSender<ServerFrame>) -> u64 {
+    /// Registers an agent's connection to this node, whose last command sent is `last_sent`.
+    fn register(
+        &self,
+        agent_id: AgentId,
+        frames: mpsc::UnboundedSender<ServerFrame>,
+        last_sent: u64,
+    ) -> u64 {
         let serial = self
             .next_serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        connections.insert(agent_id, Connection { serial, frames });
+        self.lock_connections().insert(
+            agent_id,
+            Connection {
+                serial,
+                frames,
+                last_sent,
+            },
+        );
         serial
     }
 
     /// Forgets a connection; answers whether it was still the agent's current one.
     fn unregister(&self, agent_id: AgentId, serial: u64) -> bool {
-        let mut connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut connections = self.lock_connections();
         if connections
             .get(&agent_id)
             .is_some_and(|connection| connection.serial == serial)
@@ -910,6 +1116,22 @@ impl Fleet {
             return true;
         }
         false
+    }
+}
+
+/// What automation makes of a run's end.
+#[derive(Default)]
+struct AfterEnd {
+    restart: Option<(Run, Transition)>,
+    manual: Option<String>,
+}
+
+/// Lets a change pass that found its run changed meanwhile (another node decided): the
+/// next look at the run decides again.
+fn unless_stale(result: FleetResult<()>) -> FleetResult<()> {
+    match result {
+        Err(FleetError::Store(StoreError::Stale)) => Ok(()),
+        other => other,
     }
 }
 

@@ -25,7 +25,7 @@ pub(crate) use definition::{
 use crate::{
     Clock,
     error::ApiError,
-    fleet::{Cause, Fleet, Launch},
+    fleet::{Cause, Fleet, FleetError, Launch},
 };
 
 /// Due triggers one transaction takes, at most.
@@ -80,8 +80,12 @@ impl Scheduler {
         }
         let wake = scheduler.wake.clone();
         tokio::spawn(async move {
+            // What this node left in its earlier life (and nodes that left), before firing
+            // anything; the firings of other dead nodes are the cluster's singleton duty.
             if let Some(scheduler) = this.upgrade()
-                && let Err(err) = scheduler.resume_unsettled().await
+                && let Err(err) = scheduler
+                    .resume_unsettled(Timestamp::MIN, Some(scheduler.fleet.node()))
+                    .await
             {
                 tracing::error!(?err, "resuming firings taken before a stop");
             }
@@ -288,7 +292,7 @@ impl Scheduler {
                 Timing::Queue(_) => None,
             })
             .collect();
-        let results = self.store.take_trigger_firings(&takes, now).await?;
+        let results = self.store.take_trigger_firings(&takes, self.fleet.node(), now).await?;
         handled += takes.len();
         for ((trigger, spec, _, _), result) in scheduled.iter().zip(results) {
             let Some(result) = result else { continue };
@@ -380,7 +384,7 @@ impl Scheduler {
             next,
             firings,
         };
-        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
+        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], self.fleet.node(), now).await?.pop() else {
             return Ok(0);
         };
         for firing in &taken.due {
@@ -418,7 +422,7 @@ impl Scheduler {
                 ),
             }],
         };
-        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], now).await?.pop() else {
+        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], self.fleet.node(), now).await?.pop() else {
             return Ok(0);
         };
         for firing in &taken.due {
@@ -426,7 +430,10 @@ impl Scheduler {
                 self.start_firing(trigger, spec, firing).await?;
                 continue;
             }
-            let cause = Cause::Trigger(format!("{}#{}", trigger.id, firing.id));
+            let cause = Cause::Trigger {
+                trigger: trigger.id.clone(),
+                firing: firing.id,
+            };
             let active = self.active_runs_of(&trigger.robot).await?;
             for run in &active {
                 let stop = dirigent_domain::run::Operation::Stop;
@@ -487,7 +494,10 @@ impl Scheduler {
                 "replace" => {
                     // Safe-stop what runs (without taking the robot out of auto mode).
                     for run in &active {
-                        let cause = Cause::Trigger(format!("{}#{}", trigger.id, firing.id));
+                        let cause = Cause::Trigger {
+                            trigger: trigger.id.clone(),
+                            firing: firing.id,
+                        };
                         if let Err(err) = self
                             .fleet
                             .operate(&run.id, dirigent_domain::run::Operation::Stop, cause)
@@ -511,14 +521,20 @@ impl Scheduler {
                 .await?);
             }
         }
-        let cause = Cause::Trigger(format!("{}#{}", trigger.id, firing.id));
+        let cause = Cause::Trigger {
+            trigger: trigger.id.clone(),
+            firing: firing.id,
+        };
         let launch = Launch {
             args: spec.args.clone().unwrap_or_default(),
             env: spec.env.clone().unwrap_or_default(),
         };
-        let run = self.fleet.start_run(&trigger.robot, cause, launch).await?;
-        settle("started", None, Some(run.id)).await?;
-        Ok(())
+        // The run and the firing's settlement are stored together; a firing that another
+        // node settled meanwhile starts nothing here.
+        match self.fleet.start_run(&trigger.robot, cause, launch).await {
+            Ok(_) | Err(FleetError::Store(StoreError::Stale)) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// The robot's queued and running runs.
@@ -534,11 +550,23 @@ impl Scheduler {
         Ok(self.store.runs(&query).await?)
     }
 
-    /// Settles the firings a stopped node took: those whose run exists as started, the others
-    /// by starting them now.
-    pub async fn resume_unsettled(&self) -> Result<(), ApiError> {
-        for firing in self.store.unsettled_firings().await? {
-            let label = Cause::Trigger(format!("{}#{}", firing.trigger_id, firing.id)).label();
+    /// Settles the firings that stopped nodes took (nodes silent since `alive_after`, and
+    /// `earlier_life`): those whose run exists as started, the others by starting them now.
+    pub async fn resume_unsettled(
+        &self,
+        alive_after: Timestamp,
+        earlier_life: Option<&str>,
+    ) -> Result<(), ApiError> {
+        for firing in self
+            .store
+            .unsettled_firings(alive_after, earlier_life)
+            .await?
+        {
+            let label = Cause::Trigger {
+                trigger: firing.trigger_id.clone(),
+                firing: firing.id,
+            }
+            .label();
             if let Some(run) = self.store.run_started_by(&label).await? {
                 self.store
                     .settle_firing(firing.id, "started", None, Some(&run), self.clock.now())

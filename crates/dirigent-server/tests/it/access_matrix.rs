@@ -382,7 +382,7 @@ async fn every_operation_by_every_kind_of_credential() {
         version: "t".into(),
     };
     app.store
-        .agent_connected(agent.id, &facts, app.clock.now())
+        .agent_connected(agent.id, &facts, "test-node", app.clock.now())
         .await
         .unwrap();
     let run = send(
@@ -496,7 +496,7 @@ fn normalize(path: &str) -> String {
 
 /// The run token the server gave the run, read from the start command queued for its agent.
 async fn run_token(app: &TestApp, agent: AgentId, run_id: &str) -> String {
-    let commands = app.store.pending_agent_commands(agent).await.unwrap();
+    let commands = app.store.pending_agent_commands(agent, 0).await.unwrap();
     for (_, body) in commands {
         if let Ok(AgentCommand::Start(spec)) = serde_json::from_str(&body)
             && spec.run_id == run_id

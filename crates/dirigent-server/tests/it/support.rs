@@ -50,6 +50,10 @@ pub(crate) fn config(database_url: String) -> ServerConfig {
         session_ttl: ServerConfig::DEFAULT_SESSION_TTL,
         max_body_bytes: 64 * 1024,
         fleet: dirigent_server::fleet::FleetSettings::default(),
+        cluster: dirigent_server::cluster::ClusterSettings {
+            node_id: "test-node".to_owned(),
+            takeover_after: dirigent_server::cluster::ClusterSettings::DEFAULT_TAKEOVER_AFTER,
+        },
         tls: None,
         login_command: None,
     }
@@ -73,7 +77,12 @@ impl TestApp {
         dirigent_server::auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now())
             .await
             .unwrap();
-        let fleet = dirigent_server::fleet::Fleet::new(store.clone(), clock.clone(), config.fleet);
+        let fleet = dirigent_server::fleet::Fleet::new(
+            store.clone(),
+            clock.clone(),
+            config.fleet,
+            config.cluster.node_id.clone(),
+        );
         let scheduler =
             dirigent_server::scheduler::Scheduler::new(store.clone(), fleet.clone(), clock.clone());
         let writer =

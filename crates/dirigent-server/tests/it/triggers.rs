@@ -433,15 +433,20 @@ async fn a_firing_taken_before_a_stop_is_started_once_after_it() {
     };
     let taken = app
         .store
-        .take_trigger_firings(std::slice::from_ref(&take), due)
+        .take_trigger_firings(std::slice::from_ref(&take), "stopped-node", due)
         .await
         .unwrap();
     assert_eq!(taken[0].as_ref().map(|taken| taken.due.len()), Some(1));
     // No second node takes it again.
-    let again = app.store.take_trigger_firings(&[take], due).await.unwrap();
+    let again = app
+        .store
+        .take_trigger_firings(&[take], "test-node", due)
+        .await
+        .unwrap();
     assert!(again[0].is_none());
-    app.scheduler.resume_unsettled().await.unwrap();
-    app.scheduler.resume_unsettled().await.unwrap();
+    // The node that took it never beat again: whoever settles it (twice, even) starts one run.
+    app.scheduler.resume_unsettled(due, None).await.unwrap();
+    app.scheduler.resume_unsettled(due, None).await.unwrap();
     let all = firings(&app, &admin, &id).await;
     assert_eq!(outcomes(&all), ["started"]);
     let runs = app

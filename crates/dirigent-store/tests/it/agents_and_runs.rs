@@ -5,7 +5,7 @@ use dirigent_domain::{
     robot::RobotMode,
     run::{Run, RunState, Transition},
 };
-use dirigent_store::{AgentFacts, OutputLine, RunQuery, StoreError};
+use dirigent_store::{AgentFacts, OutputLine, Placement, RunEnd, RunQuery, StoreError};
 use jiff::Timestamp;
 
 use crate::backends::store_test;
@@ -43,6 +43,7 @@ fn queued(id: &str, robot: &str, created: i64) -> Run {
         created_at: at(created),
         started_at: None,
         ended_at: None,
+        version: 0,
     }
 }
 
@@ -102,7 +103,7 @@ store_test!(agents_story, |store| {
         (id, "pc-1", false)
     );
     assert_eq!(
-        store.agent_connected(id, &facts(4), at(5)).await.unwrap(),
+        store.agent_connected(id, &facts(4), "node-a", at(5)).await.unwrap(),
         0
     );
     let agent = store.agent("pc-1").await.unwrap();
@@ -119,7 +120,7 @@ store_test!(agents_story, |store| {
     store.set_agent_last_event(id, 7).await.unwrap();
     store.set_agent_last_event(id, 3).await.unwrap();
     assert_eq!(
-        store.agent_connected(id, &facts(4), at(6)).await.unwrap(),
+        store.agent_connected(id, &facts(4), "node-a", at(6)).await.unwrap(),
         7,
         "never goes back"
     );
@@ -140,7 +141,7 @@ store_test!(agents_story, |store| {
     );
     store.ack_agent_commands(id, 1).await.unwrap();
     assert_eq!(
-        store.pending_agent_commands(id).await.unwrap(),
+        store.pending_agent_commands(id, 0).await.unwrap(),
         [(2, "{\"b\":2}".to_owned())]
     );
     store.ack_agent_commands(id, 2).await.unwrap();
@@ -156,7 +157,41 @@ store_test!(agents_story, |store| {
         store.set_agent_draining("nope", true).await.unwrap_err(),
         StoreError::NotFound
     ));
-    store.mark_all_agents_offline().await.unwrap();
+    assert!(
+        store.pending_agent_commands(id, 3).await.unwrap().is_empty(),
+        "only those after the one given"
+    );
+
+    // Another node's start leaves the agent alone; its own node's start does not.
+    store.mark_node_agents_offline("node-b").await.unwrap();
+    assert!(store.agents().await.unwrap()[0].online);
+    store.mark_node_agents_offline("node-a").await.unwrap();
+    assert!(!store.agents().await.unwrap()[0].online);
+
+    // A connection that ended on a node the agent had left already changes nothing.
+    store
+        .agent_connected(id, &facts(4), "node-b", at(10))
+        .await
+        .unwrap();
+    assert!(!store.agent_disconnected(id, "node-a", at(11)).await.unwrap());
+    assert!(store.agents().await.unwrap()[0].online);
+    // Its node stops beating: the agent is offline, once.
+    store
+        .node_heartbeat("node-b", "0.1.0", at(0), at(10))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .disconnect_agents_of_dead_nodes(at(5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "node-b beats"
+    );
+    assert_eq!(
+        store.disconnect_agents_of_dead_nodes(at(20)).await.unwrap(),
+        ["pc-1"]
+    );
     assert!(!store.agents().await.unwrap()[0].online);
 
     store
@@ -193,13 +228,14 @@ store_test!(runs_story, |store| {
 
     let mut run = queued("run_1", "invoices", 10);
     store
-        .insert_run(&run, &transition(RunState::Queued, 10, "user:admin"))
+        .insert_run(&run, &transition(RunState::Queued, 10, "user:admin"), None)
         .await
         .unwrap();
     store
         .insert_run(
             &queued("run_2", "invoices", 11),
             &transition(RunState::Queued, 11, "user:admin"),
+            None,
         )
         .await
         .unwrap();
@@ -207,6 +243,7 @@ store_test!(runs_story, |store| {
         .insert_run(
             &queued("run_3", "archive", 12),
             &transition(RunState::Queued, 12, "restart_policy"),
+            None,
         )
         .await
         .unwrap();
@@ -216,10 +253,24 @@ store_test!(runs_story, |store| {
     run.reason = None;
     run.pid = Some(4242);
     run.started_at = Some(at(13));
+    let mut decided_elsewhere = run.clone();
     store
-        .update_run(&run, Some(&transition(RunState::Running, 13, "agent:pc-1")))
+        .update_run(&mut run, Some(&transition(RunState::Running, 13, "agent:pc-1")))
         .await
         .unwrap();
+    assert_eq!(run.version, 1);
+    // A change decided on the version before is refused, and stores nothing.
+    decided_elsewhere.state = RunState::Paused;
+    assert!(matches!(
+        store
+            .update_run(
+                &mut decided_elsewhere,
+                Some(&transition(RunState::Paused, 13, "user:x"))
+            )
+            .await
+            .unwrap_err(),
+        StoreError::Stale
+    ));
     let read = store.run("run_1").await.unwrap();
     assert_eq!(read.agent.as_deref(), Some("pc-1"));
     assert_eq!(
@@ -228,8 +279,12 @@ store_test!(runs_story, |store| {
     );
     assert_eq!(store.agent("pc-1").await.unwrap().active_runs, 1);
 
+    assert!(
+        !store.renew_run_token("run_1", "token-digest").await.unwrap(),
+        "only a starting run gets a new token"
+    );
     store
-        .set_run_token("run_1", Some("token-digest"))
+        .confirm_run_token("run_1", agent, "token-digest")
         .await
         .unwrap();
     assert_eq!(
@@ -257,10 +312,34 @@ store_test!(runs_story, |store| {
     run.state = RunState::Failed;
     run.exit_code = Some(3);
     run.ended_at = Some(at(20));
+    let restart = Run {
+        automatic: true,
+        ..queued("run_5", "invoices", 20)
+    };
+    let restart_transition = transition(RunState::Queued, 20, "restart_policy");
     store
-        .update_run(&run, Some(&transition(RunState::Failed, 20, "agent:pc-1")))
+        .end_run(
+            &mut run,
+            &transition(RunState::Failed, 20, "agent:pc-1"),
+            RunEnd {
+                restart: Some((&restart, &restart_transition)),
+                manual: None,
+            },
+        )
         .await
         .unwrap();
+    assert!(
+        matches!(
+            store.run_by_token("token-digest").await.unwrap_err(),
+            StoreError::NotFound
+        ),
+        "the token ended with the run"
+    );
+    assert_eq!(
+        store.run("run_5").await.unwrap().reason.as_deref(),
+        Some("waiting"),
+        "the restart is stored with the end"
+    );
     let history: Vec<RunState> = store
         .run_transitions("run_1")
         .await
@@ -280,7 +359,7 @@ store_test!(runs_story, |store| {
         .into_iter()
         .map(|r| r.id)
         .collect();
-    assert_eq!(active, ["run_2", "run_3"]);
+    assert_eq!(active, ["run_2", "run_3", "run_5"]);
     let listed = store
         .runs(&RunQuery {
             robot: Some("invoices"),
@@ -291,7 +370,7 @@ store_test!(runs_story, |store| {
         .unwrap();
     assert_eq!(
         listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-        ["run_2", "run_1"]
+        ["run_5", "run_2", "run_1"]
     );
     let listed = store
         .runs(&RunQuery {
@@ -320,6 +399,7 @@ store_test!(runs_story, |store| {
                 ..queued("run_4", "archive", 30)
             },
             &transition(RunState::Queued, 30, "restart_policy"),
+            None,
         )
         .await
         .unwrap();
@@ -331,11 +411,79 @@ store_test!(runs_story, |store| {
         [at(30)]
     );
 
-    let ghost = queued("run_9", "x", 1);
+    let mut ghost = queued("run_9", "x", 1);
     assert!(matches!(
-        store.update_run(&ghost, None).await.unwrap_err(),
+        store.update_run(&mut ghost, None).await.unwrap_err(),
         StoreError::NotFound
     ));
+});
+
+store_test!(placement_is_checked_where_it_is_stored, |store| {
+    store
+        .insert_enrollment_token("e", at(0), at(60))
+        .await
+        .unwrap();
+    let agent = store
+        .enroll_agent("e", "pc-1", "cred", at(0))
+        .await
+        .unwrap();
+    store
+        .agent_connected(agent, &facts(2), "node-a", at(1))
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for (n, id) in ["run_1", "run_2", "run_3"].into_iter().enumerate() {
+        let run = queued(id, "invoices", 10 + n as i64);
+        let first = transition(RunState::Queued, 10, "user:admin");
+        store.insert_run(&run, &first, None).await.unwrap();
+        runs.push(run);
+    }
+    // Two nodes decided on the same snapshot: each would place its run as the only one.
+    let place = async |run: &mut Run, max_parallel: u32| {
+        run.agent_id = Some(agent);
+        run.agent = Some("pc-1".into());
+        run.state = RunState::Starting;
+        let placed = transition(RunState::Starting, 12, "rule:dispatch");
+        let digest = format!("digest-{}", run.id);
+        store
+            .place_run(run, &placed, &digest, "{}", max_parallel)
+            .await
+    };
+    let mut twice = runs[0].clone();
+    assert!(matches!(
+        place(&mut runs[0], 1).await.unwrap(),
+        Placement::Placed { command_id: 1 }
+    ));
+    assert!(
+        matches!(place(&mut twice, 5).await.unwrap_err(), StoreError::Stale),
+        "one run is placed once"
+    );
+    assert_eq!(
+        place(&mut runs[1], 1).await.unwrap(),
+        Placement::Refused("waiting: the robot runs 1 of 1 allowed at once".into()),
+        "the robot's parallel runs are counted in the store"
+    );
+    assert!(matches!(
+        place(&mut runs[1], 5).await.unwrap(),
+        Placement::Placed { .. }
+    ));
+    assert_eq!(
+        place(&mut runs[2], 5).await.unwrap(),
+        Placement::Refused("waiting: agent pc-1 has no free place any more".into()),
+        "and so is the agent's capacity"
+    );
+    assert_eq!(store.agent("pc-1").await.unwrap().active_runs, 2);
+    assert_eq!(
+        store.run("run_3").await.unwrap().state,
+        RunState::Queued,
+        "a refused run stays queued"
+    );
+    assert!(store.renew_run_token("run_1", "digest-new").await.unwrap());
+    assert_eq!(
+        store.run_by_token("digest-new").await.unwrap().id,
+        "run_1",
+        "a start command sent again carries a new token"
+    );
 });
 
 store_test!(robot_modes, |store| {

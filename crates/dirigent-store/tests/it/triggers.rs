@@ -70,7 +70,9 @@ store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
             .map(|k| take(ids[(node + k) % ids.len()], due, next))
             .collect();
         attempts.push(tokio::spawn(async move {
-            let answers = store.take_trigger_firings(&batch, due).await.unwrap();
+            let node = format!("node-{node}");
+            store.node_heartbeat(&node, "0.1.0", due, due).await.unwrap();
+            let answers = store.take_trigger_firings(&batch, &node, due).await.unwrap();
             batch
                 .iter()
                 .zip(answers)
@@ -94,13 +96,35 @@ store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
     for id in ids {
         assert_eq!(store.trigger_firings(id, 10).await.unwrap().len(), 1);
     }
-    let unsettled = store.unsettled_firings().await.unwrap();
-    assert_eq!(unsettled.len(), 4);
+    let alive_after = due - SignedDuration::from_secs(10);
+    assert!(
+        store
+            .unsettled_firings(alive_after, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live node's firings are its own"
+    );
+    let dead_after = due + SignedDuration::from_secs(1);
+    let unsettled = store.unsettled_firings(dead_after, None).await.unwrap();
+    assert_eq!(unsettled.len(), 4, "every node stopped beating");
     store
         .settle_firing(unsettled[0].id, "started", None, Some("run_x"), due)
         .await
         .unwrap();
-    assert_eq!(store.unsettled_firings().await.unwrap().len(), 3);
+    store
+        .settle_firing(unsettled[0].id, "skipped", None, None, due)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.trigger_firings(&unsettled[0].trigger_id, 10).await.unwrap()[0].outcome,
+        "started",
+        "a firing is settled once"
+    );
+    assert_eq!(
+        store.unsettled_firings(dead_after, None).await.unwrap().len(),
+        3
+    );
     assert_eq!(store.next_trigger_due().await.unwrap(), Some(next));
     assert_eq!(
         store.trigger_of_run("run_x").await.unwrap().as_deref(),
@@ -128,7 +152,7 @@ store_test!(firings_without_runs_are_recorded_and_counted, |store| {
     // trg_b is not due at this time any more: it is not taken, and neither is it recorded.
     let stale = take("trg_b", next, next);
     let answers = store
-        .take_trigger_firings(&[quiet, stale], due)
+        .take_trigger_firings(&[quiet, stale], "node-a", due)
         .await
         .unwrap();
     let quiet = answers[0].as_ref().unwrap();
@@ -142,7 +166,13 @@ store_test!(firings_without_runs_are_recorded_and_counted, |store| {
     outcomes.sort_unstable();
     assert_eq!(outcomes, ["dry_run", "missed"]);
     assert!(store.trigger_firings("trg_b", 10).await.unwrap().is_empty());
-    assert!(store.unsettled_firings().await.unwrap().is_empty());
+    assert!(
+        store
+            .unsettled_firings(due, Some("node-a"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.next_trigger_due().await.unwrap(), Some(due));
 });
 
