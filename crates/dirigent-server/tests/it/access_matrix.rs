@@ -494,15 +494,21 @@ fn normalize(path: &str) -> String {
         .join("/")
 }
 
-/// The run token the server gave the run, read from the start command queued for its agent.
+/// A token for the starting run, issued as when its start command is sent again: the start
+/// command queued for its agent carries none (the server keeps no run token).
 async fn run_token(app: &TestApp, agent: AgentId, run_id: &str) -> String {
     let commands = app.store.pending_agent_commands(agent, 0).await.unwrap();
-    for (_, body) in commands {
-        if let Ok(AgentCommand::Start(spec)) = serde_json::from_str(&body)
-            && spec.run_id == run_id
-        {
-            return spec.env["DIRIGENT_RUN_TOKEN"].clone();
-        }
-    }
-    panic!("no start command for {run_id}");
+    let start = commands
+        .iter()
+        .find_map(|(_, body)| match serde_json::from_str(body) {
+            Ok(AgentCommand::Start(spec)) if spec.run_id == run_id => Some(spec),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no start command for {run_id}"));
+    assert_eq!(start.run_token, None);
+    assert!(!start.env.contains_key("DIRIGENT_RUN_TOKEN"));
+    let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX).unwrap();
+    let digest = secrets::token_digest(&token);
+    assert!(app.store.renew_run_token(run_id, &digest).await.unwrap());
+    token
 }

@@ -15,6 +15,7 @@
 mod browser;
 mod cli;
 mod lifecycle;
+mod nodes;
 mod panel;
 mod queues;
 mod serve;

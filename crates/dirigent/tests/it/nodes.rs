@@ -1,0 +1,194 @@
+//! Several `dirigent serve` nodes on one real PostgreSQL database, as an operator runs them:
+//! an agent connected to one node is commanded through another, the agent fails over when its
+//! node is killed, and nothing is lost or started twice.
+
+use std::{
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Instant,
+};
+
+use serde_json::Value;
+
+use crate::support::{ServerProcess, dirigent, eventually, ok, run, stop_agent};
+
+const PASSWORD: &str = "nodes-password-1";
+
+/// A schema of its own in the test database, and the URL that uses it.
+struct Schema {
+    base: String,
+    name: String,
+}
+
+impl Schema {
+    fn create() -> Schema {
+        let base = std::env::var("DIRIGENT_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let name = format!("nodes_{}_{}", std::process::id(), Instant::now().elapsed().as_nanos());
+        psql(&base, &format!("CREATE SCHEMA {name}"));
+        Schema { base, name }
+    }
+
+    fn url(&self) -> String {
+        let separator = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{separator}options=-c%20search_path%3D{}", self.base, self.name)
+    }
+
+    /// One value the query answers, as text.
+    fn query(&self, sql: &str) -> String {
+        psql(&self.url(), sql)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        psql(&self.base, &format!("DROP SCHEMA {} CASCADE", self.name));
+    }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .unwrap_or_else(|err| panic!("psql is needed by the several-nodes tests: {err}"));
+    assert!(output.status.success(), "{sql}: {output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A node on the shared database, with the CLI logged in to it.
+fn node(dir: Arc<tempfile::TempDir>, listen: &str, id: &str, url: &str) -> ServerProcess {
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "takeover_after_seconds = 2\nagent_lost_after_seconds = 30\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start_in(
+        dir,
+        listen,
+        &[
+            "--no-local-agent",
+            "--config",
+            "node.toml",
+            "--node-id",
+            id,
+            "--database-url",
+            url,
+        ],
+        &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)],
+    );
+    server.login(PASSWORD);
+    server
+}
+
+fn json(server: &ServerProcess, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
+}
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn nodes_on_one_database_behave_as_one_orchestrator() {
+    let schema = Schema::create();
+    let url = schema.url();
+    let a_listen = free_port();
+    let a_dir = Arc::new(tempfile::tempdir().unwrap());
+    let a = node(Arc::clone(&a_dir), &a_listen, "node-a", &url);
+    let b = node(Arc::new(tempfile::tempdir().unwrap()), "127.0.0.1:0", "node-b", &url);
+
+    ok(run(b.cli(&[
+        "robot",
+        "create",
+        "ticker",
+        "--agent",
+        "site=lab",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.1; done",
+    ])));
+    let token = ok(run(a.cli(&["agent", "enroll-token"]))).trim().to_owned();
+    let agent_dir = a_dir.path().join("lab-agent");
+    // Connected to node A first; node B is where it goes when A goes away.
+    let mut agent = dirigent(&a.config_dir())
+        .args(["agent", "--server", &format!("{},{}", a.url, b.url)])
+        .args(["--name", "lab-1", "--labels", "site=lab", "--capacity", "4"])
+        .args(["--enroll-token", &token])
+        .arg("--data")
+        .arg(&agent_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the agent online on node A", || {
+        let agents = json(&a, &["agent", "ls"]);
+        (agents[0]["state"] == "online").then_some(())
+    });
+    assert_eq!(
+        schema.query("SELECT node_id FROM agents WHERE name = 'lab-1'"),
+        "node-a"
+    );
+
+    // Started through node B, carried out by the agent on node A, seen running from node B
+    // (its events relayed from A), stopped through B.
+    let started = json(&b, &["run", "start", "ticker", "--wait"]);
+    assert_eq!(started["state"], "running", "{started}");
+    assert_eq!(started["agent"], "lab-1");
+    let first = started["id"].as_str().unwrap().to_owned();
+    ok(run(b.cli(&["run", "stop", &first])));
+    let stopped = json(&b, &["run", "wait", &first, "--timeout", "30"]);
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+
+    // Node A dies with the agent's connection: the agent moves to node B, its run goes on.
+    let second = json(&b, &["run", "start", "ticker", "--wait"]);
+    assert_eq!(second["state"], "running", "{second}");
+    let second = second["id"].as_str().unwrap().to_owned();
+    let pid = json(&b, &["run", "show", &second])["pid"].as_u64().unwrap();
+    drop(a.kill9());
+    eventually("the agent on node B", || {
+        let node = schema.query("SELECT node_id || ':' || online FROM agents WHERE name = 'lab-1'");
+        (node == "node-b:true").then_some(())
+    });
+    // Node B holds the singleton duties now (node A's heartbeat stopped).
+    eventually("node B leading", || {
+        (schema.query("SELECT holder FROM leases WHERE name = 'singletons'") == "node-b")
+            .then_some(())
+    });
+    let shown = json(&b, &["run", "show", &second]);
+    assert_eq!(shown["state"], "running", "not lost: its agent is alive");
+    assert_eq!(shown["pid"].as_u64(), Some(pid), "the same process");
+
+    // Node A comes back (same id, same address); a stop through it reaches the agent on B.
+    let a = node(Arc::clone(&a_dir), &a_listen, "node-a", &url);
+    ok(run(a.cli(&["run", "stop", &second])));
+    let stopped = json(&a, &["run", "wait", &second, "--timeout", "30"]);
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+
+    // Checked from the database: each run placed once, no run lost, no command left behind.
+    assert_eq!(
+        schema.query("SELECT COUNT(*) FROM run_transitions WHERE state = 'starting'"),
+        "2"
+    );
+    assert_eq!(
+        schema.query("SELECT COUNT(*) FROM runs WHERE state = 'lost'"),
+        "0"
+    );
+    eventually("every command acknowledged", || {
+        (schema.query("SELECT COUNT(*) FROM agent_commands") == "0").then_some(())
+    });
+    assert_eq!(
+        schema.query("SELECT COUNT(*) FROM runs WHERE token_hash IS NOT NULL"),
+        "0",
+        "no token outlives its run"
+    );
+
+    let _ = agent.kill();
+    let _ = agent.wait();
+    stop_agent(&agent_dir);
+    drop(a);
+    drop(b);
+}
