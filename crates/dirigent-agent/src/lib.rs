@@ -104,7 +104,11 @@ pub async fn run(
     let Some(first_url) = config.server_urls.first().cloned() else {
         return Err(AgentError::Setup("no server URL given".to_owned()));
     };
-    let tls = match config.server_urls.iter().any(|url| url.starts_with("https:")) {
+    let tls = match config
+        .server_urls
+        .iter()
+        .any(|url| url.starts_with("https:"))
+    {
         true => Some(Arc::new(
             config.trust.client_config().map_err(AgentError::Setup)?,
         )),
@@ -124,9 +128,13 @@ pub async fn run(
     let mut next_url = 0;
     tokio::pin!(shutdown);
     loop {
-        let url = config.server_urls.get(next_url).unwrap_or(&first_url).clone();
+        let url = config
+            .server_urls
+            .get(next_url)
+            .unwrap_or(&first_url)
+            .clone();
         let ended = tokio::select! {
-            ended = session(&config, &url, tls.clone(), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
+            ended = session(&config, (&url, tls.clone()), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
             () = &mut shutdown => return Ok(()),
         };
         match ended {
@@ -242,8 +250,7 @@ fn link_error(err: impl std::fmt::Display) -> SessionError {
 /// relay events and commands until the connection ends.
 async fn session(
     config: &AgentConfig,
-    server_url: &str,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    (server_url, tls): (&str, Option<Arc<rustls::ClientConfig>>),
     credential: &str,
     journal: &mut Journal,
     runner: &mut Runner,

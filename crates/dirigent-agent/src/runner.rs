@@ -207,7 +207,11 @@ fn spawn(config: &RunnerConfig, spec: &StartSpec) -> Result<tokio::process::Chil
         .env("DIRIGENT_URL", &config.server_url)
         .env("DIRIGENT_RUN_ID", &spec.run_id)
         .env("DIRIGENT_ROBOT", &spec.robot)
-        .envs(spec.run_token.iter().map(|token| ("DIRIGENT_RUN_TOKEN", token)))
+        .envs(
+            spec.run_token
+                .iter()
+                .map(|token| ("DIRIGENT_RUN_TOKEN", token)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

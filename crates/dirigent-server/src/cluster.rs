@@ -144,9 +144,7 @@ impl Cluster {
             {
                 tracing::warn!(%err, "writing this node's heartbeat");
             }
-            let until = now
-                .checked_add(self.settings.takeover_after)
-                .unwrap_or(now);
+            let until = now.checked_add(self.settings.takeover_after).unwrap_or(now);
             let leading = match self.store.take_lease(SINGLETONS, node, now, until).await {
                 Ok(leading) => leading,
                 Err(err) => {
@@ -166,7 +164,11 @@ impl Cluster {
     /// The work one node at a time does.
     async fn do_duties(&self, now: Timestamp) {
         let dead_before = now - self.settings.takeover_after;
-        match self.store.disconnect_agents_of_dead_nodes(dead_before).await {
+        match self
+            .store
+            .disconnect_agents_of_dead_nodes(dead_before)
+            .await
+        {
             Ok(names) => {
                 for name in names {
                     tracing::info!(agent = name, "its node stopped: the agent is offline");

@@ -34,8 +34,8 @@ use sqlx::{
 
 pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToken, UserId};
 pub use agents::{AgentFacts, COMMANDS_CHANNEL};
-pub use nodes::{Listener, NodeRecord};
 pub use audit::{AuditQuery, AuditRecord};
+pub use nodes::{Listener, NodeRecord};
 pub use queues::{
     AppliedOps, AttemptRecord, Claimer, Completion, ItemFilter, ItemRecord, NewItem, QueueAnswer,
     QueueOp, QueueOpError, QueueRecord, QueueStats,

@@ -43,21 +43,26 @@ macro_rules! release_held_items {
             std::collections::HashMap::new();
         for (id, queue_id, attempts) in held {
             if let std::collections::hash_map::Entry::Vacant(slot) = settings.entry(queue_id) {
-                let row: $crate::queues::QueueRow =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("{} WHERE id = $1", $crate::queues::SELECT_QUEUE)))
-                        .bind(queue_id)
-                        .fetch_one(&mut **$tx)
-                        .await?;
+                let row: $crate::queues::QueueRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{} WHERE id = $1",
+                    $crate::queues::SELECT_QUEUE
+                )))
+                .bind(queue_id)
+                .fetch_one(&mut **$tx)
+                .await?;
                 slot.insert($crate::queues::QueueRecord::try_from(row)?.settings);
             }
-            let Some(queue) = settings.get(&queue_id) else { continue };
-            let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
-            let (status, finished) = match dirigent_domain::queue::after_lost_lease(queue, attempts, now) {
-                dirigent_domain::queue::AfterAttempt::Retry { .. } => {
-                    (dirigent_domain::queue::ItemStatus::New, None)
-                }
-                dirigent_domain::queue::AfterAttempt::Final(status) => (status, Some(at)),
+            let Some(queue) = settings.get(&queue_id) else {
+                continue;
             };
+            let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+            let (status, finished) =
+                match dirigent_domain::queue::after_lost_lease(queue, attempts, now) {
+                    dirigent_domain::queue::AfterAttempt::Retry { .. } => {
+                        (dirigent_domain::queue::ItemStatus::New, None)
+                    }
+                    dirigent_domain::queue::AfterAttempt::Final(status) => (status, Some(at)),
+                };
             let message = match outcome {
                 "run_lost" => "its run was lost",
                 "run_ended" => "its run ended without finishing it",
@@ -1632,4 +1637,3 @@ fn by_id(rows: Vec<ItemRow>) -> StoreResult<HashMap<i64, ItemRecord>> {
         .map(|row| Ok((row.id, ItemRecord::try_from(row)?)))
         .collect()
 }
-

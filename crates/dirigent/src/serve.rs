@@ -358,10 +358,12 @@ async fn start_local_agent(
 fn local_agent_name(node_id: &str) -> String {
     let id: String = node_id
         .chars()
-        .map(|c| match c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-            true => c,
-            false => '-',
-        })
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                true => c,
+                false => '-',
+            },
+        )
         .collect();
     format!("local-{}", id.trim_matches('-'))
 }

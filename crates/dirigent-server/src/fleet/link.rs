@@ -17,12 +17,7 @@ use dirigent_store::{AgentFacts, StoreError};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::{
-    AppState,
-    auth::secrets,
-    error::ApiError,
-    fleet::Fleet,
-};
+use crate::{AppState, auth::secrets, error::ApiError, fleet::Fleet};
 
 /// The largest frame an agent may send.
 const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;

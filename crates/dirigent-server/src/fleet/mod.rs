@@ -114,7 +114,10 @@ pub enum Cause {
     RestartPolicy,
     Rule(&'static str),
     /// A trigger's firing.
-    Trigger { trigger: String, firing: i64 },
+    Trigger {
+        trigger: String,
+        firing: i64,
+    },
 }
 
 impl Cause {
@@ -966,7 +969,11 @@ impl Fleet {
     /// to `up_to` at least), in order. A start command read back from the database carries a
     /// new run token (the server keeps none), unless the run is no longer starting: then the
     /// agent has it already, or it ended, and it is not sent again.
-    pub(crate) async fn deliver(self: &Arc<Fleet>, agent_id: AgentId, up_to: u64) -> FleetResult<()> {
+    pub(crate) async fn deliver(
+        self: &Arc<Fleet>,
+        agent_id: AgentId,
+        up_to: u64,
+    ) -> FleetResult<()> {
         let after = match self.lock_connections().get(&agent_id) {
             Some(connection) if connection.last_sent < up_to => connection.last_sent,
             _ => return Ok(()),
@@ -978,15 +985,11 @@ impl Fleet {
                     let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX)
                         .map_err(|err| FleetError::Internal(err.to_string()))?;
                     let digest = secrets::token_digest(&token);
-                    self.store
-                        .renew_run_token(&spec.run_id, &digest)
-                        .await?
-                        .then(|| {
-                            AgentCommand::Start(StartSpec {
-                                run_token: Some(token),
-                                ..spec
-                            })
-                        })
+                    let renewed = self.store.renew_run_token(&spec.run_id, &digest).await?;
+                    renewed.then_some(AgentCommand::Start(StartSpec {
+                        run_token: Some(token),
+                        ..spec
+                    }))
                 }
                 Ok(command) => Some(command),
                 Err(err) => {
@@ -1072,7 +1075,10 @@ impl Fleet {
                 run.ended_at = Some(self.clock.now());
                 let reason = Some(format!("its agent was silent for more than {seconds} s"));
                 let cause = Cause::Rule("agent_silent");
-                match self.transition(&mut run, RunState::Lost, &cause, reason).await {
+                match self
+                    .transition(&mut run, RunState::Lost, &cause, reason)
+                    .await
+                {
                     Ok(()) => marked += 1,
                     // It changed meanwhile (its agent came back): not lost.
                     Err(FleetError::Store(StoreError::Stale)) => {}

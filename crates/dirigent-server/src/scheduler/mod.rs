@@ -292,7 +292,10 @@ impl Scheduler {
                 Timing::Queue(_) => None,
             })
             .collect();
-        let results = self.store.take_trigger_firings(&takes, self.fleet.node(), now).await?;
+        let results = self
+            .store
+            .take_trigger_firings(&takes, self.fleet.node(), now)
+            .await?;
         handled += takes.len();
         for ((trigger, spec, _, _), result) in scheduled.iter().zip(results) {
             let Some(result) = result else { continue };
@@ -384,7 +387,12 @@ impl Scheduler {
             next,
             firings,
         };
-        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], self.fleet.node(), now).await?.pop() else {
+        let Some(Some(taken)) = self
+            .store
+            .take_trigger_firings(&[take], self.fleet.node(), now)
+            .await?
+            .pop()
+        else {
             return Ok(0);
         };
         for firing in &taken.due {
@@ -422,7 +430,12 @@ impl Scheduler {
                 ),
             }],
         };
-        let Some(Some(taken)) = self.store.take_trigger_firings(&[take], self.fleet.node(), now).await?.pop() else {
+        let Some(Some(taken)) = self
+            .store
+            .take_trigger_firings(&[take], self.fleet.node(), now)
+            .await?
+            .pop()
+        else {
             return Ok(0);
         };
         for firing in &taken.due {

@@ -103,7 +103,10 @@ store_test!(agents_story, |store| {
         (id, "pc-1", false)
     );
     assert_eq!(
-        store.agent_connected(id, &facts(4), "node-a", at(5)).await.unwrap(),
+        store
+            .agent_connected(id, &facts(4), "node-a", at(5))
+            .await
+            .unwrap(),
         0
     );
     let agent = store.agent("pc-1").await.unwrap();
@@ -120,7 +123,10 @@ store_test!(agents_story, |store| {
     store.set_agent_last_event(id, 7).await.unwrap();
     store.set_agent_last_event(id, 3).await.unwrap();
     assert_eq!(
-        store.agent_connected(id, &facts(4), "node-a", at(6)).await.unwrap(),
+        store
+            .agent_connected(id, &facts(4), "node-a", at(6))
+            .await
+            .unwrap(),
         7,
         "never goes back"
     );
@@ -158,7 +164,11 @@ store_test!(agents_story, |store| {
         StoreError::NotFound
     ));
     assert!(
-        store.pending_agent_commands(id, 3).await.unwrap().is_empty(),
+        store
+            .pending_agent_commands(id, 3)
+            .await
+            .unwrap()
+            .is_empty(),
         "only those after the one given"
     );
 
@@ -173,7 +183,12 @@ store_test!(agents_story, |store| {
         .agent_connected(id, &facts(4), "node-b", at(10))
         .await
         .unwrap();
-    assert!(!store.agent_disconnected(id, "node-a", at(11)).await.unwrap());
+    assert!(
+        !store
+            .agent_disconnected(id, "node-a", at(11))
+            .await
+            .unwrap()
+    );
     assert!(store.agents().await.unwrap()[0].online);
     // Its node stops beating: the agent is offline, once.
     store
@@ -255,7 +270,10 @@ store_test!(runs_story, |store| {
     run.started_at = Some(at(13));
     let mut decided_elsewhere = run.clone();
     store
-        .update_run(&mut run, Some(&transition(RunState::Running, 13, "agent:pc-1")))
+        .update_run(
+            &mut run,
+            Some(&transition(RunState::Running, 13, "agent:pc-1")),
+        )
         .await
         .unwrap();
     assert_eq!(run.version, 1);
@@ -280,7 +298,10 @@ store_test!(runs_story, |store| {
     assert_eq!(store.agent("pc-1").await.unwrap().active_runs, 1);
 
     assert!(
-        !store.renew_run_token("run_1", "token-digest").await.unwrap(),
+        !store
+            .renew_run_token("run_1", "token-digest")
+            .await
+            .unwrap(),
         "only a starting run gets a new token"
     );
     store

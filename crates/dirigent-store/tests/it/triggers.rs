@@ -71,8 +71,14 @@ store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
             .collect();
         attempts.push(tokio::spawn(async move {
             let node = format!("node-{node}");
-            store.node_heartbeat(&node, "0.1.0", due, due).await.unwrap();
-            let answers = store.take_trigger_firings(&batch, &node, due).await.unwrap();
+            store
+                .node_heartbeat(&node, "0.1.0", due, due)
+                .await
+                .unwrap();
+            let answers = store
+                .take_trigger_firings(&batch, &node, due)
+                .await
+                .unwrap();
             batch
                 .iter()
                 .zip(answers)
@@ -117,12 +123,20 @@ store_test!(a_due_firing_is_taken_by_one_node_only, |store| {
         .await
         .unwrap();
     assert_eq!(
-        store.trigger_firings(&unsettled[0].trigger_id, 10).await.unwrap()[0].outcome,
+        store
+            .trigger_firings(&unsettled[0].trigger_id, 10)
+            .await
+            .unwrap()[0]
+            .outcome,
         "started",
         "a firing is settled once"
     );
     assert_eq!(
-        store.unsettled_firings(dead_after, None).await.unwrap().len(),
+        store
+            .unsettled_firings(dead_after, None)
+            .await
+            .unwrap()
+            .len(),
         3
     );
     assert_eq!(store.next_trigger_due().await.unwrap(), Some(next));

@@ -5,7 +5,6 @@
 use std::{
     process::{Command, Stdio},
     sync::Arc,
-    time::Instant,
 };
 
 use serde_json::Value;
@@ -24,14 +23,17 @@ impl Schema {
     fn create() -> Schema {
         let base = std::env::var("DIRIGENT_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let name = format!("nodes_{}_{}", std::process::id(), Instant::now().elapsed().as_nanos());
+        let name = format!("nodes_{}", std::process::id());
         psql(&base, &format!("CREATE SCHEMA {name}"));
         Schema { base, name }
     }
 
     fn url(&self) -> String {
         let separator = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{separator}options=-c%20search_path%3D{}", self.base, self.name)
+        format!(
+            "{}{separator}options=-c%20search_path%3D{}",
+            self.base, self.name
+        )
     }
 
     /// One value the query answers, as text.
@@ -98,7 +100,12 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
     let a_listen = free_port();
     let a_dir = Arc::new(tempfile::tempdir().unwrap());
     let a = node(Arc::clone(&a_dir), &a_listen, "node-a", &url);
-    let b = node(Arc::new(tempfile::tempdir().unwrap()), "127.0.0.1:0", "node-b", &url);
+    let b = node(
+        Arc::new(tempfile::tempdir().unwrap()),
+        "127.0.0.1:0",
+        "node-b",
+        &url,
+    );
 
     ok(run(b.cli(&[
         "robot",
