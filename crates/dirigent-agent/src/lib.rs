@@ -54,6 +54,7 @@ pub enum AgentError {
 
 const CREDENTIAL_FILE: &str = "credential";
 const JOURNAL_FILE: &str = "journal.jsonl";
+const LIVE_RUNS_FILE: &str = "live-runs.json";
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -91,7 +92,8 @@ pub fn store_credential(data_dir: &std::path::Path, credential: &str) -> Result<
 }
 
 /// Runs the agent until `shutdown` resolves. Robot processes keep running after the agent
-/// stops (they are in their own process groups).
+/// stops (they are in their own process groups), through an orchestrator's restart; the
+/// agent's own next start ends them, since it can no longer supervise them.
 pub async fn run(
     config: AgentConfig,
     credential: String,
@@ -119,9 +121,15 @@ pub async fn run(
     let mut runner = Runner::new(
         RunnerConfig {
             server_url: first_url.clone(),
+            live_record: Some(config.data_dir.join(LIVE_RUNS_FILE)),
         },
         events_tx,
     );
+    // Runs of an earlier life of this agent are not supervised any more: ended now.
+    let abandoned = runner.abandon_orphans();
+    if 0 < abandoned {
+        tracing::warn!(abandoned, "ended the runs of this agent's earlier life");
+    }
     let mut failures: u32 = 0;
     let mut offline_since = tokio::time::Instant::now();
     // Which of the server URLs to try next.

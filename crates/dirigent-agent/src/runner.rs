@@ -3,11 +3,20 @@
 //! reads its output line by line, enforces its grace period and maximum duration, reaps it and
 //! reports every change as an [`AgentEvent`].
 //!
+//! The live runs are also recorded in a file (pid and process start time): after a restart of
+//! the agent, [`Runner::abandon_orphans`] kills the process groups of those still alive and
+//! reports each run's end, so that no robot runs on unsupervised and none runs twice.
+//!
 //! **Architecture Invariant.** This is the only module of Dirigent that spawns robot
 //! processes. Runs are spawned without `pre_exec`, so the standard library can use
 //! `posix_spawn`; the group is made with `process_group(0)`.
 
-use std::{collections::HashMap, process::Stdio, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
 
 use dirigent_proto::{
     link::{AgentCommand, AgentEvent, Ending, LiveRun, OutputLine, StartSpec},
@@ -39,6 +48,18 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RunnerConfig {
     /// The orchestrator's URL, given to robots as `DIRIGENT_URL`.
     pub server_url: String,
+    /// Where the live runs are recorded for after a restart of the agent; none for a runner
+    /// that leaves nothing behind.
+    pub live_record: Option<PathBuf>,
+}
+
+/// A live run as recorded on disk: enough to tell its process from a later one with the same
+/// pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    pid: u32,
+    /// The process's start time, in clock ticks after boot (`/proc/PID/stat`).
+    started: u64,
 }
 
 /// The live runs of this agent.
@@ -52,6 +73,8 @@ pub struct Runner {
 
 struct LiveHandle {
     pid: u32,
+    /// Its process's start time (`/proc/PID/stat`), if it could be read.
+    started: Option<u64>,
     paused: bool,
     control: mpsc::UnboundedSender<Control>,
 }
@@ -133,9 +156,85 @@ impl Runner {
     }
 
     fn forget_ended(&mut self) {
+        let mut forgot = false;
         while let Ok(run_id) = self.ended.try_recv() {
-            self.runs.remove(&run_id);
+            forgot |= self.runs.remove(&run_id).is_some();
         }
+        if forgot {
+            self.record_live();
+        }
+    }
+
+    /// Records the live runs (pid and start time) for after a restart of the agent. Not
+    /// synced: it is for when the agent dies, not the machine (which takes the robots along).
+    fn record_live(&self) {
+        let Some(path) = &self.config.live_record else {
+            return;
+        };
+        let live: BTreeMap<&str, Recorded> = self
+            .runs
+            .iter()
+            .filter_map(|(run_id, handle)| {
+                let started = handle.started?;
+                Some((
+                    run_id.as_str(),
+                    Recorded {
+                        pid: handle.pid,
+                        started,
+                    },
+                ))
+            })
+            .collect();
+        let written = serde_json::to_vec(&live)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, bytes)?;
+                std::fs::rename(&partial, path)
+            });
+        if let Err(err) = written {
+            tracing::error!(%err, path = %path.display(), "recording the live runs");
+        }
+    }
+
+    /// After a restart of the agent: the runs its earlier life recorded as live cannot be
+    /// supervised any more (their output pipes and exit statuses went with it). Kills the
+    /// process group of each that is still alive, and reports every one as ended
+    /// ([`Ending::Abandoned`]). Answers how many it reported.
+    pub fn abandon_orphans(&mut self) -> usize {
+        let Some(path) = &self.config.live_record else {
+            return 0;
+        };
+        let recorded: BTreeMap<String, Recorded> = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                tracing::error!(%err, path = %path.display(), "unreadable record of live runs");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        let now = now();
+        for (run_id, run) in &recorded {
+            let alive = process_start_time(run.pid) == Some(run.started);
+            if alive {
+                let group = Pid::from_raw(i32::try_from(run.pid).unwrap_or(i32::MAX));
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+            tracing::warn!(
+                run_id,
+                pid = run.pid,
+                killed = alive,
+                "abandoning a run of an earlier life"
+            );
+            let _ = self.events.send(AgentEvent::Exited {
+                run_id: run_id.clone(),
+                at: now,
+                exit_code: None,
+                signal: alive.then_some(Signal::SIGKILL as i32),
+                ending: Ending::Abandoned,
+            });
+        }
+        self.record_live();
+        recorded.len()
     }
 
     fn start(&mut self, spec: StartSpec) {
@@ -178,10 +277,12 @@ impl Runner {
             spec.run_id.clone(),
             LiveHandle {
                 pid,
+                started: process_start_time(pid),
                 paused: false,
                 control,
             },
         );
+        self.record_live();
         let supervisor = Supervisor {
             spec,
             pid,
@@ -483,4 +584,13 @@ fn token_digest(token: &str) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
+}
+
+/// When the process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`);
+/// `None` when there is no such process.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }

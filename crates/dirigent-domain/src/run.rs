@@ -170,6 +170,8 @@ pub enum Ending {
     Stopped,
     Killed,
     TimedOut,
+    /// Its agent restarted and could not supervise it any more: killed if still alive.
+    Abandoned,
 }
 
 /// The final state of a run that ended this way.
@@ -181,6 +183,7 @@ pub fn final_state(ending: Ending, exit_code: Option<i32>, stop_requested: bool)
         Ending::Stopped => RunState::Stopped,
         Ending::Killed => RunState::Killed,
         Ending::TimedOut => RunState::TimedOut,
+        Ending::Abandoned => RunState::Lost,
     }
 }
 
@@ -272,6 +275,7 @@ mod tests {
             final_state(Ending::TimedOut, Some(0), true),
             RunState::TimedOut
         );
+        assert_eq!(final_state(Ending::Abandoned, None, true), RunState::Lost);
     }
 
     #[test]

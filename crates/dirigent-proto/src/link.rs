@@ -157,6 +157,9 @@ pub enum Ending {
     Killed,
     /// Its maximum duration ran out.
     TimedOut,
+    /// The agent restarted and could not supervise it any more: its process group was killed
+    /// (`signal` set) or it had ended meanwhile (exit status unknown).
+    Abandoned,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -558,12 +558,21 @@ impl Fleet {
                     dirigent_proto::link::Ending::Stopped => Ending::Stopped,
                     dirigent_proto::link::Ending::Killed => Ending::Killed,
                     dirigent_proto::link::Ending::TimedOut => Ending::TimedOut,
+                    dirigent_proto::link::Ending::Abandoned => Ending::Abandoned,
                 };
                 let state = run::final_state(ending, *exit_code, run.stop_requested);
                 run.exit_code = *exit_code;
                 run.signal = *signal;
                 run.ended_at = Some(*at);
-                let reason = describe_exit(*exit_code, *signal);
+                let reason = match (ending, signal) {
+                    (Ending::Abandoned, Some(_)) => "its agent restarted and could not \
+                        supervise it any more: its process group was killed"
+                        .to_owned(),
+                    (Ending::Abandoned, None) => "its agent restarted and could not supervise \
+                        it any more: it had ended meanwhile, exit status unknown"
+                        .to_owned(),
+                    _ => describe_exit(*exit_code, *signal),
+                };
                 let was_lost = run.state == RunState::Lost;
                 self.transition(&mut run, state, &cause, Some(reason))
                     .await?;

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, dirigent, ok, run, stop_agent};
+use crate::support::{ServerProcess, dirigent, eventually, ok, run, stop_agent};
 
 const PASSWORD: &str = "lifecycle-password-1";
 
@@ -545,4 +545,75 @@ fn restart_replaces_a_run_and_a_drained_agent_takes_no_new_runs() {
     wait_state(&server, id, "running");
     ok(run(server.cli(&["run", "kill", id])));
     wait_state(&server, id, "killed");
+}
+
+#[test]
+fn an_agent_restart_leaves_no_robot_unsupervised() {
+    let server = server_with(&["--no-local-agent"]);
+    create_robot(
+        &server,
+        "keeper",
+        &["--restart-policy", "on-failure"],
+        &["sh", "-c", HANDLES_TERM],
+    );
+    let token = ok(run(server.cli(&["agent", "enroll-token"])))
+        .trim()
+        .to_owned();
+    let agent_dir = server.dir.path().join("agent");
+    let start_agent = |token: Option<&str>| {
+        let mut command = dirigent(&server.config_dir());
+        command
+            .args(["agent", "--server", &server.url, "--name", "pc-1"])
+            .arg("--data")
+            .arg(&agent_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(token) = token {
+            command.args(["--enroll-token", token]);
+        }
+        command.spawn().unwrap()
+    };
+    let mut agent = start_agent(Some(&token));
+    let (first, pid) = start_running(&server, "keeper");
+    // A start by hand made it manual; its restart policy applies in auto mode.
+    ok(run(server.cli(&["robot", "auto", "keeper"])));
+
+    // The agent dies; its robot does not.
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(!group_members(pid).is_empty());
+
+    // Back, it cannot supervise the robot any more: it kills it and says why; the restart
+    // policy starts one new copy.
+    let mut agent = start_agent(None);
+    let lost = wait_state(&server, &first, "lost");
+    assert!(
+        lost["reason"]
+            .as_str()
+            .unwrap()
+            .contains("its agent restarted and could not supervise it any more"),
+        "{lost}"
+    );
+    eventually("the robot's process group gone", || {
+        group_members(pid).is_empty().then_some(())
+    });
+    let replacement = eventually("the restart policy's run", || {
+        let runs = json(&server, &["run", "ls", "--active"]);
+        let runs = runs.as_array().unwrap().clone();
+        (runs.len() == 1 && runs[0]["state"] == "running").then(|| runs[0].clone())
+    });
+    let shown = json(
+        &server,
+        &["run", "show", replacement["id"].as_str().unwrap()],
+    );
+    assert_ne!(shown["pid"].as_u64(), Some(u64::from(pid)));
+
+    ok(run(server.cli(&[
+        "run",
+        "kill",
+        replacement["id"].as_str().unwrap(),
+    ])));
+    wait_state(&server, replacement["id"].as_str().unwrap(), "killed");
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
