@@ -5,13 +5,10 @@
 //! [`Writer`](crate::writer::Writer) before the response leaves; the record of a work-item
 //! operation in the operation's own transaction.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use axum::{
-    extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State},
+    extract::{FromRequestParts, MatchedPath, Request, State},
     http::{Method, StatusCode, request::Parts},
     middleware::Next,
     response::Response,
@@ -86,10 +83,12 @@ pub(crate) async fn record(
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string());
+    let address = crate::http::client_address(
+        request.extensions(),
+        request.headers(),
+        &state.config.trusted_proxies,
+    )
+    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let slot = AuditSlot::default();
     slot.lock().record = Some(AuditRecord {
         id: 0,

@@ -21,6 +21,9 @@ pub struct ServerConfig {
     pub cluster: crate::cluster::ClusterSettings,
     /// Serve HTTPS with this certificate; plain HTTP without.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Load balancers whose `X-Forwarded-For` names the client (for the audit log and the
+    /// login throttle); other peers are the client themselves.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// A program that checks passwords the local ones do not match (PAM, LDAP, …).
     pub login_command: Option<crate::auth::external::LoginCommand>,
 }

@@ -95,3 +95,28 @@ async fn render_errors(request: Request, next: Next) -> Response {
     }
     Response::from_parts(parts, Body::from(json))
 }
+
+/// The client's address: the socket's peer, or, when the peer is one of the `trusted`
+/// proxies, the address it appended last to `X-Forwarded-For`. `None` without a socket (a
+/// router driven in process).
+pub(crate) fn client_address(
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> Option<std::net::IpAddr> {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .next_back();
+    Some(forwarded.unwrap_or(peer))
+}

@@ -42,7 +42,6 @@ pub struct AppState {
     pub writer: Arc<writer::Writer>,
     pub scheduler: Arc<scheduler::Scheduler>,
     pub credentials: Arc<auth::cache::CredentialCache>,
-    pub login_throttle: Arc<auth::throttle::LoginThrottle>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ServerConfig>,
 }
@@ -140,7 +139,6 @@ pub async fn start(
         writer: writer::Writer::start(store.clone(), clock.clone(), scheduler.clone()),
         scheduler,
         credentials,
-        login_throttle: Arc::default(),
         clock,
         config: Arc::new(config),
     };

@@ -19,6 +19,15 @@ pub struct LoginRecord {
     pub disabled: bool,
 }
 
+/// Failed logins of one subject (a user name, a client address, or both), as counted by
+/// every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailures {
+    pub count: u32,
+    pub last: Timestamp,
+    pub locked_until: Option<Timestamp>,
+}
+
 /// Whose credential a token digest is, and how it was issued.
 #[derive(Debug, Clone)]
 pub struct Credential {
@@ -204,6 +213,91 @@ impl Store {
         let n_rows: u64 = dispatch!(self, writer, pool => {
             sqlx::query("DELETE FROM sessions WHERE expires_at <= $1").bind(to_millis(now)).execute(pool).await.map(|done| done.rows_affected())
         })?;
+        Ok(n_rows)
+    }
+
+    /// The failed logins recorded for each of `subjects` (none for a subject without).
+    pub async fn login_failures(
+        &self,
+        subjects: &[String],
+    ) -> StoreResult<Vec<(String, LoginFailures)>> {
+        let mut found = Vec::new();
+        for subject in subjects {
+            let row: Option<(i64, i64, Option<i64>)> = dispatch!(self, reader, pool => {
+                sqlx::query_as(
+                    "SELECT failures, window_start, locked_until FROM login_failures WHERE subject = $1",
+                )
+                .bind(subject)
+                .fetch_optional(pool)
+                .await?
+            });
+            if let Some((count, last, locked_until)) = row {
+                let failures = LoginFailures {
+                    count: u32::try_from(count).unwrap_or(u32::MAX),
+                    last: from_millis("window_start", last)?,
+                    locked_until: from_millis_opt("locked_until", locked_until)?,
+                };
+                found.push((subject.clone(), failures));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Counts a failed login of `subject` at `now`; answers its count now.
+    pub async fn count_login_failure(&self, subject: &str, now: Timestamp) -> StoreResult<u32> {
+        let count: i64 = dispatch!(self, writer, pool => {
+            sqlx::query_scalar(
+                "INSERT INTO login_failures (subject, failures, window_start) VALUES ($1, 1, $2) \
+                 ON CONFLICT (subject) DO UPDATE SET failures = login_failures.failures + 1, \
+                 window_start = $2 RETURNING failures",
+            )
+            .bind(subject)
+            .bind(to_millis(now))
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// Locks `subject` until `until`.
+    pub async fn lock_login(&self, subject: &str, until: Timestamp) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE login_failures SET locked_until = $2 WHERE subject = $1")
+                .bind(subject)
+                .bind(to_millis(until))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Forgets the failed logins of `subjects` (after a success).
+    pub async fn clear_login_failures(&self, subjects: &[String]) -> StoreResult<()> {
+        for subject in subjects {
+            dispatch!(self, writer, pool => {
+                sqlx::query("DELETE FROM login_failures WHERE subject = $1")
+                    .bind(subject)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets failed logins last counted before `before` and no longer locked.
+    pub async fn forget_login_failures(&self, before: Timestamp) -> StoreResult<u64> {
+        let n_rows = dispatch!(self, writer, pool => {
+            sqlx::query(
+                "DELETE FROM login_failures WHERE window_start < $1 \
+                 AND (locked_until IS NULL OR locked_until < $1)",
+            )
+            .bind(to_millis(before))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
         Ok(n_rows)
     }
 

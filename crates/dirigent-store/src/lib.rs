@@ -32,7 +32,9 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub use accounts::{ApiToken, Credential, CredentialKind, LoginRecord, NewApiToken, UserId};
+pub use accounts::{
+    ApiToken, Credential, CredentialKind, LoginFailures, LoginRecord, NewApiToken, UserId,
+};
 pub use agents::{AgentFacts, COMMANDS_CHANNEL};
 pub use audit::{AuditQuery, AuditRecord};
 pub use nodes::{Listener, NodeRecord};

@@ -83,6 +83,8 @@ struct SettingsFile {
     login_command: Option<Vec<String>>,
     login_command_timeout_seconds: Option<u32>,
     node_id: Option<String>,
+    /// Load balancers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Option<Vec<String>>,
     /// A node silent this long is dead: another takes over its duties and agents.
     takeover_after_seconds: Option<u32>,
 }
@@ -208,6 +210,16 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
             format!("{host}:{}", dir.display())
         }
     };
+    let trusted_proxies = file
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .map(|address| {
+            address.parse().map_err(|_| {
+                anyhow::format_err!("trusted_proxies: {address:?} is not an IP address")
+            })
+        })
+        .collect::<anyhow::Result<Vec<std::net::IpAddr>>>()?;
     let takeover_after = match file.takeover_after_seconds {
         Some(0) => bail!("takeover_after_seconds must be at least 1"),
         Some(seconds) => Duration::from_secs(u64::from(seconds)),
@@ -250,6 +262,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
             takeover_after,
         },
         tls,
+        trusted_proxies,
         login_command,
     };
     Ok((config, data_dir, local_agent))

@@ -17,7 +17,10 @@ use crate::{
     AppState,
     api::ApiJson,
     audit::AuditSlot,
-    auth::{self, Caller, cookie, secrets, throttle::Admission},
+    auth::{
+        self, Caller, cookie, secrets,
+        throttle::{Admission, Attempt},
+    },
     error::ApiError,
     ui::Lang,
 };
@@ -39,6 +42,7 @@ use crate::{
 pub(super) async fn login(
     State(state): State<AppState>,
     actor: Option<Extension<AuditSlot>>,
+    parts: axum::http::request::Parts,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     if dirigent_domain::user::MAX_PASSWORD_LEN < request.password.len()
@@ -50,7 +54,13 @@ pub(super) async fn login(
         actor.set(format!("user:{}", request.username));
     }
     let now = state.clock.now();
-    match state.login_throttle.admit(&request.username, now) {
+    let address = crate::http::client_address(
+        &parts.extensions,
+        &parts.headers,
+        &state.config.trusted_proxies,
+    );
+    let attempt = Attempt::new(&request.username, address);
+    match attempt.admit(&state.store, now).await? {
         Admission::Locked { until } => return Err(locked(until, now)),
         Admission::Check { delay } => tokio::time::sleep(delay).await,
     }
@@ -62,17 +72,13 @@ pub(super) async fn login(
     }
     let Some(user_id) = user_id else {
         tracing::info!(username = request.username, "login refused");
-        return Err(
-            match state
-                .login_throttle
-                .failed(&request.username, state.clock.now())
-            {
-                Some(until) => locked(until, state.clock.now()),
-                None => wrong_credentials(),
-            },
-        );
+        let now = state.clock.now();
+        return Err(match attempt.failed(&state.store, now).await? {
+            Some(until) => locked(until, now),
+            None => wrong_credentials(),
+        });
     };
-    state.login_throttle.succeeded(&request.username);
+    attempt.succeeded(&state.store).await?;
     let token = secrets::new_token(secrets::SESSION_PREFIX).map_err(ApiError::internal)?;
     let now = state.clock.now();
     let expires_at = now

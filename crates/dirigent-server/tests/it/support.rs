@@ -55,6 +55,7 @@ pub(crate) fn config(database_url: String) -> ServerConfig {
             takeover_after: dirigent_server::cluster::ClusterSettings::DEFAULT_TAKEOVER_AFTER,
         },
         tls: None,
+        trusted_proxies: Vec::new(),
         login_command: None,
     }
 }
@@ -93,7 +94,6 @@ impl TestApp {
             fleet,
             writer: writer.clone(),
             scheduler: scheduler.clone(),
-            login_throttle: Arc::default(),
             clock: clock.clone(),
             config: Arc::new(config),
         };

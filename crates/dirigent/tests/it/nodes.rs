@@ -3,6 +3,8 @@
 //! node is killed, and nothing is lost or started twice.
 
 use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
     process::{Command, Stdio},
     sync::Arc,
 };
@@ -61,7 +63,8 @@ fn psql(url: &str, sql: &str) -> String {
 fn node(dir: Arc<tempfile::TempDir>, listen: &str, id: &str, url: &str) -> ServerProcess {
     std::fs::write(
         dir.path().join("node.toml"),
-        "takeover_after_seconds = 2\nagent_lost_after_seconds = 30\n",
+        "takeover_after_seconds = 2\nagent_lost_after_seconds = 30\n\
+         trusted_proxies = [\"127.0.0.1\"]\n",
     )
     .unwrap();
     let server = ServerProcess::start_in(
@@ -86,6 +89,41 @@ fn json(server: &ServerProcess, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
+}
+
+/// Sends one HTTP request on a fresh connection; answers the connection after the request.
+fn http(
+    server: &ServerProcess,
+    request_line: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    let mut request = format!("{request_line} HTTP/1.1\r\nHost: {}\r\n", server.addr());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes()).unwrap();
+    BufReader::new(stream)
+}
+
+/// The status of a login attempt as `admin` with `password`, from the client `address`
+/// (behind a trusted proxy).
+fn login_status(server: &ServerProcess, password: &str, address: &str) -> u16 {
+    let body = format!("{{\"username\":\"admin\",\"password\":\"{password}\"}}");
+    let mut answer = http(
+        server,
+        "POST /api/v1/login",
+        &[("X-Forwarded-For", address)],
+        &body,
+    );
+    let mut status = String::new();
+    answer.read_line(&mut status).unwrap();
+    status.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn free_port() -> String {
@@ -140,15 +178,46 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
         "node-a"
     );
 
+    // Node A's live feed, open before the run starts through node B.
+    let api_token = ok(run(a.cli(&["token", "create", "feed"])))
+        .lines()
+        .find_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with("dgt_"))
+        })
+        .unwrap()
+        .to_owned();
+    let bearer = format!("Bearer {api_token}");
+    let mut feed = http(&a, "GET /api/v1/events", &[("Authorization", &bearer)], "");
+
     // Started through node B, carried out by the agent on node A, seen running from node B
     // (its events relayed from A), stopped through B.
     let started = json(&b, &["run", "start", "ticker", "--wait"]);
     assert_eq!(started["state"], "running", "{started}");
     assert_eq!(started["agent"], "lab-1");
     let first = started["id"].as_str().unwrap().to_owned();
+    let mut line = String::new();
+    while !(line.starts_with("data:") && line.contains(&first)) {
+        line.clear();
+        assert_ne!(feed.read_line(&mut line).unwrap(), 0, "node A's feed ended");
+    }
+    drop(feed);
     ok(run(b.cli(&["run", "stop", &first])));
     let stopped = json(&b, &["run", "wait", &first, "--timeout", "30"]);
     assert_eq!(stopped["state"], "stopped", "{stopped}");
+
+    // Failed logins are counted by every node, per user name and client address: guessing
+    // through node A locks admin from that address on node B too, not from another address.
+    for _ in 0..4 {
+        assert_eq!(login_status(&a, "wrong-password-1", "203.0.113.7"), 401);
+    }
+    assert_eq!(
+        login_status(&a, "wrong-password-1", "203.0.113.7"),
+        429,
+        "the fifth failure locks"
+    );
+    assert_eq!(login_status(&b, PASSWORD, "203.0.113.7"), 429);
+    assert_eq!(login_status(&b, PASSWORD, "198.51.100.2"), 200);
 
     // Node A dies with the agent's connection: the agent moves to node B, its run goes on.
     let second = json(&b, &["run", "start", "ticker", "--wait"]);
