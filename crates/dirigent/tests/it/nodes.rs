@@ -7,6 +7,7 @@ use std::{
     net::TcpStream,
     process::{Command, Stdio},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -267,4 +268,293 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
     stop_agent(&agent_dir);
     drop(a);
     drop(b);
+}
+
+/// A node of the chaos test: up (with its process) or killed (its directory kept).
+struct Member {
+    id: &'static str,
+    listen: String,
+    dir: Arc<tempfile::TempDir>,
+    process: Option<ServerProcess>,
+}
+
+#[test]
+fn three_nodes_under_load_lose_and_double_nothing_while_nodes_are_killed() {
+    let schema = Schema::create();
+    let url = schema.url();
+    let mut members: Vec<Member> = ["node-a", "node-b", "node-c"]
+        .into_iter()
+        .map(|id| {
+            let listen = free_port();
+            let dir = Arc::new(tempfile::tempdir().unwrap());
+            let process = Some(node(Arc::clone(&dir), &listen, id, &url));
+            Member {
+                id,
+                listen,
+                dir,
+                process,
+            }
+        })
+        .collect();
+    let first = members[0].process.as_ref().unwrap();
+    let urls: Vec<String> = members
+        .iter()
+        .map(|member| format!("http://{}", member.listen))
+        .collect();
+    for (name, max_parallel, script) in [
+        ("ticker", "3", "echo tick; sleep 0.3"),
+        (
+            "worker",
+            "4",
+            "trap 'exit 0' TERM; while true; do sleep 0.05; done",
+        ),
+    ] {
+        ok(run(first.cli(&[
+            "robot",
+            "create",
+            name,
+            "--max-parallel",
+            max_parallel,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])));
+    }
+    let trigger = json(
+        first,
+        &[
+            "trigger",
+            "create",
+            "ticker",
+            "--every",
+            "1",
+            "--overlap",
+            "allow",
+        ],
+    );
+    let trigger = trigger["id"].as_str().unwrap().to_owned();
+    ok(run(first.cli(&["queue", "create", "parcels"])));
+
+    // Two agents, each knowing every node, in different orders.
+    let mut agents = Vec::new();
+    for (n, order) in [[0, 1, 2], [2, 1, 0]].into_iter().enumerate() {
+        let token = ok(run(first.cli(&["agent", "enroll-token"])))
+            .trim()
+            .to_owned();
+        let servers: Vec<&str> = order.iter().map(|&i| urls[i].as_str()).collect();
+        let dir = members[0].dir.path().join(format!("agent-{n}"));
+        let process = dirigent(&members[0].dir.path().join("config"))
+            .args(["agent", "--server", &servers.join(",")])
+            .args(["--name", &format!("pc-{n}"), "--capacity", "4"])
+            .args(["--enroll-token", &token])
+            .arg("--data")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        agents.push((process, dir));
+    }
+
+    // The load: manual starts and stops, items added, claimed and completed, each through
+    // whichever node is up, while every few seconds a node is killed and later restarted.
+    let mut added = 0;
+    let mut completed: Vec<String> = Vec::new();
+    let began = Instant::now();
+    let mut step = 0usize;
+    let mut kills = 0;
+    while began.elapsed() < Duration::from_secs(24) {
+        step += 1;
+        let phase = began.elapsed().as_secs();
+        let victim = usize::try_from(phase / 8).unwrap() % members.len();
+        let down = phase % 8 < 3;
+        for (i, member) in members.iter_mut().enumerate() {
+            if i == victim && down && member.process.is_some() {
+                drop(member.process.take().unwrap().kill9());
+                kills += 1;
+            } else if !(i == victim && down) && member.process.is_none() {
+                member.process = Some(node(
+                    Arc::clone(&member.dir),
+                    &member.listen,
+                    member.id,
+                    &url,
+                ));
+            }
+        }
+        let Some(through) = members
+            .iter()
+            .cycle()
+            .skip(step)
+            .take(members.len())
+            .find_map(|member| member.process.as_ref())
+        else {
+            continue;
+        };
+        // Any call may meet a node as it dies; what was acknowledged is what counts.
+        match step % 4 {
+            0 => {
+                let _ = run(through.cli(&["run", "start", "worker"]));
+            }
+            1 => {
+                let output =
+                    run(through.cli(&["run", "ls", "--robot", "worker", "--active", "--json"]));
+                if let Ok(Value::Array(active)) = serde_json::from_slice::<Value>(&output.stdout)
+                    && let Some(id) = active.first().and_then(|run| run["id"].as_str())
+                {
+                    let _ = run(through.cli(&["run", "stop", id]));
+                }
+            }
+            2 => {
+                let output =
+                    run(through.cli(&["queue", "add", "parcels", "--payload", &added.to_string()]));
+                if output.status.success() {
+                    added += 1;
+                }
+            }
+            _ => {
+                let output = run(through.cli(&["queue", "claim", "parcels", "--json"]));
+                let Ok(claim) = serde_json::from_slice::<Value>(&output.stdout) else {
+                    continue;
+                };
+                let (Some(id), Some(lease)) =
+                    (claim["item"]["id"].as_i64(), claim["lease_token"].as_str())
+                else {
+                    continue;
+                };
+                let id = id.to_string();
+                let done =
+                    run(through.cli(&["queue", "complete", "parcels", &id, "--lease", lease]));
+                if done.status.success() {
+                    completed.push(id);
+                }
+            }
+        }
+    }
+
+    // Everything up again, then quiet: the trigger off, the workers stopped.
+    for member in &mut members {
+        if member.process.is_none() {
+            member.process = Some(node(
+                Arc::clone(&member.dir),
+                &member.listen,
+                member.id,
+                &url,
+            ));
+        }
+    }
+    let any = members[1].process.as_ref().unwrap();
+    ok(run(any.cli(&["trigger", "disable", &trigger])));
+    eventually("every run ended", || {
+        let active = json(any, &["run", "ls", "--active", "--limit", "500"]);
+        let active = active.as_array().unwrap().clone();
+        for run_ in &active {
+            if run_["robot"] == "worker" && run_["state"] == "running" {
+                let _ = run(any.cli(&["run", "stop", run_["id"].as_str().unwrap()]));
+            }
+        }
+        active.is_empty().then_some(())
+    });
+    eventually("every command acknowledged", || {
+        (schema.query("SELECT COUNT(*) FROM agent_commands") == "0").then_some(())
+    });
+
+    // Checked from the database.
+    let count = |sql: &str| schema.query(sql).parse::<u64>().unwrap();
+    assert!(count("SELECT COUNT(*) FROM runs") > 10, "the load ran");
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM (SELECT run_id FROM run_transitions WHERE state = 'starting' GROUP BY run_id HAVING COUNT(*) > 1) AS twice"
+        ),
+        0,
+        "no run placed twice"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM runs WHERE state = 'lost'"),
+        0,
+        "no run lost: every agent lived"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM (SELECT cause FROM run_transitions WHERE cause LIKE 'trigger:%' GROUP BY cause HAVING COUNT(*) > 1) AS twice"
+        ),
+        0,
+        "no firing started twice"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM trigger_firings WHERE outcome = 'due'"),
+        0,
+        "every firing settled"
+    );
+    assert!(count("SELECT COUNT(*) FROM trigger_firings WHERE outcome = 'started'") > 5);
+    for (what, key, limit) in [
+        ("robot ticker", "robot = 'ticker'", 3),
+        ("robot worker", "robot = 'worker'", 4),
+        (
+            "agent pc-0",
+            "agent_id = (SELECT id FROM agents WHERE name = 'pc-0')",
+            4,
+        ),
+        (
+            "agent pc-1",
+            "agent_id = (SELECT id FROM agents WHERE name = 'pc-1')",
+            4,
+        ),
+    ] {
+        let held = most_held_at_once(&schema, key);
+        assert!(
+            held <= limit,
+            "{what} held {held} places at once, more than {limit}"
+        );
+    }
+    assert_eq!(
+        count("SELECT COUNT(*) FROM queue_items"),
+        added,
+        "no item lost"
+    );
+    let mut distinct = completed.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), completed.len(), "no item completed twice");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM queue_items WHERE status = 'successful'"),
+        u64::try_from(completed.len()).unwrap(),
+        "every acknowledged completion, and only those"
+    );
+
+    eprintln!(
+        "chaos: {} runs, {} firings started, {added} items added, {} completed, {} node kills",
+        count("SELECT COUNT(*) FROM runs"),
+        count("SELECT COUNT(*) FROM trigger_firings WHERE outcome = 'started'"),
+        completed.len(),
+        kills,
+    );
+    for (mut process, dir) in agents {
+        let _ = process.kill();
+        let _ = process.wait();
+        stop_agent(&dir);
+    }
+}
+
+/// The most runs that held a place at once, among those matching `key` (SQL on `runs`): from
+/// each run's placement (`starting`) to its end.
+fn most_held_at_once(schema: &Schema, key: &str) -> usize {
+    let rows = schema.query(&format!(
+        "SELECT t.at || ' ' || COALESCE(r.ended_at, 9223372036854775807) FROM runs r \
+         JOIN run_transitions t ON t.run_id = r.id AND t.state = 'starting' WHERE r.{key}"
+    ));
+    let mut changes: Vec<(i64, i32)> = Vec::new();
+    for line in rows.lines() {
+        let (start, end) = line.split_once(' ').unwrap();
+        changes.push((start.parse().unwrap(), 1));
+        changes.push((end.parse().unwrap(), -1));
+    }
+    // At the same millisecond an end comes before a start: the store placed after the end.
+    changes.sort();
+    let (mut held, mut most) = (0i32, 0i32);
+    for (_, change) in changes {
+        held += change;
+        most = most.max(held);
+    }
+    usize::try_from(most).unwrap()
 }
