@@ -14,7 +14,7 @@ fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap()
 }
 
-fn facts(capacity: u32) -> AgentFacts {
+pub(crate) fn facts(capacity: u32) -> AgentFacts {
     AgentFacts {
         host: "pc-1".into(),
         os_user: "robot".into(),
@@ -24,7 +24,7 @@ fn facts(capacity: u32) -> AgentFacts {
     }
 }
 
-fn queued(id: &str, robot: &str, created: i64) -> Run {
+pub(crate) fn queued(id: &str, robot: &str, created: i64) -> Run {
     Run {
         id: id.to_owned(),
         robot: robot.to_owned(),
@@ -47,7 +47,7 @@ fn queued(id: &str, robot: &str, created: i64) -> Run {
     }
 }
 
-fn transition(state: RunState, seconds: i64, cause: &str) -> Transition {
+pub(crate) fn transition(state: RunState, seconds: i64, cause: &str) -> Transition {
     Transition {
         state,
         at: at(seconds),

@@ -826,3 +826,112 @@ store_test!(
         assert_eq!(all.len(), 2, "the refused adds left nothing");
     }
 );
+
+// A run's end is one transaction: a failure injected at its last step (the restart policy's
+// run clashing with an existing id) leaves the run as it was — active, its token working, its
+// items held — and the end that then succeeds does everything at once.
+store_test!(a_run_ends_all_at_once_or_not_at_all, |store| {
+    use dirigent_domain::run::{Run, RunState};
+    use dirigent_store::{Placement, RunEnd};
+
+    use crate::agents_and_runs::{queued, transition};
+
+    store
+        .insert_enrollment_token("e", at(0), at(60))
+        .await
+        .unwrap();
+    let agent = store
+        .enroll_agent("e", "pc-1", "cred", at(0))
+        .await
+        .unwrap();
+    store
+        .agent_connected(agent, &crate::agents_and_runs::facts(2), "node-a", at(0))
+        .await
+        .unwrap();
+    let mut run = queued("run_1", "invoices", 0);
+    let first = transition(RunState::Queued, 0, "user:admin");
+    store.insert_run(&run, &first, None).await.unwrap();
+    run.agent_id = Some(agent);
+    run.state = RunState::Starting;
+    let placed = transition(RunState::Starting, 1, "rule:dispatch");
+    assert!(matches!(
+        store
+            .place_run(&mut run, &placed, "token-digest", "{}", 1)
+            .await
+            .unwrap(),
+        Placement::Placed { .. }
+    ));
+    run.state = RunState::Running;
+    store
+        .update_run(
+            &mut run,
+            Some(&transition(RunState::Running, 2, "agent:pc-1")),
+        )
+        .await
+        .unwrap();
+    store
+        .create_queue("q", &QueueSettings::default(), at(0))
+        .await
+        .unwrap();
+    let ids = add(&store, "q", vec![item("1")], at(0)).await;
+    assert_eq!(
+        claim(&store, "q", "a", at(3)).await.map(|(id, _)| id),
+        Some(ids[0])
+    );
+
+    let mut ending = run.clone();
+    ending.state = RunState::Failed;
+    ending.ended_at = Some(at(4));
+    let clash = Run {
+        automatic: true,
+        ..queued("run_1", "invoices", 4)
+    };
+    let clash_first = transition(RunState::Queued, 4, "restart_policy");
+
+    let failed = store
+        .end_run(
+            &mut ending,
+            &transition(RunState::Failed, 4, "agent:pc-1"),
+            RunEnd {
+                restart: Some((&clash, &clash_first)),
+                manual: Some("crash loop"),
+            },
+        )
+        .await;
+    assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
+    let stored = store.run("run_1").await.unwrap();
+    assert_eq!(
+        (stored.state, stored.version),
+        (RunState::Running, run.version)
+    );
+    assert_eq!(
+        store.run_by_token("token-digest").await.unwrap().id,
+        "run_1"
+    );
+    let held = store.queue_item("q", ids[0]).await.unwrap();
+    assert_eq!(held.status, ItemStatus::InProgress, "still held by the run");
+    assert_eq!(store.run_transitions("run_1").await.unwrap().len(), 3);
+
+    let restart = queued("run_2", "invoices", 4);
+    store
+        .end_run(
+            &mut ending,
+            &transition(RunState::Failed, 4, "agent:pc-1"),
+            RunEnd {
+                restart: Some((&restart, &clash_first)),
+                manual: Some("crash loop"),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.run("run_1").await.unwrap().state, RunState::Failed);
+    assert!(matches!(
+        store.run_by_token("token-digest").await.unwrap_err(),
+        StoreError::NotFound
+    ));
+    assert_eq!(
+        store.queue_item("q", ids[0]).await.unwrap().status,
+        ItemStatus::New
+    );
+    assert_eq!(store.run("run_2").await.unwrap().state, RunState::Queued);
+});
