@@ -13,7 +13,9 @@ use dirigent_domain::{
     schedule::{self, Missed, Schedule},
 };
 use dirigent_proto::trigger::TriggerSpec;
-use dirigent_store::{FiringRecord, FiringTake, NewFiring, Store, StoreError, TriggerRecord};
+use dirigent_store::{
+    FiringRecord, FiringTake, NewFiring, Store, StoreError, Taken, TriggerRecord,
+};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Notify, mpsc};
 
@@ -387,12 +389,7 @@ impl Scheduler {
             next,
             firings,
         };
-        let Some(Some(taken)) = self
-            .store
-            .take_trigger_firings(&[take], self.fleet.node(), now)
-            .await?
-            .pop()
-        else {
+        let Some(taken) = self.take_one(take, now).await? else {
             return Ok(0);
         };
         for firing in &taken.due {
@@ -430,12 +427,7 @@ impl Scheduler {
                 ),
             }],
         };
-        let Some(Some(taken)) = self
-            .store
-            .take_trigger_firings(&[take], self.fleet.node(), now)
-            .await?
-            .pop()
-        else {
+        let Some(taken) = self.take_one(take, now).await? else {
             return Ok(0);
         };
         for firing in &taken.due {
@@ -548,6 +540,15 @@ impl Scheduler {
             Ok(_) | Err(FleetError::Store(StoreError::Stale)) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Takes the firings of one trigger, unless another node took them first.
+    async fn take_one(&self, take: FiringTake, now: Timestamp) -> Result<Option<Taken>, ApiError> {
+        let mut answers = self
+            .store
+            .take_trigger_firings(&[take], self.fleet.node(), now)
+            .await?;
+        Ok(answers.pop().flatten())
     }
 
     /// The robot's queued and running runs.

@@ -14,7 +14,7 @@ fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap()
 }
 
-pub(crate) fn facts(capacity: u32) -> AgentFacts {
+fn facts(capacity: u32) -> AgentFacts {
     AgentFacts {
         host: "pc-1".into(),
         os_user: "robot".into(),
@@ -22,6 +22,26 @@ pub(crate) fn facts(capacity: u32) -> AgentFacts {
         capacity,
         version: "0.1.0".into(),
     }
+}
+
+/// Enrolls `pc-1` and connects it to `node-a`, with room for `capacity` runs.
+pub(crate) async fn online_agent(
+    store: &dirigent_store::Store,
+    capacity: u32,
+) -> dirigent_domain::agent::AgentId {
+    store
+        .insert_enrollment_token("e", at(0), at(60))
+        .await
+        .unwrap();
+    let agent = store
+        .enroll_agent("e", "pc-1", "cred", at(0))
+        .await
+        .unwrap();
+    store
+        .agent_connected(agent, &facts(capacity), "node-a", at(1))
+        .await
+        .unwrap();
+    agent
 }
 
 pub(crate) fn queued(id: &str, robot: &str, created: i64) -> Run {
@@ -440,18 +460,7 @@ store_test!(runs_story, |store| {
 });
 
 store_test!(placement_is_checked_where_it_is_stored, |store| {
-    store
-        .insert_enrollment_token("e", at(0), at(60))
-        .await
-        .unwrap();
-    let agent = store
-        .enroll_agent("e", "pc-1", "cred", at(0))
-        .await
-        .unwrap();
-    store
-        .agent_connected(agent, &facts(2), "node-a", at(1))
-        .await
-        .unwrap();
+    let agent = online_agent(&store, 2).await;
     let mut runs = Vec::new();
     for (n, id) in ["run_1", "run_2", "run_3"].into_iter().enumerate() {
         let run = queued(id, "invoices", 10 + n as i64);

@@ -836,18 +836,7 @@ store_test!(a_run_ends_all_at_once_or_not_at_all, |store| {
 
     use crate::agents_and_runs::{queued, transition};
 
-    store
-        .insert_enrollment_token("e", at(0), at(60))
-        .await
-        .unwrap();
-    let agent = store
-        .enroll_agent("e", "pc-1", "cred", at(0))
-        .await
-        .unwrap();
-    store
-        .agent_connected(agent, &crate::agents_and_runs::facts(2), "node-a", at(0))
-        .await
-        .unwrap();
+    let agent = crate::agents_and_runs::online_agent(&store, 2).await;
     let mut run = queued("run_1", "invoices", 0);
     let first = transition(RunState::Queued, 0, "user:admin");
     store.insert_run(&run, &first, None).await.unwrap();

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, dirigent, eventually, ok, run, stop_agent};
+use crate::support::{ServerProcess, dirigent, eventually, json, ok, run, stop_agent};
 
 const PASSWORD: &str = "lifecycle-password-1";
 
@@ -18,12 +18,6 @@ fn server_with(extra: &[&str]) -> ServerProcess {
     let server = ServerProcess::start(extra, &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
     server.login(PASSWORD);
     server
-}
-
-fn json(server: &ServerProcess, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
 }
 
 fn create_robot(server: &ServerProcess, name: &str, flags: &[&str], argv: &[&str]) {

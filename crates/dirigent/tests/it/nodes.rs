@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, dirigent, eventually, ok, run, stop_agent};
+use crate::support::{ServerProcess, dirigent, eventually, json, ok, run, stop_agent};
 
 const PASSWORD: &str = "nodes-password-1";
 
@@ -84,12 +84,6 @@ fn node(dir: Arc<tempfile::TempDir>, listen: &str, id: &str, url: &str) -> Serve
     );
     server.login(PASSWORD);
     server
-}
-
-fn json(server: &ServerProcess, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
 }
 
 /// Sends one HTTP request on a fresh connection; answers the connection after the request.

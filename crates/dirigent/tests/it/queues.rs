@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, fails, ok, run};
+use crate::support::{ServerProcess, fails, json, ok, run};
 
 const PASSWORD: &str = "queues-password-1";
 
@@ -11,12 +11,6 @@ fn server() -> ServerProcess {
     let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
     server.login(PASSWORD);
     server
-}
-
-fn json(server: &ServerProcess, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
 }
 
 /// Starts a run of `robot` and waits for it to succeed; answers its id.

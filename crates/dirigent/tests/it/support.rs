@@ -236,6 +236,14 @@ pub(crate) fn fails(output: Output, code: i32, message: &str) {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
 
+/// Runs a CLI command against `server` with `--json` and answers what it printed.
+#[track_caller]
+pub(crate) fn json(server: &ServerProcess, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
+}
+
 /// Asks `check` again (every 50 ms, for at most 60 s) until it answers something: for the
 /// conditions the server offers no wait for.
 #[track_caller]
