@@ -150,8 +150,8 @@ impl Store {
         rows.into_iter().map(AgentRow::into_agent).collect()
     }
 
-    /// Records a connection to the node `node`: the agent's facts, online. Answers the last
-    /// event id applied.
+    /// Records a connection to the node `node`: the agent's facts, online, and a new version
+    /// of each of its active runs. Answers the last event id applied.
     pub async fn agent_connected(
         &self,
         id: AgentId,
@@ -162,7 +162,8 @@ impl Store {
         let labels = serde_json::to_string(&facts.labels)
             .map_err(|err| StoreError::Corrupt(err.to_string()))?;
         let last_event_id: i64 = dispatch!(self, writer, pool => {
-            sqlx::query_scalar(
+            let mut tx = pool.begin_write().await?;
+            let last_event_id: i64 = sqlx::query_scalar(
                 "UPDATE agents SET host = $2, os_user = $3, labels = $4, capacity = $5, version = $6, \
                  online = TRUE, last_seen_at = $7, node_id = $8 WHERE id = $1 RETURNING last_event_id",
             )
@@ -174,9 +175,20 @@ impl Store {
             .bind(&facts.version)
             .bind(to_millis(now))
             .bind(node)
-            .fetch_one(pool)
-            .await
-        })?;
+            .fetch_one(&mut *tx)
+            .await?;
+            // Its runs changed: whoever decided on them while it was away (that they are lost,
+            // say) decides again.
+            sqlx::query(
+                "UPDATE runs SET version = version + 1 WHERE agent_id = $1 \
+                 AND state IN ('starting', 'running', 'paused', 'stopping')",
+            )
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            last_event_id
+        });
         Ok(u64::try_from(last_event_id).unwrap_or(0))
     }
 

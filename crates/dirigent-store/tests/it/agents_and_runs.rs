@@ -514,6 +514,21 @@ store_test!(placement_is_checked_where_it_is_stored, |store| {
         "run_1",
         "a start command sent again carries a new token"
     );
+    // Its agent's reconnection is a change of its runs: what was decided on them while it
+    // was away (that they are lost) is refused.
+    let mut decided_while_away = store.run("run_1").await.unwrap();
+    store
+        .agent_connected(agent, &facts(2), "node-b", at(20))
+        .await
+        .unwrap();
+    decided_while_away.state = RunState::Lost;
+    assert!(matches!(
+        store
+            .update_run(&mut decided_while_away, None)
+            .await
+            .unwrap_err(),
+        StoreError::Stale
+    ));
 });
 
 store_test!(robot_modes, |store| {
