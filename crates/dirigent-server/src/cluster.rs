@@ -59,6 +59,26 @@ impl ClusterSettings {
     }
 }
 
+/// Why a node could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Store(#[from] dirigent_store::StoreError),
+    #[error(
+        "another running node has the id {0:?}: give each node its own (--node-id, or node_id in the settings file)"
+    )]
+    IdInUse(String),
+}
+
+/// The last heartbeat of the node `id`, if it is known.
+async fn beat_of(store: &Store, id: &str) -> Result<Option<Timestamp>, ClusterError> {
+    let nodes = store.nodes().await?;
+    Ok(nodes
+        .into_iter()
+        .find(|node| node.id == id)
+        .map(|node| node.heartbeat_at))
+}
+
 /// This node's part in the cluster.
 pub struct Cluster {
     store: Store,
@@ -72,13 +92,35 @@ pub struct Cluster {
 
 impl Cluster {
     /// Writes the first heartbeat and starts the heartbeat loop and (on PostgreSQL) the relay.
+    /// A node whose id still beats waits until it stops (its own earlier life, killed moments
+    /// ago), and refuses to start if it goes on (another node has the id).
     pub async fn join(
         store: Store,
         fleet: Arc<Fleet>,
         scheduler: Arc<Scheduler>,
         clock: Arc<dyn Clock>,
         settings: ClusterSettings,
-    ) -> Result<(Arc<Cluster>, Vec<JoinHandle<()>>), dirigent_store::StoreError> {
+    ) -> Result<(Arc<Cluster>, Vec<JoinHandle<()>>), ClusterError> {
+        // Alone with an SQLite database, a node has no one to share its id with.
+        let shared = store.backend_kind() == dirigent_store::BackendKind::Postgres;
+        let earlier = match shared {
+            true => beat_of(&store, &settings.node_id).await?,
+            false => None,
+        };
+        if let Some(earlier) = earlier {
+            let age = clock.now().duration_since(earlier).unsigned_abs();
+            if age < settings.takeover_after {
+                tracing::warn!(
+                    node = settings.node_id,
+                    "a node with this id beat {} ms ago: waiting for it to stop",
+                    age.as_millis()
+                );
+                tokio::time::sleep(settings.takeover_after - age + settings.heartbeat()).await;
+                if beat_of(&store, &settings.node_id).await? != Some(earlier) {
+                    return Err(ClusterError::IdInUse(settings.node_id));
+                }
+            }
+        }
         let started_at = clock.now();
         store
             .node_heartbeat(

@@ -60,6 +60,8 @@ pub enum StartError {
     Tls(String),
     #[error("cannot create the first administrator: {0}")]
     Bootstrap(String),
+    #[error("joining the other nodes: {0}")]
+    Cluster(String),
 }
 
 /// A server that is accepting connections.
@@ -119,9 +121,12 @@ pub async fn start(
         config.cluster.clone(),
     )
     .await
-    .map_err(|source| StartError::Store {
-        url: config.database_url.to_string(),
-        source,
+    .map_err(|err| match err {
+        cluster::ClusterError::Store(source) => StartError::Store {
+            url: config.database_url.to_string(),
+            source,
+        },
+        other => StartError::Cluster(other.to_string()),
     })?;
     fleet
         .recover()

@@ -173,6 +173,24 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
         "node-a"
     );
 
+    // A third node given node B's id waits for B's heartbeat to stop, and refuses to start
+    // when it goes on.
+    let clash = dirigent(&a.config_dir())
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-local-agent"])
+        .args(["--node-id", "node-b", "--database-url", &url, "--config"])
+        .arg(a_dir.path().join("node.toml"))
+        .arg("--data")
+        .arg(a_dir.path().join("clash"))
+        .env("DIRIGENT_ADMIN_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(clash.status.code(), Some(1), "{clash:?}");
+    assert!(
+        String::from_utf8_lossy(&clash.stderr)
+            .contains("another running node has the id \"node-b\""),
+        "{clash:?}"
+    );
+
     // Node A's live feed, open before the run starts through node B.
     let api_token = ok(run(a.cli(&["token", "create", "feed"])))
         .lines()
