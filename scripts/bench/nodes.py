@@ -38,7 +38,7 @@ def free_port():
 
 
 def psql(sql, url=PG_URL):
-    subprocess.run(["psql", url, "-Atqc", sql], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["psql", url, "-Atqc", sql], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class Api:
