@@ -271,6 +271,10 @@ impl Cluster {
                 Err(err) => return tracing::debug!(%err, run = id, "a relayed run"),
             },
             What::Agent { name } => FleetEvent::Agent { name },
+            What::Triggers => {
+                self.scheduler.changed();
+                FleetEvent::Triggers
+            }
             What::Output { run_id, after_seq } => {
                 match self.store.output(&run_id, after_seq, 10_000).await {
                     Ok(lines) if !lines.is_empty() => FleetEvent::Output {
@@ -300,6 +304,7 @@ enum What {
     Run { id: String },
     Agent { name: String },
     Output { run_id: String, after_seq: u64 },
+    Triggers,
 }
 
 impl What {
@@ -307,6 +312,7 @@ impl What {
         match event {
             FleetEvent::Run(run) => What::Run { id: run.id.clone() },
             FleetEvent::Agent { name } => What::Agent { name: name.clone() },
+            FleetEvent::Triggers => What::Triggers,
             FleetEvent::Output { run_id, lines } => What::Output {
                 run_id: run_id.clone(),
                 after_seq: lines

@@ -27,7 +27,7 @@ use crate::{
     api::{ApiJson, PathSegment},
     auth::{Caller, secrets},
     error::ApiError,
-    fleet,
+    fleet::{self, FleetError},
 };
 
 /// Every agent with its state and load.
@@ -101,14 +101,13 @@ pub(super) async fn drain_agent(
 ) -> Result<Json<Agent>, ApiError> {
     caller.require(Resource::Agents, Action::Admin, Some(&name))?;
     state
-        .store
-        .set_agent_draining(&name, request.draining)
+        .fleet
+        .set_draining(&name, request.draining)
         .await
-        .map_err(|err| agent_error(err, &name))?;
-    state.fleet.agent_changed(&name);
-    if !request.draining {
-        state.fleet.dispatch().await?;
-    }
+        .map_err(|err| match err {
+            FleetError::Store(err) => agent_error(err, &name),
+            other => other.into(),
+        })?;
     let agent = state
         .store
         .agent(&name)

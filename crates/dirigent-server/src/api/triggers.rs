@@ -98,6 +98,7 @@ pub(super) async fn create_trigger(
     apply_spec(&state, &mut record, &spec, now).await?;
     state.store.insert_trigger(&record).await?;
     state.scheduler.changed();
+    state.fleet.triggers_changed();
     Ok((StatusCode::CREATED, Json(to_wire(record)?)).into_response())
 }
 
@@ -154,6 +155,7 @@ pub(super) async fn replace_trigger(
         )
     })?;
     state.scheduler.changed();
+    state.fleet.triggers_changed();
     Ok(Json(to_wire(record)?))
 }
 
@@ -291,6 +293,7 @@ async fn set_enabled(
     apply_spec(state, &mut record, &spec, now).await?;
     state.store.update_trigger(&record).await?;
     state.scheduler.changed();
+    state.fleet.triggers_changed();
     Ok(Json(to_wire(record)?))
 }
 

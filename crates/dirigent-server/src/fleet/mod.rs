@@ -68,6 +68,8 @@ pub enum FleetEvent {
     },
     /// An agent connected, disconnected or changed.
     Agent { name: String },
+    /// A trigger was created, changed or deleted: schedulers look again.
+    Triggers,
 }
 
 /// Why an operation on the fleet failed.
@@ -214,6 +216,22 @@ impl Fleet {
         self.publish(FleetEvent::Agent {
             name: name.to_owned(),
         });
+    }
+
+    /// Drains an agent (it takes no new runs) or ends its draining (queued runs may go there
+    /// now).
+    pub async fn set_draining(self: &Arc<Fleet>, name: &str, draining: bool) -> FleetResult<()> {
+        self.store.set_agent_draining(name, draining).await?;
+        self.agent_changed(name);
+        if !draining {
+            self.dispatch().await?;
+        }
+        Ok(())
+    }
+
+    /// A trigger was created, changed or deleted: every node's scheduler looks again.
+    pub fn triggers_changed(&self) {
+        self.publish(FleetEvent::Triggers);
     }
 
     /// A robot's definition was created, changed or deleted: its queued runs may be placed

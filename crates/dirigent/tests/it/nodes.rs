@@ -26,7 +26,9 @@ impl Schema {
     fn create() -> Schema {
         let base = std::env::var("DIRIGENT_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let name = format!("nodes_{}", std::process::id());
+        static SCHEMAS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SCHEMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("nodes_{}_{n}", std::process::id());
         psql(&base, &format!("CREATE SCHEMA {name}"));
         Schema { base, name }
     }
