@@ -26,7 +26,60 @@ pub(crate) struct TestApp {
     pub(crate) store: Store,
     pub(crate) writer: std::sync::Arc<dirigent_server::writer::Writer>,
     pub(crate) scheduler: std::sync::Arc<dirigent_server::scheduler::Scheduler>,
-    _dir: tempfile::TempDir,
+    _database: TestDatabase,
+}
+
+/// Where a test application keeps its data: an SQLite file in a directory of its own, or,
+/// with `DIRIGENT_TEST_SERVER_DB=postgres`, a schema of its own in the test PostgreSQL database
+/// (`DIRIGENT_TEST_PG_URL`), so that every server test runs on both backends.
+pub(crate) enum TestDatabase {
+    Sqlite(tempfile::TempDir),
+    Postgres { base: String, schema: String },
+}
+
+impl TestDatabase {
+    pub(crate) fn create() -> TestDatabase {
+        if std::env::var("DIRIGENT_TEST_SERVER_DB").as_deref() != Ok("postgres") {
+            return TestDatabase::Sqlite(tempfile::tempdir().unwrap());
+        }
+        static SCHEMAS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SCHEMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = std::env::var("DIRIGENT_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("server_{}_{n}", std::process::id());
+        psql(&base, &format!("CREATE SCHEMA {schema}"));
+        TestDatabase::Postgres { base, schema }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        match self {
+            TestDatabase::Sqlite(dir) => {
+                format!("sqlite://{}", dir.path().join("dirigent.db").display())
+            }
+            TestDatabase::Postgres { base, schema } => {
+                let separator = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{separator}options=-c%20search_path%3D{schema}")
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres { base, schema } = self {
+            psql(base, &format!("DROP SCHEMA {schema} CASCADE"));
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let output = std::process::Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("psql is needed to run the server tests on PostgreSQL: {err}")
+        });
+    assert!(output.status.success(), "{sql}: {output:?}");
 }
 
 pub(crate) struct Answer {
@@ -67,8 +120,8 @@ impl TestApp {
 
     /// A fresh application whose settings `configure` adjusts.
     pub(crate) async fn with_config(configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("dirigent.db").display());
+        let database = TestDatabase::create();
+        let url = database.url();
         let store = Store::open(&url).await.unwrap();
         let clock = Arc::new(ManualClock::new(
             Timestamp::from_second(1_800_000_000).unwrap(),
@@ -103,7 +156,7 @@ impl TestApp {
             store,
             writer,
             scheduler,
-            _dir: dir,
+            _database: database,
         }
     }
 
