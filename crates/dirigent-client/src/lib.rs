@@ -374,6 +374,12 @@ impl Client {
             .await
     }
 
+    /// The orchestrator nodes sharing the server's database.
+    pub async fn nodes(&self) -> Result<Vec<dirigent_proto::agent::Node>, ClientError> {
+        self.call(Method::GET, &["api", "v1", "nodes"], None::<&()>)
+            .await
+    }
+
     pub async fn drain_agent(&self, name: &str, draining: bool) -> Result<Agent, ClientError> {
         self.call(
             Method::POST,

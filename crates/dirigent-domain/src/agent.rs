@@ -21,6 +21,8 @@ pub struct Agent {
     pub online: bool,
     pub draining: bool,
     pub last_seen_at: Option<jiff::Timestamp>,
+    /// The orchestrator node that holds (or last held) its connection.
+    pub node: Option<String>,
     /// Runs placed on it that have not ended.
     pub active_runs: u32,
 }

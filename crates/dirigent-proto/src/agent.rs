@@ -40,6 +40,33 @@ pub struct Agent {
     pub version: String,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_seen_at: Option<Timestamp>,
+    /// The orchestrator node that holds (or last held) its connection.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// An orchestrator node sharing the database, as its heartbeats tell it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub id: String,
+    pub version: String,
+    /// `alive` while its heartbeat is recent, else `silent` (dead, or cut off).
+    pub state: NodeState,
+    /// It does the work one node at a time does (lost runs, dead nodes' firings, janitor).
+    pub leading: bool,
+    /// Agents connected to it now.
+    pub agents: u32,
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub heartbeat_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Alive,
+    Silent,
 }
 
 /// `POST /api/v1/agents/enrollment-tokens`.

@@ -37,7 +37,7 @@ use crate::{
 /// The channel of relayed fleet events.
 const EVENTS_CHANNEL: &str = "dirigent_fleet_events";
 /// The lease of the singleton duties.
-const SINGLETONS: &str = "singletons";
+pub(crate) const SINGLETONS: &str = "singletons";
 /// The most events relayed in one statement.
 const RELAY_BATCH: usize = 512;
 

@@ -32,6 +32,7 @@ struct AgentRow {
     online: bool,
     draining: bool,
     last_seen_at: Option<i64>,
+    node_id: Option<String>,
     active_runs: i64,
 }
 
@@ -39,7 +40,7 @@ macro_rules! select_agents {
     ($where:literal) => {
         concat!(
             "SELECT a.id, a.name, a.host, a.os_user, a.labels, a.capacity, a.version, a.online, \
-             a.draining, a.last_seen_at, \
+             a.draining, a.last_seen_at, a.node_id, \
              (SELECT COUNT(*) FROM runs r WHERE r.agent_id = a.id \
               AND r.state IN ('starting', 'running', 'paused', 'stopping')) AS active_runs \
              FROM agents a ",
@@ -382,6 +383,7 @@ impl AgentRow {
             online: self.online,
             draining: self.draining,
             last_seen_at: from_millis_opt("last_seen_at", self.last_seen_at)?,
+            node: self.node_id,
             active_runs: u32::try_from(self.active_runs).unwrap_or(0),
             name: self.name,
             host: self.host,

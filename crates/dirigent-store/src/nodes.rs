@@ -109,6 +109,17 @@ impl Store {
         Ok(held.as_deref() == Some(holder))
     }
 
+    /// Who holds the lease `name` (perhaps expired), if anyone.
+    pub async fn lease_holder(&self, name: &str) -> StoreResult<Option<String>> {
+        let holder = dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(holder)
+    }
+
     /// Gives the lease `name` up, if `holder` holds it.
     pub async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
         dispatch!(self, writer, pool => {

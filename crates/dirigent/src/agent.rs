@@ -116,10 +116,14 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                         agent.host,
                         agent.os_user,
                         labels.join(","),
+                        agent.node.unwrap_or_default(),
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "STATE", "RUNS", "HOST", "USER", "LABELS"], &rows);
+            print_table(
+                &["NAME", "STATE", "RUNS", "HOST", "USER", "LABELS", "NODE"],
+                &rows,
+            );
             Ok(())
         }
         Some(AgentCommand::EnrollToken { expires_in, client }) => {

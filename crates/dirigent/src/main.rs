@@ -32,6 +32,9 @@ enum Command {
     /// Run the agent of this robot machine (`--server URL`), or manage agents: ls,
     /// enroll-token, drain, undrain.
     Agent(agent::AgentArgs),
+    /// The orchestrator nodes sharing the database: ls.
+    #[command(subcommand)]
+    Node(cli::node::NodeCommand),
     /// Runs: start, ls, show, pause, resume, stop, kill, restart, logs, wait.
     #[command(subcommand)]
     Run(cli::run::RunCommand),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Logout(args) => cli::session::logout(args).await,
             Command::Whoami(args) => cli::session::whoami(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Node(command) => cli::node::run(command).await,
             Command::Run(command) => cli::run::run(command).await,
             Command::Robot(command) => cli::robot::run(command).await,
             Command::Token(command) => cli::token::run(command).await,

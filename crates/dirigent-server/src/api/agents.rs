@@ -229,5 +229,49 @@ fn to_wire(agent: domain::Agent) -> Agent {
         active_runs: agent.active_runs,
         version: agent.version,
         last_seen_at: agent.last_seen_at,
+        node: agent.node,
     }
+}
+
+/// The orchestrator nodes sharing the database: alive or silent, which leads, how many agents
+/// each holds.
+#[utoipa::path(
+    get,
+    path = "/nodes",
+    tag = "agents",
+    security(("bearer" = [])),
+    responses((status = 200, body = [dirigent_proto::agent::Node]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(super) async fn list_nodes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<dirigent_proto::agent::Node>>, ApiError> {
+    caller.require(Resource::Agents, Action::Read, None)?;
+    let nodes = state.store.nodes().await?;
+    let leader = state.store.lease_holder(crate::cluster::SINGLETONS).await?;
+    let agents = state.store.agents().await?;
+    let alive_after = state.clock.now() - state.config.cluster.takeover_after;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|node| dirigent_proto::agent::Node {
+                state: match alive_after <= node.heartbeat_at {
+                    true => dirigent_proto::agent::NodeState::Alive,
+                    false => dirigent_proto::agent::NodeState::Silent,
+                },
+                leading: leader.as_deref() == Some(node.id.as_str()),
+                agents: u32::try_from(
+                    agents
+                        .iter()
+                        .filter(|agent| agent.online && agent.node.as_deref() == Some(&node.id))
+                        .count(),
+                )
+                .unwrap_or(u32::MAX),
+                id: node.id,
+                version: node.version,
+                started_at: node.started_at,
+                heartbeat_at: node.heartbeat_at,
+            })
+            .collect(),
+    ))
 }

@@ -87,6 +87,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::get_agent))
         .routes(routes!(agents::drain_agent))
         .routes(routes!(agents::create_enrollment_token))
+        .routes(routes!(agents::list_nodes))
         .routes(routes!(audit::list_audit))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(

@@ -86,6 +86,7 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("POST", "/api/v1/runs/{run}/stop", None, "YYY......"),
     ("GET", "/api/v1/agents", None, "YYYY....."),
     ("GET", "/api/v1/agents/local", None, "YYYY....."),
+    ("GET", "/api/v1/nodes", None, "YYYY....."),
     (
         "POST",
         "/api/v1/agents/local/drain",

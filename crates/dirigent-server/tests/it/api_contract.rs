@@ -46,6 +46,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
         Access::Authenticated,
     ),
     ("GET", "/api/v1/agents", Access::Authenticated),
+    ("GET", "/api/v1/nodes", Access::Authenticated),
     ("GET", "/api/v1/agents/{name}", Access::Authenticated),
     ("POST", "/api/v1/agents/{name}/drain", Access::Authenticated),
     (

@@ -73,6 +73,10 @@ impl Drop for TestDatabase {
 }
 
 fn psql(url: &str, sql: &str) {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "psql makes the test database's schemas, not a robot"
+    )]
     let output = std::process::Command::new("psql")
         .args([url, "-Atqc", sql])
         .output()

@@ -249,6 +249,24 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
         (schema.query("SELECT holder FROM leases WHERE name = 'singletons'") == "node-b")
             .then_some(())
     });
+    let nodes = json(&b, &["node", "ls"]);
+    let listed = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|node| node["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(listed("node-a")["state"], "silent", "{nodes}");
+    assert_eq!(
+        (&listed("node-b")["state"], &listed("node-b")["leading"]),
+        (&Value::from("alive"), &Value::from(true)),
+        "{nodes}"
+    );
+    assert_eq!(listed("node-b")["agents"], 1, "{nodes}");
+    assert_eq!(json(&b, &["agent", "ls"])[0]["node"], "node-b");
     let shown = json(&b, &["run", "show", &second]);
     assert_eq!(shown["state"], "running", "not lost: its agent is alive");
     assert_eq!(shown["pid"].as_u64(), Some(pid), "the same process");
