@@ -1,6 +1,7 @@
 //! Several `dirigent serve` nodes on one real PostgreSQL database, as an operator runs them:
-//! an agent connected to one node is commanded through another, the agent fails over when its
-//! node is killed, and nothing is lost or started twice.
+//! an agent connected to one node is commanded through another, the panel on one node follows
+//! runs started through another, failed logins count on every node, the agent fails over when
+//! its node is killed, and under a mixed load with nodes killed nothing is lost or done twice.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -12,7 +13,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, dirigent, eventually, json, ok, run, stop_agent};
+use crate::{
+    browser::Browser,
+    panel,
+    support::{ServerProcess, dirigent, eventually, json, ok, run, stop_agent},
+};
 
 const PASSWORD: &str = "nodes-password-1";
 
@@ -193,17 +198,12 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
         "{clash:?}"
     );
 
-    // Node A's live feed, open before the run starts through node B.
-    let api_token = ok(run(a.cli(&["token", "create", "feed"])))
-        .lines()
-        .find_map(|line| {
-            line.split_whitespace()
-                .find(|word| word.starts_with("dgt_"))
-        })
-        .unwrap()
-        .to_owned();
-    let bearer = format!("Bearer {api_token}");
-    let mut feed = http(&a, "GET /api/v1/events", &[("Authorization", &bearer)], "");
+    // The panel open on node A, before the run starts through node B.
+    let browser = Browser::start("en-US");
+    browser.open(&format!("{}/", a.url));
+    panel::log_in(&browser, &a, "admin", PASSWORD);
+    browser.wait_text("#runs-now", "0");
+    panel::mark_page(&browser);
 
     // Started through node B, carried out by the agent on node A, seen running from node B
     // (its events relayed from A), stopped through B.
@@ -211,12 +211,12 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
     assert_eq!(started["state"], "running", "{started}");
     assert_eq!(started["agent"], "lab-1");
     let first = started["id"].as_str().unwrap().to_owned();
-    let mut line = String::new();
-    while !(line.starts_with("data:") && line.contains(&first)) {
-        line.clear();
-        assert_ne!(feed.read_line(&mut line).unwrap(), 0, "node A's feed ended");
-    }
-    drop(feed);
+    browser.wait_text("#active-runs", &first);
+    assert!(
+        panel::page_was_kept(&browser),
+        "node A's panel followed a run started through node B without reloading"
+    );
+    drop(browser);
     ok(run(b.cli(&["run", "stop", &first])));
     let stopped = json(&b, &["run", "wait", &first, "--timeout", "30"]);
     assert_eq!(stopped["state"], "stopped", "{stopped}");

@@ -14,7 +14,7 @@ use crate::{
 const PASSWORD: &str = "panel-password-1";
 const VIEWER_PASSWORD: &str = "viewer-password-1";
 
-fn log_in(browser: &Browser, server: &ServerProcess, username: &str, password: &str) {
+pub(crate) fn log_in(browser: &Browser, server: &ServerProcess, username: &str, password: &str) {
     browser.type_into("#username", username);
     browser.type_into("#password", password);
     browser.click("#login button[type=submit]");
@@ -79,11 +79,11 @@ fn assert_accessible(browser: &Browser) {
 }
 
 /// Marks the page, so that a later check can tell it was not loaded again.
-fn mark_page(browser: &Browser) {
+pub(crate) fn mark_page(browser: &Browser) {
     browser.run_async("window.panelTestMark = 'kept'; arguments[0](true);");
 }
 
-fn page_was_kept(browser: &Browser) -> bool {
+pub(crate) fn page_was_kept(browser: &Browser) -> bool {
     browser.run_async("arguments[0](window.panelTestMark === 'kept');") == Value::Bool(true)
 }
 
