@@ -27,3 +27,7 @@ CREATE TABLE login_failures (
 ALTER TABLE runs ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN node_id TEXT;
 ALTER TABLE trigger_firings ADD COLUMN node_id TEXT;
+
+-- Run tokens are no longer kept: start commands queued before carried them in plain text.
+UPDATE agent_commands SET body = (body::jsonb #- '{env,DIRIGENT_RUN_TOKEN}')::text
+WHERE body LIKE '%DIRIGENT_RUN_TOKEN%';
