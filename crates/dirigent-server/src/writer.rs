@@ -1,7 +1,7 @@
-//! The group-commit writer of the busiest writes: robots' work-item operations and the audit
-//! records of every request, gathered into batches that the store applies in one transaction
-//! each (one fsync for many acknowledged writes); and the timer that returns work items whose
-//! leases expired.
+//! The one path of every change of work items: robots' operations and the audit records of
+//! every request, gathered into batches that the store applies in one transaction each (one
+//! fsync for many acknowledged writes); operators' bulk requeues and deletions; and the timer
+//! that returns work items whose leases expired. Each wakes the queue triggers it concerns.
 //!
 //! **Architecture Invariant.** A write is answered only after the transaction that holds it
 //! committed: an acknowledged add or complete, and the audit record of any request, survive a
@@ -16,8 +16,8 @@ use std::{
 };
 
 use dirigent_store::{
-    AppliedOps, AuditRecord, BackendKind, QueueAnswer, QueueOp, QueueOpError, Store, StoreError,
-    WriteSession,
+    AppliedOps, AuditRecord, BackendKind, ItemFilter, QueueAnswer, QueueOp, QueueOpError, Store,
+    StoreError, WriteSession,
 };
 use jiff::Timestamp;
 use tokio::sync::Notify;
@@ -181,6 +181,25 @@ impl Writer {
             Some(written) => written.map(drop),
             None => Err(ApiError::internal("the writer stopped")),
         }
+    }
+
+    /// Puts the items of `queue` matching `filter` back to be claimed again (attempts reset);
+    /// the queue's triggers look again. Answers how many.
+    pub async fn requeue_items(&self, queue: &str, filter: &ItemFilter) -> Result<u64, ApiError> {
+        let count = self
+            .store
+            .requeue_items(queue, filter, self.clock.now())
+            .await?;
+        self.scheduler.queues_filled(&[queue]).await?;
+        Ok(count)
+    }
+
+    /// Deletes the items of `queue` matching `filter` that no robot holds; answers how many.
+    pub async fn delete_items(&self, queue: &str, filter: &ItemFilter) -> Result<u64, ApiError> {
+        Ok(self
+            .store
+            .delete_items(queue, filter, self.clock.now())
+            .await?)
     }
 
     /// Returns the items whose leases expired by now to their queues; answers how many.

@@ -682,11 +682,7 @@ pub(super) async fn requeue_items(
     caller.require(Resource::Queues, Action::Process, Some(&name))?;
     lookup(&state, &name).await?;
     let filter = filter(request)?;
-    let count = state
-        .store
-        .requeue_items(&name, &filter, state.clock.now())
-        .await?;
-    state.scheduler.queues_filled(&[&name]).await?;
+    let count = state.writer.requeue_items(&name, &filter).await?;
     Ok(Json(BulkResult { count }))
 }
 
@@ -709,10 +705,7 @@ pub(super) async fn delete_items(
     caller.require(Resource::Queues, Action::Admin, Some(&name))?;
     lookup(&state, &name).await?;
     let filter = filter(request)?;
-    let count = state
-        .store
-        .delete_items(&name, &filter, state.clock.now())
-        .await?;
+    let count = state.writer.delete_items(&name, &filter).await?;
     Ok(Json(BulkResult { count }))
 }
 

@@ -21,6 +21,7 @@ use crate::{
     api::{ApiJson, PathSegment},
     auth::Caller,
     error::ApiError,
+    fleet::FleetError,
 };
 
 /// The robots the caller may read, ordered by name.
@@ -85,11 +86,14 @@ pub(super) async fn create_robot(
         )
     };
     let robot = state
-        .store
-        .insert_robot(&definition, state.clock.now())
+        .fleet
+        .create_robot(&definition)
         .await
-        .map_err(|err| {
-            ApiError::from_store(err, || ApiError::internal("robot vanished"), exists)
+        .map_err(|err| match err {
+            FleetError::Store(err) => {
+                ApiError::from_store(err, || ApiError::internal("robot vanished"), exists)
+            }
+            other => other.into(),
         })?;
     let location = format!("/api/v1/robots/{name}");
     Ok((
@@ -162,12 +166,10 @@ pub(super) async fn replace_robot(
     }
     let definition = to_domain(name.clone(), spec).map_err(ApiError::invalid)?;
     let robot = state
-        .store
-        .replace_robot(&definition, state.clock.now())
+        .fleet
+        .replace_robot(&definition)
         .await
-        .map_err(|err| robot_store_error(err, &name))?;
-    // Its queued runs may be placed now (more parallel runs, another agent selector).
-    state.fleet.robot_changed().await?;
+        .map_err(|err| robot_fleet_error(err, &name))?;
     Ok(Json(to_wire(robot)))
 }
 
@@ -192,12 +194,10 @@ pub(super) async fn delete_robot(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Resource::Robots, Action::Edit, Some(&name))?;
     state
-        .store
+        .fleet
         .delete_robot(&name)
         .await
-        .map_err(|err| robot_store_error(err, &name))?;
-    // Its queued runs fail now rather than when something else happens.
-    state.fleet.robot_changed().await?;
+        .map_err(|err| robot_fleet_error(err, &name))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -236,6 +236,13 @@ fn robot_store_error(err: dirigent_store::StoreError, name: &str) -> ApiError {
         ErrorCode::RobotNotFound,
         format!("no robot named {name:?}"),
     )
+}
+
+fn robot_fleet_error(err: FleetError, name: &str) -> ApiError {
+    match err {
+        FleetError::Store(err) => robot_store_error(err, name),
+        other => other.into(),
+    }
 }
 
 fn to_domain(name: String, spec: RobotSpec) -> Result<domain::RobotDefinition, InvalidField> {

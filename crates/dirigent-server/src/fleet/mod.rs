@@ -25,7 +25,7 @@ use std::{
 
 use dirigent_domain::{
     agent::{Agent, AgentId, place},
-    robot::{Robot, RobotMode},
+    robot::{Robot, RobotDefinition, RobotMode},
     run::{self, Ending, Operation, Run, RunState, Transition},
 };
 use dirigent_proto::link::{AgentCommand, AgentEvent, LiveRun, ServerFrame, StartSpec};
@@ -234,9 +234,32 @@ impl Fleet {
         self.publish(FleetEvent::Triggers);
     }
 
-    /// A robot's definition was created, changed or deleted: its queued runs may be placed
-    /// now (more parallel runs allowed, another agent selector), or fail (deleted).
-    pub async fn robot_changed(self: &Arc<Fleet>) -> FleetResult<()> {
+    /// Creates a robot's definition.
+    pub async fn create_robot(&self, definition: &RobotDefinition) -> FleetResult<Robot> {
+        Ok(self
+            .store
+            .insert_robot(definition, self.clock.now())
+            .await?)
+    }
+
+    /// Replaces a robot's definition: its queued runs may be placed now (more parallel runs
+    /// allowed, another agent selector).
+    pub async fn replace_robot(
+        self: &Arc<Fleet>,
+        definition: &RobotDefinition,
+    ) -> FleetResult<Robot> {
+        let robot = self
+            .store
+            .replace_robot(definition, self.clock.now())
+            .await?;
+        self.dispatch().await?;
+        Ok(robot)
+    }
+
+    /// Deletes a robot's definition: its queued runs fail now (those running may still be
+    /// stopped).
+    pub async fn delete_robot(self: &Arc<Fleet>, name: &str) -> FleetResult<()> {
+        self.store.delete_robot(name).await?;
         self.dispatch().await
     }
 

@@ -272,8 +272,22 @@ fn limits_queue_runs_and_time_them_out() {
     let second = second["id"].as_str().unwrap().to_owned();
     ok(run(server.cli(&["run", "kill", &first])));
     wait_state(&server, &second, "running");
-    ok(run(server.cli(&["run", "kill", &second])));
-    wait_state(&server, &second, "killed");
+    // More parallel runs allowed: a queued run starts at once, nothing else needed.
+    let third = json(&server, &["run", "start", "single"]);
+    assert_eq!(third["state"], "queued");
+    let third = third["id"].as_str().unwrap().to_owned();
+    ok(run(server.cli(&[
+        "robot",
+        "update",
+        "single",
+        "--max-parallel",
+        "2",
+    ])));
+    wait_state(&server, &third, "running");
+    for id in [&second, &third] {
+        ok(run(server.cli(&["run", "kill", id])));
+        wait_state(&server, id, "killed");
+    }
 
     create_robot(
         &server,
