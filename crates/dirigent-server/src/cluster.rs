@@ -91,9 +91,38 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Makes sure no other running node has this node's id, before the node does anything:
+    /// while the id still beats, waits one takeover delay for it to stop (this node's own
+    /// earlier life, killed moments ago), and refuses when it goes on. Alone with an SQLite
+    /// database, a node has no one to share its id with.
+    pub async fn claim_id(
+        store: &Store,
+        clock: &dyn Clock,
+        settings: &ClusterSettings,
+    ) -> Result<(), ClusterError> {
+        if store.backend_kind() != dirigent_store::BackendKind::Postgres {
+            return Ok(());
+        }
+        let Some(earlier) = beat_of(store, &settings.node_id).await? else {
+            return Ok(());
+        };
+        let age = clock.now().duration_since(earlier).unsigned_abs();
+        if settings.takeover_after <= age {
+            return Ok(());
+        }
+        tracing::warn!(
+            node = settings.node_id,
+            "a node with this id beat {} ms ago: waiting for it to stop",
+            age.as_millis()
+        );
+        tokio::time::sleep(settings.takeover_after - age + settings.heartbeat()).await;
+        if beat_of(store, &settings.node_id).await? != Some(earlier) {
+            return Err(ClusterError::IdInUse(settings.node_id.clone()));
+        }
+        Ok(())
+    }
+
     /// Writes the first heartbeat and starts the heartbeat loop and (on PostgreSQL) the relay.
-    /// A node whose id still beats waits until it stops (its own earlier life, killed moments
-    /// ago), and refuses to start if it goes on (another node has the id).
     pub async fn join(
         store: Store,
         fleet: Arc<Fleet>,
@@ -101,26 +130,6 @@ impl Cluster {
         clock: Arc<dyn Clock>,
         settings: ClusterSettings,
     ) -> Result<(Arc<Cluster>, Vec<JoinHandle<()>>), ClusterError> {
-        // Alone with an SQLite database, a node has no one to share its id with.
-        let shared = store.backend_kind() == dirigent_store::BackendKind::Postgres;
-        let earlier = match shared {
-            true => beat_of(&store, &settings.node_id).await?,
-            false => None,
-        };
-        if let Some(earlier) = earlier {
-            let age = clock.now().duration_since(earlier).unsigned_abs();
-            if age < settings.takeover_after {
-                tracing::warn!(
-                    node = settings.node_id,
-                    "a node with this id beat {} ms ago: waiting for it to stop",
-                    age.as_millis()
-                );
-                tokio::time::sleep(settings.takeover_after - age + settings.heartbeat()).await;
-                if beat_of(&store, &settings.node_id).await? != Some(earlier) {
-                    return Err(ClusterError::IdInUse(settings.node_id));
-                }
-            }
-        }
         let started_at = clock.now();
         store
             .node_heartbeat(

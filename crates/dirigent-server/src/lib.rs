@@ -105,6 +105,16 @@ pub async fn start(
     let generated_admin_password =
         auth::bootstrap_admin(&store, config.admin_password.as_ref(), clock.now()).await?;
 
+    let cluster_error = |err| match err {
+        cluster::ClusterError::Store(source) => StartError::Store {
+            url: config.database_url.to_string(),
+            source,
+        },
+        other => StartError::Cluster(other.to_string()),
+    };
+    cluster::Cluster::claim_id(&store, clock.as_ref(), &config.cluster)
+        .await
+        .map_err(cluster_error)?;
     let fleet = fleet::Fleet::new(
         store.clone(),
         clock.clone(),
@@ -121,13 +131,7 @@ pub async fn start(
         config.cluster.clone(),
     )
     .await
-    .map_err(|err| match err {
-        cluster::ClusterError::Store(source) => StartError::Store {
-            url: config.database_url.to_string(),
-            source,
-        },
-        other => StartError::Cluster(other.to_string()),
-    })?;
+    .map_err(cluster_error)?;
     fleet
         .recover()
         .await
