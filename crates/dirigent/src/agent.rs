@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use dirigent_agent::AgentConfig;
 use dirigent_client::{Client, Trust};
 
-use crate::cli::{ClientArgs, explain, print_json, print_table};
+use crate::cli::{ClientArgs, explain, out, print_json, print_table};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -136,7 +136,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 return print_json(&token);
             }
             eprintln!("Enrollment token, usable once until {}:", token.expires_at);
-            println!("{}", token.token);
+            out!("{}", token.token);
             Ok(())
         }
         Some(AgentCommand::Drain { name, client }) => drain(&name, true, &client).await,

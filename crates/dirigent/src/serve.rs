@@ -89,6 +89,10 @@ struct SettingsFile {
     takeover_after_seconds: Option<u32>,
 }
 
+#[expect(
+    clippy::disallowed_macros,
+    reason = "the server's banner: a server whose output is gone should fail loudly"
+)]
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, data_dir, local_agent) = resolve(args)?;
     crate::init_tracing();

@@ -126,9 +126,31 @@ pub(crate) fn explain(err: ClientError) -> anyhow::Error {
     }
 }
 
+/// Prints a line on standard output, like `println!`, except that a reader gone away (`| head`)
+/// ends the program quietly and successfully, as Unix tools do, instead of a panic.
+macro_rules! out {
+    () => {
+        $crate::cli::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
+
+pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = writeln!(stdout, "{line}").and_then(|()| stdout.flush())
+        && err.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("rendering JSON")?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 
@@ -145,7 +167,7 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        out!("{}", line.join("  ").trim_end());
     };
     render(&mut header.iter().copied());
     for row in rows {

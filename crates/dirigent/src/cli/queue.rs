@@ -12,7 +12,7 @@ use dirigent_proto::queue::{
 use jiff::Timestamp;
 use serde_json::value::RawValue;
 
-use crate::cli::{ClientArgs, explain, print_json, print_table};
+use crate::cli::{ClientArgs, explain, out, print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum QueueCommand {
@@ -395,14 +395,14 @@ pub(crate) async fn run(command: QueueCommand) -> anyhow::Result<()> {
             if client.json {
                 return print_json(&claims);
             }
-            println!(
+            out!(
                 "Claimed {} items until {}; lease token: {}",
                 claims.items.len(),
                 claims.lease_expires_at,
                 claims.lease_token
             );
             for item in &claims.items {
-                println!("{}\t{}", item.id, item.payload.get());
+                out!("{}\t{}", item.id, item.payload.get());
             }
             Ok(())
         }
@@ -418,11 +418,13 @@ pub(crate) async fn run(command: QueueCommand) -> anyhow::Result<()> {
             if client.json {
                 return print_json(&claim);
             }
-            println!(
+            out!(
                 "Claimed item {} until {}; lease token: {}",
-                claim.item.id, claim.lease_expires_at, claim.lease_token
+                claim.item.id,
+                claim.lease_expires_at,
+                claim.lease_token
             );
-            println!("{}", claim.item.payload.get());
+            out!("{}", claim.item.payload.get());
             Ok(())
         }
         QueueCommand::Complete {
@@ -538,7 +540,7 @@ pub(crate) async fn run(command: QueueCommand) -> anyhow::Result<()> {
             }
             show_item(&item);
             if !item.history.is_empty() {
-                println!();
+                out!();
                 let rows: Vec<Vec<String>> = item
                     .history
                     .iter()
@@ -595,7 +597,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         return print_json(&added);
     }
     let ids: Vec<String> = added.ids.iter().map(ToString::to_string).collect();
-    println!("{}", ids.join("\n"));
+    out!("{}", ids.join("\n"));
     Ok(())
 }
 
@@ -739,7 +741,7 @@ fn show_item(item: &Item) {
         ),
     ];
     for (label, value) in fields {
-        println!("{label:<14} {value}");
+        out!("{label:<14} {value}");
     }
 }
 
@@ -803,7 +805,7 @@ fn show_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
         ),
     ];
     for (label, value) in fields {
-        println!("{label:<15} {value}");
+        out!("{label:<15} {value}");
     }
     Ok(())
 }

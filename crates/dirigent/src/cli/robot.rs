@@ -12,7 +12,7 @@ use dirigent_proto::robot::{
     CrashLoop, RestartBackoff, RestartPolicy, Robot, RobotMode, RobotSpec,
 };
 
-use crate::cli::{ClientArgs, explain, print_json, print_table};
+use crate::cli::{ClientArgs, explain, out, print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RobotCommand {
@@ -418,7 +418,7 @@ fn print_robot(robot: &Robot) {
         ("updated", robot.updated_at.to_string()),
     ];
     for (label, value) in fields {
-        println!("{label:<16} {value}");
+        out!("{label:<16} {value}");
     }
 }
 

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use dirigent_proto::run::{Run, RunDetail, Stream};
 use jiff::Timestamp;
 
-use crate::cli::{ClientArgs, explain, print_json, print_table};
+use crate::cli::{ClientArgs, explain, out, print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunCommand {
@@ -145,7 +145,7 @@ pub(crate) async fn run(command: RunCommand) -> anyhow::Result<()> {
                 } else if line.stream == Stream::Stderr {
                     eprintln!("{}", line.text);
                 } else {
-                    println!("{}", line.text);
+                    out!("{}", line.text);
                 }
             };
             if follow {
@@ -201,7 +201,7 @@ fn report(client: &ClientArgs, run: &Run) -> anyhow::Result<()> {
         .as_deref()
         .map(|reason| format!(" ({reason})"))
         .unwrap_or_default();
-    println!("{} {} {}{reason}", run.id, run.robot, run.state.as_str());
+    out!("{} {} {}{reason}", run.id, run.robot, run.state.as_str());
     Ok(())
 }
 
@@ -234,9 +234,9 @@ fn print_detail(detail: &RunDetail) {
         ("ended", when(run.ended_at)),
     ];
     for (label, value) in fields {
-        println!("{label:<15} {value}");
+        out!("{label:<15} {value}");
     }
-    println!();
+    out!();
     let rows: Vec<Vec<String>> = detail
         .transitions
         .iter()

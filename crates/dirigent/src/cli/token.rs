@@ -4,7 +4,7 @@ use clap::Subcommand;
 use dirigent_proto::auth::CreateTokenRequest;
 use jiff::{SignedDuration, Timestamp};
 
-use crate::cli::{ClientArgs, explain, print_json, print_table};
+use crate::cli::{ClientArgs, explain, out, print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
@@ -96,7 +96,7 @@ pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<()> {
                 "Created token {} ({}); it is shown only now:",
                 created.id, created.name
             );
-            println!("{}", created.token);
+            out!("{}", created.token);
             Ok(())
         }
         TokenCommand::Revoke { id, client } => {

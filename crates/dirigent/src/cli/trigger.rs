@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use dirigent_proto::trigger::{CalendarSpec, Trigger, TriggerSpec};
 use jiff::Timestamp;
 
-use crate::cli::{ClientArgs, explain, print_json, print_table};
+use crate::cli::{ClientArgs, explain, out, print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TriggerCommand {
@@ -482,7 +482,7 @@ fn show(trigger: &Trigger, json: bool) -> anyhow::Result<()> {
         ("disabled why", optional(trigger.disabled_reason.as_deref())),
     ];
     for (label, value) in fields {
-        println!("{label:<13} {value}");
+        out!("{label:<13} {value}");
     }
     Ok(())
 }

@@ -77,6 +77,19 @@ fn the_tour_creates_shows_updates_and_removes_a_robot() {
 }
 
 #[test]
+fn a_reader_gone_away_ends_the_cli_quietly() {
+    let server = logged_in_server();
+    for args in [&["robot", "ls"][..], &["node", "ls", "--json"], &["whoami"]] {
+        // `dirigent robot ls | head -0`: the reader is gone before anything is written.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let done = server.cli(args).stdout(writer).output().unwrap();
+        assert_eq!(done.status.code(), Some(0), "{args:?}: {done:?}");
+        assert_eq!(crate::support::stderr(&done), "", "{args:?}");
+    }
+}
+
+#[test]
 fn robots_come_from_toml_and_json_files() {
     let server = logged_in_server();
     let dir = server.dir.path();
