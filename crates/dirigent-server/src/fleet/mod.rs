@@ -292,11 +292,8 @@ impl Fleet {
     ) -> FleetResult<Run> {
         let run = {
             let _changes = self.changes.lock().await;
+            // An ad-hoc start is not taking control: the robot's mode stays as it is.
             let robot = self.robot(robot_name).await?;
-            if let Cause::User(user) = &cause {
-                self.take_manual_control(&robot, user, "started a run")
-                    .await?;
-            }
             let run = self.new_run(&robot, &cause, None, launch)?;
             let firing = match cause {
                 Cause::Trigger { firing, .. } => Some(firing),

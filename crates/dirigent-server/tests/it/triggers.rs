@@ -390,7 +390,8 @@ async fn manual_robots_and_overlaps_are_skipped_with_a_reason() {
     assert_eq!(outcomes(&skipped), ["skipped"]);
     assert!(skipped[0].1.contains("overlap: skip"), "{skipped:?}");
 
-    // An operator's start switches the robot to manual: triggers leave it alone.
+    // An operator's start leaves the robot in auto mode; stopping a run takes control, and
+    // then triggers leave it alone.
     let started = app
         .send(
             Method::POST,
@@ -400,6 +401,20 @@ async fn manual_robots_and_overlaps_are_skipped_with_a_reason() {
         )
         .await;
     assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+    let robot = app
+        .send(Method::GET, "/api/v1/robots/invoices", Some(&admin), None)
+        .await;
+    assert_eq!(robot.body["mode"], "auto", "{:?}", robot.body);
+    let id = started.body["id"].as_str().unwrap();
+    let stopped = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{id}/stop"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
     app.clock.advance(SignedDuration::from_secs(60));
     app.scheduler.fire_due().await.unwrap();
     let manual = firings(&app, &admin, &queue_one).await;
@@ -408,6 +423,56 @@ async fn manual_robots_and_overlaps_are_skipped_with_a_reason() {
         manual.last().unwrap().1.contains("manual mode"),
         "{manual:?}"
     );
+}
+
+/// The mode rules, operation by trigger: an operator's start leaves a scheduled robot in auto
+/// mode (its triggers go on firing); a stop or a kill takes manual control (its triggers skip,
+/// saying why).
+#[tokio::test]
+async fn an_operators_start_keeps_the_schedule_and_a_stop_or_kill_takes_control() {
+    let schedules = [
+        json!({"kind": "interval", "every_seconds": 60, "overlap": "allow"}),
+        json!({"kind": "cron", "cron": "* * * * *", "overlap": "allow"}),
+    ];
+    for (operation, mode, outcome) in [
+        ("start", "auto", "started"),
+        ("stop", "manual", "skipped"),
+        ("kill", "manual", "skipped"),
+    ] {
+        for schedule in &schedules {
+            let (app, admin) = setup().await;
+            let mut spec = schedule.clone();
+            spec["robot"] = "invoices".into();
+            let id = trigger(&app, &admin, spec).await;
+            let started = app
+                .send(
+                    Method::POST,
+                    "/api/v1/runs",
+                    Some(&admin),
+                    Some(json!({"robot": "invoices"})),
+                )
+                .await;
+            assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+            if operation != "start" {
+                let run = started.body["id"].as_str().unwrap();
+                let path = format!("/api/v1/runs/{run}/{operation}");
+                let done = app.send(Method::POST, &path, Some(&admin), None).await;
+                assert_eq!(done.status, StatusCode::OK, "{operation}: {:?}", done.body);
+            }
+            let robot = app
+                .send(Method::GET, "/api/v1/robots/invoices", Some(&admin), None)
+                .await;
+            assert_eq!(robot.body["mode"], mode, "{operation} {schedule}");
+            app.clock.advance(SignedDuration::from_secs(60));
+            app.scheduler.fire_due().await.unwrap();
+            let fired = firings(&app, &admin, &id).await;
+            let (last, reason) = fired.last().unwrap();
+            assert_eq!(last, outcome, "{operation} {schedule}: {fired:?}");
+            if mode == "manual" {
+                assert!(reason.contains("manual mode"), "{reason}");
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -440,13 +440,19 @@ fn shell_words(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// The robot's mode, why, and for a manual robot how to give it back to automation.
 fn describe_mode(robot: &Robot) -> String {
-    let mode = match robot.mode {
-        RobotMode::Auto => "auto",
-        RobotMode::Manual => "manual",
-    };
-    match &robot.mode_reason {
-        Some(reason) => format!("{mode} ({reason})"),
-        None => mode.to_owned(),
+    let reason = robot
+        .mode_reason
+        .as_deref()
+        .map(|reason| format!(" ({reason})"))
+        .unwrap_or_default();
+    match robot.mode {
+        RobotMode::Auto => format!("auto{reason}"),
+        RobotMode::Manual => format!(
+            "manual{reason}; its triggers and restart policy leave it alone until \
+             `dirigent robot auto {}`",
+            robot.name
+        ),
     }
 }

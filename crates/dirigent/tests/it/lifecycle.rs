@@ -155,7 +155,7 @@ fn pause_resume_and_safe_stop_a_robot_that_handles_sigterm() {
     assert_eq!(
         json(&server, &["robot", "show", "polite"])["mode"],
         "manual",
-        "an operator's start takes manual control"
+        "an operator's pause or stop takes manual control"
     );
 }
 
@@ -583,8 +583,6 @@ fn an_agent_restart_leaves_no_robot_unsupervised() {
     };
     let mut agent = start_agent(Some(&token));
     let (first, pid) = start_running(&server, "keeper");
-    // A start by hand made it manual; its restart policy applies in auto mode.
-    ok(run(server.cli(&["robot", "auto", "keeper"])));
 
     // The agent dies; its robot does not.
     let _ = agent.kill();

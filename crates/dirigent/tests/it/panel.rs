@@ -175,7 +175,7 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
     // The output stream ends with the run.
     browser.wait_for("#output[data-ended='true']");
 
-    // An operator's start put the robot in manual mode; back to auto from its page.
+    // The operator's pause and stop put the robot in manual mode; back to auto from its page.
     browser.open(&format!("{}/robots/ticker", server.url));
     browser.wait_text("#robot-mode", "manual");
     browser.click("button[data-path='/api/v1/robots/ticker/auto']");
