@@ -172,11 +172,9 @@ impl Client {
         .await
     }
 
-    pub async fn start_run(&self, robot: &str) -> Result<Run, ClientError> {
-        let request = StartRunRequest {
-            robot: robot.to_owned(),
-        };
-        self.call(Method::POST, &["api", "v1", "runs"], Some(&request))
+    /// Starts a run: of `request.robot`, with its arguments and environment if any.
+    pub async fn start_run(&self, request: &StartRunRequest) -> Result<Run, ClientError> {
+        self.call(Method::POST, &["api", "v1", "runs"], Some(request))
             .await
     }
 

@@ -112,10 +112,16 @@ pub struct RunDetail {
 }
 
 /// `POST /api/v1/runs`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRunRequest {
     pub robot: String,
+    /// Appended to the robot's command for this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Added to (and overriding) the robot's environment for this run.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// Which output stream a line came from.

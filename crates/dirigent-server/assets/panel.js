@@ -84,9 +84,9 @@ document.addEventListener("click", async (event) => {
   }
 });
 
-/** A form's fields as JSON, each by its data-type: lines, list (comma-separated), number,
- * bool, checkbox (true when checked, else left out), flag (true or false), optional (left out
- * when empty) or text; a json-body field is the whole body. */
+/** A form's fields as JSON, each by its data-type: lines, pairs (KEY=VALUE lines, an object),
+ * list (comma-separated), number, bool, checkbox (true when checked, else left out), flag (true
+ * or false), optional (left out when empty) or text; a json-body field is the whole body. */
 function formBody(form) {
   const body = {};
   for (const field of form.elements) {
@@ -97,6 +97,10 @@ function formBody(form) {
         return JSON.parse(value);
       case "lines":
         body[field.name] = value.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line !== "");
+        break;
+      case "pairs":
+        body[field.name] = Object.fromEntries(value.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line !== "")
+          .map((line) => line.includes("=") ? [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)] : [line, ""]));
         break;
       case "list":
         if (value.trim() !== "") body[field.name] = value.split(",").map((part) => part.trim()).filter(Boolean);

@@ -55,13 +55,15 @@ pub(super) async fn create_run(
     ApiJson(request): ApiJson<StartRunRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Resource::Robots, Action::Run, Some(&request.robot))?;
+    dirigent_domain::robot::check_args("args", &request.args).map_err(ApiError::invalid)?;
+    dirigent_domain::robot::check_env(&request.env).map_err(ApiError::invalid)?;
+    let launch = Launch {
+        args: request.args,
+        env: request.env,
+    };
     let run = state
         .fleet
-        .start_run(
-            &request.robot,
-            Cause::User(caller.username.clone()),
-            Launch::default(),
-        )
+        .start_run(&request.robot, Cause::User(caller.username.clone()), launch)
         .await?;
     let location = format!("/api/v1/runs/{}", run.id);
     Ok((

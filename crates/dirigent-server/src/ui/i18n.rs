@@ -248,6 +248,12 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("New user", "Новый пользователь"),
     ("Create user", "Создать пользователя"),
     ("Edit definition", "Изменить определение"),
+    ("Start with arguments", "Запустить с аргументами"),
+    ("Arguments, one per line", "Аргументы, по одному в строке"),
+    (
+        "Environment, one KEY=VALUE per line",
+        "Окружение, по одному КЛЮЧ=ЗНАЧЕНИЕ в строке",
+    ),
     ("Definition, JSON", "Определение, JSON"),
     ("New password", "Новый пароль"),
     ("New role", "Новая роль"),

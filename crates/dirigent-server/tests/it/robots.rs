@@ -1,4 +1,5 @@
-//! Robot definitions through the API: the whole life of one, and the rejection of bad ones.
+//! Robot definitions through the API: the whole life of one, the rejection of bad ones, and a
+//! start by hand with arguments and environment.
 
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -294,4 +295,52 @@ async fn permissions_are_checked_on_every_robot_route() {
         json!(["x"]),
         "the denied edits changed nothing"
     );
+}
+
+#[tokio::test]
+async fn a_manual_start_takes_arguments_and_environment() {
+    let app = TestApp::new().await;
+    let admin = app.admin().await;
+    let robot = json!({"name": "report", "argv": ["sh", "-c", "echo $1"], "env": {"MODE": "prod"}});
+    let created = app
+        .send(Method::POST, "/api/v1/robots", Some(&admin), Some(robot))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let start =
+        json!({"robot": "report", "args": ["--full"], "env": {"MODE": "test", "DAY": "mon"}});
+    let started = app
+        .send(Method::POST, "/api/v1/runs", Some(&admin), Some(start))
+        .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+    let id = started.body["id"].as_str().unwrap();
+    let shown = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/runs/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(shown.body["args"], json!(["--full"]), "{:?}", shown.body);
+    assert_eq!(shown.body["env"], json!({"DAY": "mon", "MODE": "test"}));
+
+    for (body, field) in [
+        (json!({"robot": "report", "env": {"BAD KEY": "x"}}), "env"),
+        (json!({"robot": "report", "args": ["a\u{0}b"]}), "args"),
+    ] {
+        let refused = app
+            .send(Method::POST, "/api/v1/runs", Some(&admin), Some(body))
+            .await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            "{:?}",
+            refused.body
+        );
+        assert!(
+            refused.body["field"].as_str().unwrap().starts_with(field),
+            "{:?}",
+            refused.body
+        );
+    }
 }

@@ -148,6 +148,19 @@ pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// `--env KEY=VALUE` flags as a map.
+pub(crate) fn parse_env(
+    pairs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+            None => Err(anyhow::format_err!("--env takes KEY=VALUE, not {pair:?}")),
+        })
+        .collect()
+}
+
 pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("rendering JSON")?;
     out!("{text}");

@@ -255,13 +255,10 @@ impl FieldFlags {
         if let Some(dir) = &self.working_dir {
             spec.working_dir = Some(dir.clone());
         }
-        for pair in &self.env {
-            let Some((key, value)) = pair.split_once('=') else {
-                bail!("--env takes KEY=VALUE, not {pair:?}");
-            };
+        if !self.env.is_empty() {
             spec.env
                 .get_or_insert_with(BTreeMap::new)
-                .insert(key.to_owned(), value.to_owned());
+                .extend(crate::cli::parse_env(&self.env)?);
         }
         if let Some(agent) = &self.agent {
             spec.agent = (!agent.is_empty()).then(|| agent.clone());

@@ -1,7 +1,7 @@
 //! `dirigent run start | ls | show | pause | resume | stop | kill | restart | logs | wait`.
 
 use clap::Subcommand;
-use dirigent_proto::run::{Run, RunDetail, Stream};
+use dirigent_proto::run::{Run, RunDetail, StartRunRequest, Stream};
 use jiff::Timestamp;
 
 use crate::cli::{ClientArgs, explain, out, print_json, print_table};
@@ -11,6 +11,12 @@ pub(crate) enum RunCommand {
     /// Start a run of a robot (the robot switches to manual mode).
     Start {
         robot: String,
+        /// An argument appended to the robot's command for this run (repeatable).
+        #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// An environment variable for this run (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
         /// Wait until it runs (or ends) before answering.
         #[arg(long)]
         wait: bool,
@@ -77,11 +83,18 @@ pub(crate) async fn run(command: RunCommand) -> anyhow::Result<()> {
     match command {
         RunCommand::Start {
             robot,
+            args,
+            env,
             wait,
             client,
         } => {
+            let request = StartRunRequest {
+                robot,
+                args,
+                env: crate::cli::parse_env(&env)?,
+            };
             let api = client.client()?;
-            let mut run = api.start_run(&robot).await.map_err(explain)?;
+            let mut run = api.start_run(&request).await.map_err(explain)?;
             if wait {
                 run = api
                     .wait_run(&run.id, &["running"], 60)

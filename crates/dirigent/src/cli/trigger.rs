@@ -196,13 +196,10 @@ impl TriggerFlags {
         if !self.args.is_empty() {
             spec.args = Some(self.args);
         }
-        for pair in &self.env {
-            let Some((key, value)) = pair.split_once('=') else {
-                bail!("--env takes KEY=VALUE, not {pair:?}");
-            };
+        if !self.env.is_empty() {
             spec.env
                 .get_or_insert_default()
-                .insert(key.to_owned(), value.to_owned());
+                .extend(crate::cli::parse_env(&self.env)?);
         }
         let fields = [
             (&mut spec.time_zone, self.time_zone),

@@ -623,3 +623,32 @@ fn an_agent_restart_leaves_no_robot_unsupervised() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_run_started_by_hand_takes_arguments_and_environment() {
+    let server = server_with(&[]);
+    create_robot(
+        &server,
+        "greeter",
+        &[],
+        &["sh", "-c", "echo hello $0 $MODE"],
+    );
+    let started = json(
+        &server,
+        &[
+            "run",
+            "start",
+            "greeter",
+            "--arg",
+            "world",
+            "--env",
+            "MODE=test",
+        ],
+    );
+    let id = started["id"].as_str().unwrap();
+    wait_state(&server, id, "succeeded");
+    let logs = ok(run(server.cli(&["run", "logs", id])));
+    assert!(logs.contains("hello world test"), "{logs}");
+    let refused = run(server.cli(&["run", "start", "greeter", "--env", "NOEQUALS"]));
+    crate::support::fails(refused, 1, "--env takes KEY=VALUE, not \"NOEQUALS\"");
+}

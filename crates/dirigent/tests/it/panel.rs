@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{
     browser::Browser,
-    support::{ServerProcess, ok, run, run_with_input},
+    support::{ServerProcess, json, ok, run, run_with_input},
 };
 
 const PASSWORD: &str = "panel-password-1";
@@ -174,6 +174,24 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
     assert!(browser.find("button[data-path$='/stop']").is_none());
     // The output stream ends with the run.
     browser.wait_for("#output[data-ended='true']");
+
+    // A start with arguments and environment, from the robot's form.
+    browser.open(&format!("{}/robots/ticker", server.url));
+    browser.click("#start-with-toggle");
+    browser.type_into("#start-args", "--full");
+    browser.type_into("#start-env", "MODE=test\nDAY=mon");
+    browser.click("#start-with button[type=submit]");
+    browser.wait_for("#output");
+    let url = browser.url();
+    let started = url.rsplit('/').next().unwrap();
+    let shown = json(&server, &["run", "show", started]);
+    assert_eq!(shown["args"], serde_json::json!(["--full"]), "{shown}");
+    assert_eq!(
+        shown["env"],
+        serde_json::json!({"DAY": "mon", "MODE": "test"})
+    );
+    ok(run(server.cli(&["run", "kill", started])));
+    json(&server, &["run", "wait", started, "--timeout", "30"]);
 
     // The operator's pause and stop put the robot in manual mode; back to auto from its page.
     browser.open(&format!("{}/robots/ticker", server.url));
