@@ -249,6 +249,9 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("Create user", "Создать пользователя"),
     ("Edit definition", "Изменить определение"),
     ("Start with arguments", "Запустить с аргументами"),
+    ("Needs a display", "Нужен экран"),
+    ("Started by", "Кто запустил"),
+    ("Duration", "Длительность"),
     ("Arguments, one per line", "Аргументы, по одному в строке"),
     (
         "Environment, one KEY=VALUE per line",

@@ -7,7 +7,7 @@ use axum::{
     extract::{Path, State},
     response::Response,
 };
-use dirigent_domain::access::{Action, Resource};
+use dirigent_domain::access::{Action, NamePattern, Resource};
 use dirigent_proto::{
     robot::{Robot, RobotMode},
     run::{Run, RunDetail, RunState},
@@ -186,6 +186,11 @@ struct RobotPage<'a> {
     edit: Option<String>,
     /// None when the reader may not read the robot's runs.
     runs: Option<Vec<RunRow>>,
+    /// Its triggers with their next firings; none when the reader may not read them.
+    triggers: Option<Vec<super::triggers::TriggerRow>>,
+    /// The queues it may work on (and those its queue triggers follow) with their figures;
+    /// none when the reader may read no queue.
+    queues: Option<Vec<dirigent_proto::queue::Queue>>,
 }
 
 pub(super) async fn robot(
@@ -220,6 +225,51 @@ async fn robot_page<'a>(
     } else {
         None
     };
+    let triggers = if caller.may(Resource::Triggers, Action::Read, Some(&name)) {
+        let query = api::triggers::TriggerQuery {
+            robot: Some(name.clone()),
+        };
+        let Json(triggers) =
+            api::triggers::list_triggers(State(state.clone()), caller.clone(), ApiQuery(query))
+                .await?;
+        Some(triggers)
+    } else {
+        None
+    };
+    let queues = if caller.may(Resource::Queues, Action::Read, None) {
+        let granted: Vec<NamePattern> = robot
+            .queues
+            .iter()
+            .filter_map(|pattern| NamePattern::parse(pattern).ok())
+            .collect();
+        let followed: Vec<&str> = triggers
+            .iter()
+            .flatten()
+            .filter_map(|trigger| trigger.spec.queue.as_deref())
+            .collect();
+        let Json(queues) = api::queues::list_queues(State(state.clone()), caller.clone()).await?;
+        Some(
+            queues
+                .into_iter()
+                .filter(|queue| {
+                    followed.contains(&queue.name.as_str())
+                        || granted.iter().any(|pattern| pattern.matches(&queue.name))
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let triggers = triggers.map(|triggers| {
+        triggers
+            .into_iter()
+            .map(|trigger| super::triggers::TriggerRow {
+                schedule: super::triggers::schedule(&trigger.spec),
+                toggle: None,
+                trigger,
+            })
+            .collect()
+    });
     let back_to_auto = (robot.mode == RobotMode::Manual
         && caller.may(Resource::Robots, Action::Run, Some(&name)))
     .then(|| Button::post("Back to auto", format!("/api/v1/robots/{name}/auto")));
@@ -235,6 +285,8 @@ async fn robot_page<'a>(
         back_to_auto,
         robot,
         runs,
+        triggers,
+        queues,
     })
 }
 
@@ -245,6 +297,50 @@ struct RunPage<'a> {
     detail: RunDetail,
     buttons: Vec<Button>,
     may_read_output: bool,
+    started_by: Origin,
+    /// From its start to its end, or to now while it runs.
+    duration: Option<String>,
+}
+
+/// What started a run, with a link to it where there is a page.
+struct Origin {
+    text: String,
+    link: Option<String>,
+}
+
+impl Origin {
+    /// Read from the cause of a run's first transition (`user:NAME`, `trigger:ID#FIRING`,
+    /// `restart_policy`, …).
+    fn of(cause: &str) -> Origin {
+        match cause.split_once(':') {
+            Some(("trigger", firing)) => {
+                let trigger = firing.split('#').next().unwrap_or(firing);
+                Origin {
+                    text: format!("trigger {firing}"),
+                    link: Some(format!("/triggers/{trigger}")),
+                }
+            }
+            Some((kind, name)) => Origin {
+                text: format!("{kind} {name}"),
+                link: None,
+            },
+            None => Origin {
+                text: cause.replace('_', " "),
+                link: None,
+            },
+        }
+    }
+}
+
+/// A duration as hours, minutes and seconds: `1 h 02 min 05 s`, `3 min 10 s`, `4 s`.
+fn duration_text(duration: jiff::SignedDuration) -> String {
+    let seconds = duration.as_secs().max(0);
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds} s"),
+        (0, _) => format!("{minutes} min {seconds:02} s"),
+        _ => format!("{hours} h {minutes:02} min {seconds:02} s"),
+    }
 }
 
 pub(super) async fn run(
@@ -268,10 +364,48 @@ async fn run_page<'a>(
         ApiQuery(GetQuery::default()),
     )
     .await?;
+    let started_by = detail
+        .transitions
+        .first()
+        .map_or(Origin::of(""), |first| Origin::of(&first.cause));
+    let duration = detail.run.started_at.map(|started| {
+        let until = detail.run.ended_at.unwrap_or_else(|| state.clock.now());
+        duration_text(until.duration_since(started))
+    });
     Ok(RunPage {
         frame: &viewer.frame,
         buttons: run_buttons(caller, &detail.run),
         may_read_output: caller.may(Resource::Runs, Action::Logs, Some(&detail.run.robot)),
+        started_by,
+        duration,
         detail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_and_durations_read_as_people_say_them() {
+        for (cause, text, link) in [
+            ("user:alice", "user alice", None),
+            (
+                "trigger:trg_1#42",
+                "trigger trg_1#42",
+                Some("/triggers/trg_1"),
+            ),
+            ("restart_policy", "restart policy", None),
+            ("rule:dispatch", "rule dispatch", None),
+        ] {
+            let origin = Origin::of(cause);
+            assert_eq!((origin.text.as_str(), origin.link.as_deref()), (text, link));
+        }
+        for (seconds, text) in [(4, "4 s"), (190, "3 min 10 s"), (3725, "1 h 02 min 05 s")] {
+            assert_eq!(
+                duration_text(jiff::SignedDuration::from_secs(seconds)),
+                text
+            );
+        }
+    }
 }

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// What a trigger's schedule says, in a few words.
-fn schedule(spec: &TriggerSpec) -> String {
+pub(super) fn schedule(spec: &TriggerSpec) -> String {
     let zone = spec
         .time_zone
         .as_deref()

@@ -154,6 +154,8 @@ fn an_operator_runs_a_robot_from_the_panel_and_a_viewer_may_only_look() {
     browser.wait_for("#output");
     assert!(browser.url().contains("/runs/"), "{}", browser.url());
     browser.wait_text("#run-state-value", "running");
+    browser.wait_text("#run-origin", "Started by: user admin");
+    browser.wait_for("#run-duration");
     browser.wait_text("#output", "tick 3");
     mark_page(&browser);
     browser.wait_text("#output", "tick 12");
@@ -347,10 +349,21 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     browser.clear("#robot-spec");
     browser.type_into(
         "#robot-spec",
-        r#"{"argv": ["true"], "description": "edited in the panel", "max_parallel": 2}"#,
+        r#"{"argv": ["true"], "description": "edited in the panel", "max_parallel": 2,
+            "queues": ["invoices"]}"#,
     );
     browser.click("#edit-robot button[type=submit]");
     browser.wait_text("main", "edited in the panel");
+    // The robot's page shows its triggers and the queues it works on, with their figures.
+    browser.wait_text("#robot-triggers", "nightly run");
+    browser.wait_text("#robot-queues", "invoices");
+    assert!(
+        browser.text("#robot-queues tbody tr").contains('3'),
+        "{}",
+        browser.text("#robot-queues")
+    );
+    browser.screenshot("robot-scheduled");
+    assert_accessible(&browser);
     let robot: Value = serde_json::from_str(&ok(run(
         server.cli(&["robot", "show", "nightly", "--json"])
     )))
