@@ -44,13 +44,7 @@ pub(crate) async fn list_audit(
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     caller.require(Resource::Users, Action::Admin, None)?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(InvalidField::new(
-            "limit",
-            "must be between 1 and 1000",
-        )));
-    }
+    let limit = super::page_limit(params.limit, 100, 1000)?;
     if let Some(outcome) = params.outcome.as_deref()
         && !["allowed", "denied", "failed"].contains(&outcome)
     {

@@ -168,3 +168,16 @@ async fn openapi_json(_caller: Caller) -> Result<impl IntoResponse, ApiError> {
         doc.clone(),
     ))
 }
+
+/// How many rows a list answers: `given`, else `default`; a number outside 1 to `max` is
+/// refused (the document says the same range).
+pub(crate) fn page_limit(given: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let limit = given.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::invalid(dirigent_domain::InvalidField::new(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )));
+    }
+    Ok(limit)
+}

@@ -280,13 +280,7 @@ pub(crate) async fn list_items(
         field: query.field,
         value: query.value,
     })?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(InvalidField::new(
-            "limit",
-            "must be between 1 and 1000",
-        )));
-    }
+    let limit = super::page_limit(query.limit, 100, 1000)?;
     let items = state
         .store
         .queue_items(&name, &filter, query.after, limit)

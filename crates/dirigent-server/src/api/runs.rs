@@ -100,13 +100,7 @@ pub(crate) async fn list_runs(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Run>>, ApiError> {
     caller.require(Resource::Runs, Action::Read, query.robot.as_deref())?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(InvalidField::new(
-            "limit",
-            "must be between 1 and 1000",
-        )));
-    }
+    let limit = super::page_limit(query.limit, 100, 1000)?;
     let runs = state
         .store
         .runs(&dirigent_store::RunQuery {
@@ -316,13 +310,7 @@ pub(super) async fn run_logs(
 ) -> Result<Json<Vec<LogLine>>, ApiError> {
     let run = state.fleet.run(&id).await?;
     caller.require_run(&run.id, &run.robot, Action::Logs)?;
-    let limit = query.limit.unwrap_or(1000);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::invalid(InvalidField::new(
-            "limit",
-            "must be between 1 and 10000",
-        )));
-    }
+    let limit = super::page_limit(query.limit, 1000, 10_000)?;
     let lines = state.store.output(&id, query.after, limit).await?;
     Ok(Json(lines.into_iter().map(line_to_wire).collect()))
 }

@@ -322,7 +322,7 @@ pub(crate) async fn list_firings(
     ApiQuery(query): ApiQuery<FiringQuery>,
 ) -> Result<Json<Vec<Firing>>, ApiError> {
     lookup(&state, &caller, &id, Action::Read).await?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = super::page_limit(query.limit, 100, 1000)?;
     let firings = state.store.trigger_firings(&id, limit).await?;
     Ok(Json(
         firings

@@ -864,3 +864,45 @@ async fn many_due_triggers_fire_in_batches_each_once() {
         assert_eq!(outcomes(&firings(&app, &admin, id).await), ["dry_run"]);
     }
 }
+
+#[tokio::test]
+async fn a_limit_outside_its_range_is_refused() {
+    let (app, admin) = setup().await;
+    let id = trigger(
+        &app,
+        &admin,
+        json!({"robot": "invoices", "kind": "interval", "every_seconds": 60}),
+    )
+    .await;
+    for (path, max) in [
+        (format!("/api/v1/triggers/{id}/firings"), 1000),
+        ("/api/v1/runs".to_owned(), 1000),
+        ("/api/v1/audit".to_owned(), 1000),
+    ] {
+        for limit in [0, max + 1] {
+            let answer = app
+                .send(
+                    Method::GET,
+                    &format!("{path}?limit={limit}"),
+                    Some(&admin),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                (answer.status, answer.body["field"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("limit")),
+                "{path}?limit={limit}: {:?}",
+                answer.body
+            );
+        }
+        let fine = app
+            .send(
+                Method::GET,
+                &format!("{path}?limit={max}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(fine.status, StatusCode::OK, "{path}");
+    }
+}
