@@ -39,9 +39,47 @@ pub struct AgentConfig {
     pub capacity: u32,
     /// Heartbeat interval (WebSocket ping).
     pub heartbeat: Duration,
-    /// Stop once no run is alive and the server has been unreachable this long (for the
-    /// built-in local agent, which should not outlive its orchestrator for nothing).
-    pub exit_when_orphaned: Option<Duration>,
+    /// For the built-in local agent, which should not outlive its orchestrator for nothing:
+    /// when it is orphaned.
+    pub orphaned: Option<Orphaned>,
+}
+
+/// When a local agent's orchestrator is gone, and what the agent then does.
+#[derive(Debug, Clone)]
+pub struct Orphaned {
+    /// With no run alive, stop once the server has been unreachable this long.
+    pub idle_exit_after: Duration,
+    /// With runs alive, safe-stop them and then stop once the server has been unreachable
+    /// this long: it is gone for good.
+    pub stop_robots_after: Duration,
+    /// The orchestrator's data directory: when it is removed, the orchestrator is gone for
+    /// good at once.
+    pub orchestrator_data: Option<PathBuf>,
+}
+
+impl Orphaned {
+    /// Why the agent should stop (its robots first), after `offline` without its server and
+    /// with `live` runs; `None` while it should wait.
+    fn verdict(&self, offline: Duration, live: usize) -> Option<String> {
+        if let Some(dir) = &self.orchestrator_data
+            && !dir.exists()
+        {
+            return Some(format!(
+                "the orchestrator's data directory {} was removed",
+                dir.display()
+            ));
+        }
+        let limit = match live {
+            0 => self.idle_exit_after,
+            _ => self.stop_robots_after,
+        };
+        (limit <= offline).then(|| {
+            format!(
+                "the orchestrator has been unreachable for {} s",
+                offline.as_secs()
+            )
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +172,8 @@ pub async fn run(
     let mut offline_since = tokio::time::Instant::now();
     // Which of the server URLs to try next.
     let mut next_url = 0;
+    // Whether the robots are being stopped because the orchestrator is gone.
+    let mut stopping_robots = false;
     tokio::pin!(shutdown);
     loop {
         let url = config
@@ -166,12 +206,22 @@ pub async fn run(
         if failures < n_urls {
             continue;
         }
-        if let Some(limit) = config.exit_when_orphaned
-            && runner.n_live() == 0
-            && limit <= offline_since.elapsed()
+        if let Some(orphaned) = &config.orphaned
+            && let Some(reason) = orphaned.verdict(offline_since.elapsed(), runner.n_live())
         {
-            tracing::info!("no run alive and the server unreachable: stopping");
-            return Ok(());
+            if runner.n_live() == 0 {
+                tracing::warn!(reason, "no run alive and the orchestrator gone: stopping");
+                return Ok(());
+            }
+            if !stopping_robots {
+                tracing::warn!(
+                    reason,
+                    n_live = runner.n_live(),
+                    "the orchestrator is gone: safe-stopping the robots, then stopping"
+                );
+                runner.stop_all();
+                stopping_robots = true;
+            }
         }
         let delay = backoff(failures - n_urls + 1);
         // While waiting, keep journaling what the runs report.

@@ -73,6 +73,8 @@ pub struct Runner {
 
 struct LiveHandle {
     pid: u32,
+    /// The run's grace period for a safe stop.
+    grace: Duration,
     /// Its process's start time (`/proc/PID/stat`), if it could be read.
     started: Option<u64>,
     paused: bool,
@@ -139,6 +141,16 @@ impl Runner {
                 },
             ),
             AgentCommand::Kill { run_id } => self.control(&run_id, Control::Kill),
+        }
+    }
+
+    /// Safe-stops every live run, each with its own grace period.
+    pub fn stop_all(&mut self) {
+        self.forget_ended();
+        for handle in self.runs.values() {
+            let _ = handle.control.send(Control::Stop {
+                grace: handle.grace,
+            });
         }
     }
 
@@ -277,6 +289,7 @@ impl Runner {
             spec.run_id.clone(),
             LiveHandle {
                 pid,
+                grace: Duration::from_secs(u64::from(spec.stop_grace_seconds)),
                 started: process_start_time(pid),
                 paused: false,
                 control,

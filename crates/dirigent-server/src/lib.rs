@@ -71,6 +71,7 @@ pub struct RunningServer {
     store: Store,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
+    fleet: Arc<fleet::Fleet>,
     cluster: Arc<cluster::Cluster>,
     /// The janitor and the cluster's loops.
     background: Vec<JoinHandle<()>>,
@@ -144,7 +145,7 @@ pub async fn start(
     let config_listen = config.listen;
     let state = AppState {
         store: store.clone(),
-        fleet,
+        fleet: fleet.clone(),
         writer: writer::Writer::start(store.clone(), clock.clone(), scheduler.clone()),
         scheduler,
         credentials,
@@ -191,6 +192,7 @@ pub async fn start(
         store,
         stop,
         serving,
+        fleet,
         cluster,
         background,
     })
@@ -218,6 +220,50 @@ impl RunningServer {
         self.store
             .upsert_agent_credential(name, &auth::secrets::token_digest(credential), now)
             .await
+    }
+
+    /// The runs placed on the agent `agent` that have not ended.
+    pub async fn active_runs_on(
+        &self,
+        agent: &str,
+    ) -> Result<Vec<dirigent_domain::run::Run>, StoreError> {
+        let active = self.store.active_runs().await?;
+        Ok(active
+            .into_iter()
+            .filter(|run| run.state.holds_agent() && run.agent.as_deref() == Some(agent))
+            .collect())
+    }
+
+    /// Safe-stops the runs on the agent `agent` (without taking their robots out of auto
+    /// mode) and waits until they end, each within its grace period and a few seconds more;
+    /// answers how many ended.
+    pub async fn stop_runs_on(&self, agent: &str) -> Result<usize, fleet::FleetError> {
+        let runs = self.active_runs_on(agent).await?;
+        let cause = || fleet::Cause::Rule("shutdown");
+        for run in &runs {
+            let stop = dirigent_domain::run::Operation::Stop;
+            if let Err(err) = self.fleet.operate(&run.id, stop, cause()).await {
+                tracing::warn!(run = run.id, %err, "stopping a run at shutdown");
+            }
+        }
+        let mut ended = 0;
+        for run in &runs {
+            let grace = match self.store.robot(&run.robot).await {
+                Ok(robot) => u64::from(robot.definition.stop_grace_seconds),
+                Err(_) => 30,
+            };
+            let waited = std::time::Duration::from_secs(grace + 5);
+            if self
+                .fleet
+                .wait_for(&run.id, &[], waited)
+                .await?
+                .state
+                .is_final()
+            {
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     /// Stops accepting connections, lets requests in flight finish, leaves the cluster (so

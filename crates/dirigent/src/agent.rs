@@ -62,9 +62,23 @@ struct RunAgentArgs {
     /// host name it is reached by.
     #[arg(long, value_name = "FILE")]
     pin_cert: Option<PathBuf>,
-    /// Stop when no run is alive and the server was unreachable this many seconds.
+    /// The built-in local agent: stop when no run is alive and the server was unreachable
+    /// this many seconds.
     #[arg(long, value_name = "SECONDS", hide = true)]
     exit_when_orphaned: Option<u64>,
+    /// The built-in local agent: with runs alive, safe-stop them and stop when the server was
+    /// unreachable this many seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        hide = true,
+        requires = "exit_when_orphaned"
+    )]
+    stop_robots_when_orphaned: Option<u64>,
+    /// The built-in local agent: its orchestrator's data directory; removed, the orchestrator
+    /// is gone for good.
+    #[arg(long, value_name = "DIR", hide = true, requires = "exit_when_orphaned")]
+    orchestrator_data: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,7 +233,15 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         labels,
         capacity: args.capacity,
         heartbeat: Duration::from_secs(15),
-        exit_when_orphaned: args.exit_when_orphaned.map(Duration::from_secs),
+        orphaned: args
+            .exit_when_orphaned
+            .map(|idle| dirigent_agent::Orphaned {
+                idle_exit_after: Duration::from_secs(idle),
+                stop_robots_after: Duration::from_secs(
+                    args.stop_robots_when_orphaned.unwrap_or(u64::MAX / 4),
+                ),
+                orchestrator_data: args.orchestrator_data,
+            }),
     };
     dirigent_agent::run(config, credential, crate::shutdown_signal()).await?;
     Ok(())

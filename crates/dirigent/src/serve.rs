@@ -58,10 +58,26 @@ pub(crate) struct ServeArgs {
     /// Do not run the built-in local agent.
     #[arg(long)]
     no_local_agent: bool,
+    /// When stopping, safe-stop the robots of the built-in local agent first (by default they
+    /// keep running, and report again when `serve` starts).
+    #[arg(long)]
+    stop_robots_on_exit: bool,
     /// This node's id among the nodes sharing a PostgreSQL database; stable across restarts
     /// [default: the host name and the data directory].
     #[arg(long, env = "DIRIGENT_NODE_ID", value_name = "ID")]
     node_id: Option<String>,
+}
+
+/// The built-in local agent's settings.
+struct LocalAgent {
+    /// Its orchestrator unreachable this long, it stops its robots and itself.
+    orphan_limit: Duration,
+    /// `serve` safe-stops its robots when it stops.
+    stop_robots_on_exit: bool,
+}
+
+impl LocalAgent {
+    const DEFAULT_ORPHAN_LIMIT: Duration = Duration::from_secs(3600);
 }
 
 /// The settings file. Every key is optional; flags and environment variables win over it.
@@ -77,6 +93,11 @@ struct SettingsFile {
     /// An agent silent this long has its runs marked lost.
     agent_lost_after_seconds: Option<u32>,
     local_agent: Option<bool>,
+    /// When stopping, safe-stop the local agent's robots first.
+    stop_robots_on_exit: Option<bool>,
+    /// A local agent whose orchestrator stays unreachable this long stops its robots and
+    /// itself (default one hour).
+    local_agent_orphan_limit_seconds: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     /// A program checking passwords the local ones do not match (PAM, LDAP, …): argv.
@@ -110,10 +131,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         false => local_agent_name(&config.cluster.node_id),
     };
     let server = dirigent_server::start(config, Arc::new(SystemClock)).await?;
-    if local_agent {
+    if let Some(local) = &local_agent {
         let pinned = config_tls_cert.as_deref();
-        let dir = data_dir.join("local-agent");
-        start_local_agent(&server, &local_agent_name, &dir, pinned).await?;
+        let limit = local.orphan_limit;
+        start_local_agent(&server, &local_agent_name, &data_dir, limit, pinned).await?;
     }
     if let Some(password) = server.generated_admin_password() {
         println!("Created the first user: admin, password: {password}");
@@ -130,14 +151,35 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display(),
     );
     crate::shutdown_signal().await;
-    eprintln!("stopping: finishing requests in flight (robots keep running)");
+    match &local_agent {
+        Some(local) if local.stop_robots_on_exit => {
+            let stopped = server.stop_runs_on(&local_agent_name).await?;
+            eprintln!(
+                "stopping: safe-stopped {} of the local agent",
+                robots(stopped)
+            );
+        }
+        Some(_) => {
+            let running = server.active_runs_on(&local_agent_name).await?.len();
+            if 0 < running {
+                eprintln!(
+                    "stopping: {} running under the local agent, which keeps them and reports \
+                     again when `dirigent serve` starts. To stop them: `dirigent run stop RUN`, \
+                     or `dirigent serve --stop-robots-on-exit` next time",
+                    robots(running)
+                );
+            }
+        }
+        None => {}
+    }
+    eprintln!("stopping: finishing requests in flight");
     server.shutdown().await.context("stopping the server")?;
     Ok(())
 }
 
 /// Merges file, environment and flags into the server's settings, and creates the data
 /// directory. Answers the settings and the data directory.
-fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
+fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, Option<LocalAgent>)> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -200,7 +242,17 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, bool)> {
         Some(seconds) => fleet.lost_after = Duration::from_secs(u64::from(seconds)),
         None => {}
     }
-    let local_agent = !args.no_local_agent && file.local_agent.unwrap_or(true);
+    let orphan_limit = match file.local_agent_orphan_limit_seconds {
+        Some(0) => bail!("local_agent_orphan_limit_seconds must be at least 1"),
+        Some(seconds) => Duration::from_secs(u64::from(seconds)),
+        None => LocalAgent::DEFAULT_ORPHAN_LIMIT,
+    };
+    let local_agent =
+        (!args.no_local_agent && file.local_agent.unwrap_or(true)).then(|| LocalAgent {
+            orphan_limit,
+            stop_robots_on_exit: args.stop_robots_on_exit
+                || file.stop_robots_on_exit.unwrap_or(false),
+        });
     let node_id = match args.node_id.or(file.node_id) {
         Some(id) if id.is_empty() || 200 < id.len() || id.chars().any(char::is_control) => {
             bail!("node_id must be 1 to 200 printable characters, not {id:?}")
@@ -301,9 +353,11 @@ fn one_line(message: &str) -> String {
 async fn start_local_agent(
     server: &RunningServer,
     name: &str,
-    dir: &std::path::Path,
+    orchestrator_data: &std::path::Path,
+    orphan_limit: Duration,
     tls_cert: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    let dir = &orchestrator_data.join("local-agent");
     use std::os::unix::process::CommandExt;
     let credential = match dirigent_agent::stored_credential(dir)? {
         Some(credential) => credential,
@@ -350,7 +404,11 @@ async fn start_local_agent(
             &format!("{scheme}://{host}:{}", addr.port()),
             "--exit-when-orphaned",
             "60",
+            "--stop-robots-when-orphaned",
+            &orphan_limit.as_secs().to_string(),
         ])
+        .arg("--orchestrator-data")
+        .arg(std::path::absolute(orchestrator_data)?)
         .arg("--data")
         .arg(dir)
         .env_remove("DIRIGENT_CA_FILE")
@@ -383,4 +441,12 @@ fn local_agent_name(node_id: &str) -> String {
         )
         .collect();
     format!("local-{}", id.trim_matches('-'))
+}
+
+/// `1 robot`, `2 robots`.
+fn robots(count: usize) -> String {
+    match count {
+        1 => "1 robot".to_owned(),
+        _ => format!("{count} robots"),
+    }
 }

@@ -66,7 +66,7 @@ async fn garbage_is_ignored_and_commands_apply_once() {
         labels: BTreeMap::new(),
         capacity: 4,
         heartbeat: Duration::from_secs(15),
-        exit_when_orphaned: None,
+        orphaned: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(dirigent_agent::run(

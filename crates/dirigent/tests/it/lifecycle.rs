@@ -652,3 +652,75 @@ fn a_run_started_by_hand_takes_arguments_and_environment() {
     let refused = run(server.cli(&["run", "start", "greeter", "--env", "NOEQUALS"]));
     crate::support::fails(refused, 1, "--env takes KEY=VALUE, not \"NOEQUALS\"");
 }
+
+#[test]
+fn serve_says_which_robots_outlive_it_or_stops_them_first() {
+    // By default the local agent keeps its robots through a stop of the orchestrator.
+    let server = server_with(&[]);
+    create_robot(&server, "keeper", &[], &["sh", "-c", HANDLES_TERM]);
+    let (_, pid) = start_running(&server, "keeper");
+    let (status, said) = server.stop();
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("1 robot running under the local agent"),
+        "{said}"
+    );
+    assert!(!group_members(pid).is_empty(), "the robot goes on");
+    crate::support::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+
+    // With --stop-robots-on-exit they are safe-stopped first.
+    let server = server_with(&["--stop-robots-on-exit"]);
+    create_robot(&server, "keeper", &[], &["sh", "-c", HANDLES_TERM]);
+    let (_, pid) = start_running(&server, "keeper");
+    let (status, said) = server.stop();
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("safe-stopped 1 robot of the local agent"),
+        "{said}"
+    );
+    assert!(group_members(pid).is_empty(), "the robot is gone");
+}
+
+#[test]
+fn a_local_agent_whose_orchestrator_is_gone_stops_its_robots_and_itself() {
+    let server = server_with(&[]);
+    create_robot(&server, "keeper", &[], &["sh", "-c", HANDLES_TERM]);
+    let (_, pid) = start_running(&server, "keeper");
+    let data = server.dir.path().join("dirigent-data");
+    let agent: u32 = std::fs::read_to_string(data.join("local-agent/lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = server.kill9();
+    std::fs::remove_dir_all(&data).unwrap();
+    eventually("the robot safe-stopped", || {
+        group_members(pid).is_empty().then_some(())
+    });
+    eventually("the local agent gone", || {
+        (!std::path::Path::new(&format!("/proc/{agent}")).exists() || process_state(agent) == 'Z')
+            .then_some(())
+    });
+    drop(dir);
+
+    // Or unreachable past its limit (here a second; an hour by default).
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    std::fs::write(
+        dir.path().join("short.toml"),
+        "local_agent_orphan_limit_seconds = 1\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start_in(
+        Arc::clone(&dir),
+        "127.0.0.1:0",
+        &["--config", "short.toml"],
+        &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)],
+    );
+    server.login(PASSWORD);
+    create_robot(&server, "keeper", &[], &["sh", "-c", HANDLES_TERM]);
+    let (_, pid) = start_running(&server, "keeper");
+    drop(server.kill9());
+    eventually("the robot safe-stopped", || {
+        group_members(pid).is_empty().then_some(())
+    });
+}
