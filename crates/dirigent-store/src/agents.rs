@@ -323,6 +323,19 @@ impl Store {
             .collect())
     }
 
+    /// Forgets one queued command that is not to be sent (the start of a run that ended).
+    pub async fn drop_agent_command(&self, id: AgentId, command: u64) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query("DELETE FROM agent_commands WHERE agent_id = $1 AND id = $2")
+                .bind(id.0)
+                .bind(i64::try_from(command).unwrap_or(i64::MAX))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(())
+    }
+
     /// Forgets the commands an agent acknowledged, up to and including `up_to`.
     pub async fn ack_agent_commands(&self, id: AgentId, up_to: u64) -> StoreResult<()> {
         let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);

@@ -1014,8 +1014,8 @@ impl Fleet {
 
     /// Sends an agent connected here the commands queued for it that it was not sent yet (up
     /// to `up_to` at least), in order. A start command read back from the database carries a
-    /// new run token (the server keeps none), unless the run is no longer starting: then the
-    /// agent has it already, or it ended, and it is not sent again.
+    /// new run token (the server keeps none) while its run is starting; the start of a run
+    /// that ended meanwhile is forgotten, not sent.
     pub(crate) async fn deliver(
         self: &Arc<Fleet>,
         agent_id: AgentId,
@@ -1032,11 +1032,24 @@ impl Fleet {
                     let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX)
                         .map_err(|err| FleetError::Internal(err.to_string()))?;
                     let digest = secrets::token_digest(&token);
-                    let renewed = self.store.renew_run_token(&spec.run_id, &digest).await?;
-                    renewed.then_some(AgentCommand::Start(StartSpec {
-                        run_token: Some(token),
-                        ..spec
-                    }))
+                    if self.store.renew_run_token(&spec.run_id, &digest).await? {
+                        Some(AgentCommand::Start(StartSpec {
+                            run_token: Some(token),
+                            ..spec
+                        }))
+                    } else if self
+                        .run(&spec.run_id)
+                        .await
+                        .is_ok_and(|run| !run.state.is_final())
+                    {
+                        // Past starting but not ended: the agent has it (and ignores this), or
+                        // a stop overtook it (and follows it). Its token is the one it had.
+                        Some(AgentCommand::Start(spec))
+                    } else {
+                        // Ended: never to start. Nobody will acknowledge it; forget it.
+                        self.store.drop_agent_command(agent_id, id).await?;
+                        None
+                    }
                 }
                 Ok(command) => Some(command),
                 Err(err) => {

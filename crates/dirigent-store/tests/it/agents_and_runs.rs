@@ -191,6 +191,18 @@ store_test!(agents_story, |store| {
             .is_empty(),
         "only those after the one given"
     );
+    let kept = store
+        .queue_agent_command(id, "{\"k\":1}", at(8))
+        .await
+        .unwrap();
+    let dropped = store.queue_agent_command(id, "{}", at(8)).await.unwrap();
+    store.drop_agent_command(id, dropped).await.unwrap();
+    assert_eq!(
+        store.pending_agent_commands(id, 3).await.unwrap(),
+        [(kept, "{\"k\":1}".to_owned())],
+        "a command dropped is never sent"
+    );
+    store.ack_agent_commands(id, kept).await.unwrap();
 
     // Another node's start leaves the agent alone; its own node's start does not.
     store.mark_node_agents_offline("node-b").await.unwrap();
