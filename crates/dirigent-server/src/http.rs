@@ -22,6 +22,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ui::router())
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        .layer(middleware::from_fn_with_state(state.clone(), measure))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn(render_errors))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -46,6 +47,28 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts each request and how long it took, by method, matched route and status class.
+async fn measure(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let began = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    state.fleet.metrics().observe_http(
+        &method,
+        &route,
+        response.status().as_u16(),
+        began.elapsed(),
+    );
+    response
 }
 
 /// Gives every response an `x-request-id` and every error response the JSON [`ErrorBody`],

@@ -20,6 +20,7 @@ pub mod error;
 pub mod fleet;
 mod http;
 mod janitor;
+pub mod metrics;
 pub mod scheduler;
 pub mod tls;
 pub mod ui;

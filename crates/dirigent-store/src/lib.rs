@@ -261,6 +261,15 @@ impl Store {
         })
     }
 
+    /// The connections of the pool that serves most queries (PostgreSQL's one pool, SQLite's
+    /// readers): how many are open, and how many of those idle.
+    pub fn pool_figures(&self) -> (usize, usize) {
+        dispatch!(self, reader, pool => (
+            usize::try_from(pool.size()).unwrap_or(usize::MAX),
+            pool.num_idle()
+        ))
+    }
+
     pub fn backend_kind(&self) -> BackendKind {
         match self.backend {
             Backend::Sqlite { .. } => BackendKind::Sqlite,

@@ -368,6 +368,16 @@ impl Store {
         rows.into_iter().map(RunRow::into_run).collect()
     }
 
+    /// How many runs each robot has in each state (those kept), by robot and state.
+    pub async fn run_counts(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        let counts = dispatch!(self, reader, pool => {
+            sqlx::query_as("SELECT robot, state, COUNT(*) FROM runs GROUP BY robot, state ORDER BY robot, state")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(counts)
+    }
+
     /// The latest runs of a robot that have ended, newest first.
     pub async fn ended_runs(&self, robot: &str, limit: u32) -> StoreResult<Vec<Run>> {
         let rows: Vec<RunRow> = dispatch!(self, reader, pool => {

@@ -137,6 +137,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(crate::metrics::scrape))
         .routes(routes!(agents::enroll))
         .routes(routes!(crate::fleet::link::connect))
         .nest("/api/v1", v1)

@@ -160,6 +160,7 @@ pub struct Fleet {
     relay: std::sync::OnceLock<mpsc::UnboundedSender<FleetEvent>>,
     /// Told of every run that ends here (unlike `events`, never lagging behind).
     run_ends: Mutex<Vec<mpsc::UnboundedSender<Run>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Fleet {
@@ -181,7 +182,13 @@ impl Fleet {
             events,
             relay: std::sync::OnceLock::new(),
             run_ends: Mutex::default(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// This node's metrics kept in memory.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// This node's id.
@@ -558,6 +565,10 @@ impl Fleet {
                 run.started_at = Some(*at);
                 self.transition(&mut run, RunState::Running, &cause, None)
                     .await?;
+                if run.not_before.is_none() {
+                    let waited = at.duration_since(run.created_at).unsigned_abs();
+                    self.metrics.observe_run_start(waited);
+                }
                 false
             }
             AgentEvent::StartFailed { reason, at, .. } if run.state.is_active() => {

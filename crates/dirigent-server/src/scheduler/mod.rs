@@ -303,6 +303,10 @@ impl Scheduler {
             let Some(result) = result else { continue };
             taken += result.recorded;
             for firing in &result.due {
+                let late = firing.recorded_at.duration_since(firing.due_at);
+                self.fleet
+                    .metrics()
+                    .observe_trigger_lateness(late.unsigned_abs());
                 if let Err(err) = self.start_firing(trigger, spec, firing).await {
                     tracing::error!(trigger = trigger.id, ?err, "starting a firing's run");
                 }

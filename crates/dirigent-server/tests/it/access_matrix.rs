@@ -87,6 +87,7 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("GET", "/api/v1/agents", None, "YYYY....."),
     ("GET", "/api/v1/agents/local", None, "YYYY....."),
     ("GET", "/api/v1/nodes", None, "YYYY....."),
+    ("GET", "/metrics", None, "YYY......"),
     (
         "POST",
         "/api/v1/agents/local/drain",

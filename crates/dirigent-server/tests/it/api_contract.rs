@@ -47,6 +47,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/api/v1/agents", Access::Authenticated),
     ("GET", "/api/v1/nodes", Access::Authenticated),
+    ("GET", "/metrics", Access::Authenticated),
     ("GET", "/api/v1/agents/{name}", Access::Authenticated),
     ("POST", "/api/v1/agents/{name}/drain", Access::Authenticated),
     (
