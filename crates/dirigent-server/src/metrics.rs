@@ -27,9 +27,10 @@ use crate::{AppState, auth::Caller, error::ApiError};
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// Upper bounds of the batch size buckets, in writes.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
 /// This node's metrics kept in memory.
-#[derive(Default)]
 pub struct Metrics {
     /// By (method, route, status class): the request latency.
     http: Mutex<BTreeMap<(String, String, &'static str), Histogram>>,
@@ -37,34 +38,55 @@ pub struct Metrics {
     run_start: Mutex<Histogram>,
     /// From a firing's due time to its recording.
     trigger_lateness: Mutex<Histogram>,
+    /// How many writes (work-item operations, audit records) each group commit held.
+    write_batches: Mutex<Histogram>,
 }
 
-#[derive(Debug, Clone, Default)]
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            http: Mutex::default(),
+            run_start: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
+            trigger_lateness: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
+            write_batches: Mutex::new(Histogram::new(BATCH_BUCKETS)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Histogram {
-    /// Observations at or below each of [`LATENCY_BUCKETS`].
+    /// The buckets' upper bounds.
+    bounds: &'static [f64],
+    /// Observations at or below each bound.
     buckets: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
 impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; LATENCY_BUCKETS.len()];
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
         }
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&mut self.buckets) {
-            if seconds <= *bound {
+    }
+
+    fn observe(&mut self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(&mut self.buckets) {
+            if value <= *bound {
                 *count += 1;
             }
         }
         self.count += 1;
-        self.sum += seconds;
+        self.sum += value;
     }
 
     /// Writes the histogram's lines, `labels` (`key="value",…`) on each.
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let separator = if labels.is_empty() { "" } else { "," };
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+        for (bound, count) in self.bounds.iter().zip(&self.buckets) {
             let _ = writeln!(
                 out,
                 "{name}_bucket{{{labels}{separator}le=\"{bound}\"}} {count}"
@@ -97,13 +119,18 @@ impl Metrics {
         };
         lock(&self.http)
             .entry((method.to_owned(), route.to_owned(), class))
-            .or_default()
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
             .observe(elapsed.as_secs_f64());
     }
 
     /// A run's robot is running, `waited` after the run was created.
     pub fn observe_run_start(&self, waited: Duration) {
         lock(&self.run_start).observe(waited.as_secs_f64());
+    }
+
+    /// A group commit of `writes` writes.
+    pub fn observe_write_batch(&self, writes: usize) {
+        lock(&self.write_batches).observe(writes as f64);
     }
 
     /// A firing was recorded `late` after it was due.
@@ -231,6 +258,9 @@ fn own(state: &AppState, out: &mut String) {
     );
     out.push_str("# TYPE dirigent_trigger_lateness_seconds histogram\n");
     lock(&metrics.trigger_lateness).render(out, "dirigent_trigger_lateness_seconds", &labels);
+    out.push_str("# HELP dirigent_write_batch_size Writes per group commit of work-item operations and audit records.\n");
+    out.push_str("# TYPE dirigent_write_batch_size histogram\n");
+    lock(&metrics.write_batches).render(out, "dirigent_write_batch_size", &labels);
     let (size, idle) = state.store.pool_figures();
     out.push_str("# HELP dirigent_db_connections The database connections of this node's pool.\n");
     out.push_str("# TYPE dirigent_db_connections gauge\n");
@@ -259,7 +289,7 @@ mod tests {
 
     #[test]
     fn histograms_count_into_every_bucket_at_or_above() {
-        let mut histogram = Histogram::default();
+        let mut histogram = Histogram::new(LATENCY_BUCKETS);
         histogram.observe(0.003);
         histogram.observe(2.0);
         let mut out = String::new();

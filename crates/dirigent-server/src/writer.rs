@@ -81,6 +81,7 @@ impl Writer {
                 let (target, wake) = (target.clone(), wake.clone());
                 let (scheduler, held) = (scheduler.clone(), held.clone());
                 async move {
+                    scheduler.metrics().observe_write_batch(writes.len());
                     let (mut ops, mut op_audit, mut audit, mut is_op) =
                         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                     for write in writes {

@@ -126,6 +126,11 @@ impl Scheduler {
             .take()
     }
 
+    /// This node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.fleet.metrics()
+    }
+
     /// A trigger changed: look again when the next one is due.
     pub fn changed(&self) {
         self.wake.notify_one();

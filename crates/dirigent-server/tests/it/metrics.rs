@@ -82,9 +82,12 @@ async fn a_scrape_shows_runs_queues_agents_and_requests() {
         r#"dirigent_nodes{state="alive"}"#,
         r#"dirigent_run_start_latency_seconds_count{node="test-node"}"#,
         r#"dirigent_db_connections{node="test-node",state="idle"}"#,
+        r#"dirigent_write_batch_size_count{node="test-node"}"#,
     ] {
         assert!(sample(text, series).is_some(), "{series} in\n{text}");
     }
+    let batches = sample(text, r#"dirigent_write_batch_size_count{node="test-node"}"#);
+    assert!(batches.is_some_and(|count| 1.0 <= count), "{text}");
     // Every sample line is a name, optional labels and a number.
     for line in text.lines().filter(|line| !line.starts_with('#')) {
         let (_, value) = line.rsplit_once(' ').unwrap();
