@@ -14,6 +14,7 @@ use utoipa::IntoParams;
 use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditParams {
     /// Only this actor, such as `user:alice`.

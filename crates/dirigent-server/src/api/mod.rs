@@ -143,9 +143,89 @@ pub fn router() -> OpenApiRouter<AppState> {
         .nest("/api/v1", v1)
 }
 
-/// The OpenAPI document of the API.
+/// The OpenAPI document of the API, with the answers every operation of its kind can give.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    router().into_openapi()
+    let mut document = router().into_openapi();
+    complete(&mut document);
+    document
+}
+
+/// Adds to each operation the error answers that the layers under every handler give (an
+/// operation's own annotations list its particular ones), and to every answer without one the
+/// description a document must have (the status's reason phrase): a request body can be
+/// malformed (400), too large (413), of another type (415) or invalid (422); query parameters
+/// invalid (422); a path segment malformed (400); a credential missing (401) or not allowed
+/// (403); and anything can meet an unreachable database (503) or a fault (500).
+fn complete(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        ContentBuilder, Ref, RefOr, ResponseBuilder,
+        path::{Operation, ParameterIn},
+    };
+    let error = || {
+        let body = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        ResponseBuilder::new().content("application/json", body)
+    };
+    let complete_operation = |operation: &mut Operation| {
+        let mut statuses: Vec<u16> = vec![500, 503];
+        if operation.request_body.is_some() {
+            statuses.extend([400, 413, 415, 422]);
+        }
+        let parameters = operation.parameters.iter().flatten();
+        for parameter in parameters {
+            match parameter {
+                RefOr::T(parameter) if parameter.parameter_in == ParameterIn::Query => {
+                    statuses.push(422)
+                }
+                RefOr::T(parameter) if parameter.parameter_in == ParameterIn::Path => {
+                    statuses.push(400)
+                }
+                _ => {}
+            }
+        }
+        if operation
+            .security
+            .as_ref()
+            .is_some_and(|security| !security.is_empty())
+        {
+            statuses.extend([401, 403]);
+        }
+        for status in statuses {
+            operation
+                .responses
+                .responses
+                .entry(status.to_string())
+                .or_insert_with(|| RefOr::T(error().build()));
+        }
+        for (status, answer) in &mut operation.responses.responses {
+            if let RefOr::T(answer) = answer
+                && answer.description.is_empty()
+            {
+                answer.description = status
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|code| axum::http::StatusCode::from_u16(code).ok())
+                    .and_then(|code| code.canonical_reason())
+                    .unwrap_or("Answer")
+                    .to_owned();
+            }
+        }
+    };
+    for item in document.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            complete_operation(operation);
+        }
+    }
 }
 
 static OPENAPI_JSON: LazyLock<Result<String, String>> =

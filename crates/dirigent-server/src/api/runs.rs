@@ -74,6 +74,7 @@ pub(super) async fn create_run(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Only runs of this robot.
@@ -117,6 +118,7 @@ pub(crate) async fn list_runs(
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GetQuery {
     /// Wait until the run is in one of these states (comma-separated) or has ended.
@@ -279,6 +281,7 @@ pub(super) async fn restart_run(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogsQuery {
     /// Only lines after this position.
@@ -316,6 +319,7 @@ pub(super) async fn run_logs(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FollowQuery {
     /// Start after this position.

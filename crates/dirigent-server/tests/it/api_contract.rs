@@ -187,6 +187,58 @@ fn documented_operations() -> BTreeSet<(String, String)> {
     operations
 }
 
+/// The document passes a maintained validator (openapi-spec-validator, which `scripts/test`
+/// installs), and every operation lists the answers the layers under its handler can give.
+#[test]
+fn the_document_is_valid_and_lists_every_answer_an_operation_can_give() {
+    let document = dirigent_server::api::openapi();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, document.to_json().unwrap()).unwrap();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the validator is a program, not a robot"
+    )]
+    let checked = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "openapi-spec-validator (run scripts/test, which installs it): {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_str(&document.to_json().unwrap()).unwrap();
+    for (path, item) in value["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let answers = operation["responses"].as_object().unwrap();
+            let mut needed = vec!["500", "503"];
+            if operation.get("requestBody").is_some() {
+                needed.extend(["400", "413", "415", "422"]);
+            }
+            if operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+            {
+                needed.extend(["401", "403"]);
+            }
+            for status in needed {
+                assert!(answers.contains_key(status), "{method} {path}: no {status}");
+            }
+            for (status, answer) in answers {
+                assert!(
+                    answer["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status}: no description"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_document_lists_every_route() {
     let expected: BTreeSet<(String, String)> = OPERATIONS
