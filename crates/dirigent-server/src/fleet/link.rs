@@ -64,6 +64,7 @@ impl FromRequestParts<AppState> for AgentCaller {
     security(("bearer" = [])),
     responses(
         (status = 101, description = "Switching to the WebSocket agent link"),
+        (status = 400, description = "Not a WebSocket upgrade", body = dirigent_proto::error::ErrorBody),
         (status = 401, body = dirigent_proto::error::ErrorBody),
     )
 )]

@@ -413,7 +413,12 @@ async fn every_operation_by_every_kind_of_credential() {
     let base = app.serve().await;
     let http = reqwest::Client::new();
     let mut wrong = Vec::new();
+    let documented = documented_answers();
     for (method, path, body, expect) in MATRIX {
+        let listed = documented
+            .get(&(method.to_lowercase(), normalize(path)))
+            .cloned()
+            .unwrap_or_default();
         let path = path
             .replace("{run}", &run_id)
             .replace("{item}", &item_id)
@@ -431,6 +436,11 @@ async fn every_operation_by_every_kind_of_credential() {
             }
             let answer = request.send().await.unwrap();
             let status = answer.status();
+            if !listed.contains(&status.as_u16().to_string()) {
+                wrong.push(format!(
+                    "{method} {path} by {who}: {status}, which the document does not list"
+                ));
+            }
             // Only error answers are read: a granted log stream would never end.
             let code = match status.is_success() {
                 true => String::new(),
@@ -450,6 +460,25 @@ async fn every_operation_by_every_kind_of_credential() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The statuses the OpenAPI document lists, by (method, normalized path).
+fn documented_answers() -> std::collections::BTreeMap<(String, String), BTreeSet<String>> {
+    let document: Value =
+        serde_json::from_str(&dirigent_server::api::openapi().to_json().unwrap()).unwrap();
+    let mut answers = std::collections::BTreeMap::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let statuses = operation["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            answers.insert((method.clone(), normalize(path)), statuses);
+        }
+    }
+    answers
 }
 
 #[test]
