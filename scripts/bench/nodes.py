@@ -16,25 +16,15 @@ Measures on this machine, for each layout (a fresh schema each):
 """
 
 import argparse
-import json
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BINARY = os.path.join(ROOT, "target", "release", "dirigent")
-PASSWORD = "bench-password-1"
+from orchestrator import BINARY, PASSWORD, call, free_port
+
 PG_URL = os.environ.get("DIRIGENT_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def psql(sql, url=PG_URL):
@@ -42,20 +32,14 @@ def psql(sql, url=PG_URL):
 
 
 class Api:
+    """One node's API, logged in."""
+
     def __init__(self, base):
         self.base = base
-        self.token = None
+        self.token = call(base, "POST", "/api/v1/login", {"username": "admin", "password": PASSWORD})["token"]
 
     def call(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
-            request.add_header("content-type", "application/json")
-        if self.token:
-            request.add_header("authorization", "Bearer " + self.token)
-        with urllib.request.urlopen(request, timeout=120) as response:
-            text = response.read()
-            return json.loads(text) if text else None
+        return call(self.base, method, path, body, self.token)
 
 
 def percentile(values, fraction):
@@ -84,9 +68,7 @@ class Cluster:
                 if " listening on " in line:
                     break
             self.processes.append(node)
-            api = Api(f"http://127.0.0.1:{port}")
-            api.token = api.call("POST", "/api/v1/login", {"username": "admin", "password": PASSWORD})["token"]
-            self.apis.append(api)
+            self.apis.append(Api(f"http://127.0.0.1:{port}"))
         first = self.apis[0]
         token = first.call("POST", "/api/v1/agents/enrollment-tokens", {})["token"]
         servers = ",".join(api.base for api in self.apis)
@@ -107,7 +89,7 @@ class Cluster:
         psql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 
 
-def wait_state(api, run_id, state, timeout=120):
+def wait_state(api, run_id, state, timeout=50):
     return api.call("GET", f"/api/v1/runs/{run_id}?wait_for={state}&timeout_seconds={timeout}")
 
 
