@@ -163,10 +163,17 @@ pub async fn run(
         },
         events_tx,
     );
-    // Runs of an earlier life of this agent are not supervised any more: ended now.
+    // Runs of an earlier life of this agent are not supervised any more: ended now, and
+    // journaled before the first connection, so that the server learns why before it hears
+    // which runs are alive.
     let abandoned = runner.abandon_orphans();
     if 0 < abandoned {
         tracing::warn!(abandoned, "ended the runs of this agent's earlier life");
+        let mut ended = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            ended.push(event);
+        }
+        journal.append_all(ended)?;
     }
     let mut failures: u32 = 0;
     let mut offline_since = tokio::time::Instant::now();
