@@ -40,6 +40,10 @@ pub struct Metrics {
     trigger_lateness: Mutex<Histogram>,
     /// How many writes (work-item operations, audit records) each group commit held.
     write_batches: Mutex<Histogram>,
+    /// Runs created here, by robot.
+    runs_created: Mutex<BTreeMap<String, u64>>,
+    /// Runs ended here, by robot and final state.
+    runs_ended: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Default for Metrics {
@@ -49,6 +53,8 @@ impl Default for Metrics {
             run_start: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
             trigger_lateness: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
             write_batches: Mutex::new(Histogram::new(BATCH_BUCKETS)),
+            runs_created: Mutex::default(),
+            runs_ended: Mutex::default(),
         }
     }
 }
@@ -126,6 +132,20 @@ impl Metrics {
     /// A run's robot is running, `waited` after the run was created.
     pub fn observe_run_start(&self, waited: Duration) {
         lock(&self.run_start).observe(waited.as_secs_f64());
+    }
+
+    /// A run of `robot` was created.
+    pub fn count_run_created(&self, robot: &str) {
+        *lock(&self.runs_created)
+            .entry(robot.to_owned())
+            .or_default() += 1;
+    }
+
+    /// A run of `robot` ended in `state`.
+    pub fn count_run_ended(&self, robot: &str, state: &'static str) {
+        *lock(&self.runs_ended)
+            .entry((robot.to_owned(), state))
+            .or_default() += 1;
     }
 
     /// A group commit of `writes` writes.
@@ -248,6 +268,26 @@ fn own(state: &AppState, out: &mut String) {
             escape(route)
         );
         histogram.render(out, "dirigent_http_request_duration_seconds", &labels);
+    }
+    out.push_str("# HELP dirigent_runs_created_total Runs created through this node, by robot.\n");
+    out.push_str("# TYPE dirigent_runs_created_total counter\n");
+    for (robot, count) in lock(&metrics.runs_created).iter() {
+        let robot = escape(robot);
+        let _ = writeln!(
+            out,
+            "dirigent_runs_created_total{{node=\"{node}\",robot=\"{robot}\"}} {count}"
+        );
+    }
+    out.push_str(
+        "# HELP dirigent_runs_ended_total Runs ended through this node, by robot and outcome.\n",
+    );
+    out.push_str("# TYPE dirigent_runs_ended_total counter\n");
+    for ((robot, run_state), count) in lock(&metrics.runs_ended).iter() {
+        let robot = escape(robot);
+        let _ = writeln!(
+            out,
+            "dirigent_runs_ended_total{{node=\"{node}\",robot=\"{robot}\",state=\"{run_state}\"}} {count}"
+        );
     }
     let labels = format!("node=\"{node}\"");
     out.push_str("# HELP dirigent_run_start_latency_seconds From a run's creation to its robot running, for runs started without delay.\n");

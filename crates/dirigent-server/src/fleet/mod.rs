@@ -307,6 +307,7 @@ impl Fleet {
                 _ => None,
             };
             self.store.insert_run(&run.0, &run.1, firing).await?;
+            self.metrics.count_run_created(&run.0.robot);
             self.publish(FleetEvent::Run(Box::new(run.0.clone())));
             run.0
         };
@@ -969,9 +970,11 @@ impl Fleet {
         };
         self.publish(FleetEvent::Run(Box::new(run.clone())));
         if let Some((next, _)) = restart {
+            self.metrics.count_run_created(&next.robot);
             self.publish(FleetEvent::Run(Box::new(next)));
         }
         if ends_here {
+            self.metrics.count_run_ended(&run.robot, run.state.as_str());
             self.lock_run_ends()
                 .retain(|listener| listener.send(run.clone()).is_ok());
         }

@@ -22,6 +22,7 @@ async fn a_scrape_shows_runs_queues_agents_and_requests() {
         .send(Method::POST, "/api/v1/robots", Some(&admin), Some(robot))
         .await;
     assert_eq!(created.status, StatusCode::CREATED);
+    let mut runs = Vec::new();
     for _ in 0..2 {
         let started = app
             .send(
@@ -32,7 +33,9 @@ async fn a_scrape_shows_runs_queues_agents_and_requests() {
             )
             .await;
         assert_eq!(started.status, StatusCode::CREATED);
+        runs.push(started.body["id"].as_str().unwrap().to_owned());
     }
+    let first_run = &runs[0];
     let queue = app
         .send(
             Method::POST,
@@ -53,6 +56,10 @@ async fn a_scrape_shows_runs_queues_agents_and_requests() {
         .await;
     assert_eq!(added.status, StatusCode::CREATED, "{:?}", added.body);
 
+    let stop = format!("/api/v1/runs/{first_run}/stop");
+    let stopped = app.send(Method::POST, &stop, Some(&admin), None).await;
+    assert_eq!(stopped.status, StatusCode::OK);
+
     let scraped = app.send(Method::GET, "/metrics", Some(&admin), None).await;
     assert_eq!(scraped.status, StatusCode::OK);
     assert!(
@@ -63,7 +70,16 @@ async fn a_scrape_shows_runs_queues_agents_and_requests() {
     );
     let text = scraped.body.as_str().unwrap();
     for (series, value) in [
-        (r#"dirigent_runs{robot="bot",state="queued"}"#, 2.0),
+        (r#"dirigent_runs{robot="bot",state="queued"}"#, 1.0),
+        (r#"dirigent_runs{robot="bot",state="stopped"}"#, 1.0),
+        (
+            r#"dirigent_runs_created_total{node="test-node",robot="bot"}"#,
+            2.0,
+        ),
+        (
+            r#"dirigent_runs_ended_total{node="test-node",robot="bot",state="stopped"}"#,
+            1.0,
+        ),
         (r#"dirigent_queue_items{queue="parcels",status="new"}"#, 3.0),
         (r#"dirigent_agents{state="online"}"#, 0.0),
         (
