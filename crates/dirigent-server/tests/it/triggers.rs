@@ -250,6 +250,20 @@ async fn trigger(app: &TestApp, admin: &str, spec: Value) -> String {
     created.body["id"].as_str().unwrap().to_owned()
 }
 
+/// Starts a run of `invoices` as an operator does; answers its id.
+async fn start_by_hand(app: &TestApp, admin: &str) -> String {
+    let started = app
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(admin),
+            Some(json!({"robot": "invoices"})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+    started.body["id"].as_str().unwrap().to_owned()
+}
+
 /// The trigger's firings, oldest first, as (outcome, reason).
 async fn firings(app: &TestApp, admin: &str, id: &str) -> Vec<(String, String)> {
     let listed = app
@@ -392,20 +406,11 @@ async fn manual_robots_and_overlaps_are_skipped_with_a_reason() {
 
     // An operator's start leaves the robot in auto mode; stopping a run takes control, and
     // then triggers leave it alone.
-    let started = app
-        .send(
-            Method::POST,
-            "/api/v1/runs",
-            Some(&admin),
-            Some(json!({"robot": "invoices"})),
-        )
-        .await;
-    assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+    let id = start_by_hand(&app, &admin).await;
     let robot = app
         .send(Method::GET, "/api/v1/robots/invoices", Some(&admin), None)
         .await;
     assert_eq!(robot.body["mode"], "auto", "{:?}", robot.body);
-    let id = started.body["id"].as_str().unwrap();
     let stopped = app
         .send(
             Method::POST,
@@ -444,17 +449,8 @@ async fn an_operators_start_keeps_the_schedule_and_a_stop_or_kill_takes_control(
             let mut spec = schedule.clone();
             spec["robot"] = "invoices".into();
             let id = trigger(&app, &admin, spec).await;
-            let started = app
-                .send(
-                    Method::POST,
-                    "/api/v1/runs",
-                    Some(&admin),
-                    Some(json!({"robot": "invoices"})),
-                )
-                .await;
-            assert_eq!(started.status, StatusCode::CREATED, "{:?}", started.body);
+            let run = start_by_hand(&app, &admin).await;
             if operation != "start" {
-                let run = started.body["id"].as_str().unwrap();
                 let path = format!("/api/v1/runs/{run}/{operation}");
                 let done = app.send(Method::POST, &path, Some(&admin), None).await;
                 assert_eq!(done.status, StatusCode::OK, "{operation}: {:?}", done.body);
