@@ -3,11 +3,14 @@
 //! orchestrator restart or an agent restart loses no output line and no exit status. The
 //! journal also remembers the last command applied, so a resent command is applied once.
 //!
+//! It also knows the last output line reported of each run not yet ended, so that a run
+//! adopted after a restart numbers its output on.
+//!
 //! The file holds one JSON record per line; it is rewritten compactly when it grows and
 //! everything in it has been acknowledged.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     fs::{File, OpenOptions},
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
@@ -22,9 +25,21 @@ const COMPACT_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Record {
-    Event { id: u64, event: AgentEvent },
-    Acked { id: u64 },
-    Applied { id: u64 },
+    Event {
+        id: u64,
+        event: AgentEvent,
+    },
+    Acked {
+        id: u64,
+    },
+    Applied {
+        id: u64,
+    },
+    /// Kept through a compaction: the last output line of a run not yet ended.
+    LastOutput {
+        run_id: String,
+        seq: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +56,8 @@ pub struct Journal {
     last_event_id: u64,
     unacked: VecDeque<(u64, AgentEvent)>,
     last_applied_command: u64,
+    /// The last output line of each run whose end is not journaled.
+    last_output: BTreeMap<String, u64>,
 }
 
 impl Journal {
@@ -55,6 +72,7 @@ impl Journal {
         let mut last_acked = 0;
         let mut last_applied_command = 0;
         let mut unacked = VecDeque::new();
+        let mut last_output = BTreeMap::new();
         match File::open(path) {
             Ok(file) => {
                 for line in BufReader::new(file).lines() {
@@ -66,7 +84,11 @@ impl Journal {
                     match record {
                         Record::Event { id, event } => {
                             last_event_id = last_event_id.max(id);
+                            note_output(&mut last_output, &event);
                             unacked.push_back((id, event));
+                        }
+                        Record::LastOutput { run_id, seq } => {
+                            last_output.insert(run_id, seq);
                         }
                         Record::Acked { id } => last_acked = last_acked.max(id),
                         Record::Applied { id } => {
@@ -94,6 +116,7 @@ impl Journal {
             last_event_id,
             unacked,
             last_applied_command,
+            last_output,
         };
         journal.compact()?;
         Ok(journal)
@@ -114,6 +137,7 @@ impl Journal {
             self.write(&record, false)?;
             self.last_event_id = id;
             if let Record::Event { event, .. } = record {
+                note_output(&mut self.last_output, &event);
                 self.unacked.push_back((id, event));
             }
             ids.push(id);
@@ -145,6 +169,12 @@ impl Journal {
     /// The events not yet acknowledged, in order.
     pub fn unacked(&self) -> impl Iterator<Item = &(u64, AgentEvent)> {
         self.unacked.iter()
+    }
+
+    /// The sequence number of the last output line journaled for a run not yet ended; 0 when
+    /// there is none.
+    pub fn last_output_seq(&self, run_id: &str) -> u64 {
+        self.last_output.get(run_id).copied().unwrap_or(0)
     }
 
     pub fn last_applied_command(&self) -> u64 {
@@ -190,10 +220,19 @@ impl Journal {
             Record::Applied {
                 id: self.last_applied_command,
             },
-        ];
+        ]
+        .into_iter()
+        .chain(
+            self.last_output
+                .iter()
+                .map(|(run_id, seq)| Record::LastOutput {
+                    run_id: run_id.clone(),
+                    seq: *seq,
+                }),
+        );
         let mut bytes = 0;
-        for record in &records {
-            let mut line = serde_json::to_vec(record).map_err(|err| error(err.into()))?;
+        for record in records {
+            let mut line = serde_json::to_vec(&record).map_err(|err| error(err.into()))?;
             line.push(b'\n');
             file.write_all(&line).map_err(error)?;
             bytes += line.len() as u64;
@@ -206,6 +245,22 @@ impl Journal {
             .map_err(error)?;
         self.bytes = bytes;
         Ok(())
+    }
+}
+
+/// Follows the last output line of each run until its end.
+fn note_output(last_output: &mut BTreeMap<String, u64>, event: &AgentEvent) {
+    match event {
+        AgentEvent::Output { run_id, lines } => {
+            if let Some(last) = lines.last() {
+                let seq = last_output.entry(run_id.clone()).or_default();
+                *seq = (*seq).max(last.seq);
+            }
+        }
+        AgentEvent::Exited { run_id, .. } | AgentEvent::StartFailed { run_id, .. } => {
+            last_output.remove(run_id);
+        }
+        _ => {}
     }
 }
 
@@ -254,7 +309,17 @@ mod tests {
         let path = dir.path().join("journal.jsonl");
         let mut journal = Journal::open(&path).unwrap();
         let text = "x".repeat(64 * 1024);
-        let mut last = 0;
+        let output = |run_id: &str, seq| AgentEvent::Output {
+            run_id: run_id.into(),
+            lines: vec![dirigent_proto::link::OutputLine {
+                seq,
+                stream: dirigent_proto::run::Stream::Stdout,
+                at: Timestamp::UNIX_EPOCH,
+                text: "hello".into(),
+            }],
+        };
+        journal.append(output("r", 3)).unwrap();
+        let mut last = journal.append(output("live", 7)).unwrap();
         for _ in 0..20 {
             let event = AgentEvent::StartFailed {
                 run_id: "r".into(),
@@ -266,10 +331,16 @@ mod tests {
         journal.applied(5).unwrap();
         assert!(COMPACT_BYTES < std::fs::metadata(&path).unwrap().len());
         journal.ack(last).unwrap();
-        assert!(std::fs::metadata(&path).unwrap().len() < 100, "compacted");
+        assert!(std::fs::metadata(&path).unwrap().len() < 200, "compacted");
         drop(journal);
         let mut journal = Journal::open(&path).unwrap();
         assert_eq!(journal.last_applied_command(), 5);
+        assert_eq!(
+            journal.last_output_seq("live"),
+            7,
+            "a live run's output numbering survives"
+        );
+        assert_eq!(journal.last_output_seq("r"), 0, "an ended run is forgotten");
         assert_eq!(
             journal.append(paused("x")).unwrap(),
             last + 1,

@@ -1,6 +1,7 @@
 //! `dirigent agent`: runs on each robot machine, keeps a WebSocket to the orchestrator open,
 //! carries out its commands with the [`runner`](runner) and reports every event through the
-//! durable [`journal`](journal).
+//! durable [`journal`](journal). Its robots are children of its [`keeper`](keeper), so that
+//! they live through a restart of the agent.
 //!
 //! One task owns the journal, the runner and the connection: events from the runs are
 //! journaled whether or not the server is reachable, and sent when it is. The connection is
@@ -10,6 +11,7 @@
 //! through the link protocol (`dirigent_proto::link`) and the HTTP API.
 
 pub mod journal;
+pub mod keeper;
 pub mod runner;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
@@ -42,6 +44,8 @@ pub struct AgentConfig {
     /// For the built-in local agent, which should not outlive its orchestrator for nothing:
     /// when it is orphaned.
     pub orphaned: Option<Orphaned>,
+    /// How to start the keeper of the robots (`dirigent agent keeper --data DIR`).
+    pub keeper: keeper::KeeperCommand,
 }
 
 /// When a local agent's orchestrator is gone, and what the agent then does.
@@ -92,7 +96,6 @@ pub enum AgentError {
 
 const CREDENTIAL_FILE: &str = "credential";
 const JOURNAL_FILE: &str = "journal.jsonl";
-const LIVE_RUNS_FILE: &str = "live-runs.json";
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -130,8 +133,8 @@ pub fn store_credential(data_dir: &std::path::Path, credential: &str) -> Result<
 }
 
 /// Runs the agent until `shutdown` resolves. Robot processes keep running after the agent
-/// stops (they are in their own process groups), through an orchestrator's restart; the
-/// agent's own next start ends them, since it can no longer supervise them.
+/// stops (they are children of the keeper), through an orchestrator's restart and the agent's
+/// own: its next start supervises them again.
 pub async fn run(
     config: AgentConfig,
     credential: String,
@@ -159,21 +162,28 @@ pub async fn run(
     let mut runner = Runner::new(
         RunnerConfig {
             server_url: first_url.clone(),
-            live_record: Some(config.data_dir.join(LIVE_RUNS_FILE)),
+            data_dir: config.data_dir.clone(),
+            keeper: config.keeper.clone(),
         },
         events_tx,
     );
-    // Runs of an earlier life of this agent are not supervised any more: ended now, and
-    // journaled before the first connection, so that the server learns why before it hears
-    // which runs are alive.
-    let abandoned = runner.abandon_orphans();
+    // The runs of this agent's earlier life are supervised again where the keeper kept them;
+    // the others are ended now, and journaled before the first connection, so that the
+    // server learns why before it hears which runs are alive.
+    let (adopted, abandoned) = runner.adopt(|run_id| journal.last_output_seq(run_id)).await;
+    if 0 < adopted + abandoned {
+        tracing::warn!(
+            adopted,
+            abandoned,
+            "took over the runs of this agent's earlier life"
+        );
+    }
     if 0 < abandoned {
-        tracing::warn!(abandoned, "ended the runs of this agent's earlier life");
         let mut ended = Vec::new();
         while let Ok(event) = events.try_recv() {
             ended.push(event);
         }
-        journal.append_all(ended)?;
+        record(&mut journal, &mut runner, ended).await?;
     }
     let mut failures: u32 = 0;
     let mut offline_since = tokio::time::Instant::now();
@@ -190,7 +200,10 @@ pub async fn run(
             .clone();
         let ended = tokio::select! {
             ended = session(&config, (&url, tls.clone()), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                runner.release_keeper().await;
+                return Ok(());
+            }
         };
         match ended {
             Ok(never) => match never {},
@@ -218,6 +231,7 @@ pub async fn run(
         {
             if runner.n_live() == 0 {
                 tracing::warn!(reason, "no run alive and the orchestrator gone: stopping");
+                runner.release_keeper().await;
                 return Ok(());
             }
             if !stopping_robots {
@@ -237,11 +251,34 @@ pub async fn run(
         loop {
             tokio::select! {
                 () = &mut wait => break,
-                () = &mut shutdown => return Ok(()),
-                Some(event) = events.recv() => { journal.append_all(drain_batch(event, &mut events))?; }
+                () = &mut shutdown => {
+                    runner.release_keeper().await;
+                    return Ok(());
+                }
+                Some(event) = events.recv() => {
+                    record(&mut journal, &mut runner, drain_batch(event, &mut events)).await?;
+                }
             }
         }
     }
+}
+
+/// Journals events (one sync), then lets the keeper forget the runs whose ends they report.
+async fn record(
+    journal: &mut Journal,
+    runner: &mut Runner,
+    events: Vec<AgentEvent>,
+) -> Result<Vec<u64>, JournalError> {
+    let ended: Vec<String> = events
+        .iter()
+        .filter_map(|event| match event {
+            AgentEvent::Exited { run_id, .. } => Some(run_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let ids = journal.append_all(events)?;
+    runner.forget_kept(ended).await;
+    Ok(ids)
 }
 
 /// The event just received and those already waiting behind it (up to a bound), to be
@@ -384,7 +421,7 @@ async fn session(
         tokio::select! {
             Some(event) = events.recv() => {
                 let batch = drain_batch(event, events);
-                let ids = journal.append_all(batch.clone())?;
+                let ids = record(journal, runner, batch.clone()).await?;
                 for (id, event) in ids.into_iter().zip(batch) {
                     send(&mut socket, &AgentFrame::Event { id, event }).await?;
                 }
@@ -392,7 +429,7 @@ async fn session(
             frame = receive(&mut socket) => match frame? {
                 Some(ServerFrame::Command { id, command }) => {
                     if journal.last_applied_command() < id {
-                        runner.apply(command);
+                        runner.apply(command).await;
                         journal.applied(id)?;
                     }
                     send(&mut socket, &AgentFrame::Ack { id }).await?;

@@ -1,20 +1,21 @@
-//! The runner: starts robot processes, each in its own process group, and carries out pause,
-//! resume, safe stop and force stop on the whole group. Each run is supervised by a task that
-//! reads its output line by line, enforces its grace period and maximum duration, reaps it and
-//! reports every change as an [`AgentEvent`].
+//! The runner: has robot processes started by the [keeper](crate::keeper), each in its own
+//! process group, and carries out pause, resume, safe stop and force stop on the whole group.
+//! Each run is supervised by a task that reads its output line by line, enforces its grace
+//! period and maximum duration, learns its exit from the keeper and reports every change as an
+//! [`AgentEvent`].
 //!
-//! The live runs are also recorded in a file (pid and process start time): after a restart of
-//! the agent, [`Runner::abandon_orphans`] kills the process groups of those still alive and
-//! reports each run's end, so that no robot runs on unsupervised and none runs twice.
+//! The live runs are also recorded in a file (pid, process start time, grace period, deadline,
+//! pause and stop): after a restart of the agent, [`Runner::adopt`] supervises again the runs
+//! its keeper still keeps, output and exit status included. Runs the keeper lost (it died with
+//! the agent) cannot be supervised: their process groups are killed and their ends reported,
+//! so that no robot runs on unsupervised and none runs twice.
 //!
-//! **Architecture Invariant.** This is the only module of Dirigent that spawns robot
-//! processes. Runs are spawned without `pre_exec`, so the standard library can use
-//! `posix_spawn`; the group is made with `process_group(0)`.
+//! **Architecture Invariant.** The runner and the keeper are the only modules of Dirigent that
+//! start robot processes.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    process::Stdio,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -29,10 +30,11 @@ use nix::{
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader},
-    process::Command,
     sync::mpsc,
     time::Instant,
 };
+
+use crate::keeper::{self, ExitReceiver, KeeperCommand, KeeperLink, Kept, Request};
 
 /// A line longer than this is cut into several lines.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -42,30 +44,52 @@ const BATCH_LINES: usize = 500;
 const BATCH_DELAY: Duration = Duration::from_millis(50);
 /// After the robot's process ends, its output pipes get this long to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a robot whose keeper is gone is looked at, to learn that it ended.
+const ORPHAN_POLL: Duration = Duration::from_millis(500);
+/// The grace period of an adopted run that was not recorded.
+const DEFAULT_GRACE_SECONDS: u32 = 10;
+const LIVE_RUNS_FILE: &str = "live-runs.json";
 
 /// What the runner needs to know beyond each run's spec.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// The orchestrator's URL, given to robots as `DIRIGENT_URL`.
     pub server_url: String,
-    /// Where the live runs are recorded for after a restart of the agent; none for a runner
-    /// that leaves nothing behind.
-    pub live_record: Option<PathBuf>,
+    /// The agent's data directory: the keeper's socket, the robots' pipes and the record of
+    /// live runs.
+    pub data_dir: PathBuf,
+    /// How to start a keeper when none is running.
+    pub keeper: KeeperCommand,
 }
 
 /// A live run as recorded on disk: enough to tell its process from a later one with the same
-/// pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// pid, and to go on supervising it after a restart of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Recorded {
     pid: u32,
     /// The process's start time, in clock ticks after boot (`/proc/PID/stat`).
     started: u64,
+    #[serde(default = "default_grace")]
+    grace_seconds: u32,
+    /// When its maximum duration runs out.
+    #[serde(default)]
+    deadline: Option<Timestamp>,
+    #[serde(default)]
+    paused: bool,
+    /// A stop under way: how it will end, and when the group is killed.
+    #[serde(default)]
+    stopping: Option<(Ending, Timestamp)>,
+}
+
+fn default_grace() -> u32 {
+    DEFAULT_GRACE_SECONDS
 }
 
 /// The live runs of this agent.
 pub struct Runner {
     config: RunnerConfig,
     events: mpsc::UnboundedSender<AgentEvent>,
+    keeper: Option<KeeperLink>,
     runs: HashMap<String, LiveHandle>,
     ended: mpsc::UnboundedReceiver<String>,
     ended_tx: mpsc::UnboundedSender<String>,
@@ -73,11 +97,7 @@ pub struct Runner {
 
 struct LiveHandle {
     pid: u32,
-    /// The run's grace period for a safe stop.
-    grace: Duration,
-    /// Its process's start time (`/proc/PID/stat`), if it could be read.
-    started: Option<u64>,
-    paused: bool,
+    record: Option<Recorded>,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -89,6 +109,15 @@ enum Control {
     Kill,
 }
 
+/// Where a supervisor takes over a run: at its start, or after a restart of the agent.
+struct Resume {
+    paused: bool,
+    deadline: Option<Timestamp>,
+    stopping: Option<(Ending, Timestamp)>,
+    /// The sequence number of the last output line already reported.
+    last_seq: u64,
+}
+
 impl Runner {
     /// A runner that reports on `events`.
     pub fn new(config: RunnerConfig, events: mpsc::UnboundedSender<AgentEvent>) -> Runner {
@@ -96,6 +125,7 @@ impl Runner {
         Runner {
             config,
             events,
+            keeper: None,
             runs: HashMap::new(),
             ended,
             ended_tx,
@@ -111,7 +141,7 @@ impl Runner {
             .map(|(run_id, handle)| LiveRun {
                 run_id: run_id.clone(),
                 pid: handle.pid,
-                paused: handle.paused,
+                paused: handle.record.as_ref().is_some_and(|record| record.paused),
             })
             .collect();
         live.sort_by(|a, b| a.run_id.cmp(&b.run_id));
@@ -125,10 +155,10 @@ impl Runner {
 
     /// Carries out a command of the server. Commands about runs that are not alive here are
     /// answered with the run's end where that makes sense, and otherwise ignored.
-    pub fn apply(&mut self, command: AgentCommand) {
+    pub async fn apply(&mut self, command: AgentCommand) {
         self.forget_ended();
         match command {
-            AgentCommand::Start(spec) => self.start(spec),
+            AgentCommand::Start(spec) => self.start(spec).await,
             AgentCommand::Pause { run_id } => self.control(&run_id, Control::Pause),
             AgentCommand::Resume { run_id } => self.control(&run_id, Control::Resume),
             AgentCommand::Stop {
@@ -147,10 +177,45 @@ impl Runner {
     /// Safe-stops every live run, each with its own grace period.
     pub fn stop_all(&mut self) {
         self.forget_ended();
-        for handle in self.runs.values() {
-            let _ = handle.control.send(Control::Stop {
-                grace: handle.grace,
-            });
+        let ids: Vec<String> = self.runs.keys().cloned().collect();
+        for run_id in ids {
+            let grace = self
+                .runs
+                .get(&run_id)
+                .map_or(DEFAULT_GRACE_SECONDS, |handle| {
+                    handle
+                        .record
+                        .as_ref()
+                        .map_or(DEFAULT_GRACE_SECONDS, |record| record.grace_seconds)
+                });
+            self.control(
+                &run_id,
+                Control::Stop {
+                    grace: Duration::from_secs(u64::from(grace)),
+                },
+            );
+        }
+    }
+
+    /// The ends of these runs are journaled: their keeper may forget them.
+    pub async fn forget_kept(&mut self, run_ids: Vec<String>) {
+        for run_id in run_ids {
+            let Some(keeper) = &mut self.keeper else {
+                return;
+            };
+            if let Err(err) = keeper.send(&Request::Forget { run_id }).await {
+                tracing::warn!(%err, "the keeper went away");
+                self.keeper = None;
+            }
+        }
+    }
+
+    /// Stops the keeper if no robot is alive (it would otherwise linger a few seconds).
+    pub async fn release_keeper(&mut self) {
+        if self.n_live() == 0
+            && let Some(keeper) = &mut self.keeper
+        {
+            let _ = keeper.send(&Request::Quit).await;
         }
     }
 
@@ -159,12 +224,24 @@ impl Runner {
             tracing::info!(run_id, ?control, "command for a run that is not alive here");
             return;
         };
-        match control {
-            Control::Pause => handle.paused = true,
-            Control::Resume => handle.paused = false,
-            Control::Stop { .. } | Control::Kill => {}
+        if let Some(record) = &mut handle.record {
+            let now = now();
+            match control {
+                Control::Pause if record.stopping.is_none() => record.paused = true,
+                Control::Resume => record.paused = false,
+                Control::Stop { grace } if record.stopping.is_none() => {
+                    record.paused = false;
+                    let kill_at = now
+                        .checked_add(jiff::SignedDuration::try_from(grace).unwrap_or_default())
+                        .unwrap_or(now);
+                    record.stopping = Some((Ending::Stopped, kill_at));
+                }
+                Control::Kill => record.stopping = Some((Ending::Killed, now)),
+                _ => {}
+            }
         }
         let _ = handle.control.send(control);
+        self.record_live();
     }
 
     fn forget_ended(&mut self) {
@@ -177,79 +254,109 @@ impl Runner {
         }
     }
 
-    /// Records the live runs (pid and start time) for after a restart of the agent. Not
-    /// synced: it is for when the agent dies, not the machine (which takes the robots along).
+    fn live_record(&self) -> PathBuf {
+        self.config.data_dir.join(LIVE_RUNS_FILE)
+    }
+
+    /// Records the live runs for after a restart of the agent. Not synced: it is for when the
+    /// agent dies, not the machine (which takes the robots along).
     fn record_live(&self) {
-        let Some(path) = &self.config.live_record else {
-            return;
-        };
-        let live: BTreeMap<&str, Recorded> = self
+        let path = self.live_record();
+        let live: BTreeMap<&str, &Recorded> = self
             .runs
             .iter()
-            .filter_map(|(run_id, handle)| {
-                let started = handle.started?;
-                Some((
-                    run_id.as_str(),
-                    Recorded {
-                        pid: handle.pid,
-                        started,
-                    },
-                ))
-            })
+            .filter_map(|(run_id, handle)| Some((run_id.as_str(), handle.record.as_ref()?)))
             .collect();
         let written = serde_json::to_vec(&live)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
                 let partial = path.with_extension("partial");
                 std::fs::write(&partial, bytes)?;
-                std::fs::rename(&partial, path)
+                std::fs::rename(&partial, &path)
             });
         if let Err(err) = written {
             tracing::error!(%err, path = %path.display(), "recording the live runs");
         }
     }
 
-    /// After a restart of the agent: the runs its earlier life recorded as live cannot be
-    /// supervised any more (their output pipes and exit statuses went with it). Kills the
-    /// process group of each that is still alive, and reports every one as ended
-    /// ([`Ending::Abandoned`]). Answers how many it reported.
-    pub fn abandon_orphans(&mut self) -> usize {
-        let Some(path) = &self.config.live_record else {
-            return 0;
-        };
-        let recorded: BTreeMap<String, Recorded> = match std::fs::read(path) {
+    /// After a restart of the agent: supervises again the runs its earlier life left, as far
+    /// as their keeper still keeps them; `last_seq` says how far each run's output was
+    /// reported. The runs the keeper lost (their output pipes and exit statuses went with it)
+    /// cannot be supervised: the process group of each that is still alive is killed, and
+    /// every one is reported as ended ([`Ending::Abandoned`]). Answers how many runs were
+    /// adopted and how many abandoned.
+    pub async fn adopt(&mut self, last_seq: impl Fn(&str) -> u64) -> (usize, usize) {
+        let path = self.live_record();
+        let mut recorded: BTreeMap<String, Recorded> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
                 tracing::error!(%err, path = %path.display(), "unreadable record of live runs");
                 BTreeMap::new()
             }),
             Err(_) => BTreeMap::new(),
         };
+        let kept = match KeeperLink::connect(&self.config.data_dir).await {
+            Ok((link, kept)) => {
+                self.keeper = Some(link);
+                kept
+            }
+            Err(_) => Vec::new(),
+        };
+        let adopted = kept.len();
+        for (kept, exit) in kept {
+            let record = recorded.remove(&kept.run_id);
+            let seq = last_seq(&kept.run_id);
+            self.adopt_one(kept, exit, record, seq);
+        }
         let now = now();
         for (run_id, run) in &recorded {
             let alive = process_start_time(run.pid) == Some(run.started);
             if alive {
-                let group = Pid::from_raw(i32::try_from(run.pid).unwrap_or(i32::MAX));
-                let _ = killpg(group, Signal::SIGKILL);
+                signal(pid_group(run.pid), Signal::SIGKILL);
             }
-            tracing::warn!(
-                run_id,
-                pid = run.pid,
-                killed = alive,
-                "abandoning a run of an earlier life"
-            );
+            tracing::warn!(run_id, pid = run.pid, killed = alive, "abandoning a run");
             let _ = self.events.send(AgentEvent::Exited {
                 run_id: run_id.clone(),
                 at: now,
                 exit_code: None,
                 signal: alive.then_some(Signal::SIGKILL as i32),
                 ending: Ending::Abandoned,
+                note: None,
             });
         }
         self.record_live();
-        recorded.len()
+        (adopted, recorded.len())
     }
 
-    fn start(&mut self, spec: StartSpec) {
+    fn adopt_one(&mut self, kept: Kept, exit: ExitReceiver, record: Option<Recorded>, seq: u64) {
+        let record = record.filter(|record| record.pid == kept.pid).or_else(|| {
+            Some(Recorded {
+                pid: kept.pid,
+                started: process_start_time(kept.pid)?,
+                grace_seconds: DEFAULT_GRACE_SECONDS,
+                deadline: None,
+                paused: false,
+                stopping: None,
+            })
+        });
+        tracing::info!(
+            run_id = kept.run_id,
+            pid = kept.pid,
+            ended = kept.exit.is_some(),
+            "adopting a run"
+        );
+        let resume = Resume {
+            paused: record.as_ref().is_some_and(|record| record.paused),
+            deadline: record.as_ref().and_then(|record| record.deadline),
+            stopping: record.as_ref().and_then(|record| record.stopping),
+            last_seq: seq,
+        };
+        let grace = record
+            .as_ref()
+            .map_or(DEFAULT_GRACE_SECONDS, |record| record.grace_seconds);
+        self.supervise(kept.run_id, kept.pid, record, grace, exit, resume);
+    }
+
+    async fn start(&mut self, spec: StartSpec) {
         if self.runs.contains_key(&spec.run_id) {
             tracing::info!(
                 run_id = spec.run_id,
@@ -258,8 +365,8 @@ impl Runner {
             return;
         }
         let now = now();
-        let child = match spawn(&self.config, &spec) {
-            Ok(child) => child,
+        let (pid, exit) = match self.spawn(&spec).await {
+            Ok(spawned) => spawned,
             Err(reason) => {
                 let _ = self.events.send(AgentEvent::StartFailed {
                     run_id: spec.run_id,
@@ -269,79 +376,118 @@ impl Runner {
                 return;
             }
         };
-        let Some(pid) = child.id() else {
-            let reason = "the process ended before it could be watched".to_owned();
-            let _ = self.events.send(AgentEvent::StartFailed {
-                run_id: spec.run_id,
-                reason,
-                at: now,
-            });
-            return;
-        };
         let _ = self.events.send(AgentEvent::Started {
             run_id: spec.run_id.clone(),
             pid,
             at: now,
             token_digest: spec.run_token.as_deref().map(token_digest),
         });
+        let deadline = spec.max_duration_seconds.and_then(|seconds| {
+            now.checked_add(jiff::SignedDuration::from_secs(i64::from(seconds)))
+                .ok()
+        });
+        let record = process_start_time(pid).map(|started| Recorded {
+            pid,
+            started,
+            grace_seconds: spec.stop_grace_seconds,
+            deadline,
+            paused: false,
+            stopping: None,
+        });
+        let resume = Resume {
+            paused: false,
+            deadline,
+            stopping: None,
+            last_seq: 0,
+        };
+        self.supervise(
+            spec.run_id,
+            pid,
+            record,
+            spec.stop_grace_seconds,
+            exit,
+            resume,
+        );
+    }
+
+    /// Has the keeper (started if need be) spawn the run's process.
+    async fn spawn(&mut self, spec: &StartSpec) -> Result<(u32, ExitReceiver), String> {
+        if !keeper::valid_run_id(&spec.run_id) {
+            return Err(format!("invalid run id {:?}", spec.run_id));
+        }
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        env.extend(spec.env.clone());
+        env.insert("DIRIGENT_URL".to_owned(), self.config.server_url.clone());
+        env.insert("DIRIGENT_RUN_ID".to_owned(), spec.run_id.clone());
+        env.insert("DIRIGENT_ROBOT".to_owned(), spec.robot.clone());
+        match &spec.run_token {
+            Some(token) => env.insert("DIRIGENT_RUN_TOKEN".to_owned(), token.clone()),
+            None => env.remove("DIRIGENT_RUN_TOKEN"),
+        };
+        let request = Request::Spawn {
+            run_id: spec.run_id.clone(),
+            argv: spec.argv.clone(),
+            env: env.into_iter().collect(),
+            working_dir: spec.working_dir.clone(),
+        };
+        // A keeper that went away is replaced once.
+        for _ in 0..2 {
+            let keeper = match &mut self.keeper {
+                Some(keeper) => keeper,
+                None => self
+                    .keeper
+                    .insert(KeeperLink::start(&self.config.data_dir, &self.config.keeper).await?),
+            };
+            match keeper.spawn(&request).await {
+                Err(reason) if reason.starts_with("the keeper") => self.keeper = None,
+                spawned => return spawned,
+            }
+        }
+        Err("the keeper keeps going away".to_owned())
+    }
+
+    fn supervise(
+        &mut self,
+        run_id: String,
+        pid: u32,
+        record: Option<Recorded>,
+        grace_seconds: u32,
+        exit: ExitReceiver,
+        resume: Resume,
+    ) {
         let (control, control_rx) = mpsc::unbounded_channel();
+        let run_id_for_pipes = run_id.clone();
         self.runs.insert(
-            spec.run_id.clone(),
+            run_id.clone(),
             LiveHandle {
                 pid,
-                grace: Duration::from_secs(u64::from(spec.stop_grace_seconds)),
-                started: process_start_time(pid),
-                paused: false,
+                record,
                 control,
             },
         );
         self.record_live();
         let supervisor = Supervisor {
-            spec,
+            run_id,
             pid,
+            grace: Duration::from_secs(u64::from(grace_seconds)),
+            pipes: keeper::pipe_paths(&self.config.data_dir, &run_id_for_pipes),
             events: self.events.clone(),
             ended: self.ended_tx.clone(),
         };
-        tokio::spawn(supervisor.run(child, control_rx));
+        tokio::spawn(supervisor.run(exit, control_rx, resume));
     }
 }
 
-fn spawn(config: &RunnerConfig, spec: &StartSpec) -> Result<tokio::process::Child, String> {
-    let Some((program, args)) = spec.argv.split_first() else {
-        return Err("the robot has no program to run".to_owned());
-    };
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the runner is where robot processes are spawned"
-    )]
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(&spec.env)
-        .env("DIRIGENT_URL", &config.server_url)
-        .env("DIRIGENT_RUN_ID", &spec.run_id)
-        .env("DIRIGENT_ROBOT", &spec.robot)
-        .envs(
-            spec.run_token
-                .iter()
-                .map(|token| ("DIRIGENT_RUN_TOKEN", token)),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if let Some(dir) = &spec.working_dir {
-        command.current_dir(dir);
-    }
-    command
-        .spawn()
-        .map_err(|err| format!("cannot start {program:?}: {err}"))
-}
-
-/// Watches one run from spawn to reaping.
+/// Watches one run from spawn (or adoption) to its end.
 struct Supervisor {
-    spec: StartSpec,
+    run_id: String,
     pid: u32,
+    /// Its grace period when its maximum duration runs out.
+    grace: Duration,
+    /// Its standard output and error.
+    pipes: [PathBuf; 2],
     events: mpsc::UnboundedSender<AgentEvent>,
     ended: mpsc::UnboundedSender<String>,
 }
@@ -349,39 +495,53 @@ struct Supervisor {
 impl Supervisor {
     async fn run(
         self,
-        mut child: tokio::process::Child,
+        exit: ExitReceiver,
         mut control: mpsc::UnboundedReceiver<Control>,
+        resume: Resume,
     ) {
-        let run_id = self.spec.run_id.clone();
-        let group = Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
+        let run_id = self.run_id.clone();
+        let group = pid_group(self.pid);
         let (lines_tx, mut lines) = mpsc::channel::<(Stream, String)>(1024);
-        let readers = [
-            child
-                .stdout
-                .take()
-                .map(|out| tokio::spawn(read_lines(out, Stream::Stdout, lines_tx.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|err| tokio::spawn(read_lines(err, Stream::Stderr, lines_tx.clone()))),
+        let mut lost_pipes = Vec::new();
+        let mut readers = Vec::new();
+        let streams = [
+            (Stream::Stdout, "standard output"),
+            (Stream::Stderr, "standard error"),
         ];
+        for (path, (stream, name)) in self.pipes.iter().zip(streams) {
+            match open_pipe(path) {
+                Ok(pipe) => readers.push(tokio::spawn(read_lines(pipe, stream, lines_tx.clone()))),
+                Err(err) => {
+                    tracing::warn!(run_id, %err, path = %path.display(), "output pipe lost");
+                    lost_pipes.push(name);
+                }
+            }
+        }
         drop(lines_tx);
 
-        let mut output = OutputBatcher::new(run_id.clone());
+        let mut output = OutputBatcher::new(run_id.clone(), resume.last_seq);
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let mut deadline_duration = match self.spec.max_duration_seconds {
-            Some(seconds) => Instant::now() + Duration::from_secs(u64::from(seconds)),
-            None => far,
-        };
+        let mut deadline_duration = resume.deadline.map_or(far, instant_at);
         let mut deadline_grace = far;
         let mut flush_at = far;
         let mut ending = Ending::Natural;
         let mut stopping = false;
-        let mut paused = false;
+        let mut paused = resume.paused;
+        if let Some((stop_ending, kill_at)) = resume.stopping {
+            // A stop under way when the agent restarted goes on.
+            stopping = true;
+            ending = stop_ending;
+            deadline_grace = instant_at(kill_at);
+            signal(group, Signal::SIGTERM);
+            signal(group, Signal::SIGCONT);
+            paused = false;
+        }
+        let exit = wait_exit(exit, self.pid);
+        tokio::pin!(exit);
 
         let status = loop {
             tokio::select! {
-                status = child.wait() => break status,
+                status = &mut exit => break status,
                 Some((stream, text)) = lines.recv() => {
                     if output.push(stream, text) {
                         self.send(output.take());
@@ -425,8 +585,7 @@ impl Supervisor {
                     deadline_duration = far;
                     if !stopping {
                         stopping = true;
-                        let grace = Duration::from_secs(u64::from(self.spec.stop_grace_seconds));
-                        deadline_grace = self.safe_stop(group, grace, &mut paused);
+                        deadline_grace = self.safe_stop(group, self.grace, &mut paused);
                     }
                     ending = Ending::TimedOut;
                 }
@@ -449,18 +608,25 @@ impl Supervisor {
                 "output pipes still open after the run ended (a process left its group)"
             );
         }
-        for reader in readers.into_iter().flatten() {
+        for reader in readers {
             reader.abort();
         }
         self.send(output.take());
 
+        let mut notes = Vec::new();
+        if !lost_pipes.is_empty() {
+            notes.push(format!(
+                "its {} was lost when the agent restarted",
+                lost_pipes.join(" and ")
+            ));
+        }
         let (exit_code, signal_number) = match status {
-            Ok(status) => {
-                use std::os::unix::process::ExitStatusExt;
-                (status.code(), status.signal())
-            }
-            Err(err) => {
-                tracing::error!(run_id, %err, "waiting for the robot failed");
+            Some(exit) => (exit.code, exit.signal),
+            None => {
+                if ending == Ending::Natural {
+                    ending = Ending::Abandoned;
+                }
+                notes.push("its keeper went away, and its exit status with it".to_owned());
                 (None, None)
             }
         };
@@ -471,6 +637,7 @@ impl Supervisor {
             exit_code,
             signal: signal_number,
             ending,
+            note: (!notes.is_empty()).then(|| notes.join("; ")),
         }));
     }
 
@@ -482,7 +649,7 @@ impl Supervisor {
             *paused = false;
         }
         self.send(Some(AgentEvent::Stopping {
-            run_id: self.spec.run_id.clone(),
+            run_id: self.run_id.clone(),
             at: now(),
         }));
         Instant::now() + grace
@@ -493,6 +660,45 @@ impl Supervisor {
             let _ = self.events.send(event);
         }
     }
+}
+
+/// The robot's exit as its keeper tells it; `None` when the keeper went away first, once the
+/// process is seen gone.
+async fn wait_exit(exit: ExitReceiver, pid: u32) -> Option<keeper::Exit> {
+    if let Ok(exit) = exit.await {
+        return Some(exit);
+    }
+    let started = process_start_time(pid);
+    let mut poll = tokio::time::interval(ORPHAN_POLL);
+    loop {
+        poll.tick().await;
+        // A zombie of the dead keeper's is reaped by init soon; until then it counts as gone.
+        if started.is_none() || process_start_time(pid) != started || is_zombie(pid) {
+            return None;
+        }
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, after)| after.trim_start().starts_with('Z'))
+    })
+}
+
+/// Opens the reading end of a robot's output pipe.
+fn open_pipe(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)
+}
+
+/// The `Instant` of a wall-clock time (now, if it is past).
+fn instant_at(at: Timestamp) -> Instant {
+    let ahead = at.duration_since(now());
+    Instant::now() + Duration::try_from(ahead).unwrap_or_default()
+}
+
+fn pid_group(pid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
 }
 
 fn signal(group: Pid, signal: Signal) {
@@ -516,10 +722,11 @@ struct OutputBatcher {
 }
 
 impl OutputBatcher {
-    fn new(run_id: String) -> OutputBatcher {
+    /// A batcher whose first line follows `last_seq`.
+    fn new(run_id: String, last_seq: u64) -> OutputBatcher {
         OutputBatcher {
             run_id,
-            next_seq: 1,
+            next_seq: last_seq + 1,
             lines: Vec::new(),
         }
     }

@@ -138,6 +138,9 @@ pub enum AgentEvent {
         exit_code: Option<i32>,
         signal: Option<i32>,
         ending: Ending,
+        /// What else the run's reason should say (its output pipes lost, say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     Output {
         run_id: String,

@@ -105,6 +105,21 @@ enum AgentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The keeper of an agent's robots: started by the agent itself.
+    #[command(hide = true)]
+    Keeper {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+}
+
+/// The data directory of the keeper to run, for `dirigent agent keeper`: it runs on plain
+/// threads, before any async runtime starts (it takes `SIGCHLD` itself).
+pub(crate) fn keeper_data_dir(args: &AgentArgs) -> Option<&std::path::Path> {
+    match &args.command {
+        Some(AgentCommand::Keeper { data }) => Some(data),
+        _ => None,
+    }
 }
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -155,6 +170,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         Some(AgentCommand::Drain { name, client }) => drain(&name, true, &client).await,
         Some(AgentCommand::Undrain { name, client }) => drain(&name, false, &client).await,
+        Some(AgentCommand::Keeper { .. }) => bail!("the keeper runs outside the async runtime"),
     }
 }
 
@@ -226,10 +242,21 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         }
     };
     crate::init_tracing();
+    let data_dir = std::path::absolute(&args.data)
+        .with_context(|| format!("resolving {}", args.data.display()))?;
+    let exe = std::env::current_exe().context("finding the dirigent binary")?;
+    let keeper = vec![
+        exe.into_os_string(),
+        "agent".into(),
+        "keeper".into(),
+        "--data".into(),
+        data_dir.clone().into_os_string(),
+    ];
     let config = AgentConfig {
         server_urls,
         trust,
-        data_dir: args.data,
+        data_dir,
+        keeper,
         labels,
         capacity: args.capacity,
         heartbeat: Duration::from_secs(15),

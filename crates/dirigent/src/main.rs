@@ -66,6 +66,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Agent(agent_args) = &args.command
+        && let Some(data_dir) = agent::keeper_data_dir(agent_args)
+    {
+        return match dirigent_agent::keeper::serve(data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

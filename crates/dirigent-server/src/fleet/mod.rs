@@ -601,6 +601,7 @@ impl Fleet {
                 exit_code,
                 signal,
                 ending,
+                note,
                 ..
             } if run.state.is_active() || run.state == RunState::Lost => {
                 let ending = match ending {
@@ -622,6 +623,10 @@ impl Fleet {
                         it any more: it had ended meanwhile, exit status unknown"
                         .to_owned(),
                     _ => describe_exit(*exit_code, *signal),
+                };
+                let reason = match note {
+                    Some(note) => format!("{reason}; {note}"),
+                    None => reason,
                 };
                 let was_lost = run.state == RunState::Lost;
                 self.transition(&mut run, state, &cause, Some(reason))

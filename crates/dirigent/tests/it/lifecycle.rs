@@ -555,43 +555,175 @@ fn restart_replaces_a_run_and_a_drained_agent_takes_no_new_runs() {
     wait_state(&server, id, "killed");
 }
 
-#[test]
-fn an_agent_restart_leaves_no_robot_unsupervised() {
-    let server = server_with(&["--no-local-agent"]);
-    create_robot(
-        &server,
-        "keeper",
-        &["--restart-policy", "on-failure"],
-        &["sh", "-c", HANDLES_TERM],
-    );
-    let token = ok(run(server.cli(&["agent", "enroll-token"])))
-        .trim()
-        .to_owned();
-    let agent_dir = server.dir.path().join("agent");
-    let start_agent = |token: Option<&str>| {
-        let mut command = dirigent(&server.config_dir());
+/// A robot that counts aloud while the file `talk` exists, says when it falls quiet, and says
+/// goodbye when asked to stop.
+fn counts(talk: &std::path::Path) -> String {
+    format!(
+        "trap 'echo bye; exit 0' TERM; i=0; q=0; while true; do \
+         if [ -e {talk} ]; then i=$((i+1)); echo tick $i; \
+         elif [ $q != $i ]; then q=$i; echo quiet after $i; fi; sleep 0.1; done",
+        talk = talk.display()
+    )
+}
+
+/// An agent enrolled as `pc-1` in the server's directory, started and restarted by hand.
+struct ManualAgent<'a> {
+    server: &'a ServerProcess,
+    dir: std::path::PathBuf,
+    token: Option<String>,
+}
+
+impl ManualAgent<'_> {
+    fn new(server: &ServerProcess) -> ManualAgent<'_> {
+        let token = ok(run(server.cli(&["agent", "enroll-token"])))
+            .trim()
+            .to_owned();
+        ManualAgent {
+            server,
+            dir: server.dir.path().join("agent"),
+            token: Some(token),
+        }
+    }
+
+    fn start(&mut self) -> std::process::Child {
+        let mut command = dirigent(&self.server.config_dir());
         command
-            .args(["agent", "--server", &server.url, "--name", "pc-1"])
+            .args(["agent", "--server", &self.server.url, "--name", "pc-1"])
             .arg("--data")
-            .arg(&agent_dir)
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(token) = token {
-            command.args(["--enroll-token", token]);
+        if let Some(token) = self.token.take() {
+            command.args(["--enroll-token", &token]);
         }
         command.spawn().unwrap()
-    };
-    let mut agent = start_agent(Some(&token));
-    let (first, pid) = start_running(&server, "keeper");
+    }
 
-    // The agent dies; its robot does not.
-    let _ = agent.kill();
-    let _ = agent.wait();
+    /// The pid of the agent's keeper, the parent of its robots.
+    fn keeper(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("keeper.lock"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn kill9(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The numbers of the `tick N` lines of a run's output, in order.
+fn ticks(server: &ServerProcess, id: &str) -> Vec<u32> {
+    ok(run(server.cli(&["run", "logs", id])))
+        .lines()
+        .filter_map(|line| line.rsplit_once("tick ")?.1.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn an_agent_restart_adopts_its_robots() {
+    let server = server_with(&["--no-local-agent"]);
+    let talk = server.dir.path().join("talk");
+    create_robot(
+        &server,
+        "counter",
+        &["--restart-policy", "on-failure"],
+        &["sh", "-c", &counts(&talk)],
+    );
+    let go = server.dir.path().join("go");
+    let finishes = format!(
+        "echo waiting; while [ ! -e {} ]; do sleep 0.05; done; echo finished; exit 3",
+        go.display()
+    );
+    create_robot(&server, "finisher", &[], &["sh", "-c", &finishes]);
+    let mut agent = ManualAgent::new(&server);
+    let first_life = agent.start();
+    std::fs::write(&talk, "").unwrap();
+    let (counter, pid) = start_running(&server, "counter");
+    await_output(&server, &counter, "tick 3");
+    let (finisher, finisher_pid) = start_running(&server, "finisher");
+    await_output(&server, &finisher, "waiting");
+    // Lines the agent has read but not yet journaled die with it (a few milliseconds' worth);
+    // for nothing to be in flight when it dies, the robot falls quiet first.
+    std::fs::remove_file(&talk).unwrap();
+    let quiet = await_output(&server, &counter, "quiet after");
+
+    // The agent dies; its robots do not: one ends meanwhile, the other talks on.
+    kill9(first_life);
     assert!(!group_members(pid).is_empty());
+    std::fs::write(&go, "").unwrap();
+    std::fs::write(&talk, "").unwrap();
+    eventually("the finisher ended", || {
+        group_members(finisher_pid).is_empty().then_some(())
+    });
+    let before_restart: u32 = quiet
+        .last()
+        .and_then(|line| line.rsplit_once("quiet after ")?.1.trim().parse().ok())
+        .unwrap();
 
-    // Back, it cannot supervise the robot any more: it kills it and says why; the restart
-    // policy starts one new copy.
-    let mut agent = start_agent(None);
+    // Back, the agent supervises them again: the end that came meanwhile with its exit
+    // status and output, and the counter with its pid and all of its output.
+    let second_life = agent.start();
+    let finished = wait_state(&server, &finisher, "failed");
+    assert_eq!(finished["exit_code"], 3, "{finished}");
+    let logs = ok(run(server.cli(&["run", "logs", &finisher])));
+    assert!(
+        logs.contains("waiting") && logs.contains("finished"),
+        "{logs}"
+    );
+    await_output(&server, &counter, &format!("tick {}", before_restart + 20));
+    let shown = json(&server, &["run", "show", &counter]);
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert_eq!(
+        shown["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "the same process"
+    );
+    let seen = ticks(&server, &counter);
+    let expected: Vec<u32> = (1..=u32::try_from(seen.len()).unwrap()).collect();
+    assert_eq!(seen, expected, "no line lost or doubled across the restart");
+
+    // Pause, resume and stop work on the adopted robot.
+    ok(run(server.cli(&["run", "pause", &counter])));
+    wait_state(&server, &counter, "paused");
+    assert_eq!(process_state(pid), 'T');
+    ok(run(server.cli(&["run", "resume", &counter])));
+    wait_state(&server, &counter, "running");
+    ok(run(server.cli(&["run", "stop", &counter])));
+    let stopped = wait_state(&server, &counter, "stopped");
+    assert_eq!(stopped["exit_code"], 0, "{stopped}");
+    await_output(&server, &counter, "bye");
+    assert!(group_members(pid).is_empty());
+    let active = json(&server, &["run", "ls", "--active"]);
+    assert_eq!(active, serde_json::json!([]), "no second copy");
+    kill9(second_life);
+}
+
+#[test]
+fn an_agent_restart_without_its_keeper_leaves_no_robot_unsupervised() {
+    let server = server_with(&["--no-local-agent"]);
+    let talk = server.dir.path().join("talk");
+    std::fs::write(&talk, "").unwrap();
+    create_robot(
+        &server,
+        "counter",
+        &["--restart-policy", "on-failure"],
+        &["sh", "-c", &counts(&talk)],
+    );
+    let mut agent = ManualAgent::new(&server);
+    let first_life = agent.start();
+    let (first, pid) = start_running(&server, "counter");
+
+    // The agent and its keeper die: nobody holds the robot's exit status any more.
+    let keeper = agent.keeper();
+    kill9(first_life);
+    crate::support::signal_process(keeper, nix::sys::signal::Signal::SIGKILL);
+
+    // Back, the agent cannot supervise the robot: it ends it (if the lost pipe has not
+    // already) and says why; the restart policy starts one new copy.
+    let second_life = agent.start();
     let lost = wait_state(&server, &first, "lost");
     assert!(
         lost["reason"]
@@ -608,20 +740,14 @@ fn an_agent_restart_leaves_no_robot_unsupervised() {
         let runs = runs.as_array().unwrap().clone();
         (runs.len() == 1 && runs[0]["state"] == "running").then(|| runs[0].clone())
     });
-    let shown = json(
-        &server,
-        &["run", "show", replacement["id"].as_str().unwrap()],
+    let replacement = replacement["id"].as_str().unwrap();
+    assert_ne!(
+        json(&server, &["run", "show", replacement])["pid"].as_u64(),
+        Some(u64::from(pid))
     );
-    assert_ne!(shown["pid"].as_u64(), Some(u64::from(pid)));
-
-    ok(run(server.cli(&[
-        "run",
-        "kill",
-        replacement["id"].as_str().unwrap(),
-    ])));
-    wait_state(&server, replacement["id"].as_str().unwrap(), "killed");
-    let _ = agent.kill();
-    let _ = agent.wait();
+    ok(run(server.cli(&["run", "kill", replacement])));
+    wait_state(&server, replacement, "killed");
+    kill9(second_life);
 }
 
 #[test]

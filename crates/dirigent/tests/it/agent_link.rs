@@ -1,5 +1,5 @@
-//! A scripted server on 127.0.0.1 talks to a real agent: garbage is ignored, a command is
-//! applied once however often it is resent, and the run's events arrive in order.
+//! The agent against a real WebSocket peer standing in for the server: what it does with
+//! malformed, unexpected and repeated frames.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -67,6 +67,13 @@ async fn garbage_is_ignored_and_commands_apply_once() {
         capacity: 4,
         heartbeat: Duration::from_secs(15),
         orphaned: None,
+        keeper: vec![
+            env!("CARGO_BIN_EXE_dirigent").into(),
+            "agent".into(),
+            "keeper".into(),
+            "--data".into(),
+            data.path().into(),
+        ],
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(dirigent_agent::run(
