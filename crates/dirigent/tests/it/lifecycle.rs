@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{ServerProcess, dirigent, eventually, json, ok, run, stop_agent};
+use crate::support::{KillOnDrop, ServerProcess, dirigent, eventually, json, ok, run, stop_agent};
 
 const PASSWORD: &str = "lifecycle-password-1";
 
@@ -566,11 +566,13 @@ fn counts(talk: &std::path::Path) -> String {
     )
 }
 
-/// An agent enrolled as `pc-1` in the server's directory, started and restarted by hand.
+/// An agent enrolled as `pc-1` in the server's directory, started and killed by hand (and
+/// killed when dropped, should a test fail).
 struct ManualAgent<'a> {
     server: &'a ServerProcess,
     dir: std::path::PathBuf,
     token: Option<String>,
+    process: Option<KillOnDrop>,
 }
 
 impl ManualAgent<'_> {
@@ -582,10 +584,11 @@ impl ManualAgent<'_> {
             server,
             dir: server.dir.path().join("agent"),
             token: Some(token),
+            process: None,
         }
     }
 
-    fn start(&mut self) -> std::process::Child {
+    fn start(&mut self) {
         let mut command = dirigent(&self.server.config_dir());
         command
             .args(["agent", "--server", &self.server.url, "--name", "pc-1"])
@@ -596,7 +599,11 @@ impl ManualAgent<'_> {
         if let Some(token) = self.token.take() {
             command.args(["--enroll-token", &token]);
         }
-        command.spawn().unwrap()
+        self.process = Some(KillOnDrop(command.spawn().unwrap()));
+    }
+
+    fn kill9(&mut self) {
+        self.process = None;
     }
 
     /// The pid of the agent's keeper, the parent of its robots.
@@ -607,11 +614,6 @@ impl ManualAgent<'_> {
             .parse()
             .unwrap()
     }
-}
-
-fn kill9(mut child: std::process::Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The numbers of the `tick N` lines of a run's output, in order.
@@ -639,7 +641,7 @@ fn an_agent_restart_adopts_its_robots() {
     );
     create_robot(&server, "finisher", &[], &["sh", "-c", &finishes]);
     let mut agent = ManualAgent::new(&server);
-    let first_life = agent.start();
+    agent.start();
     std::fs::write(&talk, "").unwrap();
     let (counter, pid) = start_running(&server, "counter");
     await_output(&server, &counter, "tick 3");
@@ -651,7 +653,7 @@ fn an_agent_restart_adopts_its_robots() {
     let quiet = await_output(&server, &counter, "quiet after");
 
     // The agent dies; its robots do not: one ends meanwhile, the other talks on.
-    kill9(first_life);
+    agent.kill9();
     assert!(!group_members(pid).is_empty());
     std::fs::write(&go, "").unwrap();
     std::fs::write(&talk, "").unwrap();
@@ -665,7 +667,7 @@ fn an_agent_restart_adopts_its_robots() {
 
     // Back, the agent supervises them again: the end that came meanwhile with its exit
     // status and output, and the counter with its pid and all of its output.
-    let second_life = agent.start();
+    agent.start();
     let finished = wait_state(&server, &finisher, "failed");
     assert_eq!(finished["exit_code"], 3, "{finished}");
     let logs = ok(run(server.cli(&["run", "logs", &finisher])));
@@ -698,7 +700,6 @@ fn an_agent_restart_adopts_its_robots() {
     assert!(group_members(pid).is_empty());
     let active = json(&server, &["run", "ls", "--active"]);
     assert_eq!(active, serde_json::json!([]), "no second copy");
-    kill9(second_life);
 }
 
 #[test]
@@ -713,17 +714,17 @@ fn an_agent_restart_without_its_keeper_leaves_no_robot_unsupervised() {
         &["sh", "-c", &counts(&talk)],
     );
     let mut agent = ManualAgent::new(&server);
-    let first_life = agent.start();
+    agent.start();
     let (first, pid) = start_running(&server, "counter");
 
     // The agent and its keeper die: nobody holds the robot's exit status any more.
     let keeper = agent.keeper();
-    kill9(first_life);
+    agent.kill9();
     crate::support::signal_process(keeper, nix::sys::signal::Signal::SIGKILL);
 
     // Back, the agent cannot supervise the robot: it ends it (if the lost pipe has not
     // already) and says why; the restart policy starts one new copy.
-    let second_life = agent.start();
+    agent.start();
     let lost = wait_state(&server, &first, "lost");
     assert!(
         lost["reason"]
@@ -747,7 +748,6 @@ fn an_agent_restart_without_its_keeper_leaves_no_robot_unsupervised() {
     );
     ok(run(server.cli(&["run", "kill", replacement])));
     wait_state(&server, replacement, "killed");
-    kill9(second_life);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::{
     browser::Browser,
     panel,
-    support::{ServerProcess, dirigent, eventually, json, ok, run, stop_agent},
+    support::{KillOnDrop, ServerProcess, dirigent, eventually, json, ok, run, stop_agent},
 };
 
 const PASSWORD: &str = "nodes-password-1";
@@ -161,7 +161,7 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
     let token = ok(run(a.cli(&["agent", "enroll-token"]))).trim().to_owned();
     let agent_dir = a_dir.path().join("lab-agent");
     // Connected to node A first; node B is where it goes when A goes away.
-    let mut agent = dirigent(&a.config_dir())
+    let agent = dirigent(&a.config_dir())
         .args(["agent", "--server", &format!("{},{}", a.url, b.url)])
         .args(["--name", "lab-1", "--labels", "site=lab", "--capacity", "4"])
         .args(["--enroll-token", &token])
@@ -171,6 +171,7 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let agent = KillOnDrop(agent);
     eventually("the agent online on node A", || {
         let agents = json(&a, &["agent", "ls"]);
         (agents[0]["state"] == "online").then_some(())
@@ -304,8 +305,7 @@ fn nodes_on_one_database_behave_as_one_orchestrator() {
         "no token outlives its run"
     );
 
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     stop_agent(&agent_dir);
     drop(a);
     drop(b);
@@ -395,7 +395,7 @@ fn three_nodes_under_load_lose_and_double_nothing_while_nodes_are_killed() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        agents.push((process, dir));
+        agents.push((KillOnDrop(process), dir));
     }
 
     // The load: manual starts and stops, items added, claimed and completed, each through
@@ -570,9 +570,8 @@ fn three_nodes_under_load_lose_and_double_nothing_while_nodes_are_killed() {
         completed.len(),
         kills,
     );
-    for (mut process, dir) in agents {
-        let _ = process.kill();
-        let _ = process.wait();
+    for (process, dir) in agents {
+        drop(process);
         stop_agent(&dir);
     }
 }

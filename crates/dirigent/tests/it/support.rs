@@ -159,6 +159,17 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A process killed (SIGKILL) and reaped when dropped, so that a failing test leaves none
+/// behind.
+pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Stops the agent holding the data directory `dir`, if one does (its pid is in `lock`).
 pub(crate) fn stop_agent(dir: &Path) {
     if let Ok(pid) = std::fs::read_to_string(dir.join("lock"))
