@@ -48,7 +48,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const ORPHAN_POLL: Duration = Duration::from_millis(500);
 /// The grace period of an adopted run that was not recorded.
 const DEFAULT_GRACE_SECONDS: u32 = 10;
-const LIVE_RUNS_FILE: &str = "live-runs.json";
+/// The agent's record of a live run, in the run's directory.
+const RECORD_FILE: &str = "record.json";
 
 /// What the runner needs to know beyond each run's spec.
 #[derive(Debug, Clone)]
@@ -197,16 +198,23 @@ impl Runner {
         }
     }
 
-    /// The ends of these runs are journaled: their keeper may forget them.
+    /// The ends of these runs are journaled: their keeper may forget them (and remove their
+    /// directories, which the runner does itself when the keeper is gone).
     pub async fn forget_kept(&mut self, run_ids: Vec<String>) {
         for run_id in run_ids {
-            let Some(keeper) = &mut self.keeper else {
-                return;
-            };
-            if let Err(err) = keeper.send(&Request::Forget { run_id }).await {
-                tracing::warn!(%err, "the keeper went away");
-                self.keeper = None;
+            if let Some(keeper) = &mut self.keeper {
+                let forget = Request::Forget {
+                    run_id: run_id.clone(),
+                };
+                match keeper.send(&forget).await {
+                    Ok(()) => continue,
+                    Err(err) => {
+                        tracing::warn!(%err, "the keeper went away");
+                        self.keeper = None;
+                    }
+                }
             }
+            let _ = std::fs::remove_dir_all(keeper::run_dir(&self.config.data_dir, &run_id));
         }
     }
 
@@ -241,33 +249,27 @@ impl Runner {
             }
         }
         let _ = handle.control.send(control);
-        self.record_live();
+        self.record(run_id);
     }
 
     fn forget_ended(&mut self) {
-        let mut forgot = false;
         while let Ok(run_id) = self.ended.try_recv() {
-            forgot |= self.runs.remove(&run_id).is_some();
-        }
-        if forgot {
-            self.record_live();
+            self.runs.remove(&run_id);
         }
     }
 
-    fn live_record(&self) -> PathBuf {
-        self.config.data_dir.join(LIVE_RUNS_FILE)
-    }
-
-    /// Records the live runs for after a restart of the agent. Not synced: it is for when the
-    /// agent dies, not the machine (which takes the robots along).
-    fn record_live(&self) {
-        let path = self.live_record();
-        let live: BTreeMap<&str, &Recorded> = self
+    /// Records a live run in its directory for after a restart of the agent. Not synced: it
+    /// is for when the agent dies, not the machine (which takes the robots along).
+    fn record(&self, run_id: &str) {
+        let Some(record) = self
             .runs
-            .iter()
-            .filter_map(|(run_id, handle)| Some((run_id.as_str(), handle.record.as_ref()?)))
-            .collect();
-        let written = serde_json::to_vec(&live)
+            .get(run_id)
+            .and_then(|handle| handle.record.as_ref())
+        else {
+            return;
+        };
+        let path = keeper::run_dir(&self.config.data_dir, run_id).join(RECORD_FILE);
+        let written = serde_json::to_vec(record)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
                 let partial = path.with_extension("partial");
@@ -275,8 +277,22 @@ impl Runner {
                 std::fs::rename(&partial, &path)
             });
         if let Err(err) = written {
-            tracing::error!(%err, path = %path.display(), "recording the live runs");
+            tracing::error!(%err, path = %path.display(), "recording a live run");
         }
+    }
+
+    /// The runs recorded in their directories.
+    fn recorded(&self) -> BTreeMap<String, Option<Recorded>> {
+        keeper::run_dirs(&self.config.data_dir)
+            .into_iter()
+            .map(|run_id| {
+                let path = keeper::run_dir(&self.config.data_dir, &run_id).join(RECORD_FILE);
+                let record = std::fs::read(&path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                (run_id, record)
+            })
+            .collect()
     }
 
     /// After a restart of the agent: supervises again the runs its earlier life left, as far
@@ -286,14 +302,7 @@ impl Runner {
     /// every one is reported as ended ([`Ending::Abandoned`]). Answers how many runs were
     /// adopted and how many abandoned.
     pub async fn adopt(&mut self, last_seq: impl Fn(&str) -> u64) -> (usize, usize) {
-        let path = self.live_record();
-        let mut recorded: BTreeMap<String, Recorded> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                tracing::error!(%err, path = %path.display(), "unreadable record of live runs");
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
-        };
+        let mut recorded = self.recorded();
         let kept = match KeeperLink::connect(&self.config.data_dir).await {
             Ok((link, kept)) => {
                 self.keeper = Some(link);
@@ -303,12 +312,17 @@ impl Runner {
         };
         let adopted = kept.len();
         for (kept, exit) in kept {
-            let record = recorded.remove(&kept.run_id);
+            let record = recorded.remove(&kept.run_id).flatten();
             let seq = last_seq(&kept.run_id);
             self.adopt_one(kept, exit, record, seq);
         }
         let now = now();
+        let mut abandoned = 0;
         for (run_id, run) in &recorded {
+            let _ = std::fs::remove_dir_all(keeper::run_dir(&self.config.data_dir, run_id));
+            // Without a record, the keeper died before the run could be reported started.
+            let Some(run) = run else { continue };
+            abandoned += 1;
             let alive = process_start_time(run.pid) == Some(run.started);
             if alive {
                 signal(pid_group(run.pid), Signal::SIGKILL);
@@ -323,8 +337,7 @@ impl Runner {
                 note: None,
             });
         }
-        self.record_live();
-        (adopted, recorded.len())
+        (adopted, abandoned)
     }
 
     fn adopt_one(&mut self, kept: Kept, exit: ExitReceiver, record: Option<Recorded>, seq: u64) {
@@ -467,12 +480,12 @@ impl Runner {
                 control,
             },
         );
-        self.record_live();
+        self.record(&run_id);
         let supervisor = Supervisor {
             run_id,
             pid,
             grace: Duration::from_secs(u64::from(grace_seconds)),
-            pipes: keeper::pipe_paths(&self.config.data_dir, &run_id_for_pipes),
+            pipes: keeper::pipe_paths(&keeper::run_dir(&self.config.data_dir, &run_id_for_pipes)),
             events: self.events.clone(),
             ended: self.ended_tx.clone(),
         };

@@ -2,7 +2,8 @@
 //! itself can restart (an upgrade, a crash, `kill -9`) without its robots noticing.
 //!
 //! The keeper spawns each robot in its own process group with its output going to two named
-//! pipes in the agent's data directory, of which it keeps a reading end open: the robot never
+//! pipes in the run's directory (`runs/RUN_ID/` in the agent's data directory), of which it
+//! keeps a reading end open: the robot never
 //! writes into a pipe without a reader (no `SIGPIPE`), and what it writes while the agent is
 //! away waits in the pipe (the robot blocks when the pipe is full: back-pressure, not loss).
 //! It reaps its children and keeps each exit status until the agent has journaled it. The
@@ -36,7 +37,7 @@ pub use process::serve;
 
 const SOCKET_FILE: &str = "keeper.sock";
 const LOCK_FILE: &str = "keeper.lock";
-const PIPES_DIR: &str = "pipes";
+const RUNS_DIR: &str = "runs";
 /// Where the keeper says what went wrong.
 const LOG_FILE: &str = "keeper.log";
 /// How long a freshly started keeper gets to open its socket.
@@ -98,13 +99,27 @@ pub struct Exit {
     pub signal: Option<i32>,
 }
 
+/// Where everything about one run lives: its pipes, and the agent's record of it. The keeper
+/// removes it when it forgets the run.
+pub fn run_dir(data_dir: &Path, run_id: &str) -> PathBuf {
+    data_dir.join(RUNS_DIR).join(run_id)
+}
+
+/// The runs that have a directory.
+pub fn run_dirs(data_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(RUNS_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|run_id| valid_run_id(run_id))
+        .collect()
+}
+
 /// The named pipes of a run's standard output and error.
-pub fn pipe_paths(data_dir: &Path, run_id: &str) -> [PathBuf; 2] {
-    let dir = data_dir.join(PIPES_DIR);
-    [
-        dir.join(format!("{run_id}.stdout")),
-        dir.join(format!("{run_id}.stderr")),
-    ]
+pub fn pipe_paths(run_dir: &Path) -> [PathBuf; 2] {
+    [run_dir.join("stdout"), run_dir.join("stderr")]
 }
 
 /// Whether a run id can name files: the server's ids are letters, digits, `-` and `_`.

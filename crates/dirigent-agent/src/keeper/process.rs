@@ -29,7 +29,8 @@ use nix::{
 };
 
 use super::{
-    Exit, Kept, LOCK_FILE, Notice, PIPES_DIR, Request, SOCKET_FILE, lock, pipe_paths, valid_run_id,
+    Exit, Kept, LOCK_FILE, Notice, RUNS_DIR, Request, SOCKET_FILE, lock, pipe_paths, run_dir,
+    valid_run_id,
 };
 
 /// With no agent connected and no robot alive for this long, the keeper stops.
@@ -72,10 +73,10 @@ pub fn serve(data_dir: &Path) -> Result<(), String> {
         .map_err(|err| format!("binding {}: {err}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|err| format!("securing {}: {err}", socket.display()))?;
-    let pipes = data_dir.join(PIPES_DIR);
-    std::fs::create_dir_all(&pipes)
-        .and_then(|()| std::fs::set_permissions(&pipes, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|err| format!("creating {}: {err}", pipes.display()))?;
+    let runs = data_dir.join(RUNS_DIR);
+    std::fs::create_dir_all(&runs)
+        .and_then(|()| std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|err| format!("creating {}: {err}", runs.display()))?;
 
     let state: Shared = Arc::new(Mutex::new(State {
         data_dir: data_dir.to_owned(),
@@ -189,12 +190,16 @@ impl State {
         let Some((program, args)) = argv.split_first() else {
             return failed("the robot has no program to run".to_owned());
         };
-        let paths = pipe_paths(&self.data_dir, run_id);
+        let dir = run_dir(&self.data_dir, run_id);
+        if let Err(err) = std::fs::create_dir(&dir) {
+            return failed(format!("cannot make {}: {err}", dir.display()));
+        }
+        let paths = pipe_paths(&dir);
         let opened = paths
             .each_ref()
             .map(|path| open_pipe(path).map_err(|err| format!("{}: {err}", path.display())));
         let [Ok((out_read, out_write)), Ok((err_read, err_write))] = opened else {
-            remove_pipes(&paths);
+            let _ = std::fs::remove_dir_all(&dir);
             let reason = opened.into_iter().find_map(Result::err).unwrap_or_default();
             return failed(format!("cannot make the robot's output pipes: {reason}"));
         };
@@ -231,17 +236,20 @@ impl State {
                 }
             }
             Err(err) => {
-                remove_pipes(&paths);
+                let _ = std::fs::remove_dir_all(&dir);
                 failed(format!("cannot start {program:?}: {err}"))
             }
         }
     }
 
+    /// Forgets an ended run and removes its directory (also that of a run an earlier keeper
+    /// kept); a run still alive is kept.
     fn forget(&mut self, run_id: &str) {
-        if self.runs.get(run_id).is_some_and(|run| run.exit.is_some()) {
-            self.runs.remove(run_id);
-            remove_pipes(&pipe_paths(&self.data_dir, run_id));
+        if !valid_run_id(run_id) || self.runs.get(run_id).is_some_and(|run| run.exit.is_none()) {
+            return;
         }
+        self.runs.remove(run_id);
+        let _ = std::fs::remove_dir_all(run_dir(&self.data_dir, run_id));
     }
 
     fn alive(&self) -> usize {
@@ -251,7 +259,6 @@ impl State {
 
 /// Makes a named pipe and opens it: a reading end to keep, and the writing end for the robot.
 fn open_pipe(path: &Path) -> std::io::Result<(File, File)> {
-    let _ = std::fs::remove_file(path);
     nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR)?;
     let read = std::fs::OpenOptions::new()
         .read(true)
@@ -260,12 +267,6 @@ fn open_pipe(path: &Path) -> std::io::Result<(File, File)> {
     // Opens at once: the pipe has a reader.
     let write = std::fs::OpenOptions::new().write(true).open(path)?;
     Ok((read, write))
-}
-
-fn remove_pipes(paths: &[PathBuf]) {
-    for path in paths {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 fn serve_agent(state: &Shared, stream: UnixStream) {
