@@ -34,7 +34,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::keeper::{self, ExitReceiver, KeeperCommand, KeeperLink, Kept, Request};
+use crate::keeper::{self, ExitReceiver, KeeperCommand, KeeperLink, Kept, Request, SpawnError};
 
 /// A line longer than this is cut into several lines.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -68,9 +68,9 @@ pub struct RunnerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Recorded {
     pid: u32,
-    /// The process's start time, in clock ticks after boot (`/proc/PID/stat`).
-    started: u64,
-    #[serde(default = "default_grace")]
+    /// The process's start time, in clock ticks after boot (`/proc/PID/stat`); `None` if it
+    /// ended before it could be read.
+    started: Option<u64>,
     grace_seconds: u32,
     /// When its maximum duration runs out.
     #[serde(default)]
@@ -80,10 +80,6 @@ struct Recorded {
     /// A stop under way: how it will end, and when the group is killed.
     #[serde(default)]
     stopping: Option<(Ending, Timestamp)>,
-}
-
-fn default_grace() -> u32 {
-    DEFAULT_GRACE_SECONDS
 }
 
 /// The live runs of this agent.
@@ -97,8 +93,7 @@ pub struct Runner {
 }
 
 struct LiveHandle {
-    pid: u32,
-    record: Option<Recorded>,
+    record: Recorded,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -108,15 +103,6 @@ enum Control {
     Resume,
     Stop { grace: Duration },
     Kill,
-}
-
-/// Where a supervisor takes over a run: at its start, or after a restart of the agent.
-struct Resume {
-    paused: bool,
-    deadline: Option<Timestamp>,
-    stopping: Option<(Ending, Timestamp)>,
-    /// The sequence number of the last output line already reported.
-    last_seq: u64,
 }
 
 impl Runner {
@@ -141,8 +127,8 @@ impl Runner {
             .iter()
             .map(|(run_id, handle)| LiveRun {
                 run_id: run_id.clone(),
-                pid: handle.pid,
-                paused: handle.record.as_ref().is_some_and(|record| record.paused),
+                pid: handle.record.pid,
+                paused: handle.record.paused,
             })
             .collect();
         live.sort_by(|a, b| a.run_id.cmp(&b.run_id));
@@ -178,17 +164,12 @@ impl Runner {
     /// Safe-stops every live run, each with its own grace period.
     pub fn stop_all(&mut self) {
         self.forget_ended();
-        let ids: Vec<String> = self.runs.keys().cloned().collect();
-        for run_id in ids {
-            let grace = self
-                .runs
-                .get(&run_id)
-                .map_or(DEFAULT_GRACE_SECONDS, |handle| {
-                    handle
-                        .record
-                        .as_ref()
-                        .map_or(DEFAULT_GRACE_SECONDS, |record| record.grace_seconds)
-                });
+        let runs: Vec<(String, u32)> = self
+            .runs
+            .iter()
+            .map(|(run_id, handle)| (run_id.clone(), handle.record.grace_seconds))
+            .collect();
+        for (run_id, grace) in runs {
             self.control(
                 &run_id,
                 Control::Stop {
@@ -232,21 +213,20 @@ impl Runner {
             tracing::info!(run_id, ?control, "command for a run that is not alive here");
             return;
         };
-        if let Some(record) = &mut handle.record {
-            let now = now();
-            match control {
-                Control::Pause if record.stopping.is_none() => record.paused = true,
-                Control::Resume => record.paused = false,
-                Control::Stop { grace } if record.stopping.is_none() => {
-                    record.paused = false;
-                    let kill_at = now
-                        .checked_add(jiff::SignedDuration::try_from(grace).unwrap_or_default())
-                        .unwrap_or(now);
-                    record.stopping = Some((Ending::Stopped, kill_at));
-                }
-                Control::Kill => record.stopping = Some((Ending::Killed, now)),
-                _ => {}
+        let record = &mut handle.record;
+        let now = now();
+        match control {
+            Control::Pause if record.stopping.is_none() => record.paused = true,
+            Control::Resume => record.paused = false,
+            Control::Stop { grace } if record.stopping.is_none() => {
+                record.paused = false;
+                let kill_at = now
+                    .checked_add(jiff::SignedDuration::try_from(grace).unwrap_or_default())
+                    .unwrap_or(now);
+                record.stopping = Some((Ending::Stopped, kill_at));
             }
+            Control::Kill => record.stopping = Some((Ending::Killed, now)),
+            _ => {}
         }
         let _ = handle.control.send(control);
         self.record(run_id);
@@ -261,11 +241,7 @@ impl Runner {
     /// Records a live run in its directory for after a restart of the agent. Not synced: it
     /// is for when the agent dies, not the machine (which takes the robots along).
     fn record(&self, run_id: &str) {
-        let Some(record) = self
-            .runs
-            .get(run_id)
-            .and_then(|handle| handle.record.as_ref())
-        else {
+        let Some(LiveHandle { record, .. }) = self.runs.get(run_id) else {
             return;
         };
         let path = keeper::run_dir(&self.config.data_dir, run_id).join(RECORD_FILE);
@@ -323,7 +299,7 @@ impl Runner {
             // Without a record, the keeper died before the run could be reported started.
             let Some(run) = run else { continue };
             abandoned += 1;
-            let alive = process_start_time(run.pid) == Some(run.started);
+            let alive = run.started.is_some() && process_start_time(run.pid) == run.started;
             if alive {
                 signal(pid_group(run.pid), Signal::SIGKILL);
             }
@@ -341,32 +317,23 @@ impl Runner {
     }
 
     fn adopt_one(&mut self, kept: Kept, exit: ExitReceiver, record: Option<Recorded>, seq: u64) {
-        let record = record.filter(|record| record.pid == kept.pid).or_else(|| {
-            Some(Recorded {
-                pid: kept.pid,
-                started: process_start_time(kept.pid)?,
-                grace_seconds: DEFAULT_GRACE_SECONDS,
-                deadline: None,
-                paused: false,
-                stopping: None,
-            })
-        });
         tracing::info!(
             run_id = kept.run_id,
             pid = kept.pid,
             ended = kept.exit.is_some(),
             "adopting a run"
         );
-        let resume = Resume {
-            paused: record.as_ref().is_some_and(|record| record.paused),
-            deadline: record.as_ref().and_then(|record| record.deadline),
-            stopping: record.as_ref().and_then(|record| record.stopping),
-            last_seq: seq,
-        };
-        let grace = record
-            .as_ref()
-            .map_or(DEFAULT_GRACE_SECONDS, |record| record.grace_seconds);
-        self.supervise(kept.run_id, kept.pid, record, grace, exit, resume);
+        let record = record
+            .filter(|record| record.pid == kept.pid)
+            .unwrap_or_else(|| Recorded {
+                pid: kept.pid,
+                started: process_start_time(kept.pid),
+                grace_seconds: DEFAULT_GRACE_SECONDS,
+                deadline: None,
+                paused: false,
+                stopping: None,
+            });
+        self.supervise(kept.run_id, record, exit, seq);
     }
 
     async fn start(&mut self, spec: StartSpec) {
@@ -395,32 +362,18 @@ impl Runner {
             at: now,
             token_digest: spec.run_token.as_deref().map(token_digest),
         });
-        let deadline = spec.max_duration_seconds.and_then(|seconds| {
-            now.checked_add(jiff::SignedDuration::from_secs(i64::from(seconds)))
-                .ok()
-        });
-        let record = process_start_time(pid).map(|started| Recorded {
+        let record = Recorded {
             pid,
-            started,
+            started: process_start_time(pid),
             grace_seconds: spec.stop_grace_seconds,
-            deadline,
+            deadline: spec.max_duration_seconds.and_then(|seconds| {
+                now.checked_add(jiff::SignedDuration::from_secs(i64::from(seconds)))
+                    .ok()
+            }),
             paused: false,
             stopping: None,
-        });
-        let resume = Resume {
-            paused: false,
-            deadline,
-            stopping: None,
-            last_seq: 0,
         };
-        self.supervise(
-            spec.run_id,
-            pid,
-            record,
-            spec.stop_grace_seconds,
-            exit,
-            resume,
-        );
+        self.supervise(spec.run_id, record, exit, 0);
     }
 
     /// Has the keeper (started if need be) spawn the run's process.
@@ -446,6 +399,7 @@ impl Runner {
             working_dir: spec.working_dir.clone(),
         };
         // A keeper that went away is replaced once.
+        let mut gone = String::new();
         for _ in 0..2 {
             let keeper = match &mut self.keeper {
                 Some(keeper) => keeper,
@@ -454,42 +408,33 @@ impl Runner {
                     .insert(KeeperLink::start(&self.config.data_dir, &self.config.keeper).await?),
             };
             match keeper.spawn(&request).await {
-                Err(reason) if reason.starts_with("the keeper") => self.keeper = None,
-                spawned => return spawned,
+                Ok(spawned) => return Ok(spawned),
+                Err(SpawnError::Failed(reason)) => return Err(reason),
+                Err(SpawnError::KeeperGone(reason)) => {
+                    tracing::warn!(reason, "the keeper went away");
+                    self.keeper = None;
+                    gone = reason;
+                }
             }
         }
-        Err("the keeper keeps going away".to_owned())
+        Err(format!("the robots' keeper keeps going away: {gone}"))
     }
 
-    fn supervise(
-        &mut self,
-        run_id: String,
-        pid: u32,
-        record: Option<Recorded>,
-        grace_seconds: u32,
-        exit: ExitReceiver,
-        resume: Resume,
-    ) {
+    /// Supervises a run from `record` on; its output numbering goes on after `last_seq`.
+    fn supervise(&mut self, run_id: String, record: Recorded, exit: ExitReceiver, last_seq: u64) {
         let (control, control_rx) = mpsc::unbounded_channel();
-        let run_id_for_pipes = run_id.clone();
-        self.runs.insert(
-            run_id.clone(),
-            LiveHandle {
-                pid,
-                record,
-                control,
-            },
-        );
-        self.record(&run_id);
         let supervisor = Supervisor {
-            run_id,
-            pid,
-            grace: Duration::from_secs(u64::from(grace_seconds)),
-            pipes: keeper::pipe_paths(&keeper::run_dir(&self.config.data_dir, &run_id_for_pipes)),
+            run_id: run_id.clone(),
+            pid: record.pid,
+            grace: Duration::from_secs(u64::from(record.grace_seconds)),
+            pipes: keeper::pipe_paths(&keeper::run_dir(&self.config.data_dir, &run_id)),
             events: self.events.clone(),
             ended: self.ended_tx.clone(),
         };
-        tokio::spawn(supervisor.run(exit, control_rx, resume));
+        tokio::spawn(supervisor.run(exit, control_rx, record.clone(), last_seq));
+        self.runs
+            .insert(run_id.clone(), LiveHandle { record, control });
+        self.record(&run_id);
     }
 }
 
@@ -510,7 +455,8 @@ impl Supervisor {
         self,
         exit: ExitReceiver,
         mut control: mpsc::UnboundedReceiver<Control>,
-        resume: Resume,
+        resume: Recorded,
+        last_seq: u64,
     ) {
         let run_id = self.run_id.clone();
         let group = pid_group(self.pid);
@@ -532,7 +478,7 @@ impl Supervisor {
         }
         drop(lines_tx);
 
-        let mut output = OutputBatcher::new(run_id.clone(), resume.last_seq);
+        let mut output = OutputBatcher::new(run_id.clone(), last_seq);
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let mut deadline_duration = resume.deadline.map_or(far, instant_at);
         let mut deadline_grace = far;

@@ -139,11 +139,20 @@ pub type KeeperCommand = Vec<OsString>;
 /// exit status with it.
 pub type ExitReceiver = oneshot::Receiver<Exit>;
 
+/// Why a spawn did not happen.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The keeper is gone: a new one may be asked.
+    KeeperGone(String),
+    /// The keeper could not start the robot.
+    Failed(String),
+}
+
 /// The agent's connection to its keeper.
 pub struct KeeperLink {
     writer: OwnedWriteHalf,
     /// Answers to spawn requests, in the order asked.
-    spawned: mpsc::UnboundedReceiver<Result<(u32, ExitReceiver), String>>,
+    spawned: mpsc::UnboundedReceiver<Result<(u32, ExitReceiver), SpawnError>>,
 }
 
 /// Where each kept run's exit is to be told.
@@ -196,7 +205,7 @@ impl KeeperLink {
                         let _ = spawned_tx.send(Ok((pid, rx)));
                     }
                     Notice::SpawnFailed { reason, .. } => {
-                        let _ = spawned_tx.send(Err(reason));
+                        let _ = spawned_tx.send(Err(SpawnError::Failed(reason)));
                     }
                     Notice::Exited { run_id, exit } => {
                         if let Some(waiter) = lock(&waiters).remove(&run_id) {
@@ -257,13 +266,13 @@ impl KeeperLink {
     }
 
     /// Asks the keeper to start a robot; answers its pid and where its exit will be told.
-    pub async fn spawn(&mut self, request: &Request) -> Result<(u32, ExitReceiver), String> {
+    pub async fn spawn(&mut self, request: &Request) -> Result<(u32, ExitReceiver), SpawnError> {
         self.send(request)
             .await
-            .map_err(|err| format!("the keeper is gone: {err}"))?;
+            .map_err(|err| SpawnError::KeeperGone(err.to_string()))?;
         match self.spawned.recv().await {
             Some(answer) => answer,
-            None => Err("the keeper went away".to_owned()),
+            None => Err(SpawnError::KeeperGone("it went away".to_owned())),
         }
     }
 
