@@ -95,6 +95,8 @@ pub enum AgentError {
 }
 
 const CREDENTIAL_FILE: &str = "credential";
+/// Held locked by the running agent; holds its pid.
+const LOCK_FILE: &str = "lock";
 const JOURNAL_FILE: &str = "journal.jsonl";
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -297,10 +299,18 @@ fn drain_batch(
     batch
 }
 
+/// Whether an agent runs with the data directory `dir` (it holds the directory's lock).
+pub fn is_running(dir: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+}
+
 /// Holds an exclusive lock on the data directory for the agent's life: two agents sharing a
 /// journal would corrupt it.
 fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
-    let path = dir.join("lock");
+    let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -423,10 +423,55 @@ async fn start_local_agent(
         command.arg("--pin-cert").arg(std::path::absolute(cert)?);
     }
     let child = command.spawn().context("starting the local agent")?;
-    // The agent is a daemon of its own: nobody waits for it but init.
-    std::mem::forget(child);
+    tokio::spawn(keep_local_agent(child, command, dir.clone()));
     Ok(())
 }
+
+/// Starts the local agent again whenever none runs while the orchestrator does (it crashed,
+/// or was killed): back, it adopts its robots from their keeper. An agent of an earlier
+/// `serve` still holding the directory is left alone. When the orchestrator stops, the agent
+/// is left running on its own.
+async fn keep_local_agent(
+    child: std::process::Child,
+    mut command: std::process::Command,
+    dir: PathBuf,
+) {
+    let mut child = Some((child, tokio::time::Instant::now()));
+    // Restarts in a row of agents that did not last: each waits longer, up to half a minute.
+    let mut restarts: u32 = 0;
+    let mut watch = tokio::time::interval(LOCAL_AGENT_WATCH);
+    loop {
+        watch.tick().await;
+        if let Some((process, started)) = &mut child {
+            let status = match process.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) => status.to_string(),
+                Err(err) => err.to_string(),
+            };
+            if LOCAL_AGENT_STABLE <= started.elapsed() {
+                restarts = 0;
+            }
+            child = None;
+            if !dirigent_agent::is_running(&dir) {
+                tracing::warn!(%status, "the local agent stopped; starting it again");
+            }
+        }
+        if dirigent_agent::is_running(&dir) {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_secs((1 << restarts.min(5)) - 1)).await;
+        restarts = restarts.saturating_add(1);
+        match command.spawn() {
+            Ok(process) => child = Some((process, tokio::time::Instant::now())),
+            Err(err) => tracing::error!(%err, "cannot start the local agent"),
+        }
+    }
+}
+
+/// How often `serve` looks whether its local agent still runs.
+const LOCAL_AGENT_WATCH: Duration = Duration::from_secs(1);
+/// A local agent that ran this long was not crash-looping.
+const LOCAL_AGENT_STABLE: Duration = Duration::from_secs(60);
 
 /// The local agent's name on a node sharing its database: `local-` and the node's id, with
 /// what is not a letter, digit, `.` or `-` made a `-`.

@@ -703,6 +703,28 @@ fn an_agent_restart_adopts_its_robots() {
 }
 
 #[test]
+fn serve_starts_a_killed_local_agent_again_which_adopts_its_robots() {
+    let server = server_with(&[]);
+    create_robot(&server, "polite", &[], &["sh", "-c", HANDLES_TERM]);
+    let (id, pid) = start_running(&server, "polite");
+    let lock = server.dir.path().join("dirigent-data/local-agent/lock");
+    let agent_pid = || -> Option<u32> { std::fs::read_to_string(&lock).ok()?.trim().parse().ok() };
+    let first = agent_pid().unwrap();
+    crate::support::signal_process(first, nix::sys::signal::Signal::SIGKILL);
+    eventually("a new local agent online", || {
+        let agents = json(&server, &["agent", "ls"]);
+        (agent_pid().is_some_and(|pid| pid != first) && agents[0]["state"] == "online")
+            .then_some(())
+    });
+    let shown = json(&server, &["run", "show", &id]);
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert_eq!(shown["pid"].as_u64(), Some(u64::from(pid)));
+    ok(run(server.cli(&["run", "stop", &id])));
+    wait_state(&server, &id, "stopped");
+    await_output(&server, &id, "got TERM");
+}
+
+#[test]
 fn an_agent_restart_without_its_keeper_leaves_no_robot_unsupervised() {
     let server = server_with(&["--no-local-agent"]);
     let talk = server.dir.path().join("talk");
