@@ -5,7 +5,7 @@ Measures on this machine:
   1. start latency: from the API call to the robot's process running (it writes to a FIFO
      the bench is reading), with the built-in local agent;
   2. 1,000 concurrent runs of a sleeping robot on one agent: time until all run, and the
-     memory of the server and the agent;
+     memory of the server, the agent and its keeper;
   3. pause, resume and kill of a robot whose process tree holds 100 processes;
   4. supervisord starting the same 1,000 programs, and the ratio.
 
@@ -140,7 +140,10 @@ def bench_thousand(workdir, count):
         elapsed = time.perf_counter() - began
         time.sleep(1)
         print(f"{count} concurrent sleeping runs on one agent: all running after {elapsed:5.2f} s ({count / elapsed:6.0f} starts/s)")
-        print(f"    memory with {count} runs: server {rss_mib(server.pid):6.1f} MiB, agent {rss_mib(agent.pid):6.1f} MiB")
+        with open(os.path.join(workdir, "agent", "keeper.lock")) as lock:
+            keeper = int(lock.read().strip())
+        print(f"    memory with {count} runs: server {rss_mib(server.pid):6.1f} MiB, agent {rss_mib(agent.pid):6.1f} MiB, "
+              f"its keeper {rss_mib(keeper):6.1f} MiB")
         began = time.perf_counter()
         for run_id in ids:
             api.call("POST", f"/api/v1/runs/{run_id}/kill")
