@@ -13,6 +13,7 @@
 pub mod journal;
 pub mod keeper;
 pub mod runner;
+pub mod sessions;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -46,6 +47,8 @@ pub struct AgentConfig {
     pub orphaned: Option<Orphaned>,
     /// How to start the keeper of the robots (`dirigent agent keeper --data DIR`).
     pub keeper: keeper::KeeperCommand,
+    /// The graphical sessions it offers.
+    pub sessions: sessions::SessionsConfig,
 }
 
 /// When a local agent's orchestrator is gone, and what the agent then does.
@@ -161,11 +164,15 @@ pub async fn run(
     };
     let mut journal = Journal::open(&config.data_dir.join(JOURNAL_FILE))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let sessions = (0 < config.sessions.count).then(|| {
+        sessions::start(config.sessions.clone(), &config.data_dir, events_tx.clone())
+    });
     let mut runner = Runner::new(
         RunnerConfig {
             server_url: first_url.clone(),
             data_dir: config.data_dir.clone(),
             keeper: config.keeper.clone(),
+            sessions: sessions.clone(),
         },
         events_tx,
     );
@@ -395,6 +402,7 @@ async fn session(
         labels: config.labels.clone(),
         capacity: config.capacity,
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        sessions: config.sessions.offer(),
     });
     send(&mut socket, &hello).await?;
     let last_event_id = loop {
@@ -420,6 +428,7 @@ async fn session(
         &mut socket,
         &AgentFrame::Synced {
             live_runs: runner.live_runs(),
+            sessions: runner.sessions().await,
         },
     )
     .await?;

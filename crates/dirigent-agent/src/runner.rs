@@ -30,10 +30,11 @@ use nix::{
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
     time::Instant,
 };
 
+use crate::sessions::SessionsHandle;
 use crate::keeper::{self, ExitReceiver, KeeperCommand, KeeperLink, Kept, Request, SpawnError};
 
 /// A line longer than this is cut into several lines.
@@ -61,6 +62,8 @@ pub struct RunnerConfig {
     pub data_dir: PathBuf,
     /// How to start a keeper when none is running.
     pub keeper: KeeperCommand,
+    /// The graphical sessions, if the agent offers any.
+    pub sessions: Option<SessionsHandle>,
 }
 
 /// A live run as recorded on disk: enough to tell its process from a later one with the same
@@ -80,6 +83,9 @@ struct Recorded {
     /// A stop under way: how it will end, and when the group is killed.
     #[serde(default)]
     stopping: Option<(Ending, Timestamp)>,
+    /// The graphical session it uses.
+    #[serde(default)]
+    session: Option<u32>,
 }
 
 /// The live runs of this agent.
@@ -133,6 +139,14 @@ impl Runner {
             .collect();
         live.sort_by(|a, b| a.run_id.cmp(&b.run_id));
         live
+    }
+
+    /// The graphical sessions' states now.
+    pub async fn sessions(&self) -> Vec<dirigent_proto::session::SessionReport> {
+        match &self.config.sessions {
+            Some(sessions) => sessions.snapshot().await,
+            None => Vec::new(),
+        }
     }
 
     pub fn n_live(&mut self) -> usize {
@@ -290,7 +304,7 @@ impl Runner {
         for (kept, exit) in kept {
             let record = recorded.remove(&kept.run_id).flatten();
             let seq = last_seq(&kept.run_id);
-            self.adopt_one(kept, exit, record, seq);
+            self.adopt_one(kept, exit, record, seq).await;
         }
         let now = now();
         let mut abandoned = 0;
@@ -299,6 +313,9 @@ impl Runner {
             // Without a record, the keeper died before the run could be reported started.
             let Some(run) = run else { continue };
             abandoned += 1;
+            if let (Some(number), Some(sessions)) = (run.session, &self.config.sessions) {
+                sessions.release(number, run_id);
+            }
             let alive = run.started.is_some() && process_start_time(run.pid) == run.started;
             if alive {
                 signal(pid_group(run.pid), Signal::SIGKILL);
@@ -316,7 +333,13 @@ impl Runner {
         (adopted, abandoned)
     }
 
-    fn adopt_one(&mut self, kept: Kept, exit: ExitReceiver, record: Option<Recorded>, seq: u64) {
+    async fn adopt_one(
+        &mut self,
+        kept: Kept,
+        exit: ExitReceiver,
+        record: Option<Recorded>,
+        seq: u64,
+    ) {
         tracing::info!(
             run_id = kept.run_id,
             pid = kept.pid,
@@ -332,8 +355,36 @@ impl Runner {
                 deadline: None,
                 paused: false,
                 stopping: None,
+                session: None,
             });
-        self.supervise(kept.run_id, record, exit, seq);
+        // Its session is its own again; if it is gone, the run is told at once.
+        let display_died = match record.session {
+            Some(number) => {
+                let (died, died_rx) = oneshot::channel();
+                if let Err(reason) = self.acquire(number, &kept.run_id, died).await {
+                    let (told, told_rx) = oneshot::channel();
+                    let _ = told.send(format!("its display is gone: {reason}"));
+                    Some(told_rx)
+                } else {
+                    Some(died_rx)
+                }
+            }
+            None => None,
+        };
+        self.supervise(kept.run_id, record, exit, seq, display_died);
+    }
+
+    /// Takes a graphical session for a run: the environment that points the run at it.
+    async fn acquire(
+        &self,
+        number: u32,
+        run_id: &str,
+        died: oneshot::Sender<String>,
+    ) -> Result<crate::sessions::DisplayEnv, String> {
+        match &self.config.sessions {
+            Some(sessions) => sessions.acquire(number, run_id, died).await,
+            None => Err("this agent offers no graphical sessions".to_owned()),
+        }
     }
 
     async fn start(&mut self, spec: StartSpec) {
@@ -345,9 +396,27 @@ impl Runner {
             return;
         }
         let now = now();
-        let (pid, exit) = match self.spawn(&spec).await {
+        let (died, died_rx) = oneshot::channel();
+        let display = match spec.session {
+            Some(number) => match self.acquire(number, &spec.run_id, died).await {
+                Ok(env) => env,
+                Err(reason) => {
+                    let _ = self.events.send(AgentEvent::StartFailed {
+                        run_id: spec.run_id,
+                        reason,
+                        at: now,
+                    });
+                    return;
+                }
+            },
+            None => Vec::new(),
+        };
+        let (pid, exit) = match self.spawn(&spec, display).await {
             Ok(spawned) => spawned,
             Err(reason) => {
+                if let (Some(number), Some(sessions)) = (spec.session, &self.config.sessions) {
+                    sessions.release(number, &spec.run_id);
+                }
                 let _ = self.events.send(AgentEvent::StartFailed {
                     run_id: spec.run_id,
                     reason,
@@ -372,12 +441,18 @@ impl Runner {
             }),
             paused: false,
             stopping: None,
+            session: spec.session,
         };
-        self.supervise(spec.run_id, record, exit, 0);
+        let display_died = spec.session.map(|_| died_rx);
+        self.supervise(spec.run_id, record, exit, 0, display_died);
     }
 
     /// Has the keeper (started if need be) spawn the run's process.
-    async fn spawn(&mut self, spec: &StartSpec) -> Result<(u32, ExitReceiver), String> {
+    async fn spawn(
+        &mut self,
+        spec: &StartSpec,
+        display: crate::sessions::DisplayEnv,
+    ) -> Result<(u32, ExitReceiver), String> {
         if !keeper::valid_run_id(&spec.run_id) {
             return Err(format!("invalid run id {:?}", spec.run_id));
         }
@@ -385,6 +460,7 @@ impl Runner {
             .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
             .collect();
         env.extend(spec.env.clone());
+        env.extend(display);
         env.insert("DIRIGENT_URL".to_owned(), self.config.server_url.clone());
         env.insert("DIRIGENT_RUN_ID".to_owned(), spec.run_id.clone());
         env.insert("DIRIGENT_ROBOT".to_owned(), spec.robot.clone());
@@ -420,9 +496,21 @@ impl Runner {
         Err(format!("the robots' keeper keeps going away: {gone}"))
     }
 
-    /// Supervises a run from `record` on; its output numbering goes on after `last_seq`.
-    fn supervise(&mut self, run_id: String, record: Recorded, exit: ExitReceiver, last_seq: u64) {
+    /// Supervises a run from `record` on; its output numbering goes on after `last_seq`;
+    /// `display_died` tells it when the display of its graphical session died.
+    fn supervise(
+        &mut self,
+        run_id: String,
+        record: Recorded,
+        exit: ExitReceiver,
+        last_seq: u64,
+        display_died: Option<oneshot::Receiver<String>>,
+    ) {
         let (control, control_rx) = mpsc::unbounded_channel();
+        let session = record
+            .session
+            .zip(self.config.sessions.clone())
+            .zip(display_died);
         let supervisor = Supervisor {
             run_id: run_id.clone(),
             pid: record.pid,
@@ -431,7 +519,7 @@ impl Runner {
             events: self.events.clone(),
             ended: self.ended_tx.clone(),
         };
-        tokio::spawn(supervisor.run(exit, control_rx, record.clone(), last_seq));
+        tokio::spawn(supervisor.run(exit, control_rx, record.clone(), last_seq, session));
         self.runs
             .insert(run_id.clone(), LiveHandle { record, control });
         self.record(&run_id);
@@ -457,6 +545,7 @@ impl Supervisor {
         mut control: mpsc::UnboundedReceiver<Control>,
         resume: Recorded,
         last_seq: u64,
+        session: Option<((u32, SessionsHandle), oneshot::Receiver<String>)>,
     ) {
         let run_id = self.run_id.clone();
         let group = pid_group(self.pid);
@@ -497,10 +586,28 @@ impl Supervisor {
         }
         let exit = wait_exit(exit, self.pid);
         tokio::pin!(exit);
+        let mut notes = Vec::new();
+        let (session, display_died) = match session {
+            Some((session, died)) => (Some(session), Some(died)),
+            None => (None, None),
+        };
+        // Fused: once told (or never to be told), it stays quiet.
+        let display_died = futures_util::FutureExt::fuse(async move {
+            match display_died {
+                Some(died) => died.await.ok(),
+                None => None,
+            }
+        });
+        tokio::pin!(display_died);
 
         let status = loop {
             tokio::select! {
                 status = &mut exit => break status,
+                Some(reason) = &mut display_died => {
+                    // Its display is gone: it cannot go on, and ends as a failure.
+                    notes.push(reason);
+                    signal(group, Signal::SIGKILL);
+                }
                 Some((stream, text)) = lines.recv() => {
                     if output.push(stream, text) {
                         self.send(output.take());
@@ -572,7 +679,9 @@ impl Supervisor {
         }
         self.send(output.take());
 
-        let mut notes = Vec::new();
+        if let Some((number, sessions)) = &session {
+            sessions.release(*number, &run_id);
+        }
         if !lost_pipes.is_empty() {
             notes.push(format!(
                 "its {} was lost when the agent restarted",
@@ -745,7 +854,7 @@ async fn read_lines(
 }
 
 /// The wall clock, at millisecond precision, for the times of events.
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     #[allow(
         clippy::disallowed_methods,
         reason = "events carry the agent's wall-clock time"
@@ -767,7 +876,7 @@ fn token_digest(token: &str) -> String {
 
 /// When the process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`);
 /// `None` when there is no such process.
-fn process_start_time(pid: u32) -> Option<u64> {
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after its end.
     let (_, after_name) = stat.rsplit_once(')')?;

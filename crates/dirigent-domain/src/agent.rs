@@ -25,6 +25,10 @@ pub struct Agent {
     pub node: Option<String>,
     /// Runs placed on it that have not ended.
     pub active_runs: u32,
+    /// The graphical sessions it offers.
+    pub sessions_offered: u32,
+    /// Why it offers none although asked to (`xvfb` is not installed, say).
+    pub sessions_unavailable: Option<String>,
 }
 
 impl Agent {
@@ -36,6 +40,8 @@ impl Agent {
             active_runs: self.active_runs,
             online: self.online,
             draining: self.draining,
+            free_sessions: Vec::new(),
+            sessions_unavailable: self.sessions_unavailable.clone(),
         }
     }
 }
@@ -50,6 +56,10 @@ pub struct AgentSlot {
     pub active_runs: u32,
     pub online: bool,
     pub draining: bool,
+    /// Its graphical sessions ready and used by no run, by number.
+    pub free_sessions: Vec<u32>,
+    /// Why it offers no graphical session although asked to.
+    pub sessions_unavailable: Option<String>,
 }
 
 impl AgentSelector {
@@ -65,19 +75,25 @@ impl AgentSelector {
 }
 
 /// The agent a run of a robot with this selector should go to: among the matching agents that
-/// are online, not draining and not full, the one with the most free places (then by name).
-/// When there is none, the reason, for the queued run to show.
+/// are online, not draining and not full (and, for a robot that needs a display, with a free
+/// graphical session), the one with the most free places (then by name). When there is none,
+/// the reason, for the queued run to show.
 pub fn place<'a>(
     selector: &AgentSelector,
+    needs_display: bool,
     agents: &'a [AgentSlot],
 ) -> Result<&'a AgentSlot, String> {
     let matching: Vec<&AgentSlot> = agents
         .iter()
         .filter(|agent| selector.matches(agent))
         .collect();
-    let best = matching
+    let open: Vec<&&AgentSlot> = matching
         .iter()
         .filter(|agent| agent.online && !agent.draining && agent.active_runs < agent.capacity)
+        .collect();
+    let best = open
+        .iter()
+        .filter(|agent| !needs_display || !agent.free_sessions.is_empty())
         .max_by(|a, b| {
             let free = |agent: &AgentSlot| agent.capacity - agent.active_runs;
             free(a).cmp(&free(b)).then_with(|| b.name.cmp(&a.name))
@@ -90,12 +106,20 @@ pub fn place<'a>(
         AgentSelector::Named(name) => format!("agent {name}"),
         AgentSelector::Labels(_) => format!("an agent labelled {selector}"),
     };
+    let unavailable = open.iter().find_map(|agent| {
+        let why = agent.sessions_unavailable.as_ref()?;
+        Some(format!("agent {}: {why}", agent.name))
+    });
     let reason = if matching.is_empty() {
         format!("waiting for {wanted}: none is enrolled")
     } else if matching.iter().all(|agent| !agent.online) {
         format!("waiting for {wanted}: offline")
-    } else {
+    } else if open.is_empty() {
         format!("waiting for {wanted}: full or draining")
+    } else if let Some(unavailable) = unavailable {
+        format!("waiting for {wanted} with a free graphical session: {unavailable}")
+    } else {
+        format!("waiting for {wanted}: no agent offers a free graphical session")
     };
     Err(reason)
 }
@@ -121,14 +145,51 @@ mod tests {
             active_runs,
             online,
             draining: false,
+            free_sessions: Vec::new(),
+            sessions_unavailable: None,
         }
     }
 
     #[track_caller]
     fn check(selector: &str, agents: &[AgentSlot], expect: Result<&str, &str>) {
+        check_display(selector, false, agents, expect);
+    }
+
+    #[track_caller]
+    fn check_display(
+        selector: &str,
+        needs_display: bool,
+        agents: &[AgentSlot],
+        expect: Result<&str, &str>,
+    ) {
         let selector = AgentSelector::parse(selector).unwrap();
-        let placed = place(&selector, agents).map(|agent| agent.name.as_str());
+        let placed = place(&selector, needs_display, agents).map(|agent| agent.name.as_str());
         assert_eq!(placed, expect.map_err(str::to_owned));
+    }
+
+    #[test]
+    fn a_run_that_needs_a_display_goes_where_a_session_is_free() {
+        let mut busy = slot("busy", &[], 8, 0, true);
+        busy.free_sessions = Vec::new();
+        let mut free = slot("free", &[], 2, 1, true);
+        free.free_sessions = vec![2];
+        check_display("", true, &[busy.clone(), free.clone()], Ok("free"));
+        check_display("", false, &[busy.clone(), free], Ok("busy"));
+        check_display(
+            "",
+            true,
+            &[busy.clone()],
+            Err("waiting for any agent: no agent offers a free graphical session"),
+        );
+        busy.sessions_unavailable = Some("`xvfb` is not installed".to_owned());
+        check_display(
+            "busy",
+            true,
+            &[busy],
+            Err(
+                "waiting for agent busy with a free graphical session: agent busy: `xvfb` is not installed",
+            ),
+        );
     }
 
     #[test]

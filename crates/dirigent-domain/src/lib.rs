@@ -10,6 +10,7 @@ pub mod queue;
 pub mod robot;
 pub mod run;
 pub mod schedule;
+pub mod session;
 pub mod user;
 
 use std::fmt;

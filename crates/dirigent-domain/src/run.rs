@@ -110,6 +110,8 @@ pub struct Run {
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub ended_at: Option<Timestamp>,
+    /// The graphical session (its number on the agent) the run was given.
+    pub session: Option<u32>,
     /// Bumped by every stored change: a change is stored only over the version it was
     /// decided on (compare-and-set), so that two nodes never both apply one.
     pub version: u64,

@@ -12,4 +12,5 @@ pub mod link;
 pub mod queue;
 pub mod robot;
 pub mod run;
+pub mod session;
 pub mod trigger;

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::run::Stream;
+use crate::{
+    run::Stream,
+    session::{SessionOffer, SessionReport},
+};
 
 /// From agent to server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,9 +29,12 @@ pub enum AgentFrame {
     Ack {
         id: u64,
     },
-    /// Sent after the resent events: the runs alive on the agent now.
+    /// Sent after the resent events: the runs alive on the agent now, and its graphical
+    /// sessions.
     Synced {
         live_runs: Vec<LiveRun>,
+        #[serde(default)]
+        sessions: Vec<SessionReport>,
     },
 }
 
@@ -57,6 +63,9 @@ pub struct Hello {
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
     pub version: String,
+    /// The graphical sessions it offers.
+    #[serde(default)]
+    pub sessions: SessionOffer,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +106,10 @@ pub struct StartSpec {
     pub env: BTreeMap<String, String>,
     pub stop_grace_seconds: u32,
     pub max_duration_seconds: Option<u32>,
+    /// The graphical session (its number on the agent) the run gets: `DISPLAY` and
+    /// `XAUTHORITY` for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u32>,
     /// The run's token (`DIRIGENT_RUN_TOKEN`); the server does not keep it, so a start
     /// command sent again carries a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +159,8 @@ pub enum AgentEvent {
         run_id: String,
         lines: Vec<OutputLine>,
     },
+    /// A graphical session changed.
+    Session(SessionReport),
 }
 
 /// How a run's end came about, as the agent saw it.

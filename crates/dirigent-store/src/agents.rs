@@ -18,6 +18,9 @@ pub struct AgentFacts {
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
     pub version: String,
+    /// The graphical sessions it offers, and why none is usable if so.
+    pub sessions_offered: u32,
+    pub sessions_unavailable: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -33,6 +36,8 @@ struct AgentRow {
     draining: bool,
     last_seen_at: Option<i64>,
     node_id: Option<String>,
+    sessions_offered: i64,
+    sessions_unavailable: Option<String>,
     active_runs: i64,
 }
 
@@ -40,7 +45,7 @@ macro_rules! select_agents {
     ($where:literal) => {
         concat!(
             "SELECT a.id, a.name, a.host, a.os_user, a.labels, a.capacity, a.version, a.online, \
-             a.draining, a.last_seen_at, a.node_id, \
+             a.draining, a.last_seen_at, a.node_id, a.sessions_offered, a.sessions_unavailable, \
              (SELECT COUNT(*) FROM runs r WHERE r.agent_id = a.id \
               AND r.state IN ('starting', 'running', 'paused', 'stopping')) AS active_runs \
              FROM agents a ",
@@ -166,7 +171,8 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             let last_event_id: i64 = sqlx::query_scalar(
                 "UPDATE agents SET host = $2, os_user = $3, labels = $4, capacity = $5, version = $6, \
-                 online = TRUE, last_seen_at = $7, node_id = $8 WHERE id = $1 RETURNING last_event_id",
+                 online = TRUE, last_seen_at = $7, node_id = $8, sessions_offered = $9, \
+                 sessions_unavailable = $10 WHERE id = $1 RETURNING last_event_id",
             )
             .bind(id.0)
             .bind(&facts.host)
@@ -176,8 +182,16 @@ impl Store {
             .bind(&facts.version)
             .bind(to_millis(now))
             .bind(node)
+            .bind(i64::from(facts.sessions_offered))
+            .bind(&facts.sessions_unavailable)
             .fetch_one(&mut *tx)
             .await?;
+            // Sessions it no longer offers are gone.
+            sqlx::query("DELETE FROM graphical_sessions WHERE agent_id = $1 AND number > $2")
+                .bind(id.0)
+                .bind(i64::from(facts.sessions_offered))
+                .execute(&mut *tx)
+                .await?;
             // Its runs changed: whoever decided on them while it was away (that they are lost,
             // say) decides again.
             sqlx::query(
@@ -398,6 +412,8 @@ impl AgentRow {
             last_seen_at: from_millis_opt("last_seen_at", self.last_seen_at)?,
             node: self.node_id,
             active_runs: u32::try_from(self.active_runs).unwrap_or(0),
+            sessions_offered: u32::try_from(self.sessions_offered).unwrap_or(0),
+            sessions_unavailable: self.sessions_unavailable,
             name: self.name,
             host: self.host,
             os_user: self.os_user,

@@ -20,6 +20,7 @@ mod nodes;
 mod queues;
 mod robots;
 mod runs;
+mod sessions;
 mod triggers;
 mod users;
 
@@ -43,6 +44,7 @@ pub use queues::{
     QueueOp, QueueOpError, QueueRecord, QueueStats,
 };
 pub use runs::{OutputLine, Placement, RunEnd, RunQuery};
+pub use sessions::SessionUpdate;
 pub use triggers::{CalendarRecord, FiringRecord, FiringTake, NewFiring, Taken, TriggerRecord};
 pub use users::{RoleRecord, UserRecord};
 

@@ -48,6 +48,7 @@ struct RunRow {
     created_at: i64,
     started_at: Option<i64>,
     ended_at: Option<i64>,
+    session: Option<i64>,
     version: i64,
 }
 
@@ -82,7 +83,7 @@ macro_rules! select_runs {
         concat!(
             "SELECT r.id, r.robot, r.agent_id, a.name AS agent, r.state, r.reason, r.stop_requested, \
              r.automatic, r.pid, r.exit_code, r.signal, r.not_before, r.args, r.env, r.created_at, \
-             r.started_at, r.ended_at, r.version FROM runs r LEFT JOIN agents a ON a.id = r.agent_id ",
+             r.started_at, r.ended_at, r.session, r.version FROM runs r LEFT JOIN agents a ON a.id = r.agent_id ",
             $rest
         )
     };
@@ -222,12 +223,29 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let agent = run.agent.as_deref().unwrap_or("?");
+            let session_taken = match run.session {
+                Some(number) => {
+                    let (ready, holders): (bool, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT EXISTS (SELECT 1 FROM graphical_sessions WHERE agent_id = $1 AND number = $2 \
+                         AND state = 'ready'), (SELECT COUNT(*) FROM runs WHERE agent_id = $1 \
+                         AND session = $2 AND state IN {HOLDING_STATES})"
+                    )))
+                    .bind(agent_id.0)
+                    .bind(i64::from(number))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    !ready || 0 < holders
+                }
+                None => false,
+            };
             let refused = if i64::from(max_parallel) <= robot_holds {
                 Some(format!(
                     "waiting: the robot runs {robot_holds} of {max_parallel} allowed at once"
                 ))
             } else if !online || draining || capacity <= agent_holds {
                 Some(format!("waiting: agent {agent} has no free place any more"))
+            } else if session_taken {
+                Some(format!("waiting: agent {agent} has no free graphical session any more"))
             } else {
                 None
             };
@@ -236,7 +254,8 @@ impl Store {
                 None => {
                     let n_rows = sqlx::query(
                         "UPDATE runs SET agent_id = $2, state = $3, reason = $4, token_hash = $5, \
-                         version = version + 1 WHERE id = $1 AND version = $6 AND state = 'queued'",
+                         session = $7, version = version + 1 WHERE id = $1 AND version = $6 \
+                         AND state = 'queued'",
                     )
                     .bind(&run.id)
                     .bind(agent_id.0)
@@ -244,6 +263,7 @@ impl Store {
                     .bind(&run.reason)
                     .bind(token_hash)
                     .bind(i64::try_from(run.version).unwrap_or(i64::MAX))
+                    .bind(run.session.map(i64::from))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -619,6 +639,7 @@ impl RunRow {
             created_at: from_millis("created_at", self.created_at)?,
             started_at: from_millis_opt("started_at", self.started_at)?,
             ended_at: from_millis_opt("ended_at", self.ended_at)?,
+            session: self.session.and_then(|number| u32::try_from(number).ok()),
             agent_id: self.agent_id.map(AgentId),
             id: self.id,
             robot: self.robot,

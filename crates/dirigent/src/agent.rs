@@ -50,6 +50,17 @@ struct RunAgentArgs {
     /// Runs this agent takes at once.
     #[arg(long, value_name = "N", default_value_t = 16)]
     capacity: u32,
+    /// Graphical sessions (X servers, Debian's `xvfb`) it keeps for robots that need a
+    /// desktop.
+    #[arg(long, env = "DIRIGENT_AGENT_SESSIONS", value_name = "N", default_value_t = 0)]
+    sessions: u32,
+    /// The screen size of its graphical sessions.
+    #[arg(long, value_name = "WIDTHxHEIGHT", default_value = "1920x1080")]
+    session_size: String,
+    /// A window manager or desktop to start in each graphical session (a program and its
+    /// arguments, separated by spaces).
+    #[arg(long, value_name = "COMMAND")]
+    session_desktop: Option<String>,
     /// A PEM file of CA certificates to trust besides the system's, for an `https` server.
     #[arg(
         long,
@@ -218,6 +229,10 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
     if args.capacity == 0 || 10_000 < args.capacity {
         bail!("--capacity must be between 1 and 10000");
     }
+    if 64 < args.sessions {
+        bail!("--sessions must be between 0 and 64");
+    }
+    let (width, height) = parse_size(&args.session_size)?;
     let credential = match dirigent_agent::stored_credential(&args.data)? {
         Some(credential) => credential,
         None => {
@@ -257,6 +272,16 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         trust,
         data_dir,
         keeper,
+        sessions: dirigent_agent::sessions::SessionsConfig {
+            count: args.sessions,
+            width,
+            height,
+            desktop: args
+                .session_desktop
+                .map(|command| command.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            xvfb: "Xvfb".to_owned(),
+        },
         labels,
         capacity: args.capacity,
         heartbeat: Duration::from_secs(15),
@@ -272,6 +297,19 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
     };
     dirigent_agent::run(config, credential, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+/// `1920x1080` as (1920, 1080), within what Xvfb takes.
+fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
+    let parsed = text
+        .split_once('x')
+        .and_then(|(width, height)| Some((width.parse().ok()?, height.parse().ok()?)));
+    match parsed {
+        Some((width, height)) if (64..=8192).contains(&width) && (64..=8192).contains(&height) => {
+            Ok((width, height))
+        }
+        _ => bail!("--session-size takes WIDTHxHEIGHT between 64x64 and 8192x8192, not {text:?}"),
+    }
 }
 
 fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {

@@ -182,7 +182,16 @@ async fn read_frames(
                     .await
                     .map_err(|err| err.to_string())?;
             }
-            Some(AgentFrame::Synced { live_runs }) => {
+            Some(AgentFrame::Synced {
+                live_runs,
+                sessions,
+            }) => {
+                for session in &sessions {
+                    fleet
+                        .session_reported(agent, session, false)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
                 fleet
                     .agent_synced(agent, &live_runs)
                     .await
@@ -223,7 +232,12 @@ fn facts(hello: Hello) -> Result<AgentFacts, String> {
     {
         return Err("too many or too long labels".to_owned());
     }
-    if too_long(&hello.host) || too_long(&hello.os_user) || too_long(&hello.version) {
+    let unavailable = hello.sessions.unavailable.as_deref().unwrap_or_default();
+    if too_long(&hello.host)
+        || too_long(&hello.os_user)
+        || too_long(&hello.version)
+        || too_long(unavailable)
+    {
         return Err("a field of the hello is too long".to_owned());
     }
     Ok(AgentFacts {
@@ -232,6 +246,8 @@ fn facts(hello: Hello) -> Result<AgentFacts, String> {
         labels: hello.labels,
         capacity: hello.capacity.min(10_000),
         version: hello.version,
+        sessions_offered: hello.sessions.count.min(64),
+        sessions_unavailable: hello.sessions.unavailable,
     })
 }
 

@@ -24,12 +24,16 @@ use std::{
 };
 
 use dirigent_domain::{
-    agent::{Agent, AgentId, place},
+    agent::{Agent, AgentId, AgentSlot, place},
+    session::SessionState,
     robot::{Robot, RobotDefinition, RobotMode},
     run::{self, Ending, Operation, Run, RunState, Transition},
 };
-use dirigent_proto::link::{AgentCommand, AgentEvent, LiveRun, ServerFrame, StartSpec};
-use dirigent_store::{OutputLine, Placement, RunEnd, Store, StoreError};
+use dirigent_proto::{
+    link::{AgentCommand, AgentEvent, LiveRun, ServerFrame, StartSpec},
+    session::SessionReport,
+};
+use dirigent_store::{OutputLine, Placement, RunEnd, SessionUpdate, Store, StoreError};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc};
 
@@ -71,6 +75,9 @@ pub enum FleetEvent {
     /// A trigger was created, changed or deleted: schedulers look again.
     Triggers,
 }
+
+/// A session's display, run id and reason are cut to this many characters.
+const MAX_SESSION_TEXT: usize = 512;
 
 /// Why an operation on the fleet failed.
 #[derive(Debug, thiserror::Error)]
@@ -502,6 +509,9 @@ impl Fleet {
             });
             return Ok(());
         }
+        if let AgentEvent::Session(report) = &event {
+            return self.session_reported(agent, report, true).await;
+        }
         let mut attempt = 0;
         let ended = loop {
             attempt += 1;
@@ -511,6 +521,46 @@ impl Fleet {
             }
         };
         if ended {
+            self.dispatch().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a graphical session's state as its agent reports it (into its history too when
+    /// `history`: an event, not the snapshot sent on connecting). A session that became
+    /// ready may take a queued run.
+    pub(crate) async fn session_reported(
+        self: &Arc<Fleet>,
+        agent: &Agent,
+        report: &SessionReport,
+        history: bool,
+    ) -> FleetResult<()> {
+        let bounded = |text: &Option<String>| {
+            text.as_ref()
+                .map(|text| text.chars().take(MAX_SESSION_TEXT).collect::<String>())
+        };
+        let state = match report.state {
+            dirigent_proto::session::SessionState::Starting => SessionState::Starting,
+            dirigent_proto::session::SessionState::Ready => SessionState::Ready,
+            dirigent_proto::session::SessionState::InUse => SessionState::InUse,
+            dirigent_proto::session::SessionState::Restarting => SessionState::Restarting,
+            dirigent_proto::session::SessionState::Failed => SessionState::Failed,
+        };
+        let update = SessionUpdate {
+            number: report.number.min(64),
+            display: bounded(&report.display),
+            width: report.width,
+            height: report.height,
+            state,
+            run_id: bounded(&report.run_id),
+            reason: bounded(&report.reason),
+            at: report.at,
+        };
+        self.store.update_session(agent.id, &update, history).await?;
+        self.publish(FleetEvent::Agent {
+            name: agent.name.clone(),
+        });
+        if state == SessionState::Ready {
             self.dispatch().await?;
         }
         Ok(())
@@ -531,6 +581,7 @@ impl Fleet {
             | AgentEvent::Stopping { run_id, .. }
             | AgentEvent::Exited { run_id, .. }
             | AgentEvent::Output { run_id, .. } => run_id,
+            AgentEvent::Session(_) => return Ok(false),
         };
         let _changes = self.changes.lock().await;
         let mut run = match self.store.run(run_id).await {
@@ -711,6 +762,21 @@ impl Fleet {
         for run in active.iter().filter(|run| run.state.holds_agent()) {
             *holding.entry(run.robot.clone()).or_default() += 1;
         }
+        // The graphical sessions ready and used by no run, per agent.
+        let mut free_sessions: HashMap<AgentId, Vec<u32>> = HashMap::new();
+        for session in self.store.sessions(None).await? {
+            let used = active.iter().any(|run| {
+                run.state.holds_agent()
+                    && run.agent_id == Some(session.agent_id)
+                    && run.session == Some(session.number)
+            });
+            if session.state == SessionState::Ready && !used {
+                free_sessions
+                    .entry(session.agent_id)
+                    .or_default()
+                    .push(session.number);
+            }
+        }
         let mut robots: HashMap<String, Option<Robot>> = HashMap::new();
         let mut next_wake: Option<Timestamp> = None;
         for mut run in active
@@ -745,8 +811,15 @@ impl Fleet {
                 unless_stale(self.note_reason(&mut run, reason).await)?;
                 continue;
             }
-            let slots: Vec<_> = agents.iter().map(Agent::slot).collect();
-            let placed = match place(&robot.definition.agent, &slots) {
+            let slots: Vec<_> = agents
+                .iter()
+                .map(|agent| AgentSlot {
+                    free_sessions: free_sessions.get(&agent.id).cloned().unwrap_or_default(),
+                    ..agent.slot()
+                })
+                .collect();
+            let needs_display = robot.definition.needs_display;
+            let placed = match place(&robot.definition.agent, needs_display, &slots) {
                 Ok(slot) => slot.name.clone(),
                 Err(reason) => {
                     unless_stale(self.note_reason(&mut run, reason).await)?;
@@ -755,6 +828,12 @@ impl Fleet {
             };
             let Some(agent) = agents.iter_mut().find(|agent| agent.name == placed) else {
                 continue;
+            };
+            let session = match needs_display {
+                true => free_sessions
+                    .get(&agent.id)
+                    .and_then(|free| free.first().copied()),
+                false => None,
             };
             let token = secrets::new_token(secrets::RUN_TOKEN_PREFIX)
                 .map_err(|err| FleetError::Internal(err.to_string()))?;
@@ -771,6 +850,7 @@ impl Fleet {
                 env,
                 stop_grace_seconds: robot.definition.stop_grace_seconds,
                 max_duration_seconds: robot.definition.max_duration_seconds,
+                session,
                 run_token: None,
             };
             // The stored command has no token: the token lives only in the frame sent now.
@@ -779,6 +859,7 @@ impl Fleet {
             let queued = run.clone();
             run.agent_id = Some(agent.id);
             run.agent = Some(agent.name.clone());
+            run.session = session;
             run.state = RunState::Starting;
             run.reason = None;
             let transition = Transition {
@@ -794,6 +875,9 @@ impl Fleet {
             match placement {
                 Ok(Placement::Placed { command_id }) => {
                     agent.active_runs += 1;
+                    if let (Some(number), Some(free)) = (session, free_sessions.get_mut(&agent.id)) {
+                        free.retain(|free| *free != number);
+                    }
                     *holding.entry(run.robot.clone()).or_default() += 1;
                     let command = AgentCommand::Start(StartSpec {
                         run_token: Some(token),
@@ -900,6 +984,7 @@ impl Fleet {
             created_at: now,
             started_at: None,
             ended_at: None,
+            session: None,
             version: 0,
         };
         let transition = Transition {

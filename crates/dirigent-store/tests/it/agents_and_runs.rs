@@ -63,6 +63,7 @@ pub(crate) fn queued(id: &str, robot: &str, created: i64) -> Run {
         created_at: at(created),
         started_at: None,
         ended_at: None,
+        session: None,
         version: 0,
     }
 }

@@ -74,6 +74,13 @@ async fn garbage_is_ignored_and_commands_apply_once() {
             "--data".into(),
             data.path().into(),
         ],
+        sessions: dirigent_agent::sessions::SessionsConfig {
+            count: 0,
+            width: 1920,
+            height: 1080,
+            desktop: Vec::new(),
+            xvfb: "Xvfb".to_owned(),
+        },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(dirigent_agent::run(

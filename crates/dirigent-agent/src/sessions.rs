@@ -1,0 +1,618 @@
+//! Graphical sessions: the X servers (Debian's `xvfb`) this agent runs and keeps for robots
+//! that need a desktop. Each session has its own display and X authority cookie (never an open
+//! display), and optionally a window manager or desktop started in it.
+//!
+//! One task owns the sessions: it starts their X servers, hands a ready one to a run (its
+//! `DISPLAY` and `XAUTHORITY`), makes it anew when the run ends (so that no window of one run
+//! is left for the next), and watches each X server: one that dies is started again, the
+//! change reported with its cause, and the run using it told so. Every change is reported as
+//! an [`AgentEvent::Session`].
+//!
+//! X servers are recorded in `DATA/sessions/N/server.json`: after a restart of the agent those
+//! still alive are kept, with the runs using them.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use dirigent_proto::{
+    link::AgentEvent,
+    session::{SessionOffer, SessionReport, SessionState},
+};
+use nix::sys::signal::{Signal, killpg};
+use tokio::sync::{mpsc, oneshot};
+
+/// How often the X servers are looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long an X server gets to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this many failed starts in a row a session is `failed`, and tried again only at
+/// this pace.
+const FAILED_AFTER: u32 = 3;
+const FAILED_RETRY: Duration = Duration::from_secs(30);
+/// The displays tried: `:100` and up, clear of those people use.
+const FIRST_DISPLAY: u32 = 100;
+const LAST_DISPLAY: u32 = 999;
+
+/// The sessions an agent offers.
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub count: u32,
+    pub width: u32,
+    pub height: u32,
+    /// A window manager or desktop started in each session (argv).
+    pub desktop: Vec<String>,
+    /// The X server program.
+    pub xvfb: String,
+}
+
+impl SessionsConfig {
+    /// What the agent says it offers: nothing usable when the X server program is missing.
+    pub fn offer(&self) -> SessionOffer {
+        SessionOffer {
+            count: self.count,
+            width: self.width,
+            height: self.height,
+            unavailable: (0 < self.count && find_program(&self.xvfb).is_none())
+                .then(|| format!("`xvfb` is not installed (no {} program)", self.xvfb)),
+        }
+    }
+}
+
+/// Where the runner asks for sessions.
+#[derive(Debug, Clone)]
+pub struct SessionsHandle {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// The environment a run gets for its session.
+pub type DisplayEnv = Vec<(String, String)>;
+
+#[derive(Debug)]
+enum Request {
+    /// A run takes (or, adopted after a restart, takes again) a session; `died` is told why
+    /// should its X server die under it.
+    Acquire {
+        number: u32,
+        run_id: String,
+        died: oneshot::Sender<String>,
+        reply: oneshot::Sender<Result<DisplayEnv, String>>,
+    },
+    /// The run ended: the session is made anew for the next.
+    Release { number: u32, run_id: String },
+    Snapshot {
+        reply: oneshot::Sender<Vec<SessionReport>>,
+    },
+}
+
+impl SessionsHandle {
+    pub async fn acquire(
+        &self,
+        number: u32,
+        run_id: &str,
+        died: oneshot::Sender<String>,
+    ) -> Result<DisplayEnv, String> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Acquire {
+            number,
+            run_id: run_id.to_owned(),
+            died,
+            reply,
+        };
+        if self.requests.send(request).is_err() {
+            return Err("this agent offers no graphical sessions".to_owned());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
+    }
+
+    pub fn release(&self, number: u32, run_id: &str) {
+        let _ = self.requests.send(Request::Release {
+            number,
+            run_id: run_id.to_owned(),
+        });
+    }
+
+    /// Every session's state now.
+    pub async fn snapshot(&self) -> Vec<SessionReport> {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send(Request::Snapshot { reply }).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+}
+
+/// Starts the task that keeps the sessions; answers where to ask for them.
+pub fn start(
+    config: SessionsConfig,
+    data_dir: &Path,
+    events: mpsc::UnboundedSender<AgentEvent>,
+) -> SessionsHandle {
+    let (requests, incoming) = mpsc::unbounded_channel();
+    let slots = (1..=config.count)
+        .map(|number| Slot {
+            number,
+            dir: data_dir.join("sessions").join(number.to_string()),
+            server: None,
+            state: SessionState::Starting,
+            run: None,
+            reason: None,
+            failures: 0,
+            retry_at: None,
+        })
+        .collect();
+    let sessions = Sessions {
+        config,
+        events,
+        slots,
+    };
+    tokio::spawn(sessions.run(incoming));
+    SessionsHandle { requests }
+}
+
+struct Sessions {
+    config: SessionsConfig,
+    events: mpsc::UnboundedSender<AgentEvent>,
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    number: u32,
+    dir: PathBuf,
+    server: Option<Server>,
+    state: SessionState,
+    /// The run using it, and where to tell it that the display died.
+    run: Option<(String, Option<oneshot::Sender<String>>)>,
+    reason: Option<String>,
+    /// Failed starts in a row.
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// A running X server, as recorded for after a restart of the agent.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    display: u32,
+    pid: u32,
+    started: Option<u64>,
+    run_id: Option<String>,
+}
+
+struct Server {
+    display: u32,
+    pid: u32,
+    /// Its process start time, to tell it from a later process with its pid.
+    started: Option<u64>,
+    /// The process, when this life of the agent started it (to reap it).
+    child: Option<Child>,
+}
+
+impl Server {
+    /// `None` while it runs; otherwise how it ended.
+    fn ended(&mut self) -> Option<String> {
+        if let Some(child) = &mut self.child {
+            return match child.try_wait() {
+                Ok(None) => None,
+                Ok(Some(status)) => Some(status.to_string()),
+                Err(err) => Some(err.to_string()),
+            };
+        }
+        match crate::runner::process_start_time(self.pid) {
+            Some(started) if Some(started) == self.started => None,
+            _ => Some("ended".to_owned()),
+        }
+    }
+
+    /// Kills it and what runs in its group, and removes the files it leaves behind.
+    fn kill(&mut self) {
+        if 1 < self.pid
+            && let Ok(group) = i32::try_from(self.pid)
+        {
+            let _ = killpg(nix::unistd::Pid::from_raw(group), Signal::SIGKILL);
+        }
+        if let Some(child) = &mut self.child {
+            let _ = child.wait();
+        }
+        self.remove_files();
+    }
+
+    /// Removes the lock file and socket of its display (a killed X server leaves them): only
+    /// once it is gone.
+    fn remove_files(&self) {
+        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.display));
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.display));
+    }
+}
+
+impl Sessions {
+    async fn run(mut self, mut incoming: mpsc::UnboundedReceiver<Request>) {
+        let unavailable = self.config.offer().unavailable;
+        for index in 0..self.slots.len() {
+            if let Some(reason) = &unavailable {
+                let slot = &mut self.slots[index];
+                slot.state = SessionState::Failed;
+                slot.reason = Some(reason.clone());
+                self.report(index);
+                continue;
+            }
+            if !self.adopt(index) {
+                self.start(index, SessionState::Starting).await;
+            }
+        }
+        if unavailable.is_some() {
+            // Nothing to keep: answer requests only.
+            while let Some(request) = incoming.recv().await {
+                self.handle(request).await;
+            }
+            return;
+        }
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        loop {
+            tokio::select! {
+                request = incoming.recv() => match request {
+                    Some(request) => self.handle(request).await,
+                    None => return,
+                },
+                _ = watch.tick() => self.watch().await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: Request) {
+        match request {
+            Request::Acquire {
+                number,
+                run_id,
+                died,
+                reply,
+            } => {
+                let _ = reply.send(self.acquire(number, run_id, died));
+            }
+            Request::Release { number, run_id } => {
+                let Some(index) = self.index(number) else {
+                    return;
+                };
+                if self.slots[index]
+                    .run
+                    .as_ref()
+                    .is_some_and(|(using, _)| *using == run_id)
+                {
+                    self.slots[index].run = None;
+                    if let Some(server) = &mut self.slots[index].server {
+                        server.kill();
+                    }
+                    self.slots[index].server = None;
+                    self.slots[index].reason = Some(format!("made anew after run {run_id}"));
+                    self.start(index, SessionState::Restarting).await;
+                }
+            }
+            Request::Snapshot { reply } => {
+                let reports = (0..self.slots.len()).map(|index| self.describe(index)).collect();
+                let _ = reply.send(reports);
+            }
+        }
+    }
+
+    fn index(&self, number: u32) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.number == number)
+    }
+
+    fn acquire(
+        &mut self,
+        number: u32,
+        run_id: String,
+        died: oneshot::Sender<String>,
+    ) -> Result<DisplayEnv, String> {
+        let Some(index) = self.index(number) else {
+            return Err(format!(
+                "this agent has no graphical session {number} (it offers {})",
+                self.slots.len()
+            ));
+        };
+        let slot = &mut self.slots[index];
+        let adopted = slot
+            .run
+            .as_ref()
+            .is_some_and(|(using, sender)| *using == run_id && sender.is_none());
+        if !adopted && slot.state != SessionState::Ready {
+            let why = slot.reason.clone().unwrap_or_default();
+            return Err(format!(
+                "graphical session {number} is {}{}",
+                slot.state.as_str(),
+                if why.is_empty() { String::new() } else { format!(": {why}") }
+            ));
+        }
+        let Some(server) = &slot.server else {
+            let _ = died.send(format!("its graphical session {number} is gone"));
+            return Err(format!("graphical session {number} has no X server"));
+        };
+        let env = vec![
+            ("DISPLAY".to_owned(), format!(":{}", server.display)),
+            (
+                "XAUTHORITY".to_owned(),
+                slot.dir.join("Xauthority").display().to_string(),
+            ),
+        ];
+        slot.run = Some((run_id, Some(died)));
+        slot.state = SessionState::InUse;
+        slot.reason = None;
+        self.record(index);
+        self.report(index);
+        Ok(env)
+    }
+
+    /// Looks at every X server; one that died is started again, and its run told.
+    async fn watch(&mut self) {
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            let ended = match &mut slot.server {
+                Some(server) => server.ended().map(|how| {
+                    server.remove_files();
+                    (server.display, how)
+                }),
+                None => None,
+            };
+            if let Some((display, how)) = ended {
+                let reason = format!("the X server of :{display} died ({how})");
+                tracing::warn!(session = slot.number, reason, "restarting a graphical session");
+                slot.server = None;
+                if let Some((_, Some(died))) = slot.run.take() {
+                    let _ = died.send(format!("its display died: {reason}"));
+                }
+                slot.reason = Some(reason);
+                self.start(index, SessionState::Restarting).await;
+            } else if slot.server.is_none()
+                && slot.retry_at.is_some_and(|at| at <= tokio::time::Instant::now())
+            {
+                self.start(index, SessionState::Restarting).await;
+            }
+        }
+    }
+
+    /// Keeps the X server an earlier life of the agent recorded, if it still runs.
+    fn adopt(&mut self, index: usize) -> bool {
+        let slot = &mut self.slots[index];
+        let Ok(bytes) = std::fs::read(slot.dir.join("server.json")) else {
+            return false;
+        };
+        let Ok(recorded) = serde_json::from_slice::<Recorded>(&bytes) else {
+            return false;
+        };
+        let mut server = Server {
+            display: recorded.display,
+            pid: recorded.pid,
+            started: recorded.started,
+            child: None,
+        };
+        if recorded.started.is_none() || server.ended().is_some() {
+            return false;
+        }
+        tracing::info!(session = slot.number, display = recorded.display, "adopting an X server");
+        slot.server = Some(server);
+        match recorded.run_id {
+            // Its run is adopted too (and takes it again), or ends and releases it.
+            Some(run_id) => {
+                slot.run = Some((run_id, None));
+                slot.state = SessionState::InUse;
+            }
+            None => slot.state = SessionState::Ready,
+        }
+        self.report(index);
+        true
+    }
+
+    /// Starts the slot's X server (and its desktop), reporting `state` first and then ready
+    /// or failed.
+    async fn start(&mut self, index: usize, state: SessionState) {
+        self.slots[index].state = state;
+        self.report(index);
+        let started = self.start_server(index).await;
+        let slot = &mut self.slots[index];
+        match started {
+            Ok(server) => {
+                slot.server = Some(server);
+                slot.state = SessionState::Ready;
+                slot.failures = 0;
+                slot.retry_at = None;
+            }
+            Err(reason) => {
+                tracing::error!(session = slot.number, reason, "cannot start an X server");
+                slot.failures += 1;
+                slot.reason = Some(reason);
+                slot.state = match slot.failures < FAILED_AFTER {
+                    true => SessionState::Restarting,
+                    false => SessionState::Failed,
+                };
+                let wait = match slot.failures < FAILED_AFTER {
+                    true => Duration::ZERO,
+                    false => FAILED_RETRY,
+                };
+                slot.retry_at = Some(tokio::time::Instant::now() + wait);
+            }
+        }
+        self.record(index);
+        self.report(index);
+    }
+
+    async fn start_server(&mut self, index: usize) -> Result<Server, String> {
+        let slot = &self.slots[index];
+        std::fs::create_dir_all(&slot.dir)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&slot.dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|err| format!("creating {}: {err}", slot.dir.display()))?;
+        let display = free_display().ok_or("no free X display between :100 and :999")?;
+        let authority = slot.dir.join("Xauthority");
+        write_authority(&authority, display)?;
+        let log_path = slot.dir.join("xvfb.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|err| format!("opening {}: {err}", log_path.display()))?;
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the agent runs the X servers of its graphical sessions"
+        )]
+        let mut command = std::process::Command::new(&self.config.xvfb);
+        let screen = format!("{}x{}x24", self.config.width, self.config.height);
+        command
+            .arg(format!(":{display}"))
+            .args(["-screen", "0", &screen, "-nolisten", "tcp", "-noreset", "-auth"])
+            .arg(&authority)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
+            .spawn()
+            .map_err(|err| format!("cannot start {}: {err}", self.config.xvfb))?;
+        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the X server of :{display} stopped at once ({status}); see {}",
+                    log_path.display()
+                ));
+            }
+            if socket.exists() {
+                break;
+            }
+            if deadline <= tokio::time::Instant::now() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the X server of :{display} did not come up"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = child.id();
+        if !self.config.desktop.is_empty() {
+            self.start_desktop(pid, display, &authority);
+        }
+        Ok(Server {
+            display,
+            pid,
+            started: crate::runner::process_start_time(pid),
+            child: Some(child),
+        })
+    }
+
+    /// Starts the session's window manager or desktop in the X server's process group, so
+    /// that it goes with it.
+    fn start_desktop(&self, group: u32, display: u32, authority: &Path) {
+        let Some((program, args)) = self.config.desktop.split_first() else {
+            return;
+        };
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the agent runs the desktops of its graphical sessions"
+        )]
+        let mut command = std::process::Command::new(program);
+        command
+            .args(args)
+            .env("DISPLAY", format!(":{display}"))
+            .env("XAUTHORITY", authority)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(
+            &mut command,
+            i32::try_from(group).unwrap_or(0),
+        );
+        // Reaped with the group's end: the X server's death ends it, and init reaps it.
+        if let Err(err) = command.spawn() {
+            tracing::warn!(%err, program, "cannot start the sessions' desktop");
+        }
+    }
+
+    fn record(&self, index: usize) {
+        let slot = &self.slots[index];
+        let path = slot.dir.join("server.json");
+        let Some(server) = &slot.server else {
+            let _ = std::fs::remove_file(&path);
+            return;
+        };
+        let recorded = Recorded {
+            display: server.display,
+            pid: server.pid,
+            started: server.started,
+            run_id: slot.run.as_ref().map(|(run_id, _)| run_id.clone()),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&recorded)
+            && let Err(err) = std::fs::write(&path, bytes)
+        {
+            tracing::error!(%err, path = %path.display(), "recording an X server");
+        }
+    }
+
+    fn describe(&self, index: usize) -> SessionReport {
+        let slot = &self.slots[index];
+        SessionReport {
+            number: slot.number,
+            display: slot.server.as_ref().map(|server| format!(":{}", server.display)),
+            width: self.config.width,
+            height: self.config.height,
+            state: slot.state,
+            run_id: slot.run.as_ref().map(|(run_id, _)| run_id.clone()),
+            reason: slot.reason.clone(),
+            at: crate::runner::now(),
+        }
+    }
+
+    fn report(&self, index: usize) {
+        let _ = self.events.send(AgentEvent::Session(self.describe(index)));
+    }
+}
+
+/// The first display with neither a socket nor a lock file.
+fn free_display() -> Option<u32> {
+    (FIRST_DISPLAY..=LAST_DISPLAY).find(|display| {
+        !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
+            && !Path::new(&format!("/tmp/.X{display}-lock")).exists()
+    })
+}
+
+/// Writes an X authority file holding a fresh random cookie for `display` on any host
+/// (family "wild"), readable by the agent's user alone.
+fn write_authority(path: &Path, display: u32) -> Result<(), String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut cookie = [0u8; 16];
+    getrandom::fill(&mut cookie).map_err(|err| format!("making an X cookie: {err}"))?;
+    let mut entry = Vec::new();
+    let field = |entry: &mut Vec<u8>, bytes: &[u8]| {
+        entry.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
+        entry.extend_from_slice(bytes);
+    };
+    entry.extend_from_slice(&0xffffu16.to_be_bytes());
+    field(&mut entry, b"");
+    field(&mut entry, display.to_string().as_bytes());
+    field(&mut entry, b"MIT-MAGIC-COOKIE-1");
+    field(&mut entry, &cookie);
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(&entry))
+        .map_err(|err| format!("writing {}: {err}", path.display()))
+}
+
+/// The program's path, looked up in `PATH` when it has no slash.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).exists().then(|| PathBuf::from(program));
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(program))
+        .find(|path| path.exists())
+}
