@@ -164,9 +164,8 @@ pub async fn run(
     };
     let mut journal = Journal::open(&config.data_dir.join(JOURNAL_FILE))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let sessions = (0 < config.sessions.count).then(|| {
-        sessions::start(config.sessions.clone(), &config.data_dir, events_tx.clone())
-    });
+    let sessions = (0 < config.sessions.count)
+        .then(|| sessions::start(config.sessions.clone(), &config.data_dir, events_tx.clone()));
     let mut runner = Runner::new(
         RunnerConfig {
             server_url: first_url.clone(),
@@ -210,7 +209,7 @@ pub async fn run(
         let ended = tokio::select! {
             ended = session(&config, (&url, tls.clone()), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
             () = &mut shutdown => {
-                runner.release_keeper().await;
+                runner.leave().await;
                 return Ok(());
             }
         };
@@ -240,7 +239,7 @@ pub async fn run(
         {
             if runner.n_live() == 0 {
                 tracing::warn!(reason, "no run alive and the orchestrator gone: stopping");
-                runner.release_keeper().await;
+                runner.leave().await;
                 return Ok(());
             }
             if !stopping_robots {
@@ -261,7 +260,7 @@ pub async fn run(
             tokio::select! {
                 () = &mut wait => break,
                 () = &mut shutdown => {
-                    runner.release_keeper().await;
+                    runner.leave().await;
                     return Ok(());
                 }
                 Some(event) = events.recv() => {

@@ -34,8 +34,8 @@ use tokio::{
     time::Instant,
 };
 
-use crate::sessions::SessionsHandle;
 use crate::keeper::{self, ExitReceiver, KeeperCommand, KeeperLink, Kept, Request, SpawnError};
+use crate::sessions::SessionsHandle;
 
 /// A line longer than this is cut into several lines.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -213,12 +213,18 @@ impl Runner {
         }
     }
 
-    /// Stops the keeper if no robot is alive (it would otherwise linger a few seconds).
-    pub async fn release_keeper(&mut self) {
-        if self.n_live() == 0
-            && let Some(keeper) = &mut self.keeper
-        {
+    /// The agent stops: with no robot alive, nothing is left behind (the keeper would linger
+    /// a few seconds, the X servers for good). With robots alive, everything stays for them
+    /// and for the agent's next start.
+    pub async fn leave(&mut self) {
+        if self.n_live() != 0 {
+            return;
+        }
+        if let Some(keeper) = &mut self.keeper {
             let _ = keeper.send(&Request::Quit).await;
+        }
+        if let Some(sessions) = &self.config.sessions {
+            sessions.shutdown().await;
         }
     }
 

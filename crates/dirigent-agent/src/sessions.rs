@@ -85,6 +85,8 @@ enum Request {
     Snapshot {
         reply: oneshot::Sender<Vec<SessionReport>>,
     },
+    /// The agent stops with no run alive: the X servers go.
+    Shutdown { done: oneshot::Sender<()> },
 }
 
 impl SessionsHandle {
@@ -114,6 +116,14 @@ impl SessionsHandle {
             number,
             run_id: run_id.to_owned(),
         });
+    }
+
+    /// Stops every X server (the agent stops with no run alive).
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.requests.send(Request::Shutdown { done }).is_ok() {
+            let _ = finished.await;
+        }
     }
 
     /// Every session's state now.
@@ -291,8 +301,19 @@ impl Sessions {
                 }
             }
             Request::Snapshot { reply } => {
-                let reports = (0..self.slots.len()).map(|index| self.describe(index)).collect();
+                let reports = (0..self.slots.len())
+                    .map(|index| self.describe(index))
+                    .collect();
                 let _ = reply.send(reports);
+            }
+            Request::Shutdown { done } => {
+                for index in 0..self.slots.len() {
+                    if let Some(mut server) = self.slots[index].server.take() {
+                        server.kill();
+                    }
+                    self.record(index);
+                }
+                let _ = done.send(());
             }
         }
     }
@@ -323,7 +344,11 @@ impl Sessions {
             return Err(format!(
                 "graphical session {number} is {}{}",
                 slot.state.as_str(),
-                if why.is_empty() { String::new() } else { format!(": {why}") }
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
             ));
         }
         let Some(server) = &slot.server else {
@@ -358,7 +383,11 @@ impl Sessions {
             };
             if let Some((display, how)) = ended {
                 let reason = format!("the X server of :{display} died ({how})");
-                tracing::warn!(session = slot.number, reason, "restarting a graphical session");
+                tracing::warn!(
+                    session = slot.number,
+                    reason,
+                    "restarting a graphical session"
+                );
                 slot.server = None;
                 if let Some((_, Some(died))) = slot.run.take() {
                     let _ = died.send(format!("its display died: {reason}"));
@@ -366,7 +395,9 @@ impl Sessions {
                 slot.reason = Some(reason);
                 self.start(index, SessionState::Restarting).await;
             } else if slot.server.is_none()
-                && slot.retry_at.is_some_and(|at| at <= tokio::time::Instant::now())
+                && slot
+                    .retry_at
+                    .is_some_and(|at| at <= tokio::time::Instant::now())
             {
                 self.start(index, SessionState::Restarting).await;
             }
@@ -391,7 +422,11 @@ impl Sessions {
         if recorded.started.is_none() || server.ended().is_some() {
             return false;
         }
-        tracing::info!(session = slot.number, display = recorded.display, "adopting an X server");
+        tracing::info!(
+            session = slot.number,
+            display = recorded.display,
+            "adopting an X server"
+        );
         slot.server = Some(server);
         match recorded.run_id {
             // Its run is adopted too (and takes it again), or ends and releases it.
@@ -463,7 +498,15 @@ impl Sessions {
         let screen = format!("{}x{}x24", self.config.width, self.config.height);
         command
             .arg(format!(":{display}"))
-            .args(["-screen", "0", &screen, "-nolisten", "tcp", "-noreset", "-auth"])
+            .args([
+                "-screen",
+                "0",
+                &screen,
+                "-nolisten",
+                "tcp",
+                "-noreset",
+                "-auth",
+            ])
             .arg(&authority)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -555,7 +598,10 @@ impl Sessions {
         let slot = &self.slots[index];
         SessionReport {
             number: slot.number,
-            display: slot.server.as_ref().map(|server| format!(":{}", server.display)),
+            display: slot
+                .server
+                .as_ref()
+                .map(|server| format!(":{}", server.display)),
             width: self.config.width,
             height: self.config.height,
             state: slot.state,

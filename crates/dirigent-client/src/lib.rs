@@ -372,6 +372,33 @@ impl Client {
             .await
     }
 
+    /// The graphical sessions of every agent, or of one.
+    pub async fn sessions(
+        &self,
+        agent: Option<&str>,
+    ) -> Result<Vec<dirigent_proto::session::Session>, ClientError> {
+        let query: Vec<(&str, String)> = agent
+            .map(|agent| ("agent", agent.to_owned()))
+            .into_iter()
+            .collect();
+        self.call_query(Method::GET, &["api", "v1", "sessions"], &query)
+            .await
+    }
+
+    /// One graphical session (`AGENT/NUMBER`) with its history.
+    pub async fn session(
+        &self,
+        agent: &str,
+        number: &str,
+    ) -> Result<dirigent_proto::session::SessionDetail, ClientError> {
+        self.call(
+            Method::GET,
+            &["api", "v1", "sessions", agent, number],
+            None::<&()>,
+        )
+        .await
+    }
+
     /// The orchestrator nodes sharing the server's database.
     pub async fn nodes(&self) -> Result<Vec<dirigent_proto::agent::Node>, ClientError> {
         self.call(Method::GET, &["api", "v1", "nodes"], None::<&()>)

@@ -55,6 +55,8 @@ pub enum ErrorCode {
     TriggerNotFound,
     /// 404: no calendar has this name.
     CalendarNotFound,
+    /// 404: the agent has no graphical session of this number.
+    SessionNotFound,
     /// 405: the route exists but not for this method.
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
@@ -106,6 +108,7 @@ impl ErrorCode {
             ErrorCode::StaleLease => "stale_lease",
             ErrorCode::TriggerNotFound => "trigger_not_found",
             ErrorCode::CalendarNotFound => "calendar_not_found",
+            ErrorCode::SessionNotFound => "session_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",

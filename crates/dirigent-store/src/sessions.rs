@@ -123,18 +123,17 @@ impl Store {
                 .fetch_one(pool)
                 .await
         })?;
-        let changes: Vec<(i64, String, Option<String>, Option<String>)> =
-            dispatch!(self, reader, pool => {
-                sqlx::query_as(
-                    "SELECT at, state, run_id, reason FROM graphical_session_changes \
-                     WHERE agent_id = $1 AND number = $2 ORDER BY at DESC LIMIT $3",
-                )
-                .bind(row.agent_id)
-                .bind(i64::from(number))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await
-            })?;
+        let changes: Vec<(i64, String, Option<String>, Option<String>)> = dispatch!(self, reader, pool => {
+            sqlx::query_as(
+                "SELECT at, state, run_id, reason FROM graphical_session_changes \
+                 WHERE agent_id = $1 AND number = $2 ORDER BY at DESC LIMIT $3",
+            )
+            .bind(row.agent_id)
+            .bind(i64::from(number))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
         let history = changes
             .into_iter()
             .map(|(at, state, run_id, reason)| {

@@ -52,7 +52,12 @@ struct RunAgentArgs {
     capacity: u32,
     /// Graphical sessions (X servers, Debian's `xvfb`) it keeps for robots that need a
     /// desktop.
-    #[arg(long, env = "DIRIGENT_AGENT_SESSIONS", value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "DIRIGENT_AGENT_SESSIONS",
+        value_name = "N",
+        default_value_t = 0
+    )]
     sessions: u32,
     /// The screen size of its graphical sessions.
     #[arg(long, value_name = "WIDTHxHEIGHT", default_value = "1920x1080")]
@@ -61,6 +66,14 @@ struct RunAgentArgs {
     /// arguments, separated by spaces).
     #[arg(long, value_name = "COMMAND")]
     session_desktop: Option<String>,
+    /// The X server program of the graphical sessions.
+    #[arg(
+        long,
+        env = "DIRIGENT_XVFB",
+        value_name = "PROGRAM",
+        default_value = "Xvfb"
+    )]
+    xvfb: String,
     /// A PEM file of CA certificates to trust besides the system's, for an `https` server.
     #[arg(
         long,
@@ -280,7 +293,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
                 .session_desktop
                 .map(|command| command.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
-            xvfb: "Xvfb".to_owned(),
+            xvfb: args.xvfb,
         },
         labels,
         capacity: args.capacity,

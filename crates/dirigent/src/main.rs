@@ -35,6 +35,9 @@ enum Command {
     /// The orchestrator nodes sharing the database: ls.
     #[command(subcommand)]
     Node(cli::node::NodeCommand),
+    /// Graphical sessions (desktops) agents keep for robots: ls, show.
+    #[command(subcommand)]
+    Session(cli::graphical::SessionCommand),
     /// Runs: start, ls, show, pause, resume, stop, kill, restart, logs, wait.
     #[command(subcommand)]
     Run(cli::run::RunCommand),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Whoami(args) => cli::session::whoami(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Node(command) => cli::node::run(command).await,
+            Command::Session(command) => cli::graphical::run(command).await,
             Command::Run(command) => cli::run::run(command).await,
             Command::Robot(command) => cli::robot::run(command).await,
             Command::Token(command) => cli::token::run(command).await,

@@ -66,6 +66,10 @@ pub(crate) struct ServeArgs {
     /// [default: the host name and the data directory].
     #[arg(long, env = "DIRIGENT_NODE_ID", value_name = "ID")]
     node_id: Option<String>,
+    /// Graphical sessions (Xvfb desktops) the built-in local agent keeps for robots that need
+    /// a display [default: 1].
+    #[arg(long, env = "DIRIGENT_LOCAL_AGENT_SESSIONS", value_name = "N")]
+    local_agent_sessions: Option<u32>,
 }
 
 /// The built-in local agent's settings.
@@ -74,6 +78,8 @@ struct LocalAgent {
     orphan_limit: Duration,
     /// `serve` safe-stops its robots when it stops.
     stop_robots_on_exit: bool,
+    /// Graphical sessions it offers.
+    sessions: u32,
 }
 
 impl LocalAgent {
@@ -98,6 +104,8 @@ struct SettingsFile {
     /// A local agent whose orchestrator stays unreachable this long stops its robots and
     /// itself (default one hour).
     local_agent_orphan_limit_seconds: Option<u32>,
+    /// Graphical sessions the local agent offers (default 1).
+    local_agent_sessions: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     /// A program checking passwords the local ones do not match (PAM, LDAP, …): argv.
@@ -133,8 +141,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = dirigent_server::start(config, Arc::new(SystemClock)).await?;
     if let Some(local) = &local_agent {
         let pinned = config_tls_cert.as_deref();
-        let limit = local.orphan_limit;
-        start_local_agent(&server, &local_agent_name, &data_dir, limit, pinned).await?;
+        start_local_agent(&server, &local_agent_name, &data_dir, local, pinned).await?;
     }
     if let Some(password) = server.generated_admin_password() {
         println!("Created the first user: admin, password: {password}");
@@ -247,11 +254,19 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, Option<Loc
         Some(seconds) => Duration::from_secs(u64::from(seconds)),
         None => LocalAgent::DEFAULT_ORPHAN_LIMIT,
     };
+    let sessions = args
+        .local_agent_sessions
+        .or(file.local_agent_sessions)
+        .unwrap_or(1);
+    if 64 < sessions {
+        bail!("local_agent_sessions must be between 0 and 64");
+    }
     let local_agent =
         (!args.no_local_agent && file.local_agent.unwrap_or(true)).then(|| LocalAgent {
             orphan_limit,
             stop_robots_on_exit: args.stop_robots_on_exit
                 || file.stop_robots_on_exit.unwrap_or(false),
+            sessions,
         });
     let node_id = match args.node_id.or(file.node_id) {
         Some(id) if id.is_empty() || 200 < id.len() || id.chars().any(char::is_control) => {
@@ -354,7 +369,7 @@ async fn start_local_agent(
     server: &RunningServer,
     name: &str,
     orchestrator_data: &std::path::Path,
-    orphan_limit: Duration,
+    local: &LocalAgent,
     tls_cert: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let dir = &orchestrator_data.join("local-agent");
@@ -405,7 +420,9 @@ async fn start_local_agent(
             "--exit-when-orphaned",
             "60",
             "--stop-robots-when-orphaned",
-            &orphan_limit.as_secs().to_string(),
+            &local.orphan_limit.as_secs().to_string(),
+            "--sessions",
+            &local.sessions.to_string(),
         ])
         .arg("--orchestrator-data")
         .arg(std::path::absolute(orchestrator_data)?)

@@ -14,6 +14,7 @@ pub(crate) mod queues;
 pub(crate) mod robots;
 pub(crate) mod runs;
 mod session;
+mod sessions;
 mod tokens;
 pub(crate) mod triggers;
 pub(crate) mod users;
@@ -88,6 +89,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::drain_agent))
         .routes(routes!(agents::create_enrollment_token))
         .routes(routes!(agents::list_nodes))
+        .routes(routes!(sessions::list_sessions))
+        .routes(routes!(sessions::get_session))
         .routes(routes!(audit::list_audit))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(

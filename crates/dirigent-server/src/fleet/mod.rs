@@ -25,9 +25,9 @@ use std::{
 
 use dirigent_domain::{
     agent::{Agent, AgentId, AgentSlot, place},
-    session::SessionState,
     robot::{Robot, RobotDefinition, RobotMode},
     run::{self, Ending, Operation, Run, RunState, Transition},
+    session::SessionState,
 };
 use dirigent_proto::{
     link::{AgentCommand, AgentEvent, LiveRun, ServerFrame, StartSpec},
@@ -556,7 +556,9 @@ impl Fleet {
             reason: bounded(&report.reason),
             at: report.at,
         };
-        self.store.update_session(agent.id, &update, history).await?;
+        self.store
+            .update_session(agent.id, &update, history)
+            .await?;
         self.publish(FleetEvent::Agent {
             name: agent.name.clone(),
         });
@@ -875,7 +877,8 @@ impl Fleet {
             match placement {
                 Ok(Placement::Placed { command_id }) => {
                     agent.active_runs += 1;
-                    if let (Some(number), Some(free)) = (session, free_sessions.get_mut(&agent.id)) {
+                    if let (Some(number), Some(free)) = (session, free_sessions.get_mut(&agent.id))
+                    {
                         free.retain(|free| *free != number);
                     }
                     *holding.entry(run.robot.clone()).or_default() += 1;

@@ -87,6 +87,8 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("GET", "/api/v1/agents", None, "YYYY....."),
     ("GET", "/api/v1/agents/local", None, "YYYY....."),
     ("GET", "/api/v1/nodes", None, "YYYY....."),
+    ("GET", "/api/v1/sessions", None, "YYY......"),
+    ("GET", "/api/v1/sessions/local/1", None, "YYY......"),
     ("GET", "/metrics", None, "YYY......"),
     (
         "POST",
@@ -382,6 +384,8 @@ async fn every_operation_by_every_kind_of_credential() {
         labels: Default::default(),
         capacity: 100,
         version: "t".into(),
+        sessions_offered: 0,
+        sessions_unavailable: None,
     };
     app.store
         .agent_connected(agent.id, &facts, "test-node", app.clock.now())
@@ -515,7 +519,8 @@ fn normalize(path: &str) -> String {
     ];
     path.split('/')
         .map(|segment| {
-            if segment.starts_with('{') || NAMES.contains(&segment) {
+            let number = !segment.is_empty() && segment.bytes().all(|byte| byte.is_ascii_digit());
+            if segment.starts_with('{') || NAMES.contains(&segment) || number {
                 "{}"
             } else {
                 segment

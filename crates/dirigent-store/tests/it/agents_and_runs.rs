@@ -1,11 +1,14 @@
-//! Agents (enrollment, connection, command outbox) and runs (history, output), on both
-//! backends.
+//! Agents (enrollment, connection, command outbox, graphical sessions) and runs (history,
+//! output), on both backends.
 
 use dirigent_domain::{
     robot::RobotMode,
     run::{Run, RunState, Transition},
+    session::SessionState,
 };
-use dirigent_store::{AgentFacts, OutputLine, Placement, RunEnd, RunQuery, StoreError};
+use dirigent_store::{
+    AgentFacts, OutputLine, Placement, RunEnd, RunQuery, SessionUpdate, StoreError,
+};
 use jiff::Timestamp;
 
 use crate::backends::store_test;
@@ -21,6 +24,8 @@ fn facts(capacity: u32) -> AgentFacts {
         labels: [("os".to_owned(), "linux".to_owned())].into(),
         capacity,
         version: "0.1.0".into(),
+        sessions_offered: 2,
+        sessions_unavailable: None,
     }
 }
 
@@ -470,6 +475,108 @@ store_test!(runs_story, |store| {
         store.update_run(&mut ghost, None).await.unwrap_err(),
         StoreError::NotFound
     ));
+});
+
+store_test!(graphical_sessions_story, |store| {
+    let agent = online_agent(&store, 4).await;
+    let report = |number, state, run_id: Option<&str>, at| SessionUpdate {
+        number,
+        display: Some(format!(":{}", 99 + number)),
+        width: 1920,
+        height: 1080,
+        state,
+        run_id: run_id.map(str::to_owned),
+        reason: None,
+        at: Timestamp::from_millisecond(at).unwrap(),
+    };
+    store
+        .update_session(agent, &report(1, SessionState::Starting, None, 10), true)
+        .await
+        .unwrap();
+    store
+        .update_session(agent, &report(1, SessionState::Ready, None, 11), true)
+        .await
+        .unwrap();
+    // The snapshot sent on connecting updates the state without adding to the history.
+    store
+        .update_session(agent, &report(2, SessionState::Ready, None, 12), false)
+        .await
+        .unwrap();
+    let sessions = store.sessions(None).await.unwrap();
+    let listed: Vec<(String, SessionState)> = sessions
+        .iter()
+        .map(|session| (session.id(), session.state))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("pc-1/1".to_owned(), SessionState::Ready),
+            ("pc-1/2".to_owned(), SessionState::Ready)
+        ]
+    );
+    let (one, history) = store.session("pc-1", 1, 10).await.unwrap();
+    assert_eq!(one.display.as_deref(), Some(":100"));
+    let states: Vec<SessionState> = history.iter().map(|change| change.state).collect();
+    assert_eq!(
+        states,
+        [SessionState::Ready, SessionState::Starting],
+        "newest first"
+    );
+    assert!(store.session("pc-1", 2, 10).await.unwrap().1.is_empty());
+    assert!(matches!(
+        store.session("pc-1", 3, 10).await.unwrap_err(),
+        StoreError::NotFound
+    ));
+
+    // A session is given to one run at a time, checked where the placement is stored.
+    let place = async |id: &str, session: u32| {
+        let mut run = queued(id, id, 20);
+        store
+            .insert_run(&run, &transition(RunState::Queued, 20, "user:admin"), None)
+            .await
+            .unwrap();
+        run.agent_id = Some(agent);
+        run.agent = Some("pc-1".into());
+        run.state = RunState::Starting;
+        run.session = Some(session);
+        let placed = transition(RunState::Starting, 21, "rule:dispatch");
+        store
+            .place_run(&mut run, &placed, &format!("digest-{id}"), "{}", 5)
+            .await
+    };
+    assert!(matches!(
+        place("run_a", 1).await.unwrap(),
+        Placement::Placed { .. }
+    ));
+    assert_eq!(store.run("run_a").await.unwrap().session, Some(1));
+    assert_eq!(
+        place("run_b", 1).await.unwrap(),
+        Placement::Refused("waiting: agent pc-1 has no free graphical session any more".into())
+    );
+    store
+        .update_session(agent, &report(2, SessionState::Restarting, None, 22), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        place("run_c", 2).await.unwrap(),
+        Placement::Refused("waiting: agent pc-1 has no free graphical session any more".into()),
+        "nor one that is not ready"
+    );
+
+    // An agent that offers fewer sessions than before loses the others.
+    let mut fewer = facts(4);
+    fewer.sessions_offered = 1;
+    store
+        .agent_connected(
+            agent,
+            &fewer,
+            "node-a",
+            Timestamp::from_millisecond(30).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.sessions(Some("pc-1")).await.unwrap().len(), 1);
+    assert_eq!(store.agent("pc-1").await.unwrap().sessions_offered, 1);
 });
 
 store_test!(placement_is_checked_where_it_is_stored, |store| {

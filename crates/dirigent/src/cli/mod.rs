@@ -5,6 +5,7 @@
 //! 5 conflict (exists already), 6 invalid input, 7 server unreachable.
 
 pub(crate) mod audit;
+pub(crate) mod graphical;
 pub(crate) mod node;
 pub(crate) mod queue;
 pub(crate) mod robot;

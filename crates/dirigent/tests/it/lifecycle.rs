@@ -14,13 +14,13 @@ use crate::support::{KillOnDrop, ServerProcess, dirigent, eventually, json, ok, 
 
 const PASSWORD: &str = "lifecycle-password-1";
 
-fn server_with(extra: &[&str]) -> ServerProcess {
+pub(crate) fn server_with(extra: &[&str]) -> ServerProcess {
     let server = ServerProcess::start(extra, &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
     server.login(PASSWORD);
     server
 }
 
-fn create_robot(server: &ServerProcess, name: &str, flags: &[&str], argv: &[&str]) {
+pub(crate) fn create_robot(server: &ServerProcess, name: &str, flags: &[&str], argv: &[&str]) {
     let mut args = vec!["robot", "create", name];
     args.extend_from_slice(flags);
     args.push("--");
@@ -29,7 +29,7 @@ fn create_robot(server: &ServerProcess, name: &str, flags: &[&str], argv: &[&str
 }
 
 /// Starts a run and waits until it runs; answers its id and pid.
-fn start_running(server: &ServerProcess, robot: &str) -> (String, u32) {
+pub(crate) fn start_running(server: &ServerProcess, robot: &str) -> (String, u32) {
     let started = json(server, &["run", "start", robot, "--wait"]);
     assert_eq!(started["state"], "running", "{started}");
     let id = started["id"].as_str().unwrap().to_owned();
@@ -39,7 +39,7 @@ fn start_running(server: &ServerProcess, robot: &str) -> (String, u32) {
 
 /// Waits until the run is in `state` (or has ended) and asserts it is `state`.
 #[track_caller]
-fn wait_state(server: &ServerProcess, id: &str, state: &str) -> Value {
+pub(crate) fn wait_state(server: &ServerProcess, id: &str, state: &str) -> Value {
     let run = json(
         server,
         &["run", "wait", id, "--state", state, "--timeout", "30"],
@@ -49,7 +49,7 @@ fn wait_state(server: &ServerProcess, id: &str, state: &str) -> Value {
 }
 
 /// Follows the run's output until a line contains `needle`; answers the lines read.
-fn await_output(server: &ServerProcess, id: &str, needle: &str) -> Vec<String> {
+pub(crate) fn await_output(server: &ServerProcess, id: &str, needle: &str) -> Vec<String> {
     let mut follow = server
         .cli(&["run", "logs", id, "--follow"])
         .stdout(Stdio::piped())
@@ -80,7 +80,7 @@ fn await_output(server: &ServerProcess, id: &str, needle: &str) -> Vec<String> {
 }
 
 /// The processes whose process group is `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
+pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
     let mut members = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {

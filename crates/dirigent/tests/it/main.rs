@@ -20,6 +20,7 @@ mod nodes;
 mod panel;
 mod queues;
 mod serve;
+mod sessions;
 mod support;
 mod tidy;
 mod tls;

@@ -26,8 +26,10 @@ pub(crate) fn dirigent(config_dir: &Path) -> Command {
     ] {
         command.env_remove(var);
     }
+    // Local agents keep no X servers unless a test asks (`--local-agent-sessions`).
     command
         .env("DIRIGENT_CONFIG_DIR", config_dir)
+        .env("DIRIGENT_LOCAL_AGENT_SESSIONS", "0")
         .env("NO_COLOR", "1");
     command
 }

@@ -1,0 +1,121 @@
+//! Graphical sessions: the desktops agents keep for robots that need one, listed and read
+//! with their history.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use dirigent_domain::{
+    access::{Action, Resource},
+    session as domain,
+};
+use dirigent_proto::{
+    error::{ErrorBody, ErrorCode},
+    session::{Session, SessionChange, SessionDetail, SessionState},
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
+
+/// How many changes of a session's history are shown.
+const HISTORY: u32 = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Only the sessions of this agent.
+    pub(crate) agent: Option<String>,
+}
+
+/// Every graphical session of every agent (or of one), as its agent last reported it.
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, body = [Session]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub(crate) async fn list_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Session>>, ApiError> {
+    caller.require(Resource::Sessions, Action::View, query.agent.as_deref())?;
+    let sessions = state.store.sessions(query.agent.as_deref()).await?;
+    let visible = sessions
+        .into_iter()
+        .filter(|session| caller.may(Resource::Sessions, Action::View, Some(&session.agent)));
+    Ok(Json(visible.map(to_wire).collect()))
+}
+
+/// One graphical session with its history, newest first.
+#[utoipa::path(
+    get,
+    path = "/sessions/{agent}/{number}",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("agent" = String, Path), ("number" = u32, Path)),
+    responses(
+        (status = 200, body = SessionDetail),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((agent, number)): Path<(String, String)>,
+) -> Result<Json<SessionDetail>, ApiError> {
+    caller.require(Resource::Sessions, Action::View, Some(&agent))?;
+    let not_found = format!("agent {agent:?} has no graphical session {number:?}");
+    let number: u32 = number
+        .parse()
+        .map_err(|_| ApiError::not_found(ErrorCode::SessionNotFound, not_found.clone()))?;
+    let (session, history) = state
+        .store
+        .session(&agent, number, HISTORY)
+        .await
+        .map_err(|err| ApiError::from_lookup(err, ErrorCode::SessionNotFound, not_found))?;
+    Ok(Json(SessionDetail {
+        session: to_wire(session),
+        history: history
+            .into_iter()
+            .map(|change| SessionChange {
+                state: state_to_wire(change.state),
+                run_id: change.run_id,
+                reason: change.reason,
+                at: change.at,
+            })
+            .collect(),
+    }))
+}
+
+fn state_to_wire(state: domain::SessionState) -> SessionState {
+    match state {
+        domain::SessionState::Starting => SessionState::Starting,
+        domain::SessionState::Ready => SessionState::Ready,
+        domain::SessionState::InUse => SessionState::InUse,
+        domain::SessionState::Restarting => SessionState::Restarting,
+        domain::SessionState::Failed => SessionState::Failed,
+    }
+}
+
+fn to_wire(session: domain::Session) -> Session {
+    Session {
+        id: session.id(),
+        state: state_to_wire(session.state),
+        agent: session.agent,
+        number: session.number,
+        display: session.display,
+        width: session.width,
+        height: session.height,
+        agent_online: session.agent_online,
+        run_id: session.run_id,
+        reason: session.reason,
+        updated_at: session.updated_at,
+    }
+}

@@ -1,0 +1,110 @@
+//! `dirigent session ls|show`: the graphical sessions (desktops) agents keep for robots that
+//! need one.
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use crate::cli::{ClientArgs, explain, out, print_json, print_table};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionCommand {
+    /// List the graphical sessions: state, display, size and the run using each.
+    Ls {
+        /// Only the sessions of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one session (`AGENT/NUMBER`) with its history.
+    Show {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
+    match command {
+        SessionCommand::Ls { agent, client } => {
+            let sessions = client
+                .client()?
+                .sessions(agent.as_deref())
+                .await
+                .map_err(explain)?;
+            if client.json {
+                return print_json(&sessions);
+            }
+            let rows: Vec<Vec<String>> = sessions
+                .into_iter()
+                .map(|session| {
+                    vec![
+                        session.id,
+                        match session.agent_online {
+                            true => session.state.as_str().to_owned(),
+                            false => format!("{} (agent offline)", session.state.as_str()),
+                        },
+                        session.display.unwrap_or_else(|| "-".to_owned()),
+                        format!("{}x{}", session.width, session.height),
+                        session.run_id.unwrap_or_default(),
+                        session.reason.unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "STATE", "DISPLAY", "SIZE", "RUN", "REASON"], &rows);
+            Ok(())
+        }
+        SessionCommand::Show { id, client } => {
+            let Some((agent, number)) = id.rsplit_once('/') else {
+                bail!("a session is named AGENT/NUMBER (see `dirigent session ls`), not {id:?}");
+            };
+            let detail = client
+                .client()?
+                .session(agent, number)
+                .await
+                .map_err(explain)?;
+            if client.json {
+                return print_json(&detail);
+            }
+            let session = &detail.session;
+            let fields = [
+                ("id", session.id.clone()),
+                ("state", session.state.as_str().to_owned()),
+                (
+                    "agent online",
+                    if session.agent_online { "yes" } else { "no" }.to_owned(),
+                ),
+                (
+                    "display",
+                    session.display.clone().unwrap_or_else(|| "-".to_owned()),
+                ),
+                ("size", format!("{}x{}", session.width, session.height)),
+                (
+                    "run",
+                    session.run_id.clone().unwrap_or_else(|| "-".to_owned()),
+                ),
+                ("reason", session.reason.clone().unwrap_or_default()),
+                ("updated", session.updated_at.to_string()),
+            ];
+            for (label, value) in fields {
+                out!("{label:<13} {value}");
+            }
+            out!("");
+            let rows: Vec<Vec<String>> = detail
+                .history
+                .iter()
+                .map(|change| {
+                    vec![
+                        change.at.to_string(),
+                        change.state.as_str().to_owned(),
+                        change.run_id.clone().unwrap_or_default(),
+                        change.reason.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(&["AT", "STATE", "RUN", "REASON"], &rows);
+            Ok(())
+        }
+    }
+}

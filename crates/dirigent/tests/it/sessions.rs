@@ -1,0 +1,202 @@
+//! Graphical sessions under a real Xvfb: robots that need a display get one of their own,
+//! wait for one when all are taken, and are told when theirs dies.
+
+use crate::{
+    lifecycle::{await_output, create_robot, server_with, start_running, wait_state},
+    support::{ServerProcess, eventually, json, ok, run},
+};
+
+/// A server whose local agent keeps `sessions` graphical sessions.
+fn server(sessions: &str) -> ServerProcess {
+    server_with(&["--local-agent-sessions", sessions])
+}
+
+fn session(server: &ServerProcess, id: &str) -> serde_json::Value {
+    json(server, &["session", "show", id])
+}
+
+fn wait_session(server: &ServerProcess, id: &str, state: &str) -> serde_json::Value {
+    eventually(&format!("session {id} {state}"), || {
+        let shown = session(server, id);
+        (shown["state"] == state).then_some(shown)
+    })
+}
+
+#[test]
+fn a_robot_that_needs_a_display_gets_a_session_of_its_own() {
+    let server = server("1");
+    let ready = wait_session(&server, "local/1", "ready");
+    assert_eq!(
+        (ready["width"].as_u64(), ready["height"].as_u64()),
+        (Some(1920), Some(1080))
+    );
+    let display = ready["display"].as_str().unwrap().to_owned();
+    create_robot(
+        &server,
+        "painter",
+        &["--needs-display", "true"],
+        &[
+            "sh",
+            "-c",
+            "echo display=$DISPLAY; xsetroot -solid '#ff0000' && echo painted; \
+             xwininfo -root | grep -q 'Width: 1920' && echo full-size; \
+             XAUTHORITY=/nonexistent xwininfo -root >/dev/null 2>&1 || echo strangers-refused",
+        ],
+    );
+    let started = json(&server, &["run", "start", "painter"]);
+    let id = started["id"].as_str().unwrap();
+    wait_state(&server, id, "succeeded");
+    let logs = ok(run(server.cli(&["run", "logs", id])));
+    for line in [
+        format!("display={display}"),
+        "painted".to_owned(),
+        "full-size".to_owned(),
+        "strangers-refused".to_owned(),
+    ] {
+        assert!(logs.lines().any(|seen| seen == line), "{line} in {logs}");
+    }
+
+    // After the run the session is made anew, and its history says so.
+    let again = wait_session(&server, "local/1", "ready");
+    let states: Vec<&str> = again["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|change| change["state"].as_str().unwrap())
+        .collect();
+    assert!(
+        states.ends_with(&["in_use", "restarting", "ready"]),
+        "{states:?}"
+    );
+    assert!(
+        again["history"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("made anew after run {id}")),
+        "{again}"
+    );
+    let listed = json(&server, &["session", "ls"]);
+    assert_eq!(listed[0]["id"], "local/1");
+    crate::support::fails(
+        run(server.cli(&["session", "show", "local/9"])),
+        4,
+        "agent \"local\" has no graphical session \"9\"",
+    );
+    crate::support::fails(
+        run(server.cli(&["session", "show", "nonsense"])),
+        1,
+        "a session is named AGENT/NUMBER",
+    );
+}
+
+#[test]
+fn runs_wait_for_a_free_session_and_one_whose_display_dies_fails() {
+    let server = server("1");
+    wait_session(&server, "local/1", "ready");
+    let go = server.dir.path().join("go");
+    create_robot(
+        &server,
+        "first",
+        &["--needs-display", "true"],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo up; while [ ! -e {} ]; do sleep 0.05; done",
+                go.display()
+            ),
+        ],
+    );
+    create_robot(
+        &server,
+        "second",
+        &["--needs-display", "true", "--restart-policy", "on-failure"],
+        &["sh", "-c", "echo up; while true; do sleep 0.05; done"],
+    );
+    let (first, _) = start_running(&server, "first");
+    let waiting = json(&server, &["run", "start", "second"]);
+    let second = waiting["id"].as_str().unwrap().to_owned();
+    let queued = eventually("the second run waiting for a session", || {
+        let shown = json(&server, &["run", "show", &second]);
+        (shown["state"] == "queued" && !shown["reason"].is_null()).then_some(shown)
+    });
+    assert_eq!(
+        queued["reason"], "waiting for any agent: no agent offers a free graphical session",
+        "{queued}"
+    );
+    std::fs::write(&go, "").unwrap();
+    wait_state(&server, &first, "succeeded");
+    wait_state(&server, &second, "running");
+    await_output(&server, &second, "up");
+
+    // Its X server dies: the run fails saying why, the session comes back, and the restart
+    // policy starts the robot again on it.
+    let in_use = wait_session(&server, "local/1", "in_use");
+    let record = server
+        .dir
+        .path()
+        .join("dirigent-data/local-agent/sessions/1/server.json");
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let x_server = u32::try_from(recorded["pid"].as_u64().unwrap()).unwrap();
+    crate::support::signal_process(x_server, nix::sys::signal::Signal::SIGKILL);
+    let failed = wait_state(&server, &second, "failed");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "its display died: the X server of {} died",
+            in_use["display"].as_str().unwrap()
+        )),
+        "{failed}"
+    );
+    let replacement = eventually("the restart policy's run on the new session", || {
+        let runs = json(&server, &["run", "ls", "--active"]);
+        let runs = runs.as_array().unwrap().clone();
+        (runs.len() == 1 && runs[0]["state"] == "running").then(|| runs[0].clone())
+    });
+    let history = session(&server, "local/1")["history"].clone();
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|change| change["state"] == "restarting"
+                && change["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains("died"))),
+        "{history}"
+    );
+    let id = replacement["id"].as_str().unwrap();
+    ok(run(server.cli(&["run", "kill", id])));
+    wait_state(&server, id, "killed");
+}
+
+#[test]
+fn an_agent_without_xvfb_says_so_to_the_runs_that_wait() {
+    let server = ServerProcess::start(
+        &["--local-agent-sessions", "1"],
+        &[
+            ("DIRIGENT_ADMIN_PASSWORD", "lifecycle-password-1"),
+            ("DIRIGENT_XVFB", "/nonexistent/Xvfb"),
+        ],
+    );
+    server.login("lifecycle-password-1");
+    create_robot(&server, "painter", &["--needs-display", "true"], &["true"]);
+    let started = json(&server, &["run", "start", "painter"]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let waiting = eventually("the run's reason", || {
+        let shown = json(&server, &["run", "show", &id]);
+        shown["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("xvfb"))
+            .then_some(shown)
+    });
+    assert_eq!(
+        waiting["reason"],
+        "waiting for any agent with a free graphical session: agent local: `xvfb` is not \
+         installed (no /nonexistent/Xvfb program)"
+    );
+    assert_eq!(session(&server, "local/1")["state"], "failed");
+    ok(run(server.cli(&["run", "stop", &id])));
+}
