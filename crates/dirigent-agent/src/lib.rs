@@ -13,6 +13,7 @@
 pub mod journal;
 pub mod keeper;
 pub mod runner;
+pub mod screen;
 pub mod sessions;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
@@ -435,8 +436,13 @@ async fn session(
 
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.reset();
+    // Answers to the server's requests, worked out beside the loop.
+    let (replies_tx, mut replies) = mpsc::unbounded_channel();
     loop {
         tokio::select! {
+            Some((id, reply)) = replies.recv() => {
+                send(&mut socket, &AgentFrame::Reply { id, reply }).await?;
+            }
             Some(event) = events.recv() => {
                 let batch = drain_batch(event, events);
                 let ids = record(journal, runner, batch.clone()).await?;
@@ -453,6 +459,13 @@ async fn session(
                     send(&mut socket, &AgentFrame::Ack { id }).await?;
                 }
                 Some(ServerFrame::Ack { id }) => journal.ack(id)?,
+                Some(ServerFrame::Request { id, request }) => {
+                    let answer = runner.answer(request);
+                    let replies = replies_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = replies.send((id, answer.await));
+                    });
+                }
                 Some(ServerFrame::Welcome { .. }) => tracing::warn!("unexpected second welcome"),
                 None => {}
             },

@@ -141,6 +141,30 @@ impl Runner {
         live
     }
 
+    /// Works out the answer to a request of the server (apart from the runner's state, so
+    /// that it may take its time).
+    pub fn answer(
+        &self,
+        request: dirigent_proto::link::AgentRequest,
+    ) -> impl Future<Output = dirigent_proto::link::AgentReply> + Send + 'static {
+        use base64::Engine;
+        use dirigent_proto::link::{AgentReply, AgentRequest};
+        let sessions = self.config.sessions.clone();
+        async move {
+            let AgentRequest::Screenshot { session } = request;
+            let shot = match sessions {
+                Some(sessions) => sessions.screenshot(session).await,
+                None => Err("this agent offers no graphical sessions".to_owned()),
+            };
+            match shot {
+                Ok(png) => AgentReply::Screenshot {
+                    png: base64::engine::general_purpose::STANDARD.encode(png),
+                },
+                Err(message) => AgentReply::Failed { message },
+            }
+        }
+    }
+
     /// The graphical sessions' states now.
     pub async fn sessions(&self) -> Vec<dirigent_proto::session::SessionReport> {
         match &self.config.sessions {

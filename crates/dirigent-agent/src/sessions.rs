@@ -35,6 +35,10 @@ const FAILED_RETRY: Duration = Duration::from_secs(30);
 /// The displays tried: `:100` and up, clear of those people use.
 const FIRST_DISPLAY: u32 = 100;
 const LAST_DISPLAY: u32 = 999;
+/// The length of an X cookie (`MIT-MAGIC-COOKIE-1`).
+const COOKIE_BYTES: usize = 16;
+/// A screenshot holds at most this many pixels (8K).
+const MAX_SCREENSHOT_PIXELS: u64 = 7680 * 4320;
 
 /// The sessions an agent offers.
 #[derive(Debug, Clone)]
@@ -87,6 +91,10 @@ enum Request {
     },
     /// The agent stops with no run alive: the X servers go.
     Shutdown { done: oneshot::Sender<()> },
+    Screenshot {
+        number: u32,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
 }
 
 impl SessionsHandle {
@@ -124,6 +132,21 @@ impl SessionsHandle {
         if self.requests.send(Request::Shutdown { done }).is_ok() {
             let _ = finished.await;
         }
+    }
+
+    /// A screenshot of a session, as PNG.
+    pub async fn screenshot(&self, number: u32) -> Result<Vec<u8>, String> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::Screenshot { number, reply })
+            .is_err()
+        {
+            return Err("this agent offers no graphical sessions".to_owned());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
     }
 
     /// Every session's state now.
@@ -305,6 +328,26 @@ impl Sessions {
                     .map(|index| self.describe(index))
                     .collect();
                 let _ = reply.send(reports);
+            }
+            Request::Screenshot { number, reply } => {
+                let target = self.index(number).and_then(|index| {
+                    let slot = &self.slots[index];
+                    let display = slot.server.as_ref()?.display;
+                    Some((display, slot.dir.join("Xauthority")))
+                });
+                let Some((display, authority)) = target else {
+                    let _ = reply.send(Err(format!(
+                        "graphical session {number} has no X server now"
+                    )));
+                    return;
+                };
+                // Captured off this task: reading and encoding a screen takes a while.
+                tokio::task::spawn_blocking(move || {
+                    let shot = read_cookie(&authority).and_then(|cookie| {
+                        crate::screen::screenshot(display, &cookie, MAX_SCREENSHOT_PIXELS)
+                    });
+                    let _ = reply.send(shot);
+                });
             }
             Request::Shutdown { done } => {
                 for index in 0..self.slots.len() {
@@ -616,6 +659,15 @@ impl Sessions {
     }
 }
 
+/// The cookie of an X authority file written by [`write_authority`]: its last field.
+fn read_cookie(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|err| format!("reading {}: {err}", path.display()))?;
+    match bytes.len().checked_sub(COOKIE_BYTES) {
+        Some(start) => Ok(bytes[start..].to_vec()),
+        None => Err(format!("{} holds no cookie", path.display())),
+    }
+}
+
 /// The first display with neither a socket nor a lock file.
 fn free_display() -> Option<u32> {
     (FIRST_DISPLAY..=LAST_DISPLAY).find(|display| {
@@ -628,7 +680,7 @@ fn free_display() -> Option<u32> {
 /// (family "wild"), readable by the agent's user alone.
 fn write_authority(path: &Path, display: u32) -> Result<(), String> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut cookie = [0u8; 16];
+    let mut cookie = [0u8; COOKIE_BYTES];
     getrandom::fill(&mut cookie).map_err(|err| format!("making an X cookie: {err}"))?;
     let mut entry = Vec::new();
     let field = |entry: &mut Vec<u8>, bytes: &[u8]| {

@@ -399,6 +399,20 @@ impl Client {
         .await
     }
 
+    /// A screenshot of a graphical session, as PNG.
+    pub async fn session_screenshot(
+        &self,
+        agent: &str,
+        number: &str,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.send(
+            Method::GET,
+            &["api", "v1", "sessions", agent, number, "screenshot"],
+            None::<&()>,
+        )
+        .await
+    }
+
     /// The orchestrator nodes sharing the server's database.
     pub async fn nodes(&self) -> Result<Vec<dirigent_proto::agent::Node>, ClientError> {
         self.call(Method::GET, &["api", "v1", "nodes"], None::<&()>)

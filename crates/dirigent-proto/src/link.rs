@@ -36,6 +36,11 @@ pub enum AgentFrame {
         #[serde(default)]
         sessions: Vec<SessionReport>,
     },
+    /// Answers a request of the server.
+    Reply {
+        id: u64,
+        reply: AgentReply,
+    },
 }
 
 /// From server to agent.
@@ -53,6 +58,31 @@ pub enum ServerFrame {
     /// Acknowledges the agent's events up to and including `id`.
     Ack {
         id: u64,
+    },
+    /// A question answered at once (a `Reply` with the same id), not journaled: lost with the
+    /// connection, and then asked again by whoever wants the answer.
+    Request {
+        id: u64,
+        request: AgentRequest,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AgentRequest {
+    /// A screenshot of a graphical session.
+    Screenshot { session: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentReply {
+    /// A PNG, base64-encoded.
+    Screenshot {
+        png: String,
+    },
+    Failed {
+        message: String,
     },
 }
 

@@ -180,6 +180,11 @@ impl From<FleetError> for ApiError {
             FleetError::InvalidState(reason) => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::InvalidState, reason)
             }
+            FleetError::AgentUnavailable(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                reason,
+            ),
             FleetError::Store(err) => err.into(),
             FleetError::Internal(detail) => ApiError::internal(detail),
         }

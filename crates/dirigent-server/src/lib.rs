@@ -283,3 +283,11 @@ impl RunningServer {
         served
     }
 }
+
+/// Locks a mutex; one poisoned by a panic elsewhere is still used (its data stays consistent:
+/// no code here panics halfway through a change).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

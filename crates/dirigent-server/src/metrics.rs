@@ -7,12 +7,7 @@
 //! latency by route, the latency from a run's creation to its robot running, the lateness of
 //! trigger firings, the database pool). Each line carries `node` where it is this node's.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    sync::{Mutex, PoisonError},
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt::Write, sync::Mutex, time::Duration};
 
 use axum::{
     extract::State,
@@ -21,7 +16,7 @@ use axum::{
 };
 use dirigent_domain::access::{Action, Resource};
 
-use crate::{AppState, auth::Caller, error::ApiError};
+use crate::{AppState, auth::Caller, error::ApiError, lock};
 
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -106,10 +101,6 @@ impl Histogram {
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Metrics {

@@ -91,6 +91,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::list_nodes))
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::get_session))
+        .routes(routes!(sessions::screenshot))
         .routes(routes!(audit::list_audit))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(

@@ -4,13 +4,17 @@
 use axum::{
     Json,
     extract::{Path, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
 };
+use base64::Engine;
 use dirigent_domain::{
     access::{Action, Resource},
     session as domain,
 };
 use dirigent_proto::{
     error::{ErrorBody, ErrorCode},
+    link::{AgentReply, AgentRequest},
     session::{Session, SessionChange, SessionDetail, SessionState},
 };
 use serde::Deserialize;
@@ -20,6 +24,8 @@ use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
 
 /// How many changes of a session's history are shown.
 const HISTORY: u32 = 100;
+/// How long an agent gets to take a screenshot.
+const SCREENSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -92,6 +98,66 @@ pub(crate) async fn get_session(
             })
             .collect(),
     }))
+}
+
+/// A screenshot of a graphical session, as PNG, taken now by its agent.
+#[utoipa::path(
+    get,
+    path = "/sessions/{agent}/{number}/screenshot",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("agent" = String, Path), ("number" = u32, Path)),
+    responses(
+        (status = 200, description = "The session's screen", content_type = "image/png"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The agent is offline, or the session has no screen now"),
+        (status = 503, body = ErrorBody, description = "The agent is connected to another node, or did not answer"),
+    )
+)]
+pub(crate) async fn screenshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((agent, number)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Resource::Sessions, Action::View, Some(&agent))?;
+    let not_found = format!("agent {agent:?} has no graphical session {number:?}");
+    let number: u32 = number
+        .parse()
+        .map_err(|_| ApiError::not_found(ErrorCode::SessionNotFound, not_found.clone()))?;
+    state
+        .store
+        .session(&agent, number, 0)
+        .await
+        .map_err(|err| ApiError::from_lookup(err, ErrorCode::SessionNotFound, not_found))?;
+    let holder = state.store.agent(&agent).await?;
+    let request = AgentRequest::Screenshot { session: number };
+    let reply = state
+        .fleet
+        .ask(&holder, request, SCREENSHOT_TIMEOUT)
+        .await?;
+    match reply {
+        AgentReply::Screenshot { png } => {
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(png)
+                .map_err(|err| {
+                    ApiError::internal(format!("a screenshot that is not base64: {err}"))
+                })?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "image/png"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                png,
+            ))
+        }
+        AgentReply::Failed { message } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::InvalidState,
+            message,
+        )),
+    }
 }
 
 fn state_to_wire(state: domain::SessionState) -> SessionState {

@@ -197,6 +197,7 @@ async fn read_frames(
                     .await
                     .map_err(|err| err.to_string())?;
             }
+            Some(AgentFrame::Reply { id, reply }) => fleet.answered(id, reply),
             Some(AgentFrame::Hello(_)) => {
                 tracing::warn!(agent = agent.name, "ignoring a second hello")
             }

@@ -30,17 +30,17 @@ use dirigent_domain::{
     session::SessionState,
 };
 use dirigent_proto::{
-    link::{AgentCommand, AgentEvent, LiveRun, ServerFrame, StartSpec},
+    link::{AgentCommand, AgentEvent, AgentReply, AgentRequest, LiveRun, ServerFrame, StartSpec},
     session::SessionReport,
 };
 use dirigent_store::{OutputLine, Placement, RunEnd, SessionUpdate, Store, StoreError};
 use jiff::Timestamp;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use link::connect;
 pub(crate) use link::enroll;
 
-use crate::{Clock, auth::secrets};
+use crate::{Clock, auth::secrets, lock};
 
 /// How the fleet treats silence.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +88,9 @@ pub enum FleetError {
     RunNotFound(String),
     #[error("{0}")]
     InvalidState(String),
+    /// The agent cannot answer now (connected to another node, or silent).
+    #[error("{0}")]
+    AgentUnavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -161,6 +164,9 @@ pub struct Fleet {
     node: String,
     connections: Mutex<HashMap<AgentId, Connection>>,
     next_serial: std::sync::atomic::AtomicU64,
+    /// Requests sent to agents connected here, waiting for their replies.
+    requests: Mutex<HashMap<u64, oneshot::Sender<AgentReply>>>,
+    next_request: std::sync::atomic::AtomicU64,
     changes: tokio::sync::Mutex<()>,
     events: broadcast::Sender<FleetEvent>,
     /// Where events go for the other nodes (PostgreSQL only).
@@ -185,12 +191,73 @@ impl Fleet {
             node,
             connections: Mutex::new(HashMap::new()),
             next_serial: std::sync::atomic::AtomicU64::new(1),
+            requests: Mutex::default(),
+            next_request: std::sync::atomic::AtomicU64::new(1),
             changes: tokio::sync::Mutex::new(()),
             events,
             relay: std::sync::OnceLock::new(),
             run_ends: Mutex::default(),
             metrics: Arc::default(),
         })
+    }
+
+    /// Asks an agent a question and waits (at most `timeout`) for its answer. The agent must
+    /// be connected to this node.
+    pub async fn ask(
+        &self,
+        agent: &Agent,
+        request: AgentRequest,
+        timeout: Duration,
+    ) -> FleetResult<AgentReply> {
+        if !agent.online {
+            return Err(FleetError::InvalidState(format!(
+                "agent {} is offline",
+                agent.name
+            )));
+        }
+        let id = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        lock(&self.requests).insert(id, reply);
+        let sent = self
+            .lock_connections()
+            .get(&agent.id)
+            .is_some_and(|connection| {
+                connection
+                    .frames
+                    .send(ServerFrame::Request { id, request })
+                    .is_ok()
+            });
+        if !sent {
+            lock(&self.requests).remove(&id);
+            let node = agent.node.as_deref().unwrap_or("another node");
+            return Err(FleetError::AgentUnavailable(format!(
+                "agent {} is connected to {node}, not to this node ({}): ask that one",
+                agent.name, self.node
+            )));
+        }
+        let answered = tokio::time::timeout(timeout, answer).await;
+        lock(&self.requests).remove(&id);
+        match answered {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(FleetError::AgentUnavailable(format!(
+                "agent {} went away before it answered",
+                agent.name
+            ))),
+            Err(_) => Err(FleetError::AgentUnavailable(format!(
+                "agent {} did not answer within {} s",
+                agent.name,
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// An agent answered a request.
+    pub(crate) fn answered(&self, id: u64, reply: AgentReply) {
+        if let Some(waiting) = lock(&self.requests).remove(&id) {
+            let _ = waiting.send(reply);
+        }
     }
 
     /// This node's metrics kept in memory.

@@ -89,6 +89,12 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("GET", "/api/v1/nodes", None, "YYYY....."),
     ("GET", "/api/v1/sessions", None, "YYY......"),
     ("GET", "/api/v1/sessions/local/1", None, "YYY......"),
+    (
+        "GET",
+        "/api/v1/sessions/local/1/screenshot",
+        None,
+        "YYY......",
+    ),
     ("GET", "/metrics", None, "YYY......"),
     (
         "POST",

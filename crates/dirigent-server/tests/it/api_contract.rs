@@ -48,6 +48,11 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ),
     (
         "GET",
+        "/api/v1/sessions/{agent}/{number}/screenshot",
+        Access::Authenticated,
+    ),
+    (
+        "GET",
         "/api/v1/runs/{id}/logs/stream",
         Access::Authenticated,
     ),

@@ -1,7 +1,7 @@
-//! `dirigent session ls|show`: the graphical sessions (desktops) agents keep for robots that
-//! need one.
+//! `dirigent session ls|show|screenshot`: the graphical sessions (desktops) agents keep for
+//! robots that need one.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use crate::cli::{ClientArgs, explain, out, print_json, print_table};
@@ -23,6 +23,24 @@ pub(crate) enum SessionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Save a screenshot of a session as PNG.
+    Screenshot {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        /// Where to write it [default: AGENT-NUMBER.png]; `-` for standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `AGENT/NUMBER` as its two parts.
+fn parse_id(id: &str) -> anyhow::Result<(&str, &str)> {
+    match id.rsplit_once('/') {
+        Some(parts) => Ok(parts),
+        None => bail!("a session is named AGENT/NUMBER (see `dirigent session ls`), not {id:?}"),
+    }
 }
 
 pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
@@ -55,10 +73,26 @@ pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
             print_table(&["ID", "STATE", "DISPLAY", "SIZE", "RUN", "REASON"], &rows);
             Ok(())
         }
+        SessionCommand::Screenshot { id, output, client } => {
+            let (agent, number) = parse_id(&id)?;
+            let png = client
+                .client()?
+                .session_screenshot(agent, number)
+                .await
+                .map_err(explain)?;
+            let path = output.unwrap_or_else(|| format!("{agent}-{number}.png").into());
+            if path.as_os_str() == "-" {
+                use std::io::Write;
+                return std::io::stdout()
+                    .write_all(&png)
+                    .context("writing the screenshot to standard output");
+            }
+            std::fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("Saved {} ({} bytes).", path.display(), png.len());
+            Ok(())
+        }
         SessionCommand::Show { id, client } => {
-            let Some((agent, number)) = id.rsplit_once('/') else {
-                bail!("a session is named AGENT/NUMBER (see `dirigent session ls`), not {id:?}");
-            };
+            let (agent, number) = parse_id(&id)?;
             let detail = client
                 .client()?
                 .session(agent, number)

@@ -22,6 +22,18 @@ fn wait_session(server: &ServerProcess, id: &str, state: &str) -> serde_json::Va
     })
 }
 
+/// A PNG's width, height and RGB pixels.
+fn decode_png(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    pixels.truncate(info.buffer_size());
+    (info.width as usize, info.height as usize, pixels)
+}
+
 #[test]
 fn a_robot_that_needs_a_display_gets_a_session_of_its_own() {
     let server = server("1");
@@ -31,20 +43,40 @@ fn a_robot_that_needs_a_display_gets_a_session_of_its_own() {
         (Some(1920), Some(1080))
     );
     let display = ready["display"].as_str().unwrap().to_owned();
+    let go = server.dir.path().join("go");
+    let paints = format!(
+        "echo display=$DISPLAY; xsetroot -solid '#ff8000' && echo painted; \
+         xwininfo -root | grep -q 'Width: 1920' && echo full-size; \
+         XAUTHORITY=/nonexistent xwininfo -root >/dev/null 2>&1 || echo strangers-refused; \
+         while [ ! -e {} ]; do sleep 0.05; done",
+        go.display()
+    );
     create_robot(
         &server,
         "painter",
         &["--needs-display", "true"],
-        &[
-            "sh",
-            "-c",
-            "echo display=$DISPLAY; xsetroot -solid '#ff0000' && echo painted; \
-             xwininfo -root | grep -q 'Width: 1920' && echo full-size; \
-             XAUTHORITY=/nonexistent xwininfo -root >/dev/null 2>&1 || echo strangers-refused",
-        ],
+        &["sh", "-c", &paints],
     );
     let started = json(&server, &["run", "start", "painter"]);
     let id = started["id"].as_str().unwrap();
+    await_output(&server, id, "strangers-refused");
+
+    // What the robot drew is what the screenshot shows.
+    let shot = server.dir.path().join("shot.png");
+    ok(run(server.cli(&[
+        "session",
+        "screenshot",
+        "local/1",
+        "--output",
+        shot.to_str().unwrap(),
+    ])));
+    let (width, height, pixels) = decode_png(&std::fs::read(&shot).unwrap());
+    assert_eq!((width, height), (1920, 1080));
+    for (x, y) in [(0, 0), (960, 540), (1919, 1079)] {
+        let at = (y * width + x) * 3;
+        assert_eq!(&pixels[at..at + 3], [0xff, 0x80, 0x00], "pixel ({x}, {y})");
+    }
+    std::fs::write(&go, "").unwrap();
     wait_state(&server, id, "succeeded");
     let logs = ok(run(server.cli(&["run", "logs", id])));
     for line in [
@@ -198,5 +230,10 @@ fn an_agent_without_xvfb_says_so_to_the_runs_that_wait() {
          installed (no /nonexistent/Xvfb program)"
     );
     assert_eq!(session(&server, "local/1")["state"], "failed");
+    crate::support::fails(
+        run(server.cli(&["session", "screenshot", "local/1"])),
+        5,
+        "graphical session 1 has no X server now",
+    );
     ok(run(server.cli(&["run", "stop", &id])));
 }
