@@ -237,3 +237,60 @@ fn an_agent_without_xvfb_says_so_to_the_runs_that_wait() {
     );
     ok(run(server.cli(&["run", "stop", &id])));
 }
+
+#[test]
+fn a_restarted_agent_keeps_the_sessions_of_its_robots() {
+    let server = server("1");
+    wait_session(&server, "local/1", "ready");
+    let go = server.dir.path().join("go");
+    let paints = format!(
+        "xsetroot -solid '#0000ff' && echo painted; while [ ! -e {} ]; do sleep 0.05; done; \
+         xwininfo -root >/dev/null && echo still-there",
+        go.display()
+    );
+    create_robot(
+        &server,
+        "painter",
+        &["--needs-display", "true"],
+        &["sh", "-c", &paints],
+    );
+    let (id, _) = start_running(&server, "painter");
+    await_output(&server, &id, "painted");
+    let before = session(&server, "local/1");
+
+    // The local agent dies and `serve` starts another, which adopts the robot and its X
+    // server: the same display, still showing what the robot drew.
+    let lock = server.dir.path().join("dirigent-data/local-agent/lock");
+    let agent_pid = || -> Option<u32> { std::fs::read_to_string(&lock).ok()?.trim().parse().ok() };
+    let first = agent_pid().unwrap();
+    crate::support::signal_process(first, nix::sys::signal::Signal::SIGKILL);
+    eventually("a new local agent online", || {
+        let agents = json(&server, &["agent", "ls"]);
+        (agent_pid().is_some_and(|pid| pid != first) && agents[0]["state"] == "online")
+            .then_some(())
+    });
+    let after = wait_session(&server, "local/1", "in_use");
+    assert_eq!(after["display"], before["display"], "{after}");
+    assert_eq!(after["run_id"], id.as_str());
+    let shot = server.dir.path().join("shot.png");
+    ok(run(server.cli(&[
+        "session",
+        "screenshot",
+        "local/1",
+        "-o",
+        shot.to_str().unwrap(),
+    ])));
+    let (_, _, pixels) = decode_png(&std::fs::read(&shot).unwrap());
+    assert_eq!(&pixels[..3], [0x00, 0x00, 0xff]);
+
+    std::fs::write(&go, "").unwrap();
+    wait_state(&server, &id, "succeeded");
+    await_output(&server, &id, "still-there");
+    let made_anew = wait_session(&server, "local/1", "ready");
+    assert!(
+        made_anew["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains(&format!("made anew after run {id}"))),
+        "{made_anew}"
+    );
+}
