@@ -298,6 +298,37 @@ function followOutput() {
   connect();
 }
 
+/**
+ * Keeps the screens of graphical sessions (`img[data-screen]`) current: each is loaded again
+ * `data-every` ms after the last one arrived, and not at all while the page is hidden, so that
+ * nothing is captured while nobody looks.
+ */
+function watchScreens() {
+  const reload = (image) => {
+    if (!image.isConnected) return;
+    if (document.hidden) {
+      document.addEventListener("visibilitychange", () => reload(image), { once: true });
+      return;
+    }
+    const url = new URL(image.dataset.src || image.src, location.href);
+    image.dataset.src = url.pathname;
+    url.searchParams.set("at", Date.now());
+    image.src = url.href;
+  };
+  const follow = (image) => {
+    if (image.dataset.watched) return;
+    image.dataset.watched = "true";
+    const every = Number(image.dataset.every) || 2000;
+    const next = () => setTimeout(() => reload(image), every);
+    image.addEventListener("load", next);
+    image.addEventListener("error", next);
+  };
+  document.querySelectorAll("img[data-screen]").forEach(follow);
+  new MutationObserver(() => document.querySelectorAll("img[data-screen]").forEach(follow))
+    .observe(document.body, { childList: true, subtree: true });
+}
+
 localTimes(document);
 followEvents();
 followOutput();
+watchScreens();

@@ -14,7 +14,7 @@ pub(crate) mod queues;
 pub(crate) mod robots;
 pub(crate) mod runs;
 mod session;
-mod sessions;
+pub(crate) mod sessions;
 mod tokens;
 pub(crate) mod triggers;
 pub(crate) mod users;

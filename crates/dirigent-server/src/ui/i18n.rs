@@ -73,7 +73,11 @@ impl Lang {
 }
 
 /// State names of the API that read better as words.
-const ENGLISH: &[(&str, &str)] = &[("in_progress", "in progress"), ("timed_out", "timed out")];
+const ENGLISH: &[(&str, &str)] = &[
+    ("in_progress", "in progress"),
+    ("timed_out", "timed out"),
+    ("in_use", "in use"),
+];
 
 /// Every English phrase of the panel and its Russian; `tests` checks that each phrase the
 /// templates and pages use is here.
@@ -84,6 +88,16 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("Runs", "Запуски"),
     ("Run", "Запуск"),
     ("Agents", "Агенты"),
+    ("Sessions", "Сеансы"),
+    (
+        "No agent offers graphical sessions.",
+        "Ни один агент не предлагает графических сеансов.",
+    ),
+    ("agent offline", "агент не в сети"),
+    ("Screen of", "Экран сеанса"),
+    ("ready", "готов"),
+    ("in_use", "занят"),
+    ("restarting", "перезапускается"),
     ("Agent", "Агент"),
     ("Triggers", "Триггеры"),
     ("Queues", "Очереди"),
@@ -293,6 +307,7 @@ mod tests {
             include_str!("../../templates/robot.html"),
             include_str!("../../templates/run.html"),
             include_str!("../../templates/agents.html"),
+            include_str!("../../templates/sessions.html"),
             include_str!("../../templates/triggers.html"),
             include_str!("../../templates/trigger.html"),
             include_str!("../../templates/calendars.html"),
@@ -309,6 +324,7 @@ mod tests {
             include_str!("dashboard.rs"),
             include_str!("robots.rs"),
             include_str!("agents.rs"),
+            include_str!("sessions.rs"),
             include_str!("triggers.rs"),
             include_str!("queues.rs"),
             include_str!("admin.rs"),

@@ -12,6 +12,7 @@ mod dashboard;
 mod i18n;
 mod queues;
 mod robots;
+mod sessions;
 mod triggers;
 
 use std::sync::LazyLock;
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/robots/{name}", get(robots::robot))
         .route("/runs/{id}", get(robots::run))
         .route("/agents", get(agents::list))
+        .route("/sessions", get(sessions::list))
         .route("/triggers", get(triggers::list))
         .route("/triggers/{id}", get(triggers::trigger))
         .route("/calendars", get(triggers::calendars))
@@ -182,6 +184,11 @@ impl FromRequestParts<AppState> for Viewer {
             ("/", "Dashboard", None),
             ("/robots", "Robots", Some((Resource::Robots, Action::Read))),
             ("/agents", "Agents", Some((Resource::Agents, Action::Read))),
+            (
+                "/sessions",
+                "Sessions",
+                Some((Resource::Sessions, Action::View)),
+            ),
             (
                 "/triggers",
                 "Triggers",

@@ -294,3 +294,51 @@ fn a_restarted_agent_keeps_the_sessions_of_its_robots() {
         "{made_anew}"
     );
 }
+
+#[test]
+fn the_panel_shows_a_sessions_screen_and_keeps_it_current() {
+    let server = server("1");
+    wait_session(&server, "local/1", "ready");
+    let go = server.dir.path().join("go");
+    let paints = format!(
+        "xsetroot -solid '#00ff00' && echo painted; while [ ! -e {} ]; do sleep 0.05; done",
+        go.display()
+    );
+    create_robot(
+        &server,
+        "painter",
+        &["--needs-display", "true"],
+        &["sh", "-c", &paints],
+    );
+    let (id, _) = start_running(&server, "painter");
+    await_output(&server, &id, "painted");
+
+    let browser = crate::browser::Browser::start("ru-RU");
+    browser.open(&format!("{}/login?next=%2Fsessions", server.url));
+    crate::panel::log_in(&browser, &server, "admin", "lifecycle-password-1");
+    browser.wait_text("h1", "Сеансы");
+    browser.wait_text("#sessions", &id);
+    browser.wait_for("img[data-screen]");
+    // The screen as the browser got it, read back through a canvas; and it is loaded again.
+    let seen = browser.run_async(
+        "const done = arguments[0];
+         const look = () => {
+           const image = document.querySelector('img[data-screen]');
+           if (!image || !image.complete || image.naturalWidth === 0 || !image.src.includes('at=')) {
+             return setTimeout(look, 50);
+           }
+           const canvas = document.createElement('canvas');
+           canvas.width = image.naturalWidth;
+           canvas.height = image.naturalHeight;
+           const context = canvas.getContext('2d');
+           context.drawImage(image, 0, 0);
+           const pixel = Array.from(context.getImageData(100, 100, 1, 1).data.slice(0, 3));
+           done([image.naturalWidth, image.naturalHeight, pixel]);
+         };
+         look();",
+    );
+    assert_eq!(seen, serde_json::json!([1920, 1080, [0, 255, 0]]), "{seen}");
+    browser.screenshot("sessions");
+    std::fs::write(&go, "").unwrap();
+    wait_state(&server, &id, "succeeded");
+}
