@@ -151,17 +151,26 @@ impl Runner {
         use dirigent_proto::link::{AgentReply, AgentRequest};
         let sessions = self.config.sessions.clone();
         async move {
-            let AgentRequest::Screenshot { session } = request;
-            let shot = match sessions {
-                Some(sessions) => sessions.screenshot(session).await,
-                None => Err("this agent offers no graphical sessions".to_owned()),
+            let Some(sessions) = sessions else {
+                return AgentReply::Failed {
+                    message: "this agent offers no graphical sessions".to_owned(),
+                };
             };
-            match shot {
-                Ok(png) => AgentReply::Screenshot {
-                    png: base64::engine::general_purpose::STANDARD.encode(png),
-                },
-                Err(message) => AgentReply::Failed { message },
-            }
+            let answer = match request {
+                AgentRequest::Screenshot { session } => {
+                    sessions
+                        .screenshot(session)
+                        .await
+                        .map(|png| AgentReply::Screenshot {
+                            png: base64::engine::general_purpose::STANDARD.encode(png),
+                        })
+                }
+                AgentRequest::RestartSession { session, force } => sessions
+                    .restart(session, force)
+                    .await
+                    .map(|()| AgentReply::Done),
+            };
+            answer.unwrap_or_else(|message| AgentReply::Failed { message })
         }
     }
 

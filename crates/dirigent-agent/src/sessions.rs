@@ -95,6 +95,12 @@ enum Request {
         number: u32,
         reply: oneshot::Sender<Result<Vec<u8>, String>>,
     },
+    /// An operator makes a session anew.
+    Restart {
+        number: u32,
+        force: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 impl SessionsHandle {
@@ -140,6 +146,25 @@ impl SessionsHandle {
         if self
             .requests
             .send(Request::Screenshot { number, reply })
+            .is_err()
+        {
+            return Err("this agent offers no graphical sessions".to_owned());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
+    }
+
+    /// Makes a session anew (one in use only with `force`: its run is told its display died).
+    pub async fn restart(&self, number: u32, force: bool) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::Restart {
+                number,
+                force,
+                reply,
+            })
             .is_err()
         {
             return Err("this agent offers no graphical sessions".to_owned());
@@ -348,6 +373,40 @@ impl Sessions {
                     });
                     let _ = reply.send(shot);
                 });
+            }
+            Request::Restart {
+                number,
+                force,
+                reply,
+            } => {
+                let Some(index) = self.index(number) else {
+                    let _ = reply.send(Err(format!(
+                        "this agent has no graphical session {number} (it offers {})",
+                        self.slots.len()
+                    )));
+                    return;
+                };
+                let slot = &mut self.slots[index];
+                if let Some((run_id, _)) = &slot.run
+                    && !force
+                {
+                    let _ = reply.send(Err(format!(
+                        "graphical session {number} is in use by run {run_id}: restarting it ends \
+                         that run's display (force it to)"
+                    )));
+                    return;
+                }
+                if let Some((_, Some(died))) = slot.run.take() {
+                    let _ =
+                        died.send("its display died: an operator restarted its session".to_owned());
+                }
+                if let Some(mut server) = slot.server.take() {
+                    server.kill();
+                }
+                slot.reason = Some("restarted by an operator".to_owned());
+                slot.failures = 0;
+                self.start(index, SessionState::Restarting).await;
+                let _ = reply.send(Ok(()));
             }
             Request::Shutdown { done } => {
                 for index in 0..self.slots.len() {

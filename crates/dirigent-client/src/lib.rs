@@ -413,6 +413,21 @@ impl Client {
         .await
     }
 
+    /// Makes a graphical session anew (one in use only with `force`).
+    pub async fn restart_session(
+        &self,
+        agent: &str,
+        number: &str,
+        force: bool,
+    ) -> Result<(), ClientError> {
+        let mut url = self.url(&["api", "v1", "sessions", agent, number, "restart"])?;
+        if force {
+            url.query_pairs_mut().append_pair("force", "true");
+        }
+        self.send_to(Method::POST, url, None::<&()>).await?;
+        Ok(())
+    }
+
     /// The orchestrator nodes sharing the server's database.
     pub async fn nodes(&self) -> Result<Vec<dirigent_proto::agent::Node>, ClientError> {
         self.call(Method::GET, &["api", "v1", "nodes"], None::<&()>)

@@ -72,6 +72,8 @@ pub enum ServerFrame {
 pub enum AgentRequest {
     /// A screenshot of a graphical session.
     Screenshot { session: u32 },
+    /// Make a graphical session anew; one in use only with `force` (its run's display dies).
+    RestartSession { session: u32, force: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,8 @@ pub enum AgentReply {
     Screenshot {
         png: String,
     },
+    /// Done as asked.
+    Done,
     Failed {
         message: String,
     },

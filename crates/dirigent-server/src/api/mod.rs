@@ -92,6 +92,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::get_session))
         .routes(routes!(sessions::screenshot))
+        .routes(routes!(sessions::restart_session))
         .routes(routes!(audit::list_audit))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(

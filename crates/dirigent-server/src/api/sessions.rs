@@ -26,6 +26,8 @@ use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
 const HISTORY: u32 = 100;
 /// How long an agent gets to take a screenshot.
 const SCREENSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an agent gets to make a session anew.
+const RESTART_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -122,16 +124,7 @@ pub(crate) async fn screenshot(
     Path((agent, number)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Resource::Sessions, Action::View, Some(&agent))?;
-    let not_found = format!("agent {agent:?} has no graphical session {number:?}");
-    let number: u32 = number
-        .parse()
-        .map_err(|_| ApiError::not_found(ErrorCode::SessionNotFound, not_found.clone()))?;
-    state
-        .store
-        .session(&agent, number, 0)
-        .await
-        .map_err(|err| ApiError::from_lookup(err, ErrorCode::SessionNotFound, not_found))?;
-    let holder = state.store.agent(&agent).await?;
+    let (holder, number) = existing(&state, &agent, &number).await?;
     let request = AgentRequest::Screenshot { session: number };
     let reply = state
         .fleet
@@ -152,12 +145,80 @@ pub(crate) async fn screenshot(
                 png,
             ))
         }
-        AgentReply::Failed { message } => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::InvalidState,
-            message,
+        AgentReply::Done => Err(ApiError::internal(
+            "the agent answered a screenshot with none",
+        )),
+        AgentReply::Failed { message } => Err(refused(message)),
+    }
+}
+
+fn refused(message: String) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, ErrorCode::InvalidState, message)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestartQuery {
+    /// Restart a session in use too: its run's display dies, and the run fails.
+    #[serde(default)]
+    pub(crate) force: bool,
+}
+
+/// Makes a graphical session anew: its X server is stopped and started again. A session in
+/// use is refused unless `force`.
+#[utoipa::path(
+    post,
+    path = "/sessions/{agent}/{number}/restart",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("agent" = String, Path), ("number" = u32, Path), RestartQuery),
+    responses(
+        (status = 204, description = "Restarted; the session is ready again"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The agent is offline, or the session is in use"),
+        (status = 503, body = ErrorBody, description = "The agent is connected to another node, or did not answer"),
+    )
+)]
+pub(crate) async fn restart_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((agent, number)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<RestartQuery>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Resource::Agents, Action::Admin, Some(&agent))?;
+    let (holder, number) = existing(&state, &agent, &number).await?;
+    let request = AgentRequest::RestartSession {
+        session: number,
+        force: query.force,
+    };
+    match state.fleet.ask(&holder, request, RESTART_TIMEOUT).await? {
+        AgentReply::Done => Ok(StatusCode::NO_CONTENT),
+        AgentReply::Failed { message } => Err(refused(message)),
+        AgentReply::Screenshot { .. } => Err(ApiError::internal(
+            "the agent answered a restart with a screenshot",
         )),
     }
+}
+
+/// The agent of an existing session, and the session's number; 404 otherwise.
+async fn existing(
+    state: &AppState,
+    agent: &str,
+    number: &str,
+) -> Result<(dirigent_domain::agent::Agent, u32), ApiError> {
+    let not_found = format!("agent {agent:?} has no graphical session {number:?}");
+    let number: u32 = number
+        .parse()
+        .map_err(|_| ApiError::not_found(ErrorCode::SessionNotFound, not_found.clone()))?;
+    state
+        .store
+        .session(agent, number, 0)
+        .await
+        .map_err(|err| ApiError::from_lookup(err, ErrorCode::SessionNotFound, not_found))?;
+    Ok((state.store.agent(agent).await?, number))
 }
 
 fn state_to_wire(state: domain::SessionState) -> SessionState {

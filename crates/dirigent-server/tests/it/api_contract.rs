@@ -52,6 +52,11 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
         Access::Authenticated,
     ),
     (
+        "POST",
+        "/api/v1/sessions/{agent}/{number}/restart",
+        Access::Authenticated,
+    ),
+    (
         "GET",
         "/api/v1/runs/{id}/logs/stream",
         Access::Authenticated,

@@ -1,4 +1,4 @@
-//! `dirigent session ls|show|screenshot`: the graphical sessions (desktops) agents keep for
+//! `dirigent session ls|show|screenshot|restart`: the graphical sessions (desktops) agents keep for
 //! robots that need one.
 
 use anyhow::{Context, bail};
@@ -20,6 +20,16 @@ pub(crate) enum SessionCommand {
     Show {
         #[arg(value_name = "AGENT/NUMBER")]
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a session anew (its X server stopped and started again).
+    Restart {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        /// Restart it even while a run uses it (that run's display dies, and the run fails).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -89,6 +99,16 @@ pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
             }
             std::fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("Saved {} ({} bytes).", path.display(), png.len());
+            Ok(())
+        }
+        SessionCommand::Restart { id, force, client } => {
+            let (agent, number) = parse_id(&id)?;
+            client
+                .client()?
+                .restart_session(agent, number, force)
+                .await
+                .map_err(explain)?;
+            eprintln!("Session {id} restarted.");
             Ok(())
         }
         SessionCommand::Show { id, client } => {

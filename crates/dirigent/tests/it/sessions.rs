@@ -15,10 +15,12 @@ fn session(server: &ServerProcess, id: &str) -> serde_json::Value {
     json(server, &["session", "show", id])
 }
 
+/// Waits until the session is in `state` (it may not be reported yet at first).
 fn wait_session(server: &ServerProcess, id: &str, state: &str) -> serde_json::Value {
     eventually(&format!("session {id} {state}"), || {
-        let shown = session(server, id);
-        (shown["state"] == state).then_some(shown)
+        let output = run(server.cli(&["session", "show", id, "--json"]));
+        let shown: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        (output.status.success() && shown["state"] == state).then_some(shown)
     })
 }
 
@@ -110,6 +112,13 @@ fn a_robot_that_needs_a_display_gets_a_session_of_its_own() {
     );
     let listed = json(&server, &["session", "ls"]);
     assert_eq!(listed[0]["id"], "local/1");
+
+    // An operator makes it anew by hand.
+    ok(run(server.cli(&["session", "restart", "local/1"])));
+    let restarted = session(&server, "local/1");
+    assert_eq!(restarted["state"], "ready", "{restarted}");
+    assert_eq!(restarted["reason"], "restarted by an operator");
+    assert_eq!(restarted["history"][1]["state"], "restarting", "{restarted}");
     crate::support::fails(
         run(server.cli(&["session", "show", "local/9"])),
         4,
@@ -200,6 +209,11 @@ fn runs_wait_for_a_free_session_and_one_whose_display_dies_fails() {
         "{history}"
     );
     let id = replacement["id"].as_str().unwrap();
+    crate::support::fails(
+        run(server.cli(&["session", "restart", "local/1"])),
+        5,
+        &format!("graphical session 1 is in use by run {id}"),
+    );
     ok(run(server.cli(&["run", "kill", id])));
     wait_state(&server, id, "killed");
 }
