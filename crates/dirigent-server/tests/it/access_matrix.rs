@@ -95,6 +95,12 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         None,
         "YYY......",
     ),
+    (
+        "POST",
+        "/api/v1/sessions/local/1/restart",
+        None,
+        "Y........",
+    ),
     ("GET", "/metrics", None, "YYY......"),
     (
         "POST",
