@@ -639,6 +639,17 @@ impl Supervisor {
         });
         tokio::pin!(display_died);
 
+        // The screen the run ends on is kept once, just before the robot is signalled to end
+        // (its windows go with it) or as soon as it has ended.
+        let mut last_frame_kept = session.is_none();
+        let keep_last_frame = async |kept: &mut bool| {
+            if !*kept {
+                *kept = true;
+                if let Some((number, sessions)) = &session {
+                    sessions.last_frame(*number, &run_id).await;
+                }
+            }
+        };
         let status = loop {
             tokio::select! {
                 status = &mut exit => break status,
@@ -671,11 +682,13 @@ impl Supervisor {
                         self.send(Some(AgentEvent::Resumed { run_id: run_id.clone(), at: now() }));
                     }
                     Control::Stop { grace } if !stopping => {
+                        keep_last_frame(&mut last_frame_kept).await;
                         stopping = true;
                         ending = Ending::Stopped;
                         deadline_grace = self.safe_stop(group, grace, &mut paused);
                     }
                     Control::Kill => {
+                        keep_last_frame(&mut last_frame_kept).await;
                         ending = Ending::Killed;
                         signal(group, Signal::SIGKILL);
                     }
@@ -688,6 +701,7 @@ impl Supervisor {
                 }
                 () = tokio::time::sleep_until(deadline_duration) => {
                     deadline_duration = far;
+                    keep_last_frame(&mut last_frame_kept).await;
                     if !stopping {
                         stopping = true;
                         deadline_grace = self.safe_stop(group, self.grace, &mut paused);
@@ -697,6 +711,7 @@ impl Supervisor {
             }
         };
 
+        keep_last_frame(&mut last_frame_kept).await;
         // Nothing of the robot may outlive it: whatever is left of its group goes too.
         signal(group, Signal::SIGKILL);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {

@@ -9,9 +9,15 @@ use x11rb::{
     rust_connection::{DefaultStream, RustConnection},
 };
 
-/// A screenshot of display `:display` as PNG; refused (with its size) when its raw pixels
-/// would exceed `max_pixels`.
-pub fn screenshot(display: u32, cookie: &[u8], max_pixels: u64) -> Result<Vec<u8>, String> {
+/// A screenshot of display `:display` as PNG, no wider than `max_width` (scaled down by a
+/// whole factor if need be); refused (with its size) when the screen holds more than
+/// `max_pixels`.
+pub fn screenshot(
+    display: u32,
+    cookie: &[u8],
+    max_pixels: u64,
+    max_width: u32,
+) -> Result<Vec<u8>, String> {
     let failed = |what: &str, err: &dyn std::fmt::Display| format!("{what} :{display}: {err}");
     let stream = UnixStream::connect(format!("/tmp/.X11-unix/X{display}"))
         .map_err(|err| failed("cannot reach the X server of", &err))?;
@@ -64,7 +70,27 @@ pub fn screenshot(display: u32, cookie: &[u8], max_pixels: u64) -> Result<Vec<u8
             false => [pixel[1], pixel[2], pixel[3]],
         })
         .collect();
-    encode_png(&rgb, u32::from(width), u32::from(height))
+    let (width, height) = (u32::from(width), u32::from(height));
+    let step = width.div_ceil(max_width.max(1)).max(1);
+    if step == 1 {
+        return encode_png(&rgb, width, height);
+    }
+    let (small, small_width, small_height) = shrink(&rgb, width, height, step);
+    encode_png(&small, small_width, small_height)
+}
+
+/// Keeps every `step`-th pixel of every `step`-th row: a thumbnail, fast and good enough to
+/// recognise a screen.
+fn shrink(rgb: &[u8], width: u32, height: u32, step: u32) -> (Vec<u8>, u32, u32) {
+    let (small_width, small_height) = (width.div_ceil(step), height.div_ceil(step));
+    let mut small = Vec::with_capacity((small_width * small_height * 3) as usize);
+    for y in (0..height).step_by(step as usize) {
+        for x in (0..width).step_by(step as usize) {
+            let at = ((y * width + x) * 3) as usize;
+            small.extend_from_slice(&rgb[at..at + 3]);
+        }
+    }
+    (small, small_width, small_height)
 }
 
 fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {

@@ -39,6 +39,8 @@ const LAST_DISPLAY: u32 = 999;
 const COOKIE_BYTES: usize = 16;
 /// A screenshot holds at most this many pixels (8K).
 const MAX_SCREENSHOT_PIXELS: u64 = 7680 * 4320;
+/// Frames kept with runs are at most this wide.
+const FRAME_WIDTH: u32 = 640;
 
 /// The sessions an agent offers.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct SessionsConfig {
     pub desktop: Vec<String>,
     /// The X server program.
     pub xvfb: String,
+    /// How often a run's screen is kept as a thumbnail while it runs; `None` for never.
+    pub frame_every: Option<Duration>,
 }
 
 impl SessionsConfig {
@@ -94,6 +98,12 @@ enum Request {
     Screenshot {
         number: u32,
         reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    /// The run's screen as it ends, kept with it; `done` once reported.
+    LastFrame {
+        number: u32,
+        run_id: String,
+        done: oneshot::Sender<()>,
     },
     /// An operator makes a session anew.
     Restart {
@@ -155,6 +165,19 @@ impl SessionsHandle {
             .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
     }
 
+    /// Takes the screen a run ends on and reports it (before the run's end is reported).
+    pub async fn last_frame(&self, number: u32, run_id: &str) {
+        let (done, finished) = oneshot::channel();
+        let request = Request::LastFrame {
+            number,
+            run_id: run_id.to_owned(),
+            done,
+        };
+        if self.requests.send(request).is_ok() {
+            let _ = finished.await;
+        }
+    }
+
     /// Makes a session anew (one in use only with `force`: its run is told its display died).
     pub async fn restart(&self, number: u32, force: bool) -> Result<(), String> {
         let (reply, answer) = oneshot::channel();
@@ -201,6 +224,7 @@ pub fn start(
             reason: None,
             failures: 0,
             retry_at: None,
+            next_frame: None,
         })
         .collect();
     let sessions = Sessions {
@@ -229,6 +253,8 @@ struct Slot {
     /// Failed starts in a row.
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
+    /// When the run using it has its next thumbnail taken.
+    next_frame: Option<tokio::time::Instant>,
 }
 
 /// A running X server, as recorded for after a restart of the agent.
@@ -340,6 +366,7 @@ impl Sessions {
                     .is_some_and(|(using, _)| *using == run_id)
                 {
                     self.slots[index].run = None;
+                    self.slots[index].next_frame = None;
                     if let Some(server) = &mut self.slots[index].server {
                         server.kill();
                     }
@@ -369,9 +396,26 @@ impl Sessions {
                 // Captured off this task: reading and encoding a screen takes a while.
                 tokio::task::spawn_blocking(move || {
                     let shot = read_cookie(&authority).and_then(|cookie| {
-                        crate::screen::screenshot(display, &cookie, MAX_SCREENSHOT_PIXELS)
+                        crate::screen::screenshot(display, &cookie, MAX_SCREENSHOT_PIXELS, u32::MAX)
                     });
                     let _ = reply.send(shot);
+                });
+            }
+            Request::LastFrame {
+                number,
+                run_id,
+                done,
+            } => {
+                let frame = self.index(number).and_then(|index| {
+                    let using = self.slots[index].run.as_ref()?;
+                    (using.0 == run_id).then(|| self.frame(index, true))?
+                });
+                // Waited for beside this task: the run's end waits, not the other sessions.
+                tokio::spawn(async move {
+                    if let Some(frame) = frame {
+                        let _ = frame.await;
+                    }
+                    let _ = done.send(());
                 });
             }
             Request::Restart {
@@ -472,8 +516,53 @@ impl Sessions {
         Ok(env)
     }
 
-    /// Looks at every X server; one that died is started again, and its run told.
+    /// Takes a frame of the screen of the run using the slot, and reports it; answers the
+    /// task doing it (`None` without a run or an X server).
+    fn frame(&self, index: usize, last: bool) -> Option<tokio::task::JoinHandle<()>> {
+        let slot = &self.slots[index];
+        let run_id = slot.run.as_ref()?.0.clone();
+        let display = slot.server.as_ref()?.display;
+        let authority = slot.dir.join("Xauthority");
+        let events = self.events.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let shot = read_cookie(&authority).and_then(|cookie| {
+                crate::screen::screenshot(display, &cookie, MAX_SCREENSHOT_PIXELS, FRAME_WIDTH)
+            });
+            match shot {
+                Ok(png) => {
+                    use base64::Engine;
+                    let _ = events.send(AgentEvent::Frame {
+                        run_id,
+                        at: crate::runner::now(),
+                        png: base64::engine::general_purpose::STANDARD.encode(png),
+                        last,
+                    });
+                }
+                Err(err) => tracing::warn!(run_id, err, "cannot take a frame"),
+            }
+        }))
+    }
+
+    /// Looks at every X server; one that died is started again, and its run told. Runs get
+    /// their thumbnails.
     async fn watch(&mut self) {
+        let now = tokio::time::Instant::now();
+        for index in 0..self.slots.len() {
+            let Some(every) = self.config.frame_every else {
+                break;
+            };
+            let slot = &mut self.slots[index];
+            if slot.run.is_none() {
+                continue;
+            }
+            match slot.next_frame {
+                Some(at) if now < at => {}
+                _ => {
+                    slot.next_frame = Some(now + every);
+                    let _ = self.frame(index, false);
+                }
+            }
+        }
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
             let ended = match &mut slot.server {

@@ -57,6 +57,8 @@ pub enum ErrorCode {
     CalendarNotFound,
     /// 404: the agent has no graphical session of this number.
     SessionNotFound,
+    /// 404: the run has no frame of this number.
+    FrameNotFound,
     /// 405: the route exists but not for this method.
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
@@ -109,6 +111,7 @@ impl ErrorCode {
             ErrorCode::TriggerNotFound => "trigger_not_found",
             ErrorCode::CalendarNotFound => "calendar_not_found",
             ErrorCode::SessionNotFound => "session_not_found",
+            ErrorCode::FrameNotFound => "frame_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",

@@ -195,6 +195,15 @@ pub enum AgentEvent {
     },
     /// A graphical session changed.
     Session(SessionReport),
+    /// A frame of a run's screen: a thumbnail taken every few seconds while it runs, and its
+    /// screen as it ended (`last`).
+    Frame {
+        run_id: String,
+        at: Timestamp,
+        /// A PNG, base64-encoded.
+        png: String,
+        last: bool,
+    },
 }
 
 /// How a run's end came about, as the agent saw it.

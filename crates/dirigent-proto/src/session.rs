@@ -108,3 +108,16 @@ pub struct SessionChange {
     #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
 }
+
+/// A frame of a run's screen: a thumbnail taken while it ran, or the screen it ended on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunFrame {
+    /// Its number within the run (`GET /runs/{id}/frames/{seq}` is its PNG).
+    pub seq: u64,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    /// The screen the run ended on.
+    pub last: bool,
+    /// The PNG's size.
+    pub bytes: u64,
+}

@@ -16,6 +16,7 @@ mod accounts;
 mod agents;
 mod audit;
 mod batch;
+mod frames;
 mod nodes;
 mod queues;
 mod robots;
@@ -38,6 +39,7 @@ pub use accounts::{
 };
 pub use agents::{AgentFacts, COMMANDS_CHANNEL};
 pub use audit::{AuditQuery, AuditRecord};
+pub use frames::FrameInfo;
 pub use nodes::{Listener, NodeRecord};
 pub use queues::{
     AppliedOps, AttemptRecord, Claimer, Completion, ItemFilter, ItemRecord, NewItem, QueueAnswer,

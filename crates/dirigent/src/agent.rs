@@ -66,6 +66,10 @@ struct RunAgentArgs {
     /// arguments, separated by spaces).
     #[arg(long, value_name = "COMMAND")]
     session_desktop: Option<String>,
+    /// How often a run's screen is kept as a thumbnail while it runs (0: never); its last
+    /// screen is always kept.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    session_frame_seconds: u64,
     /// The X server program of the graphical sessions.
     #[arg(
         long,
@@ -294,6 +298,8 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
                 .map(|command| command.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
             xvfb: args.xvfb,
+            frame_every: (0 < args.session_frame_seconds)
+                .then(|| Duration::from_secs(args.session_frame_seconds)),
         },
         labels,
         capacity: args.capacity,

@@ -93,6 +93,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::get_session))
         .routes(routes!(sessions::screenshot))
         .routes(routes!(sessions::restart_session))
+        .routes(routes!(sessions::run_frames))
+        .routes(routes!(sessions::run_frame))
         .routes(routes!(audit::list_audit))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(

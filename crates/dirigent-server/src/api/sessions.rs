@@ -1,5 +1,5 @@
 //! Graphical sessions: the desktops agents keep for robots that need one, listed and read
-//! with their history.
+//! with their history, their screens, and the frames kept of runs' screens.
 
 use axum::{
     Json,
@@ -15,12 +15,17 @@ use dirigent_domain::{
 use dirigent_proto::{
     error::{ErrorBody, ErrorCode},
     link::{AgentReply, AgentRequest},
-    session::{Session, SessionChange, SessionDetail, SessionState},
+    session::{RunFrame, Session, SessionChange, SessionDetail, SessionState},
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
+use crate::{
+    AppState,
+    api::{ApiQuery, PathSegment},
+    auth::Caller,
+    error::ApiError,
+};
 
 /// How many changes of a session's history are shown.
 const HISTORY: u32 = 100;
@@ -219,6 +224,91 @@ async fn existing(
         .await
         .map_err(|err| ApiError::from_lookup(err, ErrorCode::SessionNotFound, not_found))?;
     Ok((state.store.agent(agent).await?, number))
+}
+
+/// Who may see a run's frames: those who may read the run and view its agent's sessions.
+async fn frames_of(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<dirigent_domain::run::Run, ApiError> {
+    let run = state.fleet.run(id).await?;
+    caller.require_run(&run.id, &run.robot, Action::Read)?;
+    caller.require(Resource::Sessions, Action::View, run.agent.as_deref())?;
+    Ok(run)
+}
+
+/// The frames kept of a run's screen, oldest first: thumbnails taken while it ran, and the
+/// screen it ended on.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/frames",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = [RunFrame]),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn run_frames(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathSegment(id): PathSegment,
+) -> Result<Json<Vec<RunFrame>>, ApiError> {
+    let run = frames_of(&state, &caller, &id).await?;
+    let frames = state.store.run_frames(&run.id).await?;
+    Ok(Json(
+        frames
+            .into_iter()
+            .map(|frame| RunFrame {
+                seq: frame.seq,
+                at: frame.at,
+                last: frame.last,
+                bytes: frame.bytes,
+            })
+            .collect(),
+    ))
+}
+
+/// One frame of a run's screen, as PNG.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/frames/{seq}",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("id" = String, Path), ("seq" = u64, Path)),
+    responses(
+        (status = 200, description = "The frame", content_type = "image/png"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn run_frame(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, seq)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let run = frames_of(&state, &caller, &id).await?;
+    let not_found = format!("run {id:?} has no frame {seq:?}");
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::not_found(ErrorCode::FrameNotFound, not_found.clone()))?;
+    let png = state
+        .store
+        .run_frame(&run.id, seq)
+        .await
+        .map_err(|err| ApiError::from_lookup(err, ErrorCode::FrameNotFound, not_found))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "private, max-age=86400, immutable"),
+        ],
+        png,
+    ))
 }
 
 fn state_to_wire(state: domain::SessionState) -> SessionState {

@@ -78,6 +78,8 @@ pub enum FleetEvent {
 
 /// A session's display, run id and reason are cut to this many characters.
 const MAX_SESSION_TEXT: usize = 512;
+/// A frame of a run's screen larger than this is dropped.
+const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why an operation on the fleet failed.
 #[derive(Debug, thiserror::Error)]
@@ -579,6 +581,15 @@ impl Fleet {
         if let AgentEvent::Session(report) = &event {
             return self.session_reported(agent, report, true).await;
         }
+        if let AgentEvent::Frame {
+            run_id,
+            at,
+            png,
+            last,
+        } = &event
+        {
+            return self.frame_reported(agent, run_id, *at, png, *last).await;
+        }
         let mut attempt = 0;
         let ended = loop {
             attempt += 1;
@@ -635,6 +646,44 @@ impl Fleet {
         Ok(())
     }
 
+    /// Keeps a frame of a run's screen as its agent took it; one that is not a PNG of a run
+    /// of this agent, or too large, is dropped.
+    async fn frame_reported(
+        &self,
+        agent: &Agent,
+        run_id: &str,
+        at: Timestamp,
+        png: &str,
+        last: bool,
+    ) -> FleetResult<()> {
+        use base64::Engine;
+        let png = match base64::engine::general_purpose::STANDARD.decode(png) {
+            Ok(png) if png.starts_with(b"\x89PNG") && png.len() <= MAX_FRAME_BYTES => png,
+            _ => {
+                tracing::warn!(
+                    agent = agent.name,
+                    run_id,
+                    "dropping a frame that is no PNG or too large"
+                );
+                return Ok(());
+            }
+        };
+        match self.store.run(run_id).await {
+            Ok(run) if run.agent_id == Some(agent.id) => {}
+            Ok(_) | Err(StoreError::NotFound) => {
+                tracing::warn!(
+                    agent = agent.name,
+                    run_id,
+                    "a frame of a run placed elsewhere"
+                );
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        }
+        self.store.add_run_frame(run_id, at, &png, last).await?;
+        Ok(())
+    }
+
     /// Applies an event that changes a run's state; answers whether the run ended (and so
     /// freed a place).
     async fn apply_state_event(
@@ -650,7 +699,7 @@ impl Fleet {
             | AgentEvent::Stopping { run_id, .. }
             | AgentEvent::Exited { run_id, .. }
             | AgentEvent::Output { run_id, .. } => run_id,
-            AgentEvent::Session(_) => return Ok(false),
+            AgentEvent::Session(_) | AgentEvent::Frame { .. } => return Ok(false),
         };
         let _changes = self.changes.lock().await;
         let mut run = match self.store.run(run_id).await {

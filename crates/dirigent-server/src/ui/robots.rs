@@ -300,6 +300,8 @@ struct RunPage<'a> {
     started_by: Origin,
     /// From its start to its end, or to now while it runs.
     duration: Option<String>,
+    /// The frames kept of its screen (for a reader who may view sessions), oldest first.
+    frames: Vec<dirigent_proto::session::RunFrame>,
 }
 
 /// What started a run, with a link to it where there is a page.
@@ -372,7 +374,20 @@ async fn run_page<'a>(
         let until = detail.run.ended_at.unwrap_or_else(|| state.clock.now());
         duration_text(until.duration_since(started))
     });
+    let frames = match caller.may(
+        Resource::Sessions,
+        Action::View,
+        detail.run.agent.as_deref(),
+    ) {
+        true => {
+            let id = PathSegment(detail.run.id.clone());
+            let frames = api::sessions::run_frames(State(state.clone()), caller.clone(), id);
+            frames.await.map(|Json(frames)| frames).unwrap_or_default()
+        }
+        false => Vec::new(),
+    };
     Ok(RunPage {
+        frames,
         frame: &viewer.frame,
         buttons: run_buttons(caller, &detail.run),
         may_read_output: caller.may(Resource::Runs, Action::Logs, Some(&detail.run.robot)),

@@ -80,6 +80,8 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("GET", "/api/v1/runs", None, "YYYY....."),
     ("GET", "/api/v1/runs/{run}", None, "YYYY..Y.."),
     ("GET", "/api/v1/runs/{run}/logs", None, "YYYY..Y.."),
+    ("GET", "/api/v1/runs/{run}/frames", None, "YYY......"),
+    ("GET", "/api/v1/runs/{run}/frames/1", None, "YYY......"),
     ("GET", "/api/v1/runs/{run}/logs/stream", None, "YYYY..Y.."),
     ("POST", "/api/v1/runs/{run}/pause", None, "YYY......"),
     ("POST", "/api/v1/runs/{run}/resume", None, "YYY......"),

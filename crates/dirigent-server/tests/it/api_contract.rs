@@ -40,6 +40,12 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/runs/{id}/kill", Access::Authenticated),
     ("POST", "/api/v1/runs/{id}/restart", Access::Authenticated),
     ("GET", "/api/v1/runs/{id}/logs", Access::Authenticated),
+    ("GET", "/api/v1/runs/{id}/frames", Access::Authenticated),
+    (
+        "GET",
+        "/api/v1/runs/{id}/frames/{seq}",
+        Access::Authenticated,
+    ),
     ("GET", "/api/v1/sessions", Access::Authenticated),
     (
         "GET",

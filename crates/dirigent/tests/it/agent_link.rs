@@ -80,6 +80,7 @@ async fn garbage_is_ignored_and_commands_apply_once() {
             height: 1080,
             desktop: Vec::new(),
             xvfb: "Xvfb".to_owned(),
+            frame_every: None,
         },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -118,7 +118,10 @@ fn a_robot_that_needs_a_display_gets_a_session_of_its_own() {
     let restarted = session(&server, "local/1");
     assert_eq!(restarted["state"], "ready", "{restarted}");
     assert_eq!(restarted["reason"], "restarted by an operator");
-    assert_eq!(restarted["history"][1]["state"], "restarting", "{restarted}");
+    assert_eq!(
+        restarted["history"][1]["state"], "restarting",
+        "{restarted}"
+    );
     crate::support::fails(
         run(server.cli(&["session", "show", "local/9"])),
         4,
@@ -355,4 +358,27 @@ fn the_panel_shows_a_sessions_screen_and_keeps_it_current() {
     browser.screenshot("sessions");
     std::fs::write(&go, "").unwrap();
     wait_state(&server, &id, "succeeded");
+
+    // The run keeps the screen it ended on (a thumbnail), shown on its page.
+    browser.open(&format!("{}/runs/{id}", server.url));
+    browser.wait_text("#frames", "Экран в момент завершения");
+    let kept = browser.run_async(LOOK_AT_IMAGE.replace("SELECTOR", "#latest-frame").as_str());
+    assert_eq!(kept, serde_json::json!([640, 360, [0, 255, 0]]), "{kept}");
+    browser.screenshot("run-frames");
 }
+
+/// A script that waits for the image `SELECTOR` to load and answers its size and the colour
+/// of its pixel at (100, 100).
+const LOOK_AT_IMAGE: &str = "const done = arguments[0];
+     const look = () => {
+       const image = document.querySelector('SELECTOR');
+       if (!image || !image.complete || image.naturalWidth === 0) return setTimeout(look, 50);
+       const canvas = document.createElement('canvas');
+       canvas.width = image.naturalWidth;
+       canvas.height = image.naturalHeight;
+       const context = canvas.getContext('2d');
+       context.drawImage(image, 0, 0);
+       const pixel = Array.from(context.getImageData(100, 100, 1, 1).data.slice(0, 3));
+       done([image.naturalWidth, image.naturalHeight, pixel]);
+     };
+     look();";
