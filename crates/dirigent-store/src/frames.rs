@@ -57,7 +57,8 @@ impl Store {
     pub async fn run_frames(&self, run_id: &str) -> StoreResult<Vec<FrameInfo>> {
         let rows: Vec<(i64, i64, bool, i64)> = dispatch!(self, reader, pool => {
             sqlx::query_as(
-                "SELECT seq, at, last, LENGTH(png) FROM run_frames WHERE run_id = $1 ORDER BY seq",
+                "SELECT seq, at, last, CAST(LENGTH(png) AS BIGINT) FROM run_frames WHERE run_id = $1 \
+                 ORDER BY seq",
             )
             .bind(run_id)
             .fetch_all(pool)

@@ -579,6 +579,46 @@ store_test!(graphical_sessions_story, |store| {
     assert_eq!(store.agent("pc-1").await.unwrap().sessions_offered, 1);
 });
 
+store_test!(runs_keep_their_newest_frames_and_the_last, |store| {
+    let run = queued("run_f", "painter", 10);
+    store
+        .insert_run(&run, &transition(RunState::Queued, 10, "user:admin"), None)
+        .await
+        .unwrap();
+    let png = |n: u8| vec![0x89, b'P', b'N', b'G', n];
+    for n in 0..70u8 {
+        let at = Timestamp::from_millisecond(1000 + i64::from(n)).unwrap();
+        store
+            .add_run_frame("run_f", at, &png(n), false)
+            .await
+            .unwrap();
+    }
+    store
+        .add_run_frame(
+            "run_f",
+            Timestamp::from_millisecond(2000).unwrap(),
+            &png(99),
+            true,
+        )
+        .await
+        .unwrap();
+    let frames = store.run_frames("run_f").await.unwrap();
+    assert_eq!(
+        frames.len(),
+        60,
+        "the newest 59 thumbnails and the last screen"
+    );
+    assert_eq!(frames.first().unwrap().seq, 12);
+    let last = frames.last().unwrap();
+    assert_eq!((last.seq, last.last, last.bytes), (71, true, 5));
+    assert_eq!(store.run_frame("run_f", 71).await.unwrap(), png(99));
+    assert!(matches!(
+        store.run_frame("run_f", 1).await.unwrap_err(),
+        StoreError::NotFound
+    ));
+    assert!(store.run_frames("run_none").await.unwrap().is_empty());
+});
+
 store_test!(placement_is_checked_where_it_is_stored, |store| {
     let agent = online_agent(&store, 2).await;
     let mut runs = Vec::new();
