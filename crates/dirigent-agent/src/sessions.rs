@@ -225,6 +225,7 @@ pub fn start(
             failures: 0,
             retry_at: None,
             next_frame: None,
+            cause: None,
         })
         .collect();
     let sessions = Sessions {
@@ -255,6 +256,8 @@ struct Slot {
     retry_at: Option<tokio::time::Instant>,
     /// When the run using it has its next thumbnail taken.
     next_frame: Option<tokio::time::Instant>,
+    /// Why its X server is being started (the reason shown once it is ready).
+    cause: Option<String>,
 }
 
 /// A running X server, as recorded for after a restart of the agent.
@@ -291,15 +294,17 @@ impl Server {
         }
     }
 
-    /// Kills it and what runs in its group, and removes the files it leaves behind.
-    fn kill(&mut self) {
+    /// Kills it and what runs in its group, waits until it is gone (an adopted one is not
+    /// this agent's child: it is watched), and removes the files it leaves behind.
+    async fn kill(&mut self) {
         if 1 < self.pid
             && let Ok(group) = i32::try_from(self.pid)
         {
             let _ = killpg(nix::unistd::Pid::from_raw(group), Signal::SIGKILL);
         }
-        if let Some(child) = &mut self.child {
-            let _ = child.wait();
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while self.ended().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.remove_files();
     }
@@ -368,7 +373,7 @@ impl Sessions {
                     self.slots[index].run = None;
                     self.slots[index].next_frame = None;
                     if let Some(server) = &mut self.slots[index].server {
-                        server.kill();
+                        server.kill().await;
                     }
                     self.slots[index].server = None;
                     self.slots[index].reason = Some(format!("made anew after run {run_id}"));
@@ -445,7 +450,7 @@ impl Sessions {
                         died.send("its display died: an operator restarted its session".to_owned());
                 }
                 if let Some(mut server) = slot.server.take() {
-                    server.kill();
+                    server.kill().await;
                 }
                 slot.reason = Some("restarted by an operator".to_owned());
                 slot.failures = 0;
@@ -455,7 +460,7 @@ impl Sessions {
             Request::Shutdown { done } => {
                 for index in 0..self.slots.len() {
                     if let Some(mut server) = self.slots[index].server.take() {
-                        server.kill();
+                        server.kill().await;
                     }
                     self.record(index);
                 }
@@ -635,11 +640,16 @@ impl Sessions {
     /// or failed.
     async fn start(&mut self, index: usize, state: SessionState) {
         self.slots[index].state = state;
+        if self.slots[index].failures == 0 {
+            self.slots[index].cause = self.slots[index].reason.clone();
+        }
         self.report(index);
         let started = self.start_server(index).await;
         let slot = &mut self.slots[index];
         match started {
             Ok(server) => {
+                // Why it was (re)started, rather than the failures on the way.
+                slot.reason = slot.cause.take();
                 slot.server = Some(server);
                 slot.state = SessionState::Ready;
                 slot.failures = 0;

@@ -120,7 +120,10 @@ async fn garbage_is_ignored_and_commands_apply_once() {
     send(&mut socket, json!({"type": "ack", "id": 99})).await;
     send(&mut socket, json!({"type": "welcome", "last_event_id": 0})).await;
     let synced = next_json(&mut socket).await;
-    assert_eq!(synced, json!({"type": "synced", "live_runs": []}));
+    assert_eq!(
+        synced,
+        json!({"type": "synced", "live_runs": [], "sessions": []})
+    );
 
     let start = json!({"type": "command", "id": 1, "command": {"op": "start", "run_id": "run_a", "robot": "hello",
         "argv": ["sh", "-c", "echo hello from the robot"], "working_dir": null, "env": {},
