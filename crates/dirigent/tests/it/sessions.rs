@@ -92,13 +92,15 @@ fn a_robot_that_needs_a_display_gets_a_session_of_its_own() {
 
     // After the run the session is made anew, and its history says so.
     let again = wait_session(&server, "local/1", "ready");
-    let states: Vec<&str> = again["history"]
+    let mut states: Vec<&str> = again["history"]
         .as_array()
         .unwrap()
         .iter()
         .rev()
         .map(|change| change["state"].as_str().unwrap())
         .collect();
+    // (A display another test's X server took meanwhile costs one more try.)
+    states.dedup();
     assert!(
         states.ends_with(&["in_use", "restarting", "ready"]),
         "{states:?}"
