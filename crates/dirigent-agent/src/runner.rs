@@ -169,6 +169,10 @@ impl Runner {
                     .restart(session, force)
                     .await
                     .map(|()| AgentReply::Done),
+                AgentRequest::Input { session, events } => sessions
+                    .input(session, events)
+                    .await
+                    .map(|()| AgentReply::Done),
             };
             answer.unwrap_or_else(|message| AgentReply::Failed { message })
         }

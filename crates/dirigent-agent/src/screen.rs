@@ -1,13 +1,180 @@
 //! The screen of a graphical session: its root window's pixels read over the X protocol (with
-//! the session's own cookie) and encoded as PNG.
+//! the session's own cookie) and encoded as PNG; and an operator's mouse and keyboard sent to
+//! it through XTEST.
 
 use std::os::unix::net::UnixStream;
 
+use dirigent_proto::session::InputEvent;
 use x11rb::{
     connection::Connection,
-    protocol::xproto::{ConnectionExt, ImageFormat, ImageOrder},
+    protocol::{
+        xproto::{
+            BUTTON_PRESS_EVENT, BUTTON_RELEASE_EVENT, ConnectionExt, ImageFormat, ImageOrder,
+            KEY_PRESS_EVENT, KEY_RELEASE_EVENT, MOTION_NOTIFY_EVENT,
+        },
+        xtest::ConnectionExt as _,
+    },
     rust_connection::{DefaultStream, RustConnection},
 };
+
+/// The X keysym of the left Shift key.
+const SHIFT_L: u32 = 0xffe1;
+
+/// A connection to display `:display` with its cookie.
+fn connect(display: u32, cookie: &[u8]) -> Result<RustConnection, String> {
+    let failed = |what: &str, err: &dyn std::fmt::Display| format!("{what} :{display}: {err}");
+    let stream = UnixStream::connect(format!("/tmp/.X11-unix/X{display}"))
+        .map_err(|err| failed("cannot reach the X server of", &err))?;
+    let (stream, _) = DefaultStream::from_unix_stream(stream)
+        .map_err(|err| failed("cannot reach the X server of", &err))?;
+    RustConnection::connect_to_stream_with_auth_info(
+        stream,
+        0,
+        b"MIT-MAGIC-COOKIE-1".to_vec(),
+        cookie.to_vec(),
+    )
+    .map_err(|err| failed("the X server refused", &err))
+}
+
+/// Sends an operator's input to display `:display`, in order, and waits until the X server
+/// has taken it.
+pub fn send_input(display: u32, cookie: &[u8], events: &[InputEvent]) -> Result<(), String> {
+    let connection = connect(display, cookie)?;
+    let failed = |err: &dyn std::fmt::Display| format!("sending input to :{display}: {err}");
+    let root = connection
+        .setup()
+        .roots
+        .first()
+        .map(|screen| screen.root)
+        .ok_or_else(|| format!("the X server of :{display} has no screen"))?;
+    let keyboard = Keyboard::read(&connection).map_err(|err| failed(&err))?;
+    let fake = |kind: u8, detail: u8, x: i16, y: i16| {
+        connection
+            .xtest_fake_input(kind, detail, 0, root, x, y, 0)
+            .map(|_| ())
+            .map_err(|err| failed(&err))
+    };
+    let press = |keysym: u32| -> Result<(), String> {
+        let (keycode, shifted) = keyboard.keycode(keysym).ok_or_else(|| {
+            format!("the keyboard of :{display} has no key for keysym {keysym:#x}")
+        })?;
+        let shift = keyboard.keycode(SHIFT_L).map(|(code, _)| code);
+        if let (true, Some(shift)) = (shifted, shift) {
+            fake(KEY_PRESS_EVENT, shift, 0, 0)?;
+        }
+        fake(KEY_PRESS_EVENT, keycode, 0, 0)?;
+        fake(KEY_RELEASE_EVENT, keycode, 0, 0)?;
+        if let (true, Some(shift)) = (shifted, shift) {
+            fake(KEY_RELEASE_EVENT, shift, 0, 0)?;
+        }
+        Ok(())
+    };
+    for event in events {
+        match event {
+            InputEvent::Move { x, y } => {
+                let x = i16::try_from(*x).unwrap_or(i16::MAX);
+                let y = i16::try_from(*y).unwrap_or(i16::MAX);
+                fake(MOTION_NOTIFY_EVENT, 0, x, y)?;
+            }
+            InputEvent::Click { button } => {
+                fake(BUTTON_PRESS_EVENT, *button, 0, 0)?;
+                fake(BUTTON_RELEASE_EVENT, *button, 0, 0)?;
+            }
+            InputEvent::Text { text } => {
+                for character in text.chars() {
+                    press(char_keysym(character))?;
+                }
+            }
+            InputEvent::Key { key } => {
+                press(named_keysym(key).ok_or_else(|| format!("no key is named {key:?}"))?)?
+            }
+        }
+    }
+    // A round trip: everything sent has been taken.
+    connection
+        .get_input_focus()
+        .map_err(|err| failed(&err))?
+        .reply()
+        .map_err(|err| failed(&err))?;
+    Ok(())
+}
+
+/// The keyboard mapping of an X server: which keycode gives which keysym, and with Shift.
+struct Keyboard {
+    min_keycode: u8,
+    per_keycode: usize,
+    keysyms: Vec<u32>,
+}
+
+impl Keyboard {
+    fn read(connection: &RustConnection) -> Result<Keyboard, String> {
+        let setup = connection.setup();
+        let (min, max) = (setup.min_keycode, setup.max_keycode);
+        let mapping = connection
+            .get_keyboard_mapping(min, max - min + 1)
+            .map_err(|err| err.to_string())?
+            .reply()
+            .map_err(|err| err.to_string())?;
+        Ok(Keyboard {
+            min_keycode: min,
+            per_keycode: usize::from(mapping.keysyms_per_keycode).max(1),
+            keysyms: mapping.keysyms,
+        })
+    }
+
+    /// The keycode that gives `keysym`, and whether with Shift.
+    fn keycode(&self, keysym: u32) -> Option<(u8, bool)> {
+        self.keysyms
+            .chunks(self.per_keycode)
+            .enumerate()
+            .find_map(|(index, syms)| {
+                let column = syms.iter().take(2).position(|sym| *sym == keysym)?;
+                let code = u8::try_from(usize::from(self.min_keycode) + index).ok()?;
+                Some((code, column == 1))
+            })
+    }
+}
+
+/// The keysym of a character: Latin-1 characters are their own keysyms, the rest Unicode's.
+fn char_keysym(character: char) -> u32 {
+    let code = u32::from(character);
+    match code {
+        0x0a | 0x0d => 0xff0d,
+        0x09 => 0xff09,
+        0x20..=0x7e | 0xa0..=0xff => code,
+        _ => 0x0100_0000 + code,
+    }
+}
+
+/// The keysym of a key's X name.
+fn named_keysym(name: &str) -> Option<u32> {
+    let named = [
+        ("Return", 0xff0d),
+        ("Tab", 0xff09),
+        ("Escape", 0xff1b),
+        ("BackSpace", 0xff08),
+        ("Delete", 0xffff),
+        ("Home", 0xff50),
+        ("Left", 0xff51),
+        ("Up", 0xff52),
+        ("Right", 0xff53),
+        ("Down", 0xff54),
+        ("End", 0xff57),
+    ];
+    if let Some((_, keysym)) = named.iter().find(|(key, _)| *key == name) {
+        return Some(*keysym);
+    }
+    if let Some(number) = name.strip_prefix('F').and_then(|n| n.parse::<u32>().ok())
+        && (1..=12).contains(&number)
+    {
+        return Some(0xffbe + number - 1);
+    }
+    let mut chars = name.chars();
+    match (chars.next(), chars.next()) {
+        (Some(character), None) => Some(char_keysym(character)),
+        _ => None,
+    }
+}
 
 /// A screenshot of display `:display` as PNG, no wider than `max_width` (scaled down by a
 /// whole factor if need be); refused (with its size) when the screen holds more than
@@ -19,17 +186,7 @@ pub fn screenshot(
     max_width: u32,
 ) -> Result<Vec<u8>, String> {
     let failed = |what: &str, err: &dyn std::fmt::Display| format!("{what} :{display}: {err}");
-    let stream = UnixStream::connect(format!("/tmp/.X11-unix/X{display}"))
-        .map_err(|err| failed("cannot reach the X server of", &err))?;
-    let (stream, _) = DefaultStream::from_unix_stream(stream)
-        .map_err(|err| failed("cannot reach the X server of", &err))?;
-    let connection = RustConnection::connect_to_stream_with_auth_info(
-        stream,
-        0,
-        b"MIT-MAGIC-COOKIE-1".to_vec(),
-        cookie.to_vec(),
-    )
-    .map_err(|err| failed("the X server refused", &err))?;
+    let connection = connect(display, cookie)?;
     let setup = connection.setup();
     let Some(screen) = setup.roots.first() else {
         return Err(format!("the X server of :{display} has no screen"));

@@ -19,7 +19,7 @@ use std::{
 
 use dirigent_proto::{
     link::AgentEvent,
-    session::{SessionOffer, SessionReport, SessionState},
+    session::{InputEvent, SessionOffer, SessionReport, SessionState},
 };
 use nix::sys::signal::{Signal, killpg};
 use tokio::sync::{mpsc, oneshot};
@@ -99,6 +99,11 @@ enum Request {
         number: u32,
         reply: oneshot::Sender<Result<Vec<u8>, String>>,
     },
+    Input {
+        number: u32,
+        events: Vec<InputEvent>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// The run's screen as it ends, kept with it; `done` once reported.
     LastFrame {
         number: u32,
@@ -158,6 +163,22 @@ impl SessionsHandle {
             .send(Request::Screenshot { number, reply })
             .is_err()
         {
+            return Err("this agent offers no graphical sessions".to_owned());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
+    }
+
+    /// Sends an operator's input to a session.
+    pub async fn input(&self, number: u32, events: Vec<InputEvent>) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Input {
+            number,
+            events,
+            reply,
+        };
+        if self.requests.send(request).is_err() {
             return Err("this agent offers no graphical sessions".to_owned());
         }
         answer
@@ -387,12 +408,7 @@ impl Sessions {
                 let _ = reply.send(reports);
             }
             Request::Screenshot { number, reply } => {
-                let target = self.index(number).and_then(|index| {
-                    let slot = &self.slots[index];
-                    let display = slot.server.as_ref()?.display;
-                    Some((display, slot.dir.join("Xauthority")))
-                });
-                let Some((display, authority)) = target else {
+                let Some((display, authority)) = self.display_of(number) else {
                     let _ = reply.send(Err(format!(
                         "graphical session {number} has no X server now"
                     )));
@@ -404,6 +420,23 @@ impl Sessions {
                         crate::screen::screenshot(display, &cookie, MAX_SCREENSHOT_PIXELS, u32::MAX)
                     });
                     let _ = reply.send(shot);
+                });
+            }
+            Request::Input {
+                number,
+                events,
+                reply,
+            } => {
+                let Some((display, authority)) = self.display_of(number) else {
+                    let _ = reply.send(Err(format!(
+                        "graphical session {number} has no X server now"
+                    )));
+                    return;
+                };
+                tokio::task::spawn_blocking(move || {
+                    let sent = read_cookie(&authority)
+                        .and_then(|cookie| crate::screen::send_input(display, &cookie, &events));
+                    let _ = reply.send(sent);
                 });
             }
             Request::LastFrame {
@@ -471,6 +504,13 @@ impl Sessions {
 
     fn index(&self, number: u32) -> Option<usize> {
         self.slots.iter().position(|slot| slot.number == number)
+    }
+
+    /// A session's display and X authority file, while its X server runs.
+    fn display_of(&self, number: u32) -> Option<(u32, PathBuf)> {
+        let slot = &self.slots[self.index(number)?];
+        let display = slot.server.as_ref()?.display;
+        Some((display, slot.dir.join("Xauthority")))
     }
 
     fn acquire(

@@ -428,6 +428,50 @@ impl Client {
         Ok(())
     }
 
+    /// Takes a graphical session over (pausing its run unless `pause_run` is false).
+    pub async fn take_session_control(
+        &self,
+        agent: &str,
+        number: &str,
+        pause_run: bool,
+    ) -> Result<dirigent_proto::session::Session, ClientError> {
+        let body = dirigent_proto::session::ControlRequest { pause_run };
+        self.call(
+            Method::POST,
+            &["api", "v1", "sessions", agent, number, "control"],
+            Some(&body),
+        )
+        .await
+    }
+
+    /// Gives a graphical session back.
+    pub async fn give_session_back(&self, agent: &str, number: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["api", "v1", "sessions", agent, number, "control"],
+            None::<&()>,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends input to a graphical session the caller controls.
+    pub async fn session_input(
+        &self,
+        agent: &str,
+        number: &str,
+        events: Vec<dirigent_proto::session::InputEvent>,
+    ) -> Result<(), ClientError> {
+        let body = dirigent_proto::session::InputRequest { events };
+        self.send(
+            Method::POST,
+            &["api", "v1", "sessions", agent, number, "input"],
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The orchestrator nodes sharing the server's database.
     pub async fn nodes(&self) -> Result<Vec<dirigent_proto::agent::Node>, ClientError> {
         self.call(Method::GET, &["api", "v1", "nodes"], None::<&()>)

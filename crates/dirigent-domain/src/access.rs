@@ -38,6 +38,8 @@ pub enum Action {
     Admin,
     Exec,
     View,
+    /// Take over a graphical session: its mouse and keyboard.
+    Control,
     Use,
 }
 
@@ -65,7 +67,7 @@ impl Resource {
             Resource::Triggers | Resource::Calendars => &[Read, Edit],
             Resource::Queues => &[Read, Add, Process, Admin],
             Resource::Agents => &[Read, Admin, Exec],
-            Resource::Sessions => &[View],
+            Resource::Sessions => &[View, Control],
             Resource::Logs => &[Read],
             Resource::Users => &[Admin],
             Resource::Settings => &[Read, Admin],
@@ -102,7 +104,7 @@ impl Action {
     pub fn parse(text: &str) -> Option<Action> {
         use Action::*;
         [
-            Read, Run, Pause, Stop, Kill, Edit, Logs, Add, Process, Admin, Exec, View, Use,
+            Read, Run, Pause, Stop, Kill, Edit, Logs, Add, Process, Admin, Exec, View, Control, Use,
         ]
         .into_iter()
         .find(|action| action.as_str() == text)
@@ -122,6 +124,7 @@ impl Action {
             Action::Admin => "admin",
             Action::Exec => "exec",
             Action::View => "view",
+            Action::Control => "control",
             Action::Use => "use",
         }
     }
@@ -267,7 +270,7 @@ pub const BUILTIN_ROLES: [&str; 4] = ["admin", "operator", "developer", "viewer"
 ///   administering queues and using the debug console.
 /// - `operator`: reading everything but users and settings' secrets, running, pausing,
 ///   stopping and killing robots, reading run output, adding and processing queue items,
-///   viewing graphical sessions.
+///   viewing and taking over graphical sessions.
 /// - `viewer`: reading robots, runs and their output, triggers, calendars, queues, agents
 ///   and logs.
 pub fn builtin_role(name: &str) -> Option<Vec<Permission>> {

@@ -54,6 +54,8 @@ pub struct Session {
     pub run_id: Option<String>,
     pub reason: Option<String>,
     pub updated_at: Timestamp,
+    /// The operator who has taken it over, and since when.
+    pub controlled_by: Option<(String, Timestamp)>,
 }
 
 impl Session {

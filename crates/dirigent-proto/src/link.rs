@@ -74,6 +74,11 @@ pub enum AgentRequest {
     Screenshot { session: u32 },
     /// Make a graphical session anew; one in use only with `force` (its run's display dies).
     RestartSession { session: u32, force: bool },
+    /// An operator's input to a session they control.
+    Input {
+        session: u32,
+        events: Vec<crate::session::InputEvent>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

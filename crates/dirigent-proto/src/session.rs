@@ -70,6 +70,44 @@ pub struct SessionReport {
     pub at: Timestamp,
 }
 
+/// One step of an operator's input to a session they control. Coordinates are the screen's
+/// pixels; buttons are X's (1 left, 2 middle, 3 right, 4 and 5 the wheel).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputEvent {
+    /// The pointer moves to (`x`, `y`).
+    Move { x: u16, y: u16 },
+    /// A button pressed and released where the pointer is.
+    Click { button: u8 },
+    /// Text typed, character by character.
+    Text { text: String },
+    /// A key pressed and released, by its X name: `Return`, `Tab`, `Escape`, `BackSpace`,
+    /// `Delete`, `Left`, `Right`, `Up`, `Down`, `Home`, `End`, `F1`…`F12`, or one character.
+    Key { key: String },
+}
+
+/// What an operator sends to a session they control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputRequest {
+    /// At most 1000.
+    pub events: Vec<InputEvent>,
+}
+
+/// Taking over a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRequest {
+    /// Pause the run using it while the operator has control (default), and resume it when
+    /// they give it back.
+    #[serde(default = "pause_by_default")]
+    pub pause_run: bool,
+}
+
+fn pause_by_default() -> bool {
+    true
+}
+
 /// A graphical session, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Session {
@@ -89,6 +127,12 @@ pub struct Session {
     pub reason: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
+    /// The operator who has taken it over, if one has.
+    #[serde(default)]
+    pub controlled_by: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub controlled_since: Option<Timestamp>,
 }
 
 /// A session with its history, newest first.

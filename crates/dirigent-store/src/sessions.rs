@@ -34,13 +34,16 @@ struct SessionRow {
     run_id: Option<String>,
     reason: Option<String>,
     updated_at: i64,
+    controlled_by: Option<String>,
+    controlled_since: Option<i64>,
 }
 
 macro_rules! select_sessions {
     ($where:literal) => {
         concat!(
             "SELECT s.agent_id, a.name AS agent, a.online, s.number, s.display, s.width, s.height, \
-             s.state, s.run_id, s.reason, s.updated_at FROM graphical_sessions s \
+             s.state, s.run_id, s.reason, s.updated_at, s.controlled_by, s.controlled_since \
+             FROM graphical_sessions s \
              JOIN agents a ON a.id = s.agent_id ",
             $where,
             " ORDER BY a.name, s.number"
@@ -93,6 +96,98 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// `user` takes the session over (again, if they hold it already); `paused_run` is the run
+    /// paused for it. Answers who holds it when someone else does (nothing is changed then).
+    pub async fn take_session_control(
+        &self,
+        agent: AgentId,
+        number: u32,
+        user: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<(String, Timestamp)>> {
+        let taken = dispatch!(self, writer, pool => {
+            sqlx::query(
+                "UPDATE graphical_sessions SET controlled_by = $3, controlled_since = $4 \
+                 WHERE agent_id = $1 AND number = $2 AND (controlled_by IS NULL OR controlled_by = $3)",
+            )
+            .bind(agent.0)
+            .bind(i64::from(number))
+            .bind(user)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if taken == 1 {
+            return Ok(None);
+        }
+        let holder: Option<(Option<String>, Option<i64>)> = dispatch!(self, reader, pool => {
+            sqlx::query_as(
+                "SELECT controlled_by, controlled_since FROM graphical_sessions \
+                 WHERE agent_id = $1 AND number = $2",
+            )
+            .bind(agent.0)
+            .bind(i64::from(number))
+            .fetch_optional(pool)
+            .await
+        })?;
+        match holder {
+            Some((Some(user), Some(since))) => {
+                Ok(Some((user, from_millis("controlled_since", since)?)))
+            }
+            Some(_) => Err(StoreError::Stale),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Records the run paused for the operator who controls the session.
+    pub async fn set_session_paused_run(
+        &self,
+        agent: AgentId,
+        number: u32,
+        run_id: &str,
+    ) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            sqlx::query("UPDATE graphical_sessions SET paused_run = $3 WHERE agent_id = $1 AND number = $2")
+                .bind(agent.0)
+                .bind(i64::from(number))
+                .bind(run_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Gives the session back: nobody controls it any more. Answers the run paused for the
+    /// operator, to resume.
+    pub async fn release_session_control(
+        &self,
+        agent: AgentId,
+        number: u32,
+    ) -> StoreResult<Option<String>> {
+        let paused = dispatch!(self, writer, pool => {
+            let mut tx = pool.begin_write().await?;
+            let paused: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT paused_run FROM graphical_sessions WHERE agent_id = $1 AND number = $2",
+            )
+            .bind(agent.0)
+            .bind(i64::from(number))
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE graphical_sessions SET controlled_by = NULL, controlled_since = NULL, \
+                 paused_run = NULL WHERE agent_id = $1 AND number = $2",
+            )
+            .bind(agent.0)
+            .bind(i64::from(number))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            paused
+        });
+        paused.ok_or(StoreError::NotFound)
     }
 
     /// Every session, by agent and number; only those of `agent` if given.
@@ -168,6 +263,10 @@ impl SessionRow {
             height: u32::try_from(self.height).unwrap_or(0),
             run_id: self.run_id,
             reason: self.reason,
+            controlled_by: match (self.controlled_by, self.controlled_since) {
+                (Some(user), Some(since)) => Some((user, from_millis("controlled_since", since)?)),
+                _ => None,
+            },
         })
     }
 }

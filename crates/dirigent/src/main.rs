@@ -35,7 +35,8 @@ enum Command {
     /// The orchestrator nodes sharing the database: ls.
     #[command(subcommand)]
     Node(cli::node::NodeCommand),
-    /// Graphical sessions (desktops) agents keep for robots: ls, show, screenshot, restart.
+    /// Graphical sessions (desktops) agents keep for robots: ls, show, screenshot, restart,
+    /// control, release, type, key, click.
     #[command(subcommand)]
     Session(cli::graphical::SessionCommand),
     /// Runs: start, ls, show, pause, resume, stop, kill, restart, logs, wait.

@@ -93,6 +93,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::get_session))
         .routes(routes!(sessions::screenshot))
         .routes(routes!(sessions::restart_session))
+        .routes(routes!(sessions::take_control, sessions::give_back))
+        .routes(routes!(sessions::send_input))
         .routes(routes!(sessions::run_frames))
         .routes(routes!(sessions::run_frame))
         .routes(routes!(audit::list_audit))

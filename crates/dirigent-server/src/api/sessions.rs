@@ -9,22 +9,28 @@ use axum::{
 };
 use base64::Engine;
 use dirigent_domain::{
+    InvalidField,
     access::{Action, Resource},
+    run::Operation,
     session as domain,
 };
 use dirigent_proto::{
     error::{ErrorBody, ErrorCode},
     link::{AgentReply, AgentRequest},
-    session::{RunFrame, Session, SessionChange, SessionDetail, SessionState},
+    session::{
+        ControlRequest, InputEvent, InputRequest, RunFrame, Session, SessionChange, SessionDetail,
+        SessionState,
+    },
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::{
     AppState,
-    api::{ApiQuery, PathSegment},
+    api::{ApiJson, ApiQuery, PathSegment},
     auth::Caller,
     error::ApiError,
+    fleet::Cause,
 };
 
 /// How many changes of a session's history are shown.
@@ -226,6 +232,179 @@ async fn existing(
     Ok((state.store.agent(agent).await?, number))
 }
 
+/// How long an agent gets to take an operator's input.
+const INPUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most this many input events in one request, and characters in one text.
+const MAX_INPUT_EVENTS: usize = 1000;
+const MAX_INPUT_TEXT: usize = 10_000;
+
+/// Takes a session over: the caller's mouse and keyboard go to it (`POST …/input`) until they
+/// give it back. The run using it is paused meanwhile unless `pause_run` is false.
+#[utoipa::path(
+    post,
+    path = "/sessions/{agent}/{number}/control",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("agent" = String, Path), ("number" = u32, Path)),
+    request_body = ControlRequest,
+    responses(
+        (status = 200, body = Session),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Another operator controls it"),
+    )
+)]
+pub(crate) async fn take_control(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((agent, number)): Path<(String, String)>,
+    ApiJson(request): ApiJson<ControlRequest>,
+) -> Result<Json<Session>, ApiError> {
+    caller.require(Resource::Sessions, Action::Control, Some(&agent))?;
+    let (holder, number) = existing(&state, &agent, &number).await?;
+    let now = state.clock.now();
+    let held = state
+        .store
+        .take_session_control(holder.id, number, &caller.username, now)
+        .await?;
+    if let Some((user, since)) = held {
+        return Err(refused(format!(
+            "{agent}/{number} is controlled by {user} since {since}"
+        )));
+    }
+    let (session, _) = state.store.session(&agent, number, 0).await?;
+    if request.pause_run
+        && let Some(run_id) = &session.run_id
+    {
+        let run = state.fleet.run(run_id).await?;
+        if run.state == dirigent_domain::run::RunState::Running {
+            let cause = Cause::User(caller.username.clone());
+            state.fleet.operate(run_id, Operation::Pause, cause).await?;
+            state
+                .store
+                .set_session_paused_run(holder.id, number, run_id)
+                .await?;
+        }
+    }
+    let (session, _) = state.store.session(&agent, number, 0).await?;
+    Ok(Json(to_wire(session)))
+}
+
+/// Gives a session back: the run paused for the operator resumes. The operator who holds it
+/// gives it back, or an administrator of the agent.
+#[utoipa::path(
+    delete,
+    path = "/sessions/{agent}/{number}/control",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("agent" = String, Path), ("number" = u32, Path)),
+    responses(
+        (status = 204, description = "Given back"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Another operator controls it"),
+    )
+)]
+pub(crate) async fn give_back(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((agent, number)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Resource::Sessions, Action::Control, Some(&agent))?;
+    let (holder, number) = existing(&state, &agent, &number).await?;
+    let (session, _) = state.store.session(&agent, number, 0).await?;
+    if let Some((user, since)) = &session.controlled_by
+        && *user != caller.username
+        && !caller.may(Resource::Agents, Action::Admin, Some(&agent))
+    {
+        return Err(refused(format!(
+            "{agent}/{number} is controlled by {user} since {since}"
+        )));
+    }
+    let paused = state
+        .store
+        .release_session_control(holder.id, number)
+        .await?;
+    if let Some(run_id) = paused
+        && state.fleet.run(&run_id).await?.state == dirigent_domain::run::RunState::Paused
+    {
+        let cause = Cause::User(caller.username.clone());
+        state
+            .fleet
+            .operate(&run_id, Operation::Resume, cause)
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends the mouse and keyboard input of the operator who controls a session.
+#[utoipa::path(
+    post,
+    path = "/sessions/{agent}/{number}/input",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("agent" = String, Path), ("number" = u32, Path)),
+    request_body = InputRequest,
+    responses(
+        (status = 204, description = "The session's X server took it"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The caller does not control the session"),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "The agent is connected to another node, or did not answer"),
+    )
+)]
+pub(crate) async fn send_input(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((agent, number)): Path<(String, String)>,
+    ApiJson(request): ApiJson<InputRequest>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Resource::Sessions, Action::Control, Some(&agent))?;
+    let too_long = request.events.iter().any(|event| match event {
+        InputEvent::Text { text } => MAX_INPUT_TEXT < text.chars().count(),
+        InputEvent::Key { key } => 32 < key.len(),
+        InputEvent::Move { .. } | InputEvent::Click { .. } => false,
+    });
+    if MAX_INPUT_EVENTS < request.events.len() || too_long {
+        return Err(ApiError::invalid(InvalidField::new(
+            "events",
+            format!(
+                "at most {MAX_INPUT_EVENTS} events, texts of at most {MAX_INPUT_TEXT} characters"
+            ),
+        )));
+    }
+    let (holder, number) = existing(&state, &agent, &number).await?;
+    let (session, _) = state.store.session(&agent, number, 0).await?;
+    match &session.controlled_by {
+        Some((user, _)) if *user == caller.username => {}
+        Some((user, since)) => {
+            return Err(refused(format!(
+                "{agent}/{number} is controlled by {user} since {since}"
+            )));
+        }
+        None => {
+            return Err(refused(format!(
+                "take control of {agent}/{number} first (POST …/control)"
+            )));
+        }
+    }
+    let request = AgentRequest::Input {
+        session: number,
+        events: request.events,
+    };
+    match state.fleet.ask(&holder, request, INPUT_TIMEOUT).await? {
+        AgentReply::Done => Ok(StatusCode::NO_CONTENT),
+        AgentReply::Failed { message } => Err(refused(message)),
+        AgentReply::Screenshot { .. } => Err(ApiError::internal(
+            "the agent answered input with a screenshot",
+        )),
+    }
+}
+
 /// Who may see a run's frames: those who may read the run and view its agent's sessions.
 async fn frames_of(
     state: &AppState,
@@ -334,5 +513,7 @@ fn to_wire(session: domain::Session) -> Session {
         run_id: session.run_id,
         reason: session.reason,
         updated_at: session.updated_at,
+        controlled_since: session.controlled_by.as_ref().map(|(_, since)| *since),
+        controlled_by: session.controlled_by.map(|(user, _)| user),
     }
 }

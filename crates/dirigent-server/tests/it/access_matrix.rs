@@ -103,6 +103,24 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         None,
         "Y........",
     ),
+    (
+        "POST",
+        "/api/v1/sessions/local/1/control",
+        Some("{}"),
+        "YYY......",
+    ),
+    (
+        "POST",
+        "/api/v1/sessions/local/1/input",
+        Some(r#"{"events": []}"#),
+        "YYY......",
+    ),
+    (
+        "DELETE",
+        "/api/v1/sessions/local/1/control",
+        None,
+        "YYY......",
+    ),
     ("GET", "/metrics", None, "YYY......"),
     (
         "POST",

@@ -63,6 +63,21 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
         Access::Authenticated,
     ),
     (
+        "POST",
+        "/api/v1/sessions/{agent}/{number}/control",
+        Access::Authenticated,
+    ),
+    (
+        "DELETE",
+        "/api/v1/sessions/{agent}/{number}/control",
+        Access::Authenticated,
+    ),
+    (
+        "POST",
+        "/api/v1/sessions/{agent}/{number}/input",
+        Access::Authenticated,
+    ),
+    (
         "GET",
         "/api/v1/runs/{id}/logs/stream",
         Access::Authenticated,

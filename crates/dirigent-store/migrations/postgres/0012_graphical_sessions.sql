@@ -1,5 +1,5 @@
 -- Graphical sessions: the desktops (X servers) agents keep for robots that need one, their
--- history, which session a run uses, and what each agent offers.
+-- history, who has taken one over, which session a run uses, and what each agent offers.
 
 CREATE TABLE graphical_sessions (
     agent_id BIGINT NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
@@ -11,6 +11,10 @@ CREATE TABLE graphical_sessions (
     run_id TEXT,
     reason TEXT,
     updated_at BIGINT NOT NULL,
+    -- The operator who has taken it over, since when, and the run paused for it.
+    controlled_by TEXT,
+    controlled_since BIGINT,
+    paused_run TEXT,
     PRIMARY KEY (agent_id, number)
 );
 

@@ -1,8 +1,10 @@
-//! `dirigent session ls|show|screenshot|restart`: the graphical sessions (desktops) agents keep for
-//! robots that need one.
+//! `dirigent session ls|show|screenshot|restart|control|release|type|key|click`: the graphical
+//! sessions (desktops) agents keep for robots that need one, watched and taken over.
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+
+use dirigent_proto::session::InputEvent;
 
 use crate::cli::{ClientArgs, explain, out, print_json, print_table};
 
@@ -33,6 +35,52 @@ pub(crate) enum SessionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Take a session over: your input goes to it (type, key, click) until you release it.
+    /// The run using it is paused meanwhile.
+    Control {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        /// Leave the run using it running.
+        #[arg(long)]
+        no_pause: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give a session back: the run paused for you resumes.
+    Release {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Type text into a session you control.
+    Type {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        text: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Press a key (`Return`, `Tab`, `Escape`, `F5`, …) in a session you control.
+    Key {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Click at a point of a session you control.
+    Click {
+        #[arg(value_name = "AGENT/NUMBER")]
+        id: String,
+        x: u16,
+        y: u16,
+        /// 1 left, 2 middle, 3 right.
+        #[arg(long, default_value_t = 1)]
+        button: u8,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Save a screenshot of a session as PNG.
     Screenshot {
         #[arg(value_name = "AGENT/NUMBER")]
@@ -43,6 +91,16 @@ pub(crate) enum SessionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Sends input to the session `id`.
+async fn send(id: &str, client: &ClientArgs, events: Vec<InputEvent>) -> anyhow::Result<()> {
+    let (agent, number) = parse_id(id)?;
+    client
+        .client()?
+        .session_input(agent, number, events)
+        .await
+        .map_err(explain)
 }
 
 /// `AGENT/NUMBER` as its two parts.
@@ -101,6 +159,49 @@ pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
             eprintln!("Saved {} ({} bytes).", path.display(), png.len());
             Ok(())
         }
+        SessionCommand::Control {
+            id,
+            no_pause,
+            client,
+        } => {
+            let (agent, number) = parse_id(&id)?;
+            let session = client
+                .client()?
+                .take_session_control(agent, number, !no_pause)
+                .await
+                .map_err(explain)?;
+            if client.json {
+                return print_json(&session);
+            }
+            eprintln!("You control {id}; give it back with `dirigent session release {id}`.");
+            Ok(())
+        }
+        SessionCommand::Release { id, client } => {
+            let (agent, number) = parse_id(&id)?;
+            client
+                .client()?
+                .give_session_back(agent, number)
+                .await
+                .map_err(explain)?;
+            eprintln!("Gave {id} back.");
+            Ok(())
+        }
+        SessionCommand::Type { id, text, client } => {
+            send(&id, &client, vec![InputEvent::Text { text }]).await
+        }
+        SessionCommand::Key { id, key, client } => {
+            send(&id, &client, vec![InputEvent::Key { key }]).await
+        }
+        SessionCommand::Click {
+            id,
+            x,
+            y,
+            button,
+            client,
+        } => {
+            let events = vec![InputEvent::Move { x, y }, InputEvent::Click { button }];
+            send(&id, &client, events).await
+        }
         SessionCommand::Restart { id, force, client } => {
             let (agent, number) = parse_id(&id)?;
             client
@@ -140,6 +241,13 @@ pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
                 ),
                 ("reason", session.reason.clone().unwrap_or_default()),
                 ("updated", session.updated_at.to_string()),
+                (
+                    "controlled by",
+                    match (&session.controlled_by, session.controlled_since) {
+                        (Some(user), Some(since)) => format!("{user} since {since}"),
+                        _ => "-".to_owned(),
+                    },
+                ),
             ];
             for (label, value) in fields {
                 out!("{label:<13} {value}");

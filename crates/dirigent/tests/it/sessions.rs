@@ -384,3 +384,78 @@ const LOOK_AT_IMAGE: &str = "const done = arguments[0];
        done([image.naturalWidth, image.naturalHeight, pixel]);
      };
      look();";
+
+#[test]
+fn an_operator_takes_over_a_session_and_types_into_it() {
+    let server = server("1");
+    wait_session(&server, "local/1", "ready");
+    // A window over the whole screen that says which keys it receives.
+    create_robot(
+        &server,
+        "typist",
+        &["--needs-display", "true"],
+        &[
+            "sh",
+            "-c",
+            "echo ready; exec stdbuf -oL xev -geometry 1920x1080+0+0",
+        ],
+    );
+    let (id, _) = start_running(&server, "typist");
+    await_output(&server, &id, "MapNotify");
+
+    // Taken over without pausing the robot, so that its window takes the keys.
+    let taken = json(&server, &["session", "control", "local/1", "--no-pause"]);
+    assert_eq!(taken["controlled_by"], "admin", "{taken}");
+    ok(run(
+        server.cli(&["session", "click", "local/1", "100", "100"])
+    ));
+    ok(run(server.cli(&["session", "type", "local/1", "hI"])));
+    ok(run(server.cli(&["session", "key", "local/1", "Return"])));
+    await_output(&server, &id, "(keysym 0x68, h)");
+    await_output(&server, &id, "(keysym 0x49, I)");
+    await_output(&server, &id, "(keysym 0xff0d, Return)");
+    await_output(&server, &id, "ButtonPress event");
+    assert_eq!(json(&server, &["run", "show", &id])["state"], "running");
+
+    // Another operator may neither send input nor take it; a viewer may not at all.
+    for (user, role, code, message) in [
+        (
+            "olga",
+            "operator",
+            5,
+            "local/1 is controlled by admin since",
+        ),
+        ("vera", "viewer", 3, "vera may not control sessions"),
+    ] {
+        ok(crate::support::run_with_input(
+            server.cli(&["user", "create", user, "--role", role, "--password-stdin"]),
+            "another-password-1\n",
+        ));
+        let config = server.dir.path().join(user);
+        let as_user = |args: &[&str]| {
+            let mut command = crate::support::dirigent(&config);
+            command.args(args).arg("--url").arg(&server.url);
+            command
+        };
+        ok(crate::support::run_with_input(
+            as_user(&["login", "--username", user, "--password-stdin"]),
+            "another-password-1\n",
+        ));
+        let refused = run(as_user(&["session", "type", "local/1", "x"]));
+        assert_eq!(refused.status.code(), Some(code), "{user}: {refused:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(message),
+            "{user}: {refused:?}"
+        );
+    }
+
+    // Taken over as by default, the run waits paused until the session is given back.
+    ok(run(server.cli(&["session", "release", "local/1"])));
+    ok(run(server.cli(&["session", "control", "local/1"])));
+    wait_state(&server, &id, "paused");
+    ok(run(server.cli(&["session", "release", "local/1"])));
+    wait_state(&server, &id, "running");
+    assert!(session(&server, "local/1")["controlled_by"].is_null());
+    ok(run(server.cli(&["run", "kill", &id])));
+    wait_state(&server, &id, "killed");
+}
