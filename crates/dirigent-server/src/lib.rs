@@ -45,6 +45,8 @@ pub struct AppState {
     pub credentials: Arc<auth::cache::CredentialCache>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ServerConfig>,
+    /// Who watches which graphical session, for the audit log.
+    pub watchers: Arc<api::sessions::Watchers>,
 }
 
 /// Why the server could not start.
@@ -152,6 +154,7 @@ pub async fn start(
         credentials,
         clock,
         config: Arc::new(config),
+        watchers: Arc::default(),
     };
     let app = http::app(state);
     let (stop, stopped) = oneshot::channel::<()>();

@@ -14,7 +14,7 @@ pub(crate) mod queues;
 pub(crate) mod robots;
 pub(crate) mod runs;
 mod session;
-pub(crate) mod sessions;
+pub mod sessions;
 mod tokens;
 pub(crate) mod triggers;
 pub(crate) mod users;

@@ -28,10 +28,35 @@ use utoipa::IntoParams;
 use crate::{
     AppState,
     api::{ApiJson, ApiQuery, PathSegment},
+    audit::AuditSlot,
     auth::Caller,
     error::ApiError,
     fleet::Cause,
 };
+
+/// A watcher of a session is recorded in the audit log once per this long.
+const WATCH_RECORDED_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// When each user was last recorded watching each session (`AGENT/NUMBER`).
+#[derive(Debug, Default)]
+pub struct Watchers(std::sync::Mutex<std::collections::HashMap<(String, String), jiff::Timestamp>>);
+
+impl Watchers {
+    /// Whether `user` watching `session` at `now` is to be recorded: the first time, and
+    /// again after a while.
+    fn is_news(&self, user: &str, session: &str, now: jiff::Timestamp) -> bool {
+        let mut seen = crate::lock(&self.0);
+        let key = (user.to_owned(), session.to_owned());
+        let news = seen
+            .get(&key)
+            .is_none_or(|last| WATCH_RECORDED_EVERY <= now.duration_since(*last));
+        if news {
+            seen.retain(|_, last| now.duration_since(*last) < WATCH_RECORDED_EVERY);
+            seen.insert(key, now);
+        }
+        news
+    }
+}
 
 /// How many changes of a session's history are shown.
 const HISTORY: u32 = 100;
@@ -132,10 +157,25 @@ pub(crate) async fn get_session(
 pub(crate) async fn screenshot(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     Path((agent, number)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Resource::Sessions, Action::View, Some(&agent))?;
     let (holder, number) = existing(&state, &agent, &number).await?;
+    let now = state.clock.now();
+    if state
+        .watchers
+        .is_news(&caller.username, &format!("{agent}/{number}"), now)
+        && let Some(mut record) = audit.take()
+    {
+        // Watching is recorded (once in a while), unlike other reads.
+        record.action = "WATCH /api/v1/sessions/{agent}/{number}".to_owned();
+        record.outcome = "allowed".to_owned();
+        record.status = 200;
+        if let Err(err) = state.writer.audit(record).await {
+            tracing::error!(?err, "could not write the audit record of a watcher");
+        }
+    }
     let request = AgentRequest::Screenshot { session: number };
     let reply = state
         .fleet

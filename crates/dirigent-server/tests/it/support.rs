@@ -153,6 +153,7 @@ impl TestApp {
             scheduler: scheduler.clone(),
             clock: clock.clone(),
             config: Arc::new(config),
+            watchers: Arc::default(),
         };
         TestApp {
             router: dirigent_server::app(state),

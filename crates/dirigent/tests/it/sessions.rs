@@ -458,4 +458,53 @@ fn an_operator_takes_over_a_session_and_types_into_it() {
     assert!(session(&server, "local/1")["controlled_by"].is_null());
     ok(run(server.cli(&["run", "kill", &id])));
     wait_state(&server, &id, "killed");
+
+    // Who watched and who controlled, and when, is in the audit log.
+    ok(run(server.cli(&[
+        "session",
+        "screenshot",
+        "local/1",
+        "-o",
+        "-",
+    ])));
+    let audit = json(&server, &["audit", "--limit", "200"]);
+    let seen: Vec<(String, String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| {
+            let text = |key: &str| record[key].as_str().unwrap_or_default().to_owned();
+            (text("actor"), text("action"), text("outcome"))
+        })
+        .collect();
+    for (actor, action, outcome) in [
+        (
+            "user:admin",
+            "WATCH /api/v1/sessions/{agent}/{number}",
+            "allowed",
+        ),
+        (
+            "user:admin",
+            "POST /api/v1/sessions/{agent}/{number}/control",
+            "allowed",
+        ),
+        (
+            "user:admin",
+            "POST /api/v1/sessions/{agent}/{number}/input",
+            "allowed",
+        ),
+        (
+            "user:admin",
+            "DELETE /api/v1/sessions/{agent}/{number}/control",
+            "allowed",
+        ),
+        (
+            "user:vera",
+            "POST /api/v1/sessions/{agent}/{number}/input",
+            "denied",
+        ),
+    ] {
+        let wanted = (actor.to_owned(), action.to_owned(), outcome.to_owned());
+        assert!(seen.contains(&wanted), "{wanted:?} in {seen:?}");
+    }
 }
