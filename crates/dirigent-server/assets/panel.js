@@ -319,16 +319,63 @@ function watchScreens() {
     if (image.dataset.watched) return;
     image.dataset.watched = "true";
     const every = Number(image.dataset.every) || 2000;
-    const next = () => setTimeout(() => reload(image), every);
+    let timer = null;
+    const next = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => reload(image), every);
+    };
     image.addEventListener("load", next);
     image.addEventListener("error", next);
+    // Something was sent to it: show it again at once.
+    image.addEventListener("stale", () => {
+      clearTimeout(timer);
+      reload(image);
+    });
   };
   document.querySelectorAll("img[data-screen]").forEach(follow);
   new MutationObserver(() => document.querySelectorAll("img[data-screen]").forEach(follow))
     .observe(document.body, { childList: true, subtree: true });
 }
 
+/** The X names of the keys a browser names otherwise. */
+const keyNames = {
+  Enter: "Return", Backspace: "BackSpace", ArrowLeft: "Left", ArrowRight: "Right",
+  ArrowUp: "Up", ArrowDown: "Down",
+};
+
+/**
+ * Sends the clicks and keys of the operator who controls a session (`img[data-input]`) to it,
+ * then shows its screen again at once.
+ */
+function controlScreens() {
+  const send = async (image, events) => {
+    clearError();
+    try {
+      await call("POST", image.dataset.input, { events });
+      image.dispatchEvent(new Event("stale"));
+    } catch (error) {
+      showError(error.message);
+    }
+  };
+  document.addEventListener("click", (event) => {
+    const image = event.target.closest("img[data-input]");
+    if (!image) return;
+    const x = Math.round(event.offsetX * image.naturalWidth / image.clientWidth);
+    const y = Math.round(event.offsetY * image.naturalHeight / image.clientHeight);
+    image.focus();
+    send(image, [{ type: "move", x, y }, { type: "click", button: 1 }]);
+  });
+  document.addEventListener("keydown", (event) => {
+    const image = event.target.closest?.("img[data-input]");
+    if (!image || event.ctrlKey || event.metaKey || event.altKey) return;
+    event.preventDefault();
+    const key = keyNames[event.key] || event.key;
+    send(image, [key.length === 1 ? { type: "text", text: key } : { type: "key", key }]);
+  });
+}
+
 localTimes(document);
 followEvents();
 followOutput();
 watchScreens();
+controlScreens();

@@ -96,6 +96,13 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("agent offline", "агент не в сети"),
     ("Screen of", "Экран сеанса"),
     ("Screen", "Экран"),
+    ("Controlled by", "Управляет"),
+    ("Take over", "Взять управление"),
+    ("Give back", "Вернуть управление"),
+    (
+        "Your clicks and keys go to this session.",
+        "Ваши щелчки и нажатия клавиш идут в этот сеанс.",
+    ),
     ("The screen it ended on", "Экран в момент завершения"),
     ("The latest frame", "Последний кадр"),
     ("ready", "готов"),

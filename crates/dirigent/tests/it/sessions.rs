@@ -508,3 +508,42 @@ fn an_operator_takes_over_a_session_and_types_into_it() {
         assert!(seen.contains(&wanted), "{wanted:?} in {seen:?}");
     }
 }
+
+#[test]
+fn an_operator_takes_over_a_session_from_the_panel() {
+    let server = server("1");
+    wait_session(&server, "local/1", "ready");
+    create_robot(
+        &server,
+        "typist",
+        &["--needs-display", "true"],
+        &["sh", "-c", "exec stdbuf -oL xev -geometry 1920x1080+0+0"],
+    );
+    let (id, _) = start_running(&server, "typist");
+    await_output(&server, &id, "MapNotify");
+
+    let browser = crate::browser::Browser::start("en-US");
+    browser.open(&format!("{}/login?next=%2Fsessions", server.url));
+    crate::panel::log_in(&browser, &server, "admin", "lifecycle-password-1");
+    browser.wait_for("img[data-screen]");
+    browser.click("#sessions button[data-method=POST]");
+    browser.wait_text("#sessions", "Controlled by admin");
+    wait_state(&server, &id, "paused");
+    // Paused, the robot's window takes no keys: resume it and keep control.
+    ok(run(server.cli(&["run", "resume", &id])));
+    wait_state(&server, &id, "running");
+    browser.click("img[data-input]");
+    await_output(&server, &id, "ButtonPress event");
+    browser.type_into("img[data-input]", "ok");
+    await_output(&server, &id, "(keysym 0x6f, o)");
+    await_output(&server, &id, "(keysym 0x6b, k)");
+    browser.screenshot("session-control");
+    browser.click("#sessions button[data-method=DELETE]");
+    eventually("the session given back", || {
+        session(&server, "local/1")["controlled_by"]
+            .is_null()
+            .then_some(())
+    });
+    ok(run(server.cli(&["run", "kill", &id])));
+    wait_state(&server, &id, "killed");
+}
