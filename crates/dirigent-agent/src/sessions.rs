@@ -91,7 +91,7 @@ enum Request {
     /// The run ended: the session is made anew for the next.
     Release { number: u32, run_id: String },
     Snapshot {
-        reply: oneshot::Sender<Vec<SessionReport>>,
+        reply: oneshot::Sender<Result<Vec<SessionReport>, String>>,
     },
     /// The agent stops with no run alive: the X servers go.
     Shutdown { done: oneshot::Sender<()> },
@@ -119,25 +119,42 @@ enum Request {
 }
 
 impl SessionsHandle {
+    /// Sends the request `make` builds around its reply channel, and waits for the answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+    ) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send(make(reply)).is_err() {
+            return Err("this agent offers no graphical sessions".to_owned());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
+    }
+
+    /// Sends the request `make` builds around its completion channel, and waits until done.
+    async fn tell(&self, make: impl FnOnce(oneshot::Sender<()>) -> Request) {
+        let (done, finished) = oneshot::channel();
+        if self.requests.send(make(done)).is_ok() {
+            let _ = finished.await;
+        }
+    }
+
     pub async fn acquire(
         &self,
         number: u32,
         run_id: &str,
         died: oneshot::Sender<String>,
     ) -> Result<DisplayEnv, String> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Acquire {
+        let run_id = run_id.to_owned();
+        self.ask(|reply| Request::Acquire {
             number,
-            run_id: run_id.to_owned(),
+            run_id,
             died,
             reply,
-        };
-        if self.requests.send(request).is_err() {
-            return Err("this agent offers no graphical sessions".to_owned());
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
+        })
+        .await
     }
 
     pub fn release(&self, number: u32, run_id: &str) {
@@ -149,82 +166,51 @@ impl SessionsHandle {
 
     /// Stops every X server (the agent stops with no run alive).
     pub async fn shutdown(&self) {
-        let (done, finished) = oneshot::channel();
-        if self.requests.send(Request::Shutdown { done }).is_ok() {
-            let _ = finished.await;
-        }
+        self.tell(|done| Request::Shutdown { done }).await;
     }
 
     /// A screenshot of a session, as PNG.
     pub async fn screenshot(&self, number: u32) -> Result<Vec<u8>, String> {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .requests
-            .send(Request::Screenshot { number, reply })
-            .is_err()
-        {
-            return Err("this agent offers no graphical sessions".to_owned());
-        }
-        answer
+        self.ask(|reply| Request::Screenshot { number, reply })
             .await
-            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
     }
 
     /// Sends an operator's input to a session.
     pub async fn input(&self, number: u32, events: Vec<InputEvent>) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Input {
+        self.ask(|reply| Request::Input {
             number,
             events,
             reply,
-        };
-        if self.requests.send(request).is_err() {
-            return Err("this agent offers no graphical sessions".to_owned());
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
+        })
+        .await
     }
 
     /// Takes the screen a run ends on and reports it (before the run's end is reported).
     pub async fn last_frame(&self, number: u32, run_id: &str) {
-        let (done, finished) = oneshot::channel();
-        let request = Request::LastFrame {
+        let run_id = run_id.to_owned();
+        self.tell(|done| Request::LastFrame {
             number,
-            run_id: run_id.to_owned(),
+            run_id,
             done,
-        };
-        if self.requests.send(request).is_ok() {
-            let _ = finished.await;
-        }
+        })
+        .await;
     }
 
     /// Makes a session anew (one in use only with `force`: its run is told its display died).
     pub async fn restart(&self, number: u32, force: bool) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .requests
-            .send(Request::Restart {
-                number,
-                force,
-                reply,
-            })
-            .is_err()
-        {
-            return Err("this agent offers no graphical sessions".to_owned());
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the graphical sessions stopped".to_owned()))
+        self.ask(|reply| Request::Restart {
+            number,
+            force,
+            reply,
+        })
+        .await
     }
 
     /// Every session's state now.
     pub async fn snapshot(&self) -> Vec<SessionReport> {
-        let (reply, answer) = oneshot::channel();
-        if self.requests.send(Request::Snapshot { reply }).is_err() {
-            return Vec::new();
-        }
-        answer.await.unwrap_or_default()
+        self.ask(|reply| Request::Snapshot { reply })
+            .await
+            .unwrap_or_default()
     }
 }
 
@@ -405,7 +391,7 @@ impl Sessions {
                 let reports = (0..self.slots.len())
                     .map(|index| self.describe(index))
                     .collect();
-                let _ = reply.send(reports);
+                let _ = reply.send(Ok(reports));
             }
             Request::Screenshot { number, reply } => {
                 let Some((display, authority)) = self.display_of(number) else {
