@@ -436,13 +436,11 @@ async fn session(
 
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.reset();
-    // Answers to the server's requests, worked out beside the loop.
-    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    // Answers to the server's requests and watched screens, worked out beside the loop.
+    let (outgoing_tx, mut outgoing) = mpsc::unbounded_channel();
     loop {
         tokio::select! {
-            Some((id, reply)) = replies.recv() => {
-                send(&mut socket, &AgentFrame::Reply { id, reply }).await?;
-            }
+            Some(frame) = outgoing.recv() => send(&mut socket, &frame).await?,
             Some(event) = events.recv() => {
                 let batch = drain_batch(event, events);
                 let ids = record(journal, runner, batch.clone()).await?;
@@ -460,10 +458,10 @@ async fn session(
                 }
                 Some(ServerFrame::Ack { id }) => journal.ack(id)?,
                 Some(ServerFrame::Request { id, request }) => {
-                    let answer = runner.answer(request);
-                    let replies = replies_tx.clone();
+                    let answer = runner.answer(request, outgoing_tx.clone());
+                    let replies = outgoing_tx.clone();
                     tokio::spawn(async move {
-                        let _ = replies.send((id, answer.await));
+                        let _ = replies.send(AgentFrame::Reply { id, reply: answer.await });
                     });
                 }
                 Some(ServerFrame::Welcome { .. }) => tracing::warn!("unexpected second welcome"),

@@ -143,9 +143,11 @@ impl Runner {
 
     /// Works out the answer to a request of the server (apart from the runner's state, so
     /// that it may take its time).
+    /// Streams (a watched screen) go to `outgoing`.
     pub fn answer(
         &self,
         request: dirigent_proto::link::AgentRequest,
+        outgoing: mpsc::UnboundedSender<dirigent_proto::link::AgentFrame>,
     ) -> impl Future<Output = dirigent_proto::link::AgentReply> + Send + 'static {
         use base64::Engine;
         use dirigent_proto::link::{AgentReply, AgentRequest};
@@ -173,6 +175,14 @@ impl Runner {
                     .input(session, events)
                     .await
                     .map(|()| AgentReply::Done),
+                AgentRequest::Watch { session, watch } => sessions
+                    .watch(session, watch, outgoing)
+                    .await
+                    .map(|()| AgentReply::Done),
+                AgentRequest::Unwatch { watch } => {
+                    sessions.unwatch(watch);
+                    Ok(AgentReply::Done)
+                }
             };
             answer.unwrap_or_else(|message| AgentReply::Failed { message })
         }

@@ -185,55 +185,163 @@ pub fn screenshot(
     max_pixels: u64,
     max_width: u32,
 ) -> Result<Vec<u8>, String> {
-    let failed = |what: &str, err: &dyn std::fmt::Display| format!("{what} :{display}: {err}");
     let connection = connect(display, cookie)?;
-    let setup = connection.setup();
-    let Some(screen) = setup.roots.first() else {
-        return Err(format!("the X server of :{display} has no screen"));
-    };
-    let (width, height) = (screen.width_in_pixels, screen.height_in_pixels);
-    let pixels = u64::from(width) * u64::from(height);
+    let screen = Screen::of(&connection, display)?;
+    let pixels = u64::from(screen.width) * u64::from(screen.height);
     if max_pixels < pixels {
         return Err(format!(
-            "the screen is {width}x{height}, {pixels} pixels: more than the {max_pixels} a \
-             screenshot may hold"
+            "the screen is {}x{}, {pixels} pixels: more than the {max_pixels} a screenshot may \
+             hold",
+            screen.width, screen.height
         ));
     }
-    let bits_per_pixel = setup
-        .pixmap_formats
-        .iter()
-        .find(|format| format.depth == screen.root_depth)
-        .map(|format| format.bits_per_pixel);
-    if screen.root_depth != 24 || bits_per_pixel != Some(32) {
-        return Err(format!(
-            "the screen of :{display} has depth {} ({bits_per_pixel:?} bits per pixel); \
-             screenshots take depth 24 at 32 bits",
-            screen.root_depth
-        ));
-    }
-    let image = connection
-        .get_image(ImageFormat::Z_PIXMAP, screen.root, 0, 0, width, height, !0)
-        .map_err(|err| failed("cannot read the screen of", &err))?
-        .reply()
-        .map_err(|err| failed("cannot read the screen of", &err))?;
-    // Each pixel is four bytes: blue, green, red and padding when the server writes the
-    // least significant byte first; the other way round otherwise.
-    let least_first = setup.image_byte_order == ImageOrder::LSB_FIRST;
-    let rgb: Vec<u8> = image
-        .data
-        .chunks_exact(4)
-        .flat_map(|pixel| match least_first {
-            true => [pixel[2], pixel[1], pixel[0]],
-            false => [pixel[1], pixel[2], pixel[3]],
-        })
-        .collect();
-    let (width, height) = (u32::from(width), u32::from(height));
+    let (width, height) = (u32::from(screen.width), u32::from(screen.height));
+    let rgb = screen.read(&connection, 0, 0, screen.width, screen.height)?;
     let step = width.div_ceil(max_width.max(1)).max(1);
     if step == 1 {
         return encode_png(&rgb, width, height);
     }
     let (small, small_width, small_height) = shrink(&rgb, width, height, step);
     encode_png(&small, small_width, small_height)
+}
+
+/// A changed part of a screen, as PNG, and where it goes.
+pub struct Region {
+    pub x: u16,
+    pub y: u16,
+    pub png: Vec<u8>,
+}
+
+/// Follows the screen of `:display` for someone watching it: the whole screen first, then,
+/// checked every `every`, the part that changed (the bounding box of what XDAMAGE reports),
+/// and nothing while nothing changes. Ends when `stop` is dropped (or told), when `send`
+/// answers false, or when the X server goes away.
+pub fn follow(
+    display: u32,
+    cookie: &[u8],
+    every: std::time::Duration,
+    stop: &std::sync::mpsc::Receiver<()>,
+    mut send: impl FnMut(Region) -> bool,
+) -> Result<(), String> {
+    use x11rb::protocol::{Event, damage::ConnectionExt as _, damage::ReportLevel};
+    let failed = |err: &dyn std::fmt::Display| format!("following :{display}: {err}");
+    let connection = connect(display, cookie)?;
+    let screen = Screen::of(&connection, display)?;
+    connection
+        .damage_query_version(1, 1)
+        .map_err(|err| failed(&err))?
+        .reply()
+        .map_err(|err| failed(&err))?;
+    let damage = connection.generate_id().map_err(|err| failed(&err))?;
+    connection
+        .damage_create(damage, screen.root, ReportLevel::BOUNDING_BOX)
+        .map_err(|err| failed(&err))?;
+    let region = |x: u16, y: u16, width: u16, height: u16| -> Result<Region, String> {
+        let rgb = screen.read(&connection, x, y, width, height)?;
+        let png = encode_png(&rgb, u32::from(width), u32::from(height))?;
+        Ok(Region { x, y, png })
+    };
+    if !send(region(0, 0, screen.width, screen.height)?) {
+        return Ok(());
+    }
+    loop {
+        match stop.recv_timeout(every) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return Ok(()),
+        }
+        // The bounding box of everything that changed since the last look.
+        let mut changed: Option<(u16, u16, u16, u16)> = None;
+        while let Some(event) = connection.poll_for_event().map_err(|err| failed(&err))? {
+            if let Event::DamageNotify(notice) = event {
+                let area = notice.area;
+                let (x0, y0) = (area.x.max(0).unsigned_abs(), area.y.max(0).unsigned_abs());
+                let x1 = x0.saturating_add(area.width).min(screen.width);
+                let y1 = y0.saturating_add(area.height).min(screen.height);
+                changed = Some(match changed {
+                    None => (x0, y0, x1, y1),
+                    Some((a, b, c, d)) => (a.min(x0), b.min(y0), c.max(x1), d.max(y1)),
+                });
+            }
+        }
+        let Some((x0, y0, x1, y1)) = changed.filter(|(x0, y0, x1, y1)| x0 < x1 && y0 < y1) else {
+            continue;
+        };
+        connection
+            .damage_subtract(damage, x11rb::NONE, x11rb::NONE)
+            .map_err(|err| failed(&err))?;
+        if !send(region(x0, y0, x1 - x0, y1 - y0)?) {
+            return Ok(());
+        }
+    }
+}
+
+/// The root window of a display's screen, as much as reading it needs.
+struct Screen {
+    display: u32,
+    root: u32,
+    width: u16,
+    height: u16,
+    /// Whether the server writes a pixel's least significant byte first.
+    least_first: bool,
+}
+
+impl Screen {
+    fn of(connection: &RustConnection, display: u32) -> Result<Screen, String> {
+        let setup = connection.setup();
+        let Some(screen) = setup.roots.first() else {
+            return Err(format!("the X server of :{display} has no screen"));
+        };
+        let bits_per_pixel = setup
+            .pixmap_formats
+            .iter()
+            .find(|format| format.depth == screen.root_depth)
+            .map(|format| format.bits_per_pixel);
+        if screen.root_depth != 24 || bits_per_pixel != Some(32) {
+            return Err(format!(
+                "the screen of :{display} has depth {} ({bits_per_pixel:?} bits per pixel); \
+                 screenshots take depth 24 at 32 bits",
+                screen.root_depth
+            ));
+        }
+        Ok(Screen {
+            display,
+            root: screen.root,
+            width: screen.width_in_pixels,
+            height: screen.height_in_pixels,
+            least_first: setup.image_byte_order == ImageOrder::LSB_FIRST,
+        })
+    }
+
+    /// The pixels of a rectangle, as RGB.
+    fn read(
+        &self,
+        connection: &RustConnection,
+        x: u16,
+        y: u16,
+        width: u16,
+        height: u16,
+    ) -> Result<Vec<u8>, String> {
+        let failed = |err: &dyn std::fmt::Display| {
+            format!("cannot read the screen of :{}: {err}", self.display)
+        };
+        let x = i16::try_from(x).unwrap_or(i16::MAX);
+        let y = i16::try_from(y).unwrap_or(i16::MAX);
+        let image = connection
+            .get_image(ImageFormat::Z_PIXMAP, self.root, x, y, width, height, !0)
+            .map_err(|err| failed(&err))?
+            .reply()
+            .map_err(|err| failed(&err))?;
+        // Each pixel is four bytes: blue, green, red and padding when the server writes the
+        // least significant byte first; the other way round otherwise.
+        Ok(image
+            .data
+            .chunks_exact(4)
+            .flat_map(|pixel| match self.least_first {
+                true => [pixel[2], pixel[1], pixel[0]],
+                false => [pixel[1], pixel[2], pixel[3]],
+            })
+            .collect())
+    }
 }
 
 /// Keeps every `step`-th pixel of every `step`-th row: a thumbnail, fast and good enough to

@@ -18,7 +18,7 @@ use std::{
 };
 
 use dirigent_proto::{
-    link::AgentEvent,
+    link::{AgentEvent, AgentFrame},
     session::{InputEvent, SessionOffer, SessionReport, SessionState},
 };
 use nix::sys::signal::{Signal, killpg};
@@ -41,6 +41,8 @@ const COOKIE_BYTES: usize = 16;
 const MAX_SCREENSHOT_PIXELS: u64 = 7680 * 4320;
 /// Frames kept with runs are at most this wide.
 const FRAME_WIDTH: u32 = 640;
+/// A watched screen is looked at for changes this often (at most 25 frames a second).
+const WATCH_FRAME_EVERY: Duration = Duration::from_millis(40);
 
 /// The sessions an agent offers.
 #[derive(Debug, Clone)]
@@ -89,12 +91,17 @@ enum Request {
         reply: oneshot::Sender<Result<DisplayEnv, String>>,
     },
     /// The run ended: the session is made anew for the next.
-    Release { number: u32, run_id: String },
+    Release {
+        number: u32,
+        run_id: String,
+    },
     Snapshot {
         reply: oneshot::Sender<Result<Vec<SessionReport>, String>>,
     },
     /// The agent stops with no run alive: the X servers go.
-    Shutdown { done: oneshot::Sender<()> },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
     Screenshot {
         number: u32,
         reply: oneshot::Sender<Result<Vec<u8>, String>>,
@@ -109,6 +116,16 @@ enum Request {
         number: u32,
         run_id: String,
         done: oneshot::Sender<()>,
+    },
+    /// Someone watches a session: its changes go to `screens` until `Unwatch`.
+    Watch {
+        number: u32,
+        watch: u64,
+        screens: mpsc::UnboundedSender<AgentFrame>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Unwatch {
+        watch: u64,
     },
     /// An operator makes a session anew.
     Restart {
@@ -196,6 +213,27 @@ impl SessionsHandle {
         .await;
     }
 
+    /// Follows a session's screen for a watcher: the changes go to `screens` as
+    /// [`AgentFrame::Screen`] until [`SessionsHandle::unwatch`].
+    pub async fn watch(
+        &self,
+        number: u32,
+        watch: u64,
+        screens: mpsc::UnboundedSender<AgentFrame>,
+    ) -> Result<(), String> {
+        self.ask(|reply| Request::Watch {
+            number,
+            watch,
+            screens,
+            reply,
+        })
+        .await
+    }
+
+    pub fn unwatch(&self, watch: u64) {
+        let _ = self.requests.send(Request::Unwatch { watch });
+    }
+
     /// Makes a session anew (one in use only with `force`: its run is told its display died).
     pub async fn restart(&self, number: u32, force: bool) -> Result<(), String> {
         self.ask(|reply| Request::Restart {
@@ -239,6 +277,7 @@ pub fn start(
         config,
         events,
         slots,
+        watches: std::collections::HashMap::new(),
     };
     tokio::spawn(sessions.run(incoming));
     SessionsHandle { requests }
@@ -248,6 +287,8 @@ struct Sessions {
     config: SessionsConfig,
     events: mpsc::UnboundedSender<AgentEvent>,
     slots: Vec<Slot>,
+    /// The screens followed for watchers, each stopped by dropping its sender.
+    watches: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>>,
 }
 
 struct Slot {
@@ -424,6 +465,50 @@ impl Sessions {
                         .and_then(|cookie| crate::screen::send_input(display, &cookie, &events));
                     let _ = reply.send(sent);
                 });
+            }
+            Request::Watch {
+                number,
+                watch,
+                screens,
+                reply,
+            } => {
+                let Some((display, authority)) = self.display_of(number) else {
+                    let _ = reply.send(Err(format!(
+                        "graphical session {number} has no X server now"
+                    )));
+                    return;
+                };
+                let (stop, stopped) = std::sync::mpsc::channel();
+                self.watches.insert(watch, stop);
+                std::thread::spawn(move || {
+                    let followed = read_cookie(&authority).and_then(|cookie| {
+                        crate::screen::follow(
+                            display,
+                            &cookie,
+                            WATCH_FRAME_EVERY,
+                            &stopped,
+                            |region| {
+                                use base64::Engine;
+                                let frame = AgentFrame::Screen {
+                                    watch,
+                                    x: region.x,
+                                    y: region.y,
+                                    png: base64::engine::general_purpose::STANDARD
+                                        .encode(region.png),
+                                };
+                                screens.send(frame).is_ok()
+                            },
+                        )
+                    });
+                    if let Err(err) = followed {
+                        tracing::info!(watch, err, "stopped following a session's screen");
+                    }
+                });
+                let _ = reply.send(Ok(()));
+            }
+            Request::Unwatch { watch } => {
+                // Dropping the sender stops the thread that follows the screen.
+                self.watches.remove(&watch);
             }
             Request::LastFrame {
                 number,

@@ -41,6 +41,14 @@ pub enum AgentFrame {
         id: u64,
         reply: AgentReply,
     },
+    /// A part of a watched session's screen that changed (the whole screen first).
+    Screen {
+        watch: u64,
+        x: u16,
+        y: u16,
+        /// A PNG, base64-encoded.
+        png: String,
+    },
 }
 
 /// From server to agent.
@@ -71,13 +79,27 @@ pub enum ServerFrame {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum AgentRequest {
     /// A screenshot of a graphical session.
-    Screenshot { session: u32 },
+    Screenshot {
+        session: u32,
+    },
     /// Make a graphical session anew; one in use only with `force` (its run's display dies).
-    RestartSession { session: u32, force: bool },
+    RestartSession {
+        session: u32,
+        force: bool,
+    },
     /// An operator's input to a session they control.
     Input {
         session: u32,
         events: Vec<crate::session::InputEvent>,
+    },
+    /// Someone watches a session live: its screen's changes come as `Screen` frames with this
+    /// watch number until `Unwatch` (or the connection ends).
+    Watch {
+        session: u32,
+        watch: u64,
+    },
+    Unwatch {
+        watch: u64,
     },
 }
 

@@ -305,7 +305,7 @@ function followOutput() {
  */
 function watchScreens() {
   const reload = (image) => {
-    if (!image.isConnected) return;
+    if (!image.isConnected || image.dataset.live) return;
     if (document.hidden) {
       document.addEventListener("visibilitychange", () => reload(image), { once: true });
       return;
@@ -337,6 +337,63 @@ function watchScreens() {
     .observe(document.body, { childList: true, subtree: true });
 }
 
+/**
+ * Shows the screens of sessions live where the server can: a WebSocket brings each changed
+ * part of the screen, drawn onto a canvas in the image's place. When it closes, the image and
+ * its reloading come back.
+ */
+function liveScreens() {
+  const follow = (image) => {
+    if (image.dataset.liveTried || !window.WebSocket) return;
+    image.dataset.liveTried = "true";
+    const address = new URL(image.src, location.href);
+    address.protocol = address.protocol === "https:" ? "wss:" : "ws:";
+    address.pathname = address.pathname.replace(/\/screenshot$/, "/live");
+    address.search = "";
+    const socket = new WebSocket(address);
+    socket.binaryType = "arraybuffer";
+    let canvas = null;
+    socket.addEventListener("message", async (event) => {
+      if (!image.isConnected) {
+        socket.close();
+        return;
+      }
+      if (!canvas) {
+        canvas = document.createElement("canvas");
+        canvas.width = Number(image.getAttribute("width"));
+        canvas.height = Number(image.getAttribute("height"));
+        for (const name of ["input", "every"]) {
+          if (image.dataset[name]) canvas.dataset[name] = image.dataset[name];
+        }
+        canvas.className = image.className;
+        canvas.tabIndex = image.tabIndex;
+        canvas.setAttribute("role", "img");
+        canvas.setAttribute("aria-label", image.alt);
+        canvas.dataset.liveScreen = "true";
+        canvas.dataset.frames = "0";
+        image.dataset.live = "true";
+        image.hidden = true;
+        image.after(canvas);
+      }
+      const view = new DataView(event.data);
+      const bitmap = await createImageBitmap(new Blob([event.data.slice(4)], { type: "image/png" }));
+      canvas.getContext("2d").drawImage(bitmap, view.getUint16(0), view.getUint16(2));
+      canvas.dataset.frames = String(Number(canvas.dataset.frames) + 1);
+    });
+    socket.addEventListener("close", () => {
+      canvas?.remove();
+      if (image.dataset.live) {
+        delete image.dataset.live;
+        image.hidden = false;
+        image.dispatchEvent(new Event("stale"));
+      }
+    });
+  };
+  document.querySelectorAll("img[data-screen]").forEach(follow);
+  new MutationObserver(() => document.querySelectorAll("img[data-screen]").forEach(follow))
+    .observe(document.body, { childList: true, subtree: true });
+}
+
 /** The X names of the keys a browser names otherwise. */
 const keyNames = {
   Enter: "Return", Backspace: "BackSpace", ArrowLeft: "Left", ArrowRight: "Right",
@@ -352,21 +409,23 @@ function controlScreens() {
     clearError();
     try {
       await call("POST", image.dataset.input, { events });
-      image.dispatchEvent(new Event("stale"));
+      if (!image.dataset.liveScreen) image.dispatchEvent(new Event("stale"));
     } catch (error) {
       showError(error.message);
     }
   };
   document.addEventListener("click", (event) => {
-    const image = event.target.closest("img[data-input]");
+    const image = event.target.closest("[data-input]");
     if (!image) return;
-    const x = Math.round(event.offsetX * image.naturalWidth / image.clientWidth);
-    const y = Math.round(event.offsetY * image.naturalHeight / image.clientHeight);
+    const width = image.naturalWidth || image.width;
+    const height = image.naturalHeight || image.height;
+    const x = Math.round(event.offsetX * width / image.clientWidth);
+    const y = Math.round(event.offsetY * height / image.clientHeight);
     image.focus();
     send(image, [{ type: "move", x, y }, { type: "click", button: 1 }]);
   });
   document.addEventListener("keydown", (event) => {
-    const image = event.target.closest?.("img[data-input]");
+    const image = event.target.closest?.("[data-input]");
     if (!image || event.ctrlKey || event.metaKey || event.altKey) return;
     event.preventDefault();
     const key = keyNames[event.key] || event.key;
@@ -378,4 +437,5 @@ localTimes(document);
 followEvents();
 followOutput();
 watchScreens();
+liveScreens();
 controlScreens();

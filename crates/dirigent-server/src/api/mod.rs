@@ -92,6 +92,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::get_session))
         .routes(routes!(sessions::screenshot))
+        .routes(routes!(sessions::live))
         .routes(routes!(sessions::restart_session))
         .routes(routes!(sessions::take_control, sessions::give_back))
         .routes(routes!(sessions::send_input))

@@ -3,9 +3,12 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{
+        Path, State,
+        ws::{Message, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
     http::{StatusCode, header},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
 };
 use base64::Engine;
 use dirigent_domain::{
@@ -162,20 +165,7 @@ pub(crate) async fn screenshot(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Resource::Sessions, Action::View, Some(&agent))?;
     let (holder, number) = existing(&state, &agent, &number).await?;
-    let now = state.clock.now();
-    if state
-        .watchers
-        .is_news(&caller.username, &format!("{agent}/{number}"), now)
-        && let Some(mut record) = audit.take()
-    {
-        // Watching is recorded (once in a while), unlike other reads.
-        record.action = "WATCH /api/v1/sessions/{agent}/{number}".to_owned();
-        record.outcome = "allowed".to_owned();
-        record.status = 200;
-        if let Err(err) = state.writer.audit(record).await {
-            tracing::error!(?err, "could not write the audit record of a watcher");
-        }
-    }
+    record_watcher(&state, &caller, &audit, &format!("{agent}/{number}")).await;
     let request = AgentRequest::Screenshot { session: number };
     let reply = state
         .fleet
@@ -442,6 +432,86 @@ pub(crate) async fn send_input(
         AgentReply::Screenshot { .. } => Err(ApiError::internal(
             "the agent answered input with a screenshot",
         )),
+    }
+}
+
+/// Watches a session's screen live, over a WebSocket. Each binary message is a part of the
+/// screen that changed: its left and top (two big-endian 16-bit numbers each), then a PNG. The
+/// whole screen comes first; nothing comes while nothing changes, and nothing is captured once
+/// the socket closes.
+#[utoipa::path(
+    get,
+    path = "/sessions/{agent}/{number}/live",
+    tag = "sessions",
+    security(("bearer" = [])),
+    params(("agent" = String, Path), ("number" = u32, Path)),
+    responses(
+        (status = 101, description = "The WebSocket of the session's screen"),
+        (status = 400, body = ErrorBody, description = "Not a WebSocket request"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The agent is offline, or the session has no screen now"),
+        (status = 503, body = ErrorBody, description = "The agent is connected to another node, or did not answer"),
+    )
+)]
+pub(crate) async fn live(
+    State(state): State<AppState>,
+    caller: Caller,
+    audit: AuditSlot,
+    Path((agent, number)): Path<(String, String)>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Resource::Sessions, Action::View, Some(&agent))?;
+    let (holder, number) = existing(&state, &agent, &number).await?;
+    let upgrade = upgrade.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedRequest,
+            "this address takes a WebSocket connection",
+        )
+    })?;
+    record_watcher(&state, &caller, &audit, &format!("{agent}/{number}")).await;
+    let (watch, mut regions) = state.fleet.watch(&holder, number).await?;
+    let fleet = state.fleet.clone();
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        use futures_util::{SinkExt, StreamExt};
+        let (mut sink, mut incoming) = socket.split();
+        loop {
+            tokio::select! {
+                region = regions.recv() => {
+                    let Some(region) = region else { break };
+                    let mut message = Vec::with_capacity(4 + region.png.len());
+                    message.extend_from_slice(&region.x.to_be_bytes());
+                    message.extend_from_slice(&region.y.to_be_bytes());
+                    message.extend_from_slice(&region.png);
+                    if sink.send(Message::Binary(message.into())).await.is_err() {
+                        break;
+                    }
+                }
+                message = incoming.next() => match message {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        fleet.unwatch(holder.id, watch);
+    }))
+}
+
+/// Records in the audit log that the caller watches a session (once in a while).
+async fn record_watcher(state: &AppState, caller: &Caller, audit: &AuditSlot, session: &str) {
+    let now = state.clock.now();
+    if state.watchers.is_news(&caller.username, session, now)
+        && let Some(mut record) = audit.take()
+    {
+        // Watching is recorded (once in a while), unlike other reads.
+        record.action = "WATCH /api/v1/sessions/{agent}/{number}".to_owned();
+        record.outcome = "allowed".to_owned();
+        record.status = 200;
+        if let Err(err) = state.writer.audit(record).await {
+            tracing::error!(?err, "could not write the audit record of a watcher");
+        }
     }
 }
 

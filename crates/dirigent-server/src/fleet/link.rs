@@ -198,6 +198,9 @@ async fn read_frames(
                     .map_err(|err| err.to_string())?;
             }
             Some(AgentFrame::Reply { id, reply }) => fleet.answered(id, reply),
+            Some(AgentFrame::Screen { watch, x, y, png }) => {
+                fleet.screen_changed(agent.id, watch, x, y, &png)
+            }
             Some(AgentFrame::Hello(_)) => {
                 tracing::warn!(agent = agent.name, "ignoring a second hello")
             }

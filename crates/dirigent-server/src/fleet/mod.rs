@@ -78,6 +78,17 @@ pub enum FleetEvent {
 
 /// A session's display, run id and reason are cut to this many characters.
 const MAX_SESSION_TEXT: usize = 512;
+/// Changes of a watched screen waiting for a slow watcher; beyond them it is dropped.
+const WATCH_BACKLOG: usize = 32;
+
+/// A part of a watched session's screen that changed, as PNG, and where it goes.
+#[derive(Debug)]
+pub struct ScreenRegion {
+    pub x: u16,
+    pub y: u16,
+    pub png: Vec<u8>,
+}
+
 /// A frame of a run's screen larger than this is dropped.
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
@@ -168,6 +179,8 @@ pub struct Fleet {
     next_serial: std::sync::atomic::AtomicU64,
     /// Requests sent to agents connected here, waiting for their replies.
     requests: Mutex<HashMap<u64, oneshot::Sender<AgentReply>>>,
+    /// Screens followed live for watchers on this node: where each watch's changes go.
+    watches: Mutex<HashMap<u64, mpsc::Sender<ScreenRegion>>>,
     next_request: std::sync::atomic::AtomicU64,
     changes: tokio::sync::Mutex<()>,
     events: broadcast::Sender<FleetEvent>,
@@ -194,6 +207,7 @@ impl Fleet {
             connections: Mutex::new(HashMap::new()),
             next_serial: std::sync::atomic::AtomicU64::new(1),
             requests: Mutex::default(),
+            watches: Mutex::default(),
             next_request: std::sync::atomic::AtomicU64::new(1),
             changes: tokio::sync::Mutex::new(()),
             events,
@@ -259,6 +273,65 @@ impl Fleet {
     pub(crate) fn answered(&self, id: u64, reply: AgentReply) {
         if let Some(waiting) = lock(&self.requests).remove(&id) {
             let _ = waiting.send(reply);
+        }
+    }
+
+    /// Follows a session's screen live: its agent sends the changes (the whole screen first)
+    /// to the receiver. Call [`Fleet::unwatch`] when done.
+    pub async fn watch(
+        &self,
+        agent: &Agent,
+        session: u32,
+    ) -> FleetResult<(u64, mpsc::Receiver<ScreenRegion>)> {
+        let watch = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (regions, received) = mpsc::channel(WATCH_BACKLOG);
+        lock(&self.watches).insert(watch, regions);
+        let request = AgentRequest::Watch { session, watch };
+        let answer = self.ask(agent, request, Duration::from_secs(10)).await;
+        match answer {
+            Ok(AgentReply::Done) => Ok((watch, received)),
+            Ok(AgentReply::Failed { message }) => {
+                lock(&self.watches).remove(&watch);
+                Err(FleetError::InvalidState(message))
+            }
+            Ok(AgentReply::Screenshot { .. }) => {
+                lock(&self.watches).remove(&watch);
+                Err(FleetError::Internal("a screenshot for a watch".to_owned()))
+            }
+            Err(err) => {
+                lock(&self.watches).remove(&watch);
+                Err(err)
+            }
+        }
+    }
+
+    /// Stops following a screen for a watcher.
+    pub fn unwatch(&self, agent: AgentId, watch: u64) {
+        lock(&self.watches).remove(&watch);
+        let id = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(connection) = self.lock_connections().get(&agent) {
+            let request = AgentRequest::Unwatch { watch };
+            let _ = connection.frames.send(ServerFrame::Request { id, request });
+        }
+    }
+
+    /// A part of a watched screen changed. A watcher that does not keep up (or is gone) is
+    /// dropped, and the agent told to stop.
+    pub(crate) fn screen_changed(&self, agent: AgentId, watch: u64, x: u16, y: u16, png: &str) {
+        use base64::Engine;
+        let Ok(png) = base64::engine::general_purpose::STANDARD.decode(png) else {
+            tracing::warn!(watch, "a screen change that is not base64");
+            return;
+        };
+        let delivered = lock(&self.watches)
+            .get(&watch)
+            .is_some_and(|regions| regions.try_send(ScreenRegion { x, y, png }).is_ok());
+        if !delivered {
+            self.unwatch(agent, watch);
         }
     }
 

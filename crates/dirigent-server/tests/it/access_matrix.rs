@@ -103,6 +103,7 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         None,
         "Y........",
     ),
+    ("GET", "/api/v1/sessions/local/1/live", None, "YYY......"),
     (
         "POST",
         "/api/v1/sessions/local/1/control",

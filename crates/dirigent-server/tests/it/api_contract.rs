@@ -63,6 +63,11 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
         Access::Authenticated,
     ),
     (
+        "GET",
+        "/api/v1/sessions/{agent}/{number}/live",
+        Access::Authenticated,
+    ),
+    (
         "POST",
         "/api/v1/sessions/{agent}/{number}/control",
         Access::Authenticated,

@@ -319,9 +319,13 @@ fn the_panel_shows_a_sessions_screen_and_keeps_it_current() {
     let server = server("1");
     wait_session(&server, "local/1", "ready");
     let go = server.dir.path().join("go");
+    let repaint = server.dir.path().join("repaint");
     let paints = format!(
-        "xsetroot -solid '#00ff00' && echo painted; while [ ! -e {} ]; do sleep 0.05; done",
-        go.display()
+        "xsetroot -solid '#00ff00' && echo painted; \
+         while [ ! -e {repaint} ]; do sleep 0.05; done; xsetroot -solid '#ff00ff'; \
+         while [ ! -e {go} ]; do sleep 0.05; done",
+        repaint = repaint.display(),
+        go = go.display()
     );
     create_robot(
         &server,
@@ -337,26 +341,24 @@ fn the_panel_shows_a_sessions_screen_and_keeps_it_current() {
     crate::panel::log_in(&browser, &server, "admin", "lifecycle-password-1");
     browser.wait_text("h1", "Сеансы");
     browser.wait_text("#sessions", &id);
-    browser.wait_for("img[data-screen]");
-    // The screen as the browser got it, read back through a canvas; and it is loaded again.
-    let seen = browser.run_async(
-        "const done = arguments[0];
-         const look = () => {
-           const image = document.querySelector('img[data-screen]');
-           if (!image || !image.complete || image.naturalWidth === 0 || !image.src.includes('at=')) {
-             return setTimeout(look, 50);
-           }
-           const canvas = document.createElement('canvas');
-           canvas.width = image.naturalWidth;
-           canvas.height = image.naturalHeight;
-           const context = canvas.getContext('2d');
-           context.drawImage(image, 0, 0);
-           const pixel = Array.from(context.getImageData(100, 100, 1, 1).data.slice(0, 3));
-           done([image.naturalWidth, image.naturalHeight, pixel]);
-         };
-         look();",
-    );
+    // The screen comes live onto a canvas: what the robot drew, read back from it.
+    browser.wait_for("canvas[data-live-screen]");
+    let seen = browser.run_async(LOOK_AT_CANVAS);
     assert_eq!(seen, serde_json::json!([1920, 1080, [0, 255, 0]]), "{seen}");
+    // A change on the screen reaches it; nothing comes while nothing changes.
+    std::fs::write(&repaint, "").unwrap();
+    let changed = eventually("the change on the canvas", || {
+        let seen = browser.run_async(LOOK_AT_CANVAS);
+        (seen[2] == serde_json::json!([255, 0, 255])).then_some(seen)
+    });
+    assert_eq!(changed[0], 1920);
+    let quiet = browser.run_async(
+        "const done = arguments[0];
+         const canvas = document.querySelector('canvas[data-live-screen]');
+         const before = canvas.dataset.frames;
+         setTimeout(() => done([before, canvas.dataset.frames]), 1000);",
+    );
+    assert_eq!(quiet[0], quiet[1], "frames while nothing changed: {quiet}");
     browser.screenshot("sessions");
     std::fs::write(&go, "").unwrap();
     wait_state(&server, &id, "succeeded");
@@ -365,9 +367,19 @@ fn the_panel_shows_a_sessions_screen_and_keeps_it_current() {
     browser.open(&format!("{}/runs/{id}", server.url));
     browser.wait_text("#frames", "Экран в момент завершения");
     let kept = browser.run_async(LOOK_AT_IMAGE.replace("SELECTOR", "#latest-frame").as_str());
-    assert_eq!(kept, serde_json::json!([640, 360, [0, 255, 0]]), "{kept}");
+    assert_eq!(kept, serde_json::json!([640, 360, [255, 0, 255]]), "{kept}");
     browser.screenshot("run-frames");
 }
+
+/// A script that answers the live canvas's size and the colour of its pixel at (100, 100).
+const LOOK_AT_CANVAS: &str = "const done = arguments[0];
+     const look = () => {
+       const canvas = document.querySelector('canvas[data-live-screen]');
+       if (!canvas || canvas.dataset.frames === '0') return setTimeout(look, 50);
+       const pixel = Array.from(canvas.getContext('2d').getImageData(100, 100, 1, 1).data.slice(0, 3));
+       done([canvas.width, canvas.height, pixel]);
+     };
+     look();";
 
 /// A script that waits for the image `SELECTOR` to load and answers its size and the colour
 /// of its pixel at (100, 100).
@@ -525,16 +537,16 @@ fn an_operator_takes_over_a_session_from_the_panel() {
     let browser = crate::browser::Browser::start("en-US");
     browser.open(&format!("{}/login?next=%2Fsessions", server.url));
     crate::panel::log_in(&browser, &server, "admin", "lifecycle-password-1");
-    browser.wait_for("img[data-screen]");
+    browser.wait_for("canvas[data-live-screen]");
     browser.click("#sessions button[data-method=POST]");
     browser.wait_text("#sessions", "Controlled by admin");
     wait_state(&server, &id, "paused");
     // Paused, the robot's window takes no keys: resume it and keep control.
     ok(run(server.cli(&["run", "resume", &id])));
     wait_state(&server, &id, "running");
-    browser.click("img[data-input]");
+    browser.click("canvas[data-input]");
     await_output(&server, &id, "ButtonPress event");
-    browser.type_into("img[data-input]", "ok");
+    browser.type_into("canvas[data-input]", "ok");
     await_output(&server, &id, "(keysym 0x6f, o)");
     await_output(&server, &id, "(keysym 0x6b, k)");
     browser.screenshot("session-control");
