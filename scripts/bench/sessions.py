@@ -1,23 +1,26 @@
 #!/usr/bin/env python3
 """Graphical sessions of the release `dirigent`: what a screenshot of a 1920x1080 session
-costs, idle and busy, and what idle sessions cost the agent.
+costs, idle and busy, what the live view delivers, and what idle sessions cost the agent.
 
 Measures on this machine, with an agent keeping 4 sessions (Xvfb, 1920x1080):
-  1. screenshots through the API (the agent reads the screen over X and encodes PNG; the
-     server relays it): latency median and p95, size, for an idle desktop (one colour) and a
-     busy one (noise, the worst case for PNG);
-  2. the panel's refresh (one screenshot every 2 s while a Sessions page is open): bytes per
-     second;
-  3. CPU of the agent and its X servers over 10 s with 4 idle sessions and nobody watching.
+  1. CPU of the agent and its X servers over 10 s with 4 idle sessions and nobody watching;
+  2. screenshots through the API (the agent reads the screen over X and encodes PNG; the
+     server relays it): latency median and p95, size, for an idle desktop and a busy one
+     (noise, the worst case for PNG);
+  3. the live view (the WebSocket the panel draws): bytes per second while nothing changes,
+     latency from a change on the screen (`xsetroot`) to its region at the client, and frames
+     and bytes per second while the whole screen keeps changing (one colour, and noise).
 
     cargo build --release && python3 scripts/bench/sessions.py
-(needs Xvfb and xsetroot: scripts/test installs them)
+(needs Xvfb and xsetroot: scripts/test installs them; installs websocket-client from PyPI)
 """
 
 import os
 import random
 import statistics
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 
@@ -51,6 +54,84 @@ def measure(base, token, session, what):
     return size
 
 
+def noise_bitmap(path):
+    """A 512x512 bitmap of random bits, for a screen PNG compresses badly."""
+    values = [f"0x{random.getrandbits(8):02x}" for _ in range(512 * 512 // 8)]
+    lines = ",\n".join(", ".join(values[at:at + 12]) for at in range(0, len(values), 12))
+    with open(path, "w") as bitmap:
+        bitmap.write("#define noise_width 512\n#define noise_height 512\n"
+                     f"static unsigned char noise_bits[] = {{\n{lines}}};\n")
+
+
+def live_view(base, token, env, workdir):
+    try:
+        import websocket
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "websocket-client"], check=True)
+        import websocket
+    url = base.replace("http://", "ws://") + "/api/v1/sessions/gui/1/live"
+    socket = websocket.create_connection(url, header=[f"Authorization: Bearer {token}"])
+    socket.settimeout(10)
+    socket.recv()  # the whole screen
+    received = []  # (time, bytes)
+    stop = threading.Event()
+
+    def listen():
+        socket.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                message = socket.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except Exception:
+                return
+            received.append((time.perf_counter(), len(message)))
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    xsetroot = lambda *args: subprocess.run(["xsetroot", *args], env=env, check=True)
+    time.sleep(0.5)
+    received.clear()
+    time.sleep(3)
+    print(f"live view, nothing changing: {sum(size for _, size in received) / 3:8.1f} bytes/s")
+
+    latencies = []
+    for n in range(20):
+        received.clear()
+        began = time.perf_counter()
+        xsetroot("-solid", "#%06x" % random.getrandbits(24))
+        while not received and time.perf_counter() - began < 5:
+            time.sleep(0.001)
+        if received:
+            latencies.append((received[0][0] - began) * 1000)
+        time.sleep(0.1)
+    latencies.sort()
+    print(f"live view, change on the screen -> client: p50 {statistics.median(latencies):6.1f} ms"
+          f"   p95 {latencies[int(len(latencies) * 0.95) - 1]:6.1f} ms   (goal <= 150 ms)")
+
+    noise = [os.path.join(workdir, f"noise{n}.xbm") for n in range(2)]
+    for path in noise:
+        noise_bitmap(path)
+    for what, change in [
+        ("one colour", lambda n: xsetroot("-solid", "#%06x" % random.getrandbits(24))),
+        ("noise", lambda n: xsetroot("-bitmap", noise[n % 2], "-fg", "#ff8000", "-bg", "#003366")),
+    ]:
+        received.clear()
+        began = time.perf_counter()
+        n = 0
+        while time.perf_counter() - began < 3:
+            change(n)
+            n += 1
+        elapsed = time.perf_counter() - began
+        frames = len(received)
+        print(f"live view, whole screen changing ({what:<10}): {frames / elapsed:5.1f} frames/s "
+              f"({n / elapsed:5.1f} changes/s), {sum(size for _, size in received) / elapsed / 1024:8.1f} KiB/s"
+              f"   (goal >= 5 frames/s)")
+    stop.set()
+    listener.join()
+    socket.close()
+
+
 def sessions(base, token):
     return call(base, "GET", "/api/v1/sessions", token=token)
 
@@ -76,20 +157,16 @@ def main():
             print(f"4 idle sessions, nobody watching: agent and X servers {100 * (after - before) / 10:5.2f} % of one core")
 
             idle = measure(base, token, "gui/1", "idle desktop")
-            print(f"    the panel watching it (one screenshot every 2 s): {idle / 2 / 1024:6.2f} KiB/s")
             session = sessions(base, token)[0]
             env = dict(os.environ, DISPLAY=session["display"],
                        XAUTHORITY=os.path.join(workdir, "agent", "sessions", "1", "Xauthority"))
             noise = os.path.join(workdir, "noise.xbm")
-            with open(noise, "w") as bitmap:
-                values = [f"0x{random.getrandbits(8):02x}" for _ in range(512 * 512 // 8)]
-                lines = ",\n".join(", ".join(values[at:at + 12]) for at in range(0, len(values), 12))
-                bitmap.write("#define noise_width 512\n#define noise_height 512\n"
-                             f"static unsigned char noise_bits[] = {{\n{lines}}};\n")
+            noise_bitmap(noise)
             subprocess.run(["xsetroot", "-bitmap", noise, "-fg", "#ff8000", "-bg", "#003366"],
                            env=env, check=True)
             busy = measure(base, token, "gui/1", "busy (noise)")
             print(f"    the panel watching it (one screenshot every 2 s): {busy / 2 / 1024:6.2f} KiB/s")
+            live_view(base, token, env, workdir)
         finally:
             agent.terminate()
             agent.wait()
