@@ -21,6 +21,11 @@ pub(crate) struct AgentArgs {
 
 #[derive(Debug, Args)]
 struct RunAgentArgs {
+    /// A TOML settings file: `server`, `labels` (a table), `capacity`, `sessions`,
+    /// `session_size`, `session_desktop` (argv), `session_frame_seconds`, `xvfb`. Flags and
+    /// environment variables win over it.
+    #[arg(long, env = "DIRIGENT_AGENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The orchestrator's URL; with several nodes, their URLs separated by commas (the agent
     /// moves to the next when its node goes away).
     #[arg(long, env = "DIRIGENT_SERVER", value_name = "URL[,URL…]")]
@@ -45,39 +50,29 @@ struct RunAgentArgs {
     #[arg(long)]
     name: Option<String>,
     /// Labels robots can select this agent by: `key=value,key=value`.
-    #[arg(long, value_name = "LABELS", default_value = "")]
-    labels: String,
-    /// Runs this agent takes at once.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    capacity: u32,
+    #[arg(long, value_name = "LABELS")]
+    labels: Option<String>,
+    /// Runs this agent takes at once [default: 16].
+    #[arg(long, value_name = "N")]
+    capacity: Option<u32>,
     /// Graphical sessions (X servers, Debian's `xvfb`) it keeps for robots that need a
-    /// desktop.
-    #[arg(
-        long,
-        env = "DIRIGENT_AGENT_SESSIONS",
-        value_name = "N",
-        default_value_t = 0
-    )]
-    sessions: u32,
-    /// The screen size of its graphical sessions.
-    #[arg(long, value_name = "WIDTHxHEIGHT", default_value = "1920x1080")]
-    session_size: String,
+    /// desktop [default: 0].
+    #[arg(long, env = "DIRIGENT_AGENT_SESSIONS", value_name = "N")]
+    sessions: Option<u32>,
+    /// The screen size of its graphical sessions [default: 1920x1080].
+    #[arg(long, value_name = "WIDTHxHEIGHT")]
+    session_size: Option<String>,
     /// A window manager or desktop to start in each graphical session (a program and its
     /// arguments, separated by spaces).
     #[arg(long, value_name = "COMMAND")]
     session_desktop: Option<String>,
     /// How often a run's screen is kept as a thumbnail while it runs (0: never); its last
-    /// screen is always kept.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
-    session_frame_seconds: u64,
-    /// The X server program of the graphical sessions.
-    #[arg(
-        long,
-        env = "DIRIGENT_XVFB",
-        value_name = "PROGRAM",
-        default_value = "Xvfb"
-    )]
-    xvfb: String,
+    /// screen is always kept [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    session_frame_seconds: Option<u64>,
+    /// The X server program of the graphical sessions [default: Xvfb].
+    #[arg(long, env = "DIRIGENT_XVFB", value_name = "PROGRAM")]
+    xvfb: Option<String>,
     /// A PEM file of CA certificates to trust besides the system's, for an `https` server.
     #[arg(
         long,
@@ -219,8 +214,37 @@ async fn drain(name: &str, draining: bool, client_args: &ClientArgs) -> anyhow::
     Ok(())
 }
 
+/// The agent's settings file. Every key is optional; flags and environment variables win.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    server: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    capacity: Option<u32>,
+    sessions: Option<u32>,
+    session_size: Option<String>,
+    session_desktop: Option<Vec<String>>,
+    session_frame_seconds: Option<u64>,
+    xvfb: Option<String>,
+}
+
 async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
-    let Some(servers) = args.server else {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading settings file {}", path.display()))?;
+            toml::from_str::<AgentFile>(&text).map_err(|err| {
+                let err = err.to_string();
+                anyhow::format_err!(
+                    "{}: {}",
+                    path.display(),
+                    err.lines().collect::<Vec<_>>().join(" ")
+                )
+            })?
+        }
+        None => AgentFile::default(),
+    };
+    let Some(servers) = args.server.or(file.server) else {
         bail!("give the orchestrator's URL: dirigent agent --server http://HOST:8420");
     };
     let server_urls: Vec<String> = servers
@@ -238,18 +262,36 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
     let Some(server) = server_urls.first().cloned() else {
         bail!("give the orchestrator's URL: dirigent agent --server http://HOST:8420");
     };
-    let labels = parse_labels(&args.labels)?;
+    let labels = match args.labels {
+        Some(text) => parse_labels(&text)?,
+        None => file.labels.unwrap_or_default(),
+    };
+    let capacity = args.capacity.or(file.capacity).unwrap_or(16);
+    let sessions = args.sessions.or(file.sessions).unwrap_or(0);
+    let session_size = args
+        .session_size
+        .or(file.session_size)
+        .unwrap_or_else(|| "1920x1080".to_owned());
+    let frame_seconds = args
+        .session_frame_seconds
+        .or(file.session_frame_seconds)
+        .unwrap_or(5);
+    let desktop = match args.session_desktop {
+        Some(command) => command.split_whitespace().map(str::to_owned).collect(),
+        None => file.session_desktop.unwrap_or_default(),
+    };
+    let xvfb = args.xvfb.or(file.xvfb).unwrap_or_else(|| "Xvfb".to_owned());
     let trust = match (args.pin_cert, args.ca_file) {
         (Some(pinned), _) => Trust::Pinned(pinned),
         (None, ca_file) => crate::cli::trust(ca_file),
     };
-    if args.capacity == 0 || 10_000 < args.capacity {
+    if capacity == 0 || 10_000 < capacity {
         bail!("--capacity must be between 1 and 10000");
     }
-    if 64 < args.sessions {
+    if 64 < sessions {
         bail!("--sessions must be between 0 and 64");
     }
-    let (width, height) = parse_size(&args.session_size)?;
+    let (width, height) = parse_size(&session_size)?;
     let credential = match dirigent_agent::stored_credential(&args.data)? {
         Some(credential) => credential,
         None => {
@@ -290,19 +332,15 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         data_dir,
         keeper,
         sessions: dirigent_agent::sessions::SessionsConfig {
-            count: args.sessions,
+            count: sessions,
             width,
             height,
-            desktop: args
-                .session_desktop
-                .map(|command| command.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default(),
-            xvfb: args.xvfb,
-            frame_every: (0 < args.session_frame_seconds)
-                .then(|| Duration::from_secs(args.session_frame_seconds)),
+            desktop,
+            xvfb,
+            frame_every: (0 < frame_seconds).then(|| Duration::from_secs(frame_seconds)),
         },
         labels,
-        capacity: args.capacity,
+        capacity,
         heartbeat: Duration::from_secs(15),
         orphaned: args
             .exit_when_orphaned

@@ -559,3 +559,65 @@ fn an_operator_takes_over_a_session_from_the_panel() {
     ok(run(server.cli(&["run", "kill", &id])));
     wait_state(&server, &id, "killed");
 }
+
+#[test]
+fn an_agent_configured_by_file_refuses_oversized_screenshots_and_an_offline_one_says_so() {
+    let server = server_with(&["--no-local-agent"]);
+    let token = ok(run(server.cli(&["agent", "enroll-token"])))
+        .trim()
+        .to_owned();
+    let settings = server.dir.path().join("agent.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "server = \"{}\"\nlabels = {{ site = \"lab\" }}\nsessions = 1\n\
+             session_size = \"8192x4400\"\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let agent = crate::support::dirigent(&server.config_dir())
+        .args(["agent", "--name", "pc-big", "--enroll-token", &token])
+        .arg("--config")
+        .arg(&settings)
+        .arg("--data")
+        .arg(server.dir.path().join("agent"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = crate::support::KillOnDrop(agent);
+    let ready = wait_session(&server, "pc-big/1", "ready");
+    assert_eq!(
+        (ready["width"].as_u64(), ready["height"].as_u64()),
+        (Some(8192), Some(4400))
+    );
+    assert_eq!(json(&server, &["agent", "ls"])[0]["labels"]["site"], "lab");
+    crate::support::fails(
+        run(server.cli(&["session", "screenshot", "pc-big/1"])),
+        5,
+        "the screen is 8192x4400, 36044800 pixels: more than the 33177600 a screenshot may hold",
+    );
+
+    drop(agent);
+    eventually("the agent offline", || {
+        (json(&server, &["agent", "ls"])[0]["state"] == "offline").then_some(())
+    });
+    crate::support::fails(
+        run(server.cli(&["session", "screenshot", "pc-big/1"])),
+        5,
+        "agent pc-big is offline",
+    );
+    // Its X server outlived it (for its next start to adopt); nothing else would stop it here.
+    let record = server.dir.path().join("agent/sessions/1/server.json");
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    let x_server = u32::try_from(recorded["pid"].as_u64().unwrap()).unwrap();
+    crate::support::signal_process(x_server, nix::sys::signal::Signal::SIGKILL);
+    eventually("the X server gone", || {
+        (!std::path::Path::new(&format!("/proc/{x_server}")).exists()).then_some(())
+    });
+    let display = recorded["display"].as_u64().unwrap();
+    let _ = std::fs::remove_file(format!("/tmp/.X{display}-lock"));
+    let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{display}"));
+}
