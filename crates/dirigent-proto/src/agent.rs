@@ -43,6 +43,9 @@ pub struct Agent {
     /// The orchestrator node that holds (or last held) its connection.
     #[serde(default)]
     pub node: Option<String>,
+    /// The graphical sessions it offers.
+    #[serde(default)]
+    pub sessions: u32,
 }
 
 /// An orchestrator node sharing the database, as its heartbeats tell it.

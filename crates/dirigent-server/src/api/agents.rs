@@ -230,6 +230,7 @@ fn to_wire(agent: domain::Agent) -> Agent {
         version: agent.version,
         last_seen_at: agent.last_seen_at,
         node: agent.node,
+        sessions: agent.sessions_offered,
     }
 }
 

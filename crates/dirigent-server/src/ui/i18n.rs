@@ -89,6 +89,8 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("Run", "Запуск"),
     ("Agents", "Агенты"),
     ("Sessions", "Сеансы"),
+    ("Session", "Сеанс"),
+    ("History", "История"),
     (
         "No agent offers graphical sessions.",
         "Ни один агент не предлагает графических сеансов.",
@@ -318,6 +320,8 @@ mod tests {
             include_str!("../../templates/run.html"),
             include_str!("../../templates/agents.html"),
             include_str!("../../templates/sessions.html"),
+            include_str!("../../templates/session.html"),
+            include_str!("../../templates/session_card.html"),
             include_str!("../../templates/triggers.html"),
             include_str!("../../templates/trigger.html"),
             include_str!("../../templates/calendars.html"),

@@ -47,6 +47,7 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{id}", get(robots::run))
         .route("/agents", get(agents::list))
         .route("/sessions", get(sessions::list))
+        .route("/sessions/{agent}/{number}", get(sessions::session))
         .route("/triggers", get(triggers::list))
         .route("/triggers/{id}", get(triggers::trigger))
         .route("/calendars", get(triggers::calendars))

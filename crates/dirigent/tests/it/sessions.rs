@@ -556,6 +556,16 @@ fn an_operator_takes_over_a_session_from_the_panel() {
             .is_null()
             .then_some(())
     });
+
+    // An agent's sessions, and a session's own page with its history and live screen.
+    browser.open(&format!("{}/agents", server.url));
+    browser.click("a[href='/sessions?agent=local']");
+    browser.wait_text("h1", "Sessions: local");
+    browser.click("#sessions h2 a");
+    browser.wait_text("h1", "Session local/1");
+    browser.wait_text("#session-history", "in use");
+    browser.wait_for("canvas[data-live-screen]");
+    browser.screenshot("session");
     ok(run(server.cli(&["run", "kill", &id])));
     wait_state(&server, &id, "killed");
 }
