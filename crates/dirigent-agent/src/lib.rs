@@ -187,6 +187,9 @@ pub async fn run(
             "took over the runs of this agent's earlier life"
         );
     }
+    if 0 < config.sessions.count {
+        runner.ensure_keeper().await;
+    }
     if 0 < abandoned {
         let mut ended = Vec::new();
         while let Ok(event) = events.try_recv() {

@@ -500,6 +500,17 @@ impl Runner {
         self.supervise(spec.run_id, record, exit, 0, display_died);
     }
 
+    /// Starts a keeper if none runs: an agent with graphical sessions needs one from the
+    /// start, to stop its X servers should the agent go away for good.
+    pub async fn ensure_keeper(&mut self) {
+        if self.keeper.is_none() {
+            match KeeperLink::start(&self.config.data_dir, &self.config.keeper).await {
+                Ok(keeper) => self.keeper = Some(keeper),
+                Err(err) => tracing::error!(err, "cannot start the keeper"),
+            }
+        }
+    }
+
     /// Has the keeper (started if need be) spawn the run's process.
     async fn spawn(
         &mut self,

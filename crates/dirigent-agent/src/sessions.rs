@@ -928,6 +928,38 @@ impl Sessions {
     }
 }
 
+/// The X servers recorded in an agent's data directory, for its keeper: when the agent is
+/// gone for good (nothing kept, nobody connected, or its data directory removed), the keeper
+/// stops them rather than leave them running for nobody.
+pub(crate) fn recorded_servers(data_dir: &Path) -> Vec<(u32, u32, Option<u64>)> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("sessions")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let bytes = std::fs::read(entry.path().join("server.json")).ok()?;
+            let recorded: Recorded = serde_json::from_slice(&bytes).ok()?;
+            Some((recorded.display, recorded.pid, recorded.started))
+        })
+        .collect()
+}
+
+/// Kills a recorded X server's group if its process is still the recorded one, and removes
+/// the files of its display.
+pub(crate) fn kill_recorded(display: u32, pid: u32, started: Option<u64>) {
+    if started.is_none() || crate::runner::process_start_time(pid) != started {
+        return;
+    }
+    if let Ok(group) = i32::try_from(pid)
+        && 1 < group
+    {
+        let _ = killpg(nix::unistd::Pid::from_raw(group), Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(format!("/tmp/.X{display}-lock"));
+    let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{display}"));
+}
+
 /// The cookie of an X authority file written by [`write_authority`]: its last field.
 fn read_cookie(path: &Path) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|err| format!("reading {}: {err}", path.display()))?;

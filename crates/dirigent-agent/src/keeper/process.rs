@@ -346,15 +346,26 @@ fn reap(state: &Shared) {
     }
 }
 
-/// Stops the keeper when it is not needed any more: nothing kept (no robot alive, no end left
-/// to tell) and nobody connected for a while, or its socket removed (the data directory is gone, and the agent with it: its robots
-/// are killed rather than left unsupervised).
+/// Stops the keeper, and the agent's X servers with it, when it is not needed any more:
+/// nothing kept (no robot alive, no end left to tell) and nobody connected for a while, or
+/// its socket removed (the data directory is gone, and the agent with it: its robots are
+/// killed rather than left unsupervised).
 fn watch(state: &Shared, socket: &Path) {
     let (_never, tick) = mpsc::channel::<()>();
     let mut idle_since = Instant::now();
+    // The agent's X servers, as last recorded (read while the data directory exists).
+    let mut x_servers = Vec::new();
     loop {
         let _ = tick.recv_timeout(WATCH_EVERY);
         let state = lock(state);
+        if state.data_dir.exists() {
+            x_servers = crate::sessions::recorded_servers(&state.data_dir);
+        }
+        let stop_x_servers = || {
+            for (display, pid, started) in &x_servers {
+                crate::sessions::kill_recorded(*display, *pid, *started);
+            }
+        };
         let connected = state.agent.is_some();
         if !connected && !socket.exists() {
             for run in state.runs.values().filter(|run| run.exit.is_none()) {
@@ -363,11 +374,13 @@ fn watch(state: &Shared, socket: &Path) {
                     let _ = killpg(group, Signal::SIGKILL);
                 }
             }
+            stop_x_servers();
             std::process::exit(0);
         }
         if connected || !state.runs.is_empty() {
             idle_since = Instant::now();
         } else if IDLE_EXIT <= idle_since.elapsed() {
+            stop_x_servers();
             let _ = std::fs::remove_file(socket);
             std::process::exit(0);
         }
