@@ -147,6 +147,7 @@ pub(crate) async fn get_run(
     PathSegment(id): PathSegment,
     ApiQuery(query): ApiQuery<GetQuery>,
 ) -> Result<Json<RunDetail>, ApiError> {
+    caller.require_some_runs(Action::Read)?;
     let run = state.fleet.run(&id).await?;
     caller.require_run(&run.id, &run.robot, Action::Read)?;
     let run = match query.wait_for {
@@ -216,6 +217,7 @@ macro_rules! operation {
             caller: Caller,
             PathSegment(id): PathSegment,
         ) -> Result<Json<Run>, ApiError> {
+            caller.require(Resource::Robots, $action, None)?;
             let run = state.fleet.run(&id).await?;
             caller.require(Resource::Robots, $action, Some(&run.robot))?;
             let cause = Cause::User(caller.username.clone());
@@ -273,6 +275,8 @@ pub(super) async fn restart_run(
     caller: Caller,
     PathSegment(id): PathSegment,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Resource::Robots, Action::Stop, None)?;
+    caller.require(Resource::Robots, Action::Run, None)?;
     let run = state.fleet.run(&id).await?;
     caller.require(Resource::Robots, Action::Stop, Some(&run.robot))?;
     caller.require(Resource::Robots, Action::Run, Some(&run.robot))?;
@@ -311,6 +315,7 @@ pub(super) async fn run_logs(
     PathSegment(id): PathSegment,
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Json<Vec<LogLine>>, ApiError> {
+    caller.require_some_runs(Action::Logs)?;
     let run = state.fleet.run(&id).await?;
     caller.require_run(&run.id, &run.robot, Action::Logs)?;
     let limit = super::page_limit(query.limit, 1000, 10_000)?;
@@ -348,6 +353,7 @@ pub(super) async fn follow_logs(
     PathSegment(id): PathSegment,
     ApiQuery(query): ApiQuery<FollowQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require_some_runs(Action::Logs)?;
     let run = state.fleet.run(&id).await?;
     caller.require_run(&run.id, &run.robot, Action::Logs)?;
     // Subscribe before reading what is stored, so that nothing falls between the two.

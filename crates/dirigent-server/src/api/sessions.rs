@@ -521,6 +521,8 @@ async fn frames_of(
     caller: &Caller,
     id: &str,
 ) -> Result<dirigent_domain::run::Run, ApiError> {
+    caller.require_some_runs(Action::Read)?;
+    caller.require(Resource::Sessions, Action::View, None)?;
     let run = state.fleet.run(id).await?;
     caller.require_run(&run.id, &run.robot, Action::Read)?;
     caller.require(Resource::Sessions, Action::View, run.agent.as_deref())?;

@@ -61,6 +61,16 @@ impl Caller {
 
     /// Allows `action` (`read` or `logs`) on a run: to its own robot through its run token,
     /// otherwise by the permissions on runs, scoped by the run's robot name.
+    /// Before a run is looked up: the caller may do `action` to some runs (a run token to its
+    /// own, checked once the run is found). So a caller who may not gets 403 whether or not
+    /// the run exists.
+    pub fn require_some_runs(&self, action: Action) -> Result<(), ApiError> {
+        match self.credential {
+            CredentialKind::RunToken { .. } => Ok(()),
+            _ => self.require(Resource::Runs, action, None),
+        }
+    }
+
     pub fn require_run(&self, run_id: &str, robot: &str, action: Action) -> Result<(), ApiError> {
         if let CredentialKind::RunToken { run_id: own } = &self.credential {
             if own == run_id {

@@ -80,6 +80,10 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ("GET", "/api/v1/runs", None, "YYYY....."),
     ("GET", "/api/v1/runs/{run}", None, "YYYY..Y.."),
     ("GET", "/api/v1/runs/{run}/logs", None, "YYYY..Y.."),
+    // Permission before existence: a run that does not exist is refused as one that does.
+    ("GET", "/api/v1/runs/run_missing", None, "YYYY..Y.."),
+    ("GET", "/api/v1/runs/run_missing/logs", None, "YYYY..Y.."),
+    ("POST", "/api/v1/runs/run_missing/pause", None, "YYY......"),
     ("GET", "/api/v1/runs/{run}/frames", None, "YYY......"),
     ("GET", "/api/v1/runs/{run}/frames/1", None, "YYY......"),
     ("GET", "/api/v1/runs/{run}/logs/stream", None, "YYYY..Y.."),
@@ -535,7 +539,8 @@ fn the_matrix_covers_every_authenticated_operation() {
 
 /// A concrete path with its names replaced by `{}`, and a route template likewise.
 fn normalize(path: &str) -> String {
-    const NAMES: [&str; 13] = [
+    const NAMES: [&str; 14] = [
+        "run_missing",
         "finance-invoices",
         "hr-payroll",
         "local",
