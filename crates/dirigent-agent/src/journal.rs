@@ -6,8 +6,9 @@
 //! It also knows the last output line reported of each run not yet ended, so that a run
 //! adopted after a restart numbers its output on.
 //!
-//! The file holds one JSON record per line; it is rewritten compactly when it grows and
-//! everything in it has been acknowledged.
+//! The file holds one JSON record per line; once it has grown (past 1 MiB, and to twice its
+//! size after the last rewrite) it is rewritten with only what is not acknowledged, so that a
+//! chatty robot or a long outage does not keep acknowledged output on disk.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -19,7 +20,8 @@ use std::{
 use dirigent_proto::link::AgentEvent;
 use serde::{Deserialize, Serialize};
 
-/// Rewrite the file once it is larger than this and fully acknowledged.
+/// Rewrite the file once it is larger than this (and than twice its size after the last
+/// rewrite).
 const COMPACT_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +60,8 @@ pub struct Journal {
     last_applied_command: u64,
     /// The last output line of each run whose end is not journaled.
     last_output: BTreeMap<String, u64>,
+    /// The file's size after its last rewrite.
+    compacted_bytes: u64,
 }
 
 impl Journal {
@@ -117,6 +121,7 @@ impl Journal {
             unacked,
             last_applied_command,
             last_output,
+            compacted_bytes: 0,
         };
         journal.compact()?;
         Ok(journal)
@@ -204,7 +209,7 @@ impl Journal {
     }
 
     fn compact(&mut self) -> Result<(), JournalError> {
-        if !self.unacked.is_empty() || self.bytes < COMPACT_BYTES {
+        if self.bytes < COMPACT_BYTES.max(2 * self.compacted_bytes) {
             return Ok(());
         }
         let error = |source| JournalError {
@@ -213,25 +218,29 @@ impl Journal {
         };
         let fresh = self.path.with_extension("compacting");
         let mut file = File::create(&fresh).map_err(error)?;
-        let records = [
-            Record::Acked {
-                id: self.last_event_id,
-            },
+        let last_acked = self
+            .unacked
+            .front()
+            .map_or(self.last_event_id, |(id, _)| id - 1);
+        let head = [
+            Record::Acked { id: last_acked },
             Record::Applied {
                 id: self.last_applied_command,
             },
-        ]
-        .into_iter()
-        .chain(
-            self.last_output
-                .iter()
-                .map(|(run_id, seq)| Record::LastOutput {
-                    run_id: run_id.clone(),
-                    seq: *seq,
-                }),
-        );
+        ];
+        let last_output = self
+            .last_output
+            .iter()
+            .map(|(run_id, seq)| Record::LastOutput {
+                run_id: run_id.clone(),
+                seq: *seq,
+            });
+        let unacked = self.unacked.iter().map(|(id, event)| Record::Event {
+            id: *id,
+            event: event.clone(),
+        });
         let mut bytes = 0;
-        for record in records {
+        for record in head.into_iter().chain(last_output).chain(unacked) {
             let mut line = serde_json::to_vec(&record).map_err(|err| error(err.into()))?;
             line.push(b'\n');
             file.write_all(&line).map_err(error)?;
@@ -244,6 +253,7 @@ impl Journal {
             .open(&self.path)
             .map_err(error)?;
         self.bytes = bytes;
+        self.compacted_bytes = bytes;
         Ok(())
     }
 }
@@ -266,6 +276,40 @@ fn note_output(last_output: &mut BTreeMap<String, u64>, event: &AgentEvent) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_acknowledged_prefix_is_compacted_away_while_events_stay_unacknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut journal = Journal::open(&path).unwrap();
+        let text = "x".repeat(64 * 1024);
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let event = AgentEvent::StartFailed {
+                run_id: "r".into(),
+                reason: text.clone(),
+                at: Timestamp::UNIX_EPOCH,
+            };
+            ids.push(journal.append(event).unwrap());
+        }
+        assert!(COMPACT_BYTES < std::fs::metadata(&path).unwrap().len());
+        journal.ack(ids[14]).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size < 6 * 65 * 1024, "five events left: {size} bytes");
+        drop(journal);
+        let mut journal = Journal::open(&path).unwrap();
+        let left: Vec<u64> = journal.unacked().map(|(id, _)| *id).collect();
+        assert_eq!(
+            left,
+            ids[15..],
+            "the unacknowledged events survive the rewrite"
+        );
+        assert_eq!(
+            journal.append(paused("y")).unwrap(),
+            ids[19] + 1,
+            "ids go on"
+        );
+    }
+
     use jiff::Timestamp;
 
     use super::*;
