@@ -435,18 +435,8 @@ impl Sessions {
                 let _ = reply.send(Ok(reports));
             }
             Request::Screenshot { number, reply } => {
-                let Some((display, authority)) = self.display_of(number) else {
-                    let _ = reply.send(Err(format!(
-                        "graphical session {number} has no X server now"
-                    )));
-                    return;
-                };
-                // Captured off this task: reading and encoding a screen takes a while.
-                tokio::task::spawn_blocking(move || {
-                    let shot = read_cookie(&authority).and_then(|cookie| {
-                        crate::screen::screenshot(display, &cookie, MAX_SCREENSHOT_PIXELS, u32::MAX)
-                    });
-                    let _ = reply.send(shot);
+                self.off_task(number, reply, |display, cookie| {
+                    crate::screen::screenshot(display, cookie, MAX_SCREENSHOT_PIXELS, u32::MAX)
                 });
             }
             Request::Input {
@@ -454,16 +444,8 @@ impl Sessions {
                 events,
                 reply,
             } => {
-                let Some((display, authority)) = self.display_of(number) else {
-                    let _ = reply.send(Err(format!(
-                        "graphical session {number} has no X server now"
-                    )));
-                    return;
-                };
-                tokio::task::spawn_blocking(move || {
-                    let sent = read_cookie(&authority)
-                        .and_then(|cookie| crate::screen::send_input(display, &cookie, &events));
-                    let _ = reply.send(sent);
+                self.off_task(number, reply, move |display, cookie| {
+                    crate::screen::send_input(display, cookie, &events)
                 });
             }
             Request::Watch {
@@ -472,34 +454,28 @@ impl Sessions {
                 screens,
                 reply,
             } => {
-                let Some((display, authority)) = self.display_of(number) else {
-                    let _ = reply.send(Err(format!(
-                        "graphical session {number} has no X server now"
-                    )));
-                    return;
+                let (display, cookie) = match self.screen_of(number) {
+                    Ok(screen) => screen,
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                        return;
+                    }
                 };
                 let (stop, stopped) = std::sync::mpsc::channel();
                 self.watches.insert(watch, stop);
                 std::thread::spawn(move || {
-                    let followed = read_cookie(&authority).and_then(|cookie| {
-                        crate::screen::follow(
-                            display,
-                            &cookie,
-                            WATCH_FRAME_EVERY,
-                            &stopped,
-                            |region| {
-                                use base64::Engine;
-                                let frame = AgentFrame::Screen {
-                                    watch,
-                                    x: region.x,
-                                    y: region.y,
-                                    png: base64::engine::general_purpose::STANDARD
-                                        .encode(region.png),
-                                };
-                                screens.send(frame).is_ok()
-                            },
-                        )
-                    });
+                    let send = |region: crate::screen::Region| {
+                        use base64::Engine;
+                        let frame = AgentFrame::Screen {
+                            watch,
+                            x: region.x,
+                            y: region.y,
+                            png: base64::engine::general_purpose::STANDARD.encode(region.png),
+                        };
+                        screens.send(frame).is_ok()
+                    };
+                    let followed =
+                        crate::screen::follow(display, &cookie, WATCH_FRAME_EVERY, &stopped, send);
                     if let Err(err) = followed {
                         tracing::info!(watch, err, "stopped following a session's screen");
                     }
@@ -577,11 +553,33 @@ impl Sessions {
         self.slots.iter().position(|slot| slot.number == number)
     }
 
-    /// A session's display and X authority file, while its X server runs.
-    fn display_of(&self, number: u32) -> Option<(u32, PathBuf)> {
-        let slot = &self.slots[self.index(number)?];
-        let display = slot.server.as_ref()?.display;
-        Some((display, slot.dir.join("Xauthority")))
+    /// A session's display and cookie, while its X server runs.
+    fn screen_of(&self, number: u32) -> Result<(u32, Vec<u8>), String> {
+        let slot = self.index(number).map(|index| &self.slots[index]);
+        let Some((slot, server)) = slot.and_then(|slot| Some((slot, slot.server.as_ref()?))) else {
+            return Err(format!("graphical session {number} has no X server now"));
+        };
+        Ok((server.display, read_cookie(&slot.dir.join("Xauthority"))?))
+    }
+
+    /// Works on a session's screen off this task (X requests and encoding take a while):
+    /// `work` gets its display and cookie, and its answer goes to `reply`.
+    fn off_task<T: Send + 'static>(
+        &self,
+        number: u32,
+        reply: oneshot::Sender<Result<T, String>>,
+        work: impl FnOnce(u32, &[u8]) -> Result<T, String> + Send + 'static,
+    ) {
+        match self.screen_of(number) {
+            Ok((display, cookie)) => {
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(work(display, &cookie));
+                });
+            }
+            Err(err) => {
+                let _ = reply.send(Err(err));
+            }
+        }
     }
 
     fn acquire(
@@ -637,14 +635,15 @@ impl Sessions {
     fn frame(&self, index: usize, last: bool) -> Option<tokio::task::JoinHandle<()>> {
         let slot = &self.slots[index];
         let run_id = slot.run.as_ref()?.0.clone();
-        let display = slot.server.as_ref()?.display;
-        let authority = slot.dir.join("Xauthority");
+        let (display, cookie) = self.screen_of(slot.number).ok()?;
         let events = self.events.clone();
-        Some(tokio::task::spawn_blocking(move || {
-            let shot = read_cookie(&authority).and_then(|cookie| {
-                crate::screen::screenshot(display, &cookie, MAX_SCREENSHOT_PIXELS, FRAME_WIDTH)
-            });
-            match shot {
+        Some(tokio::task::spawn_blocking(
+            move || match crate::screen::screenshot(
+                display,
+                &cookie,
+                MAX_SCREENSHOT_PIXELS,
+                FRAME_WIDTH,
+            ) {
                 Ok(png) => {
                     use base64::Engine;
                     let _ = events.send(AgentEvent::Frame {
@@ -655,8 +654,8 @@ impl Sessions {
                     });
                 }
                 Err(err) => tracing::warn!(run_id, err, "cannot take a frame"),
-            }
-        }))
+            },
+        ))
     }
 
     /// Looks at every X server; one that died is started again, and its run told. Runs get

@@ -702,20 +702,26 @@ fn an_agent_restart_adopts_its_robots() {
     assert_eq!(active, serde_json::json!([]), "no second copy");
 }
 
-#[test]
-fn serve_starts_a_killed_local_agent_again_which_adopts_its_robots() {
-    let server = server_with(&[]);
-    create_robot(&server, "polite", &[], &["sh", "-c", HANDLES_TERM]);
-    let (id, pid) = start_running(&server, "polite");
+/// Kills the local agent with SIGKILL, and waits until `serve` has started another and it is
+/// online.
+pub(crate) fn kill_local_agent(server: &ServerProcess) {
     let lock = server.dir.path().join("dirigent-data/local-agent/lock");
     let agent_pid = || -> Option<u32> { std::fs::read_to_string(&lock).ok()?.trim().parse().ok() };
     let first = agent_pid().unwrap();
     crate::support::signal_process(first, nix::sys::signal::Signal::SIGKILL);
     eventually("a new local agent online", || {
-        let agents = json(&server, &["agent", "ls"]);
+        let agents = json(server, &["agent", "ls"]);
         (agent_pid().is_some_and(|pid| pid != first) && agents[0]["state"] == "online")
             .then_some(())
     });
+}
+
+#[test]
+fn serve_starts_a_killed_local_agent_again_which_adopts_its_robots() {
+    let server = server_with(&[]);
+    create_robot(&server, "polite", &[], &["sh", "-c", HANDLES_TERM]);
+    let (id, pid) = start_running(&server, "polite");
+    kill_local_agent(&server);
     let shown = json(&server, &["run", "show", &id]);
     assert_eq!(shown["state"], "running", "{shown}");
     assert_eq!(shown["pid"].as_u64(), Some(u64::from(pid)));

@@ -24,6 +24,19 @@ fn wait_session(server: &ServerProcess, id: &str, state: &str) -> serde_json::Va
     })
 }
 
+/// A screenshot of a session, taken with the CLI: its width, height and RGB pixels.
+fn screenshot(server: &ServerProcess, id: &str) -> (usize, usize, Vec<u8>) {
+    let shot = server.dir.path().join("shot.png");
+    ok(run(server.cli(&[
+        "session",
+        "screenshot",
+        id,
+        "--output",
+        shot.to_str().unwrap(),
+    ])));
+    decode_png(&std::fs::read(&shot).unwrap())
+}
+
 /// A PNG's width, height and RGB pixels.
 fn decode_png(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
     let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
@@ -64,15 +77,7 @@ fn a_robot_that_needs_a_display_gets_a_session_of_its_own() {
     await_output(&server, id, "strangers-refused");
 
     // What the robot drew is what the screenshot shows.
-    let shot = server.dir.path().join("shot.png");
-    ok(run(server.cli(&[
-        "session",
-        "screenshot",
-        "local/1",
-        "--output",
-        shot.to_str().unwrap(),
-    ])));
-    let (width, height, pixels) = decode_png(&std::fs::read(&shot).unwrap());
+    let (width, height, pixels) = screenshot(&server, "local/1");
     assert_eq!((width, height), (1920, 1080));
     for (x, y) in [(0, 0), (960, 540), (1919, 1079)] {
         let at = (y * width + x) * 3;
@@ -279,27 +284,11 @@ fn a_restarted_agent_keeps_the_sessions_of_its_robots() {
 
     // The local agent dies and `serve` starts another, which adopts the robot and its X
     // server: the same display, still showing what the robot drew.
-    let lock = server.dir.path().join("dirigent-data/local-agent/lock");
-    let agent_pid = || -> Option<u32> { std::fs::read_to_string(&lock).ok()?.trim().parse().ok() };
-    let first = agent_pid().unwrap();
-    crate::support::signal_process(first, nix::sys::signal::Signal::SIGKILL);
-    eventually("a new local agent online", || {
-        let agents = json(&server, &["agent", "ls"]);
-        (agent_pid().is_some_and(|pid| pid != first) && agents[0]["state"] == "online")
-            .then_some(())
-    });
+    crate::lifecycle::kill_local_agent(&server);
     let after = wait_session(&server, "local/1", "in_use");
     assert_eq!(after["display"], before["display"], "{after}");
     assert_eq!(after["run_id"], id.as_str());
-    let shot = server.dir.path().join("shot.png");
-    ok(run(server.cli(&[
-        "session",
-        "screenshot",
-        "local/1",
-        "-o",
-        shot.to_str().unwrap(),
-    ])));
-    let (_, _, pixels) = decode_png(&std::fs::read(&shot).unwrap());
+    let (_, _, pixels) = screenshot(&server, "local/1");
     assert_eq!(&pixels[..3], [0x00, 0x00, 0xff]);
 
     std::fs::write(&go, "").unwrap();
