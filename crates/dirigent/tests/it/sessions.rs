@@ -555,6 +555,36 @@ fn an_operator_takes_over_a_session_from_the_panel() {
     browser.wait_text("#session-history", "in use");
     browser.wait_for("canvas[data-live-screen]");
     browser.screenshot("session");
+
+    // A viewer may not send input from a browser either: 403, and the audit log says so.
+    ok(crate::support::run_with_input(
+        server.cli(&[
+            "user",
+            "create",
+            "vera",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ]),
+        "viewer-password-1\n",
+    ));
+    browser.click("button[data-path='/api/v1/logout']");
+    browser.wait_for("#login");
+    crate::panel::log_in(&browser, &server, "vera", "viewer-password-1");
+    let refused = browser.run_async(
+        "const done = arguments[0];
+         fetch('/api/v1/sessions/local/1/input', {
+           method: 'POST', credentials: 'same-origin',
+           headers: { 'content-type': 'application/json', 'x-csrf-token': csrf },
+           body: JSON.stringify({ events: [{ type: 'text', text: 'x' }] }),
+         }).then(async (response) => done([response.status, (await response.json()).code]));",
+    );
+    assert_eq!(refused, serde_json::json!([403, "forbidden"]), "{refused}");
+    let denied = json(&server, &["audit", "--actor", "user:vera", "--denied"]);
+    assert_eq!(
+        denied[0]["action"], "POST /api/v1/sessions/{agent}/{number}/input",
+        "{denied}"
+    );
     ok(run(server.cli(&["run", "kill", &id])));
     wait_state(&server, &id, "killed");
 }
@@ -566,12 +596,15 @@ fn an_agent_configured_by_file_refuses_oversized_screenshots_and_an_offline_one_
         .trim()
         .to_owned();
     let settings = server.dir.path().join("agent.toml");
+    let desktop = server.dir.path().join("desktop");
     std::fs::write(
         &settings,
         format!(
             "server = \"{}\"\nlabels = {{ site = \"lab\" }}\nsessions = 1\n\
-             session_size = \"8192x4400\"\n",
-            server.url
+             session_size = \"8192x4400\"\n\
+             session_desktop = [\"sh\", \"-c\", \"echo $DISPLAY > {}; exec sleep 1000\"]\n",
+            server.url,
+            desktop.display()
         ),
     )
     .unwrap();
@@ -592,6 +625,13 @@ fn an_agent_configured_by_file_refuses_oversized_screenshots_and_an_offline_one_
         (Some(8192), Some(4400))
     );
     assert_eq!(json(&server, &["agent", "ls"])[0]["labels"]["site"], "lab");
+    // Its desktop command runs in the session.
+    let shown = eventually("the desktop started", || {
+        std::fs::read_to_string(&desktop)
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+    });
+    assert_eq!(shown.trim(), ready["display"].as_str().unwrap());
     crate::support::fails(
         run(server.cli(&["session", "screenshot", "pc-big/1"])),
         5,
