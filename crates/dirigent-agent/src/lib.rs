@@ -10,6 +10,7 @@
 //! **Architecture Invariant.** The agent never touches the database; it knows the server only
 //! through the link protocol (`dirigent_proto::link`) and the HTTP API.
 
+pub mod activities;
 pub mod journal;
 pub mod keeper;
 pub mod runner;
@@ -18,12 +19,13 @@ pub mod sessions;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use dirigent_proto::link::{AgentEvent, AgentFrame, Hello, ServerFrame};
+use dirigent_proto::link::{AgentCommand, AgentEvent, AgentFrame, Hello, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
 
 use crate::{
+    activities::Activities,
     journal::{Journal, JournalError},
     runner::{Runner, RunnerConfig},
 };
@@ -50,6 +52,8 @@ pub struct AgentConfig {
     pub keeper: keeper::KeeperCommand,
     /// The graphical sessions it offers.
     pub sessions: sessions::SessionsConfig,
+    /// What activities may do here.
+    pub policy: activities::Policy,
 }
 
 /// When a local agent's orchestrator is gone, and what the agent then does.
@@ -167,6 +171,12 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let sessions = (0 < config.sessions.count)
         .then(|| sessions::start(config.sessions.clone(), &config.data_dir, events_tx.clone()));
+    let (activities, mut restarts) = Activities::start(
+        config.policy.clone(),
+        config.data_dir.clone(),
+        sessions.clone(),
+        events_tx.clone(),
+    );
     let mut runner = Runner::new(
         RunnerConfig {
             server_url: first_url.clone(),
@@ -210,8 +220,15 @@ pub async fn run(
             .get(next_url)
             .unwrap_or(&first_url)
             .clone();
+        let link = Link {
+            journal: &mut journal,
+            runner: &mut runner,
+            activities: &activities,
+            events: &mut events,
+            restarts: &mut restarts,
+        };
         let ended = tokio::select! {
-            ended = session(&config, (&url, tls.clone()), &credential, &mut journal, &mut runner, &mut events, &mut failures) => ended,
+            ended = session(&config, (&url, tls.clone()), &credential, link, &mut failures) => ended,
             () = &mut shutdown => {
                 runner.leave().await;
                 return Ok(());
@@ -220,6 +237,7 @@ pub async fn run(
         match ended {
             Ok(never) => match never {},
             Err(SessionError::Journal(err)) => return Err(err.into()),
+            Err(SessionError::Restart) => return Err(restart(&activities, &mut runner).await),
             Err(SessionError::Refused(reason)) => {
                 tracing::error!(reason, "the server refused this agent")
             }
@@ -270,9 +288,49 @@ pub async fn run(
                 Some(event) = events.recv() => {
                     record(&mut journal, &mut runner, drain_batch(event, &mut events)).await?;
                 }
+                Some(()) = restarts.recv() => {
+                    record_waiting(&mut journal, &mut runner, &mut events).await?;
+                    return Err(restart(&activities, &mut runner).await);
+                }
             }
         }
     }
+}
+
+/// Restarts the agent in place (the same program and arguments): what it holds of
+/// activities is cancelled, its robots stay with the keeper and are adopted again.
+async fn restart(activities: &Activities, runner: &mut Runner) -> AgentError {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!("restarting, as an activity asked");
+    activities.cancel_all();
+    runner.leave().await;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            return AgentError::Setup(format!("finding the agent's program to restart: {err}"));
+        }
+    };
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the agent replaces itself with a new life of its own program"
+    )]
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    AgentError::Setup(format!("restarting the agent: {err}"))
+}
+
+/// Journals the events waiting in the channel.
+async fn record_waiting(
+    journal: &mut Journal,
+    runner: &mut Runner,
+    events: &mut mpsc::UnboundedReceiver<AgentEvent>,
+) -> Result<(), JournalError> {
+    let mut waiting = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        waiting.push(event);
+    }
+    record(journal, runner, waiting).await.map(|_| ())
 }
 
 /// Journals events (one sync), then lets the keeper forget the runs whose ends they report.
@@ -319,6 +377,13 @@ pub fn is_running(dir: &std::path::Path) -> bool {
 
 /// Holds an exclusive lock on the data directory for the agent's life: two agents sharing a
 /// journal would corrupt it.
+/// Locks a mutex; a panic elsewhere while it was held does not make its data unusable.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
@@ -356,6 +421,17 @@ enum SessionError {
     Link(String),
     Refused(String),
     Journal(JournalError),
+    /// An activity asked the agent to restart.
+    Restart,
+}
+
+/// What a connection works with.
+struct Link<'a> {
+    journal: &'a mut Journal,
+    runner: &'a mut Runner,
+    activities: &'a Activities,
+    events: &'a mut mpsc::UnboundedReceiver<AgentEvent>,
+    restarts: &'a mut mpsc::UnboundedReceiver<()>,
 }
 
 impl From<JournalError> for SessionError {
@@ -374,11 +450,16 @@ async fn session(
     config: &AgentConfig,
     (server_url, tls): (&str, Option<Arc<rustls::ClientConfig>>),
     credential: &str,
-    journal: &mut Journal,
-    runner: &mut Runner,
-    events: &mut mpsc::UnboundedReceiver<AgentEvent>,
+    link: Link<'_>,
     failures: &mut u32,
 ) -> Result<std::convert::Infallible, SessionError> {
+    let Link {
+        journal,
+        runner,
+        activities,
+        events,
+        restarts,
+    } = link;
     let url = link_url(server_url)?;
     let mut request = url.into_client_request().map_err(link_error)?;
     let bearer = HeaderValue::from_str(&format!("Bearer {credential}")).map_err(link_error)?;
@@ -432,6 +513,8 @@ async fn session(
         &AgentFrame::Synced {
             live_runs: runner.live_runs(),
             sessions: runner.sessions().await,
+            live_activities: activities.live(),
+            last_applied_command: journal.last_applied_command(),
         },
     )
     .await?;
@@ -454,8 +537,21 @@ async fn session(
             frame = receive(&mut socket) => match frame? {
                 Some(ServerFrame::Command { id, command }) => {
                     if journal.last_applied_command() < id {
-                        runner.apply(command).await;
-                        journal.applied(id)?;
+                        match command {
+                            // Taken at most once: noted before it runs (a restart meanwhile
+                            // loses it, and the server learns so at the next sync).
+                            AgentCommand::Activity { .. } | AgentCommand::CancelActivity { .. } => {
+                                journal.applied(id)?;
+                                activities.apply(command);
+                            }
+                            command => {
+                                if let AgentCommand::Start(spec) = &command {
+                                    activities.note_run(spec);
+                                }
+                                runner.apply(command).await;
+                                journal.applied(id)?;
+                            }
+                        }
                     }
                     send(&mut socket, &AgentFrame::Ack { id }).await?;
                 }
@@ -470,6 +566,10 @@ async fn session(
                 Some(ServerFrame::Welcome { .. }) => tracing::warn!("unexpected second welcome"),
                 None => {}
             },
+            Some(()) = restarts.recv() => {
+                record_waiting(journal, runner, events).await?;
+                return Err(SessionError::Restart);
+            }
             _ = heartbeat.tick() => {
                 socket.send(Message::Ping(Vec::new().into())).await.map_err(link_error)?;
             }

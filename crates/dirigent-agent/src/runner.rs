@@ -219,6 +219,7 @@ impl Runner {
                 },
             ),
             AgentCommand::Kill { run_id } => self.control(&run_id, Control::Kill),
+            AgentCommand::Activity { .. } | AgentCommand::CancelActivity { .. } => {}
         }
     }
 
@@ -901,7 +902,8 @@ impl OutputBatcher {
     }
 }
 
-async fn read_lines(
+/// Reads a pipe line by line (a longer line is cut) until its end.
+pub(crate) async fn read_lines(
     pipe: impl AsyncRead + Unpin,
     stream: Stream,
     lines: mpsc::Sender<(Stream, String)>,

@@ -21,6 +21,8 @@ pub enum Resource {
     Users,
     Settings,
     Console,
+    /// The orchestrator itself: its facts, and maintenance.
+    Server,
 }
 
 /// Something a caller does to a resource.
@@ -41,10 +43,12 @@ pub enum Action {
     /// Take over a graphical session: its mouse and keyboard.
     Control,
     Use,
+    /// Read and write files on an agent's machine.
+    Files,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 11] = [
+    pub const ALL: [Resource; 12] = [
         Resource::Robots,
         Resource::Runs,
         Resource::Triggers,
@@ -56,6 +60,7 @@ impl Resource {
         Resource::Users,
         Resource::Settings,
         Resource::Console,
+        Resource::Server,
     ];
 
     /// The actions that mean something for this kind of resource.
@@ -66,12 +71,13 @@ impl Resource {
             Resource::Runs => &[Read, Logs],
             Resource::Triggers | Resource::Calendars => &[Read, Edit],
             Resource::Queues => &[Read, Add, Process, Admin],
-            Resource::Agents => &[Read, Admin, Exec],
+            Resource::Agents => &[Read, Admin, Exec, Files],
             Resource::Sessions => &[View, Control],
             Resource::Logs => &[Read],
             Resource::Users => &[Admin],
             Resource::Settings => &[Read, Admin],
             Resource::Console => &[Use],
+            Resource::Server => &[Read, Admin],
         }
     }
 
@@ -88,6 +94,7 @@ impl Resource {
             Resource::Users => "users",
             Resource::Settings => "settings",
             Resource::Console => "console",
+            Resource::Server => "server",
         }
     }
 }
@@ -104,7 +111,8 @@ impl Action {
     pub fn parse(text: &str) -> Option<Action> {
         use Action::*;
         [
-            Read, Run, Pause, Stop, Kill, Edit, Logs, Add, Process, Admin, Exec, View, Control, Use,
+            Read, Run, Pause, Stop, Kill, Edit, Logs, Add, Process, Admin, Exec, View, Control,
+            Use, Files,
         ]
         .into_iter()
         .find(|action| action.as_str() == text)
@@ -126,6 +134,7 @@ impl Action {
             Action::View => "view",
             Action::Control => "control",
             Action::Use => "use",
+            Action::Files => "files",
         }
     }
 }
@@ -270,7 +279,7 @@ pub const BUILTIN_ROLES: [&str; 4] = ["admin", "operator", "developer", "viewer"
 ///   administering queues and using the debug console.
 /// - `operator`: reading everything but users and settings' secrets, running, pausing,
 ///   stopping and killing robots, reading run output, adding and processing queue items,
-///   viewing and taking over graphical sessions.
+///   viewing and taking over graphical sessions, reading the orchestrator's facts.
 /// - `viewer`: reading robots, runs and their output, triggers, calendars, queues, agents
 ///   and logs.
 pub fn builtin_role(name: &str) -> Option<Vec<Permission>> {
@@ -291,6 +300,7 @@ pub fn builtin_role(name: &str) -> Option<Vec<Permission>> {
         perms[4] = Permission::some_of(Queues, &[Read, Add, Process]);
         perms.push(Permission::all_of(Sessions));
         perms.push(Permission::some_of(Settings, &[Read]));
+        perms.push(Permission::some_of(Server, &[Read]));
         perms
     };
     let developer = {
@@ -373,6 +383,10 @@ mod tests {
         check_role("developer", Robots, Edit, true);
         check_role("developer", Console, Use, true);
         check_role("developer", Agents, Exec, false);
+        check_role("developer", Agents, Files, false);
+        check_role("operator", Server, Read, true);
+        check_role("operator", Server, Admin, false);
+        check_role("operator", Console, Use, false);
         check_role("developer", Users, Admin, false);
         check_role("operator", Robots, Run, true);
         check_role("operator", Robots, Kill, true);

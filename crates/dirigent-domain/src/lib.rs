@@ -5,6 +5,7 @@
 //! testable with plain values and lets every caller (server, store, tests) share them.
 
 pub mod access;
+pub mod activity;
 pub mod agent;
 pub mod queue;
 pub mod robot;

@@ -59,6 +59,8 @@ pub enum ErrorCode {
     SessionNotFound,
     /// 404: the run has no frame of this number.
     FrameNotFound,
+    /// 404: no activity has this id.
+    ActivityNotFound,
     /// 405: the route exists but not for this method.
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
@@ -85,6 +87,8 @@ pub enum ErrorCode {
     TooManyAttempts,
     /// 503: the database cannot be reached.
     Unavailable,
+    /// 503: the orchestrator is in maintenance: no new run starts.
+    Maintenance,
     /// 500: a fault inside the server; the detail is in the server's log under `request_id`.
     Internal,
 }
@@ -112,6 +116,7 @@ impl ErrorCode {
             ErrorCode::CalendarNotFound => "calendar_not_found",
             ErrorCode::SessionNotFound => "session_not_found",
             ErrorCode::FrameNotFound => "frame_not_found",
+            ErrorCode::ActivityNotFound => "activity_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",
@@ -123,6 +128,7 @@ impl ErrorCode {
             ErrorCode::InvalidField => "invalid_field",
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Maintenance => "maintenance",
             ErrorCode::Internal => "internal",
         }
     }

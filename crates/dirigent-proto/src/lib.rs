@@ -5,6 +5,7 @@
 //! Domain types never derive `Serialize`: the server converts them to and from these types at
 //! the edge.
 
+pub mod activity;
 pub mod agent;
 pub mod auth;
 pub mod error;

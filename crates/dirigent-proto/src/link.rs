@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    activity::{AgentOperation, Mode, Outcome},
     run::Stream,
     session::{SessionOffer, SessionReport},
 };
@@ -35,6 +36,13 @@ pub enum AgentFrame {
         live_runs: Vec<LiveRun>,
         #[serde(default)]
         sessions: Vec<SessionReport>,
+        /// The activities it holds now (queued or running).
+        #[serde(default)]
+        live_activities: Vec<String>,
+        /// The last command it applied: an activity whose command is at or below it, not
+        /// ended and not live, was lost with an earlier life of the agent.
+        #[serde(default)]
+        last_applied_command: u64,
     },
     /// Answers a request of the server.
     Reply {
@@ -155,6 +163,17 @@ pub enum AgentCommand {
     Kill {
         run_id: String,
     },
+    /// Run an activity; its timeout counts from when the agent takes it.
+    Activity {
+        id: String,
+        mode: Mode,
+        timeout_seconds: u32,
+        operation: AgentOperation,
+    },
+    /// Cancel an activity: if it runs, its process group is killed.
+    CancelActivity {
+        id: String,
+    },
 }
 
 /// Everything an agent needs to start a run.
@@ -230,6 +249,24 @@ pub enum AgentEvent {
         /// A PNG, base64-encoded.
         png: String,
         last: bool,
+    },
+    ActivityStarted {
+        id: String,
+        at: Timestamp,
+    },
+    ActivityOutput {
+        id: String,
+        lines: Vec<OutputLine>,
+    },
+    ActivityEnded {
+        id: String,
+        at: Timestamp,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+        /// Why it failed, timed out or was cancelled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
 }
 

@@ -112,7 +112,7 @@ pub struct RunDetail {
 }
 
 /// `POST /api/v1/runs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRunRequest {
     pub robot: String,

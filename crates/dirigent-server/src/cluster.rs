@@ -284,6 +284,7 @@ impl Cluster {
                 self.scheduler.changed();
                 FleetEvent::Triggers
             }
+            What::Activity { id } => FleetEvent::Activity { id },
             What::Output { run_id, after_seq } => {
                 match self.store.output(&run_id, after_seq, 10_000).await {
                     Ok(lines) if !lines.is_empty() => FleetEvent::Output {
@@ -314,6 +315,7 @@ enum What {
     Agent { name: String },
     Output { run_id: String, after_seq: u64 },
     Triggers,
+    Activity { id: String },
 }
 
 impl What {
@@ -322,6 +324,7 @@ impl What {
             FleetEvent::Run(run) => What::Run { id: run.id.clone() },
             FleetEvent::Agent { name } => What::Agent { name: name.clone() },
             FleetEvent::Triggers => What::Triggers,
+            FleetEvent::Activity { id } => What::Activity { id: id.clone() },
             FleetEvent::Output { run_id, lines } => What::Output {
                 run_id: run_id.clone(),
                 after_seq: lines

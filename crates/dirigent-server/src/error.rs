@@ -185,6 +185,11 @@ impl From<FleetError> for ApiError {
                 ErrorCode::Unavailable,
                 reason,
             ),
+            FleetError::Maintenance(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Maintenance,
+                reason,
+            ),
             FleetError::Store(err) => err.into(),
             FleetError::Internal(detail) => ApiError::internal(detail),
         }

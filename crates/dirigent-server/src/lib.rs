@@ -9,6 +9,7 @@
 //! middleware (request ids, error bodies, size limits), `error` the one error type every route
 //! answers with.
 
+pub mod activities;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -47,6 +48,7 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// Who watches which graphical session, for the audit log.
     pub watchers: Arc<api::sessions::Watchers>,
+    pub activities: Arc<activities::Activities>,
 }
 
 /// Why the server could not start.
@@ -140,6 +142,16 @@ pub async fn start(
         .recover()
         .await
         .map_err(|err| StartError::Bootstrap(format!("recovering runs: {err}")))?;
+    fleet
+        .recover_activities()
+        .await
+        .map_err(|err| StartError::Bootstrap(format!("recovering activities: {err}")))?;
+    let activities = Arc::new(activities::Activities::new(clock.now()));
+    background.push(activities::spawn_timer(
+        fleet.clone(),
+        clock.clone(),
+        activities.clone(),
+    ));
     background.push(janitor::spawn(
         store.clone(),
         clock.clone(),
@@ -155,6 +167,7 @@ pub async fn start(
         clock,
         config: Arc::new(config),
         watchers: Arc::default(),
+        activities,
     };
     let app = http::app(state);
     let (stop, stopped) = oneshot::channel::<()>();

@@ -13,6 +13,7 @@
 //! pool. Acknowledged writes are durable: WAL with `synchronous=FULL`.
 
 mod accounts;
+mod activities;
 mod agents;
 mod audit;
 mod batch;
@@ -37,6 +38,7 @@ use sqlx::{
 pub use accounts::{
     ApiToken, Credential, CredentialKind, LoginFailures, LoginRecord, NewApiToken, UserId,
 };
+pub use activities::{ActivityQuery, ActivityRecord, Counts, NewActivity, Switch};
 pub use agents::{AgentFacts, COMMANDS_CHANNEL};
 pub use audit::{AuditQuery, AuditRecord};
 pub use frames::FrameInfo;

@@ -22,8 +22,9 @@ pub(crate) struct AgentArgs {
 #[derive(Debug, Args)]
 struct RunAgentArgs {
     /// A TOML settings file: `server`, `labels` (a table), `capacity`, `sessions`,
-    /// `session_size`, `session_desktop` (argv), `session_frame_seconds`, `xvfb`. Flags and
-    /// environment variables win over it.
+    /// `session_size`, `session_desktop` (argv), `session_frame_seconds`, `xvfb`, and the
+    /// policy: `allow`, `file_roots`, `exec_user`. Flags and environment variables win over
+    /// it.
     #[arg(long, env = "DIRIGENT_AGENT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// The orchestrator's URL; with several nodes, their URLs separated by commas (the agent
@@ -85,6 +86,20 @@ struct RunAgentArgs {
     /// host name it is reached by.
     #[arg(long, value_name = "FILE")]
     pin_cert: Option<PathBuf>,
+    /// The operations the orchestrator's activities may run here, separated by commas (`*`:
+    /// all) [default: info,processes,agent.restart]. This machine's owner decides: the
+    /// orchestrator cannot widen it.
+    #[arg(long, value_name = "OPERATIONS")]
+    allow: Option<String>,
+    /// A directory under which activities may list, read and write files (repeatable).
+    #[arg(long, value_name = "DIR")]
+    file_root: Vec<PathBuf>,
+    /// The user programs run by `exec` run as (the agent must be able to switch to it).
+    #[arg(long, value_name = "USER")]
+    exec_user: Option<String>,
+    /// The built-in local agent: its robots' working directories are file roots too.
+    #[arg(long, hide = true)]
+    allow_robot_dirs: bool,
     /// The built-in local agent: stop when no run is alive and the server was unreachable
     /// this many seconds.
     #[arg(long, value_name = "SECONDS", hide = true)]
@@ -226,6 +241,9 @@ struct AgentFile {
     session_desktop: Option<Vec<String>>,
     session_frame_seconds: Option<u64>,
     xvfb: Option<String>,
+    allow: Option<Vec<String>>,
+    file_roots: Option<Vec<PathBuf>>,
+    exec_user: Option<String>,
 }
 
 async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
@@ -292,6 +310,16 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         bail!("--sessions must be between 0 and 64");
     }
     let (width, height) = parse_size(&session_size)?;
+    let policy = policy(
+        args.allow.as_deref(),
+        file.allow,
+        match args.file_root.is_empty() {
+            true => file.file_roots.unwrap_or_default(),
+            false => args.file_root,
+        },
+        args.exec_user.or(file.exec_user),
+        args.allow_robot_dirs,
+    )?;
     let credential = match dirigent_agent::stored_credential(&args.data)? {
         Some(credential) => credential,
         None => {
@@ -341,6 +369,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         },
         labels,
         capacity,
+        policy,
         heartbeat: Duration::from_secs(15),
         orphaned: args
             .exit_when_orphaned
@@ -354,6 +383,55 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
     };
     dirigent_agent::run(config, credential, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The agent's policy from its flags (which win) and its settings file.
+fn policy(
+    flag: Option<&str>,
+    file: Option<Vec<String>>,
+    file_roots: Vec<PathBuf>,
+    exec_user: Option<String>,
+    robot_dirs: bool,
+) -> anyhow::Result<dirigent_agent::activities::Policy> {
+    let mut policy = dirigent_agent::activities::Policy::enrolled();
+    let allowed: Option<Vec<String>> = match flag {
+        Some(text) => Some(
+            text.split(',')
+                .map(|op| op.trim().to_owned())
+                .filter(|op| !op.is_empty())
+                .collect(),
+        ),
+        None => file,
+    };
+    if let Some(allowed) = allowed {
+        let known: Vec<&str> = dirigent_domain::activity::CATALOG
+            .iter()
+            .filter(|op| op.runs == dirigent_domain::activity::Runs::OnAgent)
+            .map(|op| op.name)
+            .collect();
+        if let Some(unknown) = allowed
+            .iter()
+            .find(|op| *op != "*" && !known.contains(&op.as_str()))
+        {
+            bail!(
+                "--allow: {unknown:?} is not an operation of agents: use {} or *",
+                known.join(", ")
+            );
+        }
+        policy.operations = allowed.into_iter().collect();
+    }
+    for root in &file_roots {
+        if !root.is_absolute() {
+            bail!(
+                "--file-root takes absolute directories, not {}",
+                root.display()
+            );
+        }
+    }
+    policy.file_roots = file_roots;
+    policy.exec_user = exec_user;
+    policy.robot_dirs = robot_dirs;
+    Ok(policy)
 }
 
 /// `1920x1080` as (1920, 1080), within what Xvfb takes.

@@ -426,6 +426,10 @@ async fn start_local_agent(
         ])
         .arg("--orchestrator-data")
         .arg(std::path::absolute(orchestrator_data)?)
+        // The local agent serves its orchestrator's own machine: every operation, the
+        // orchestrator's data directory and its robots' working directories.
+        .args(["--allow", "*", "--allow-robot-dirs", "--file-root"])
+        .arg(std::path::absolute(orchestrator_data)?)
         .arg("--data")
         .arg(dir)
         .env_remove("DIRIGENT_CA_FILE")

@@ -35,6 +35,8 @@ use tokio::{
 
 pub use process::serve;
 
+use crate::lock;
+
 const SOCKET_FILE: &str = "keeper.sock";
 const LOCK_FILE: &str = "keeper.lock";
 const RUNS_DIR: &str = "runs";
@@ -281,10 +283,4 @@ impl KeeperLink {
         line.push(b'\n');
         self.writer.write_all(&line).await
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

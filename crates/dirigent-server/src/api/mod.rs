@@ -5,6 +5,7 @@
 //! Handlers are thin: take a [`Caller`](crate::auth::Caller), declare the permission they
 //! need, parse, call the store, convert to wire types.
 
+mod activities;
 pub(crate) mod agents;
 pub(crate) mod audit;
 mod events;
@@ -98,6 +99,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::send_input))
         .routes(routes!(sessions::run_frames))
         .routes(routes!(sessions::run_frame))
+        .routes(routes!(activities::catalog))
+        .routes(routes!(activities::get_activity))
+        .routes(routes!(activities::activity_output))
+        .routes(routes!(activities::follow_output))
+        .routes(routes!(activities::cancel_activity))
         .routes(routes!(audit::list_audit))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(
@@ -144,6 +150,16 @@ pub fn router() -> OpenApiRouter<AppState> {
             triggers::replace_calendar,
             triggers::delete_calendar
         ));
+    // An activity may carry a file to write: a larger body than other requests.
+    let activities = OpenApiRouter::new()
+        .routes(routes!(
+            activities::list_activities,
+            activities::create_activity
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::activities::MAX_REQUEST_BYTES,
+        ));
+    let v1 = v1.merge(activities);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -49,7 +49,7 @@ use crate::{
         (status = 422, body = ErrorBody),
     )
 )]
-pub(super) async fn create_run(
+pub(crate) async fn create_run(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(request): ApiJson<StartRunRequest>,
@@ -212,7 +212,7 @@ macro_rules! operation {
                 (status = 409, description = "The run's state does not allow it", body = ErrorBody),
             )
         )]
-        pub(super) async fn $name(
+        pub(crate) async fn $name(
             State(state): State<AppState>,
             caller: Caller,
             PathSegment(id): PathSegment,
@@ -491,7 +491,7 @@ fn state_to_wire(state: domain::RunState) -> RunState {
     }
 }
 
-fn line_to_wire(line: dirigent_store::OutputLine) -> LogLine {
+pub(crate) fn line_to_wire(line: dirigent_store::OutputLine) -> LogLine {
     LogLine {
         seq: line.seq,
         stream: if line.stream == "stderr" {

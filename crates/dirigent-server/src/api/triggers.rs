@@ -187,7 +187,7 @@ pub(super) async fn delete_trigger(
     params(("id" = String, Path)),
     responses((status = 200, body = Trigger), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn enable_trigger(
+pub(crate) async fn enable_trigger(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(id): PathSegment,
@@ -204,7 +204,7 @@ pub(super) async fn enable_trigger(
     params(("id" = String, Path)),
     responses((status = 200, body = Trigger), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
-pub(super) async fn disable_trigger(
+pub(crate) async fn disable_trigger(
     State(state): State<AppState>,
     caller: Caller,
     PathSegment(id): PathSegment,

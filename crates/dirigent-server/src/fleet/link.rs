@@ -185,6 +185,8 @@ async fn read_frames(
             Some(AgentFrame::Synced {
                 live_runs,
                 sessions,
+                live_activities,
+                last_applied_command,
             }) => {
                 for session in &sessions {
                     fleet
@@ -194,6 +196,10 @@ async fn read_frames(
                 }
                 fleet
                     .agent_synced(agent, &live_runs)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                fleet
+                    .activities_synced(agent, &live_activities, last_applied_command)
                     .await
                     .map_err(|err| err.to_string())?;
             }

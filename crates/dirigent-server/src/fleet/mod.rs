@@ -15,6 +15,7 @@
 //! created or ends, an agent connects or is drained, a robot changes), and timers wake it for
 //! restart backoff; the cluster's singleton duties mark the runs of silent agents lost.
 
+mod activities;
 pub mod link;
 
 use std::{
@@ -37,6 +38,7 @@ use dirigent_store::{OutputLine, Placement, RunEnd, SessionUpdate, Store, StoreE
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use activities::MaintenanceMode;
 pub use link::connect;
 pub(crate) use link::enroll;
 
@@ -74,6 +76,8 @@ pub enum FleetEvent {
     Agent { name: String },
     /// A trigger was created, changed or deleted: schedulers look again.
     Triggers,
+    /// An activity changed: its state, or its output grew.
+    Activity { id: String },
 }
 
 /// A session's display, run id and reason are cut to this many characters.
@@ -104,6 +108,9 @@ pub enum FleetError {
     /// The agent cannot answer now (connected to another node, or silent).
     #[error("{0}")]
     AgentUnavailable(String),
+    /// The orchestrator is in maintenance: no new run starts.
+    #[error("{0}")]
+    Maintenance(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -446,6 +453,7 @@ impl Fleet {
         cause: Cause,
         launch: Launch,
     ) -> FleetResult<Run> {
+        self.refuse_in_maintenance().await?;
         let run = {
             let _changes = self.changes.lock().await;
             // An ad-hoc start is not taking control: the robot's mode stays as it is.
@@ -654,6 +662,12 @@ impl Fleet {
         if let AgentEvent::Session(report) = &event {
             return self.session_reported(agent, report, true).await;
         }
+        if let AgentEvent::ActivityStarted { .. }
+        | AgentEvent::ActivityOutput { .. }
+        | AgentEvent::ActivityEnded { .. } = &event
+        {
+            return self.activity_event(agent, event).await;
+        }
         if let AgentEvent::Frame {
             run_id,
             at,
@@ -772,7 +786,11 @@ impl Fleet {
             | AgentEvent::Stopping { run_id, .. }
             | AgentEvent::Exited { run_id, .. }
             | AgentEvent::Output { run_id, .. } => run_id,
-            AgentEvent::Session(_) | AgentEvent::Frame { .. } => return Ok(false),
+            AgentEvent::Session(_)
+            | AgentEvent::Frame { .. }
+            | AgentEvent::ActivityStarted { .. }
+            | AgentEvent::ActivityOutput { .. }
+            | AgentEvent::ActivityEnded { .. } => return Ok(false),
         };
         let _changes = self.changes.lock().await;
         let mut run = match self.store.run(run_id).await {
@@ -1346,6 +1364,13 @@ impl Fleet {
                         self.store.drop_agent_command(agent_id, id).await?;
                         None
                     }
+                }
+                Ok(AgentCommand::Activity { id: activity, .. })
+                    if !self.activity_still_wanted(&activity).await? =>
+                {
+                    // Ended before it was sent (cancelled, timed out): never to run.
+                    self.store.drop_agent_command(agent_id, id).await?;
+                    None
                 }
                 Ok(command) => Some(command),
                 Err(err) => {

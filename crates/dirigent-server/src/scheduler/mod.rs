@@ -493,6 +493,9 @@ impl Scheduler {
             let reason = format!("the robot is in manual mode ({why}); triggers leave it alone");
             return Ok(settle("skipped", Some(reason), None).await?);
         }
+        if let Some(mode) = self.fleet.maintenance().await? {
+            return Ok(settle("skipped", Some(mode.refusal()), None).await?);
+        }
         let active = self.active_runs_of(&trigger.robot).await?;
         // A queue trigger counted the active runs already.
         let overlap = match spec.kind.as_str() {

@@ -154,6 +154,7 @@ impl TestApp {
             clock: clock.clone(),
             config: Arc::new(config),
             watchers: Arc::default(),
+            activities: Arc::new(dirigent_server::activities::Activities::new(clock.now())),
         };
         TestApp {
             router: dirigent_server::app(state),
