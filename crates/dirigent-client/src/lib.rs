@@ -3,6 +3,7 @@
 //! Every method maps one route; an error answer of the server becomes
 //! [`ClientError::Api`] carrying the server's stable code and message.
 
+mod activities;
 mod queues;
 pub mod tls;
 mod triggers;
@@ -23,6 +24,7 @@ use dirigent_proto::{
 };
 use reqwest::{Method, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
+pub use activities::ActivityFilter;
 pub use tls::Trust;
 
 /// What can go wrong talking to the server.
@@ -243,9 +245,21 @@ impl Client {
         &self,
         id: &str,
         after: u64,
-        mut on_line: impl FnMut(LogLine),
+        on_line: impl FnMut(LogLine),
     ) -> Result<Run, ClientError> {
-        let url = self.url(&["api", "v1", "runs", id, "logs", "stream"])?;
+        self.follow(&["api", "v1", "runs", id, "logs", "stream"], after, on_line)
+            .await
+    }
+
+    /// Follows a stream of `line` events (each given to `on_line`) until its `end` event,
+    /// whose data it answers.
+    async fn follow<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        after: u64,
+        mut on_line: impl FnMut(LogLine),
+    ) -> Result<T, ClientError> {
+        let url = self.url(segments)?;
         let mut request = self.http.get(url).query(&[("after", after.to_string())]);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

@@ -1,5 +1,6 @@
 //! `dirigent agent`: without a subcommand, runs the agent of this robot machine; with one
-//! (`ls`, `enroll-token`, `drain`, `undrain`), manages agents through the API.
+//! (`ls`, `enroll-token`, `drain`, `undrain`, `ps`, `info`, `restart`, `cp`), manages agents
+//! through the API.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -8,7 +9,7 @@ use clap::{Args, Subcommand};
 use dirigent_agent::AgentConfig;
 use dirigent_client::{Client, Trust};
 
-use crate::cli::{ClientArgs, explain, out, print_json, print_table};
+use crate::cli::{ClientArgs, activity, explain, out, print_json, print_table};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -143,6 +144,32 @@ enum AgentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The processes of an agent's machine.
+    Ps {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// An agent's machine and the agent: OS, memory, disk, load, version, policy.
+    Info {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restart an agent; its robots keep running.
+    Restart {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Copy a file to or from an agent's machine: `cp AGENT:/PATH LOCAL` or
+    /// `cp LOCAL AGENT:/PATH` (checked by SHA-256).
+    Cp {
+        source: String,
+        destination: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// The keeper of an agent's robots: started by the agent itself.
     #[command(hide = true)]
     Keeper {
@@ -208,6 +235,14 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         Some(AgentCommand::Drain { name, client }) => drain(&name, true, &client).await,
         Some(AgentCommand::Undrain { name, client }) => drain(&name, false, &client).await,
+        Some(AgentCommand::Ps { name, client }) => activity::processes(&name, &client).await,
+        Some(AgentCommand::Info { name, client }) => activity::info(&name, &client).await,
+        Some(AgentCommand::Restart { name, client }) => activity::restart(&name, &client).await,
+        Some(AgentCommand::Cp {
+            source,
+            destination,
+            client,
+        }) => activity::copy(&source, &destination, &client).await,
         Some(AgentCommand::Keeper { .. }) => bail!("the keeper runs outside the async runtime"),
     }
 }

@@ -30,7 +30,7 @@ enum Command {
     /// Show who the current credentials belong to.
     Whoami(cli::ClientArgs),
     /// Run the agent of this robot machine (`--server URL`), or manage agents: ls,
-    /// enroll-token, drain, undrain.
+    /// enroll-token, drain, undrain, ps, info, restart, cp.
     Agent(agent::AgentArgs),
     /// The orchestrator nodes sharing the database: ls.
     #[command(subcommand)]
@@ -61,6 +61,13 @@ enum Command {
     /// Roles: ls, create, rm.
     #[command(subcommand)]
     Role(cli::user::RoleCommand),
+    /// Run a program on an agent's machine (no shell): its output here, its exit code as
+    /// this command's.
+    Exec(cli::activity::ExecArgs),
+    /// Activities (typed operations on agents and on the orchestrator): ls, show, cancel, run,
+    /// catalog.
+    #[command(subcommand)]
+    Activity(cli::activity::ActivityCommand),
     /// The audit log: every change and every denial, newest first.
     Audit(cli::audit::AuditArgs),
     /// Your API tokens: ls, create, revoke.
@@ -107,12 +114,15 @@ fn main() -> ExitCode {
             Command::Trigger(command) => cli::trigger::run(command).await,
             Command::Calendar(command) => cli::trigger::run_calendar(command).await,
             Command::Audit(args) => cli::audit::run(args).await,
+            Command::Exec(args) => cli::activity::exec(args).await,
+            Command::Activity(command) => cli::activity::run(command).await,
             Command::User(command) => cli::user::run_user(command).await,
             Command::Role(command) => cli::user::run_role(command).await,
         }
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<cli::activity::Exit>() => ExitCode::from(cli::exit_code(&err)),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(cli::exit_code(&err))

@@ -132,7 +132,7 @@ pub(crate) async fn create(
         Target::Server => {
             // The operation's own permission on some resource; what it does checks the rest.
             caller.require(op.resource, op.action, None)?;
-            let operation: ServerOperation = parse_operation(op.name, &request.args)?;
+            let operation = server_operation(op.name, &request.args)?;
             let mut record = base(new_id()?, "server".to_owned());
             record.args = shown(&operation)?;
             record.node = Some(state.fleet.node().to_owned());
@@ -148,7 +148,7 @@ pub(crate) async fn create(
         }
         Target::Agent(name) => {
             caller.require(op.resource, op.action, Some(&name))?;
-            let operation: AgentOperation = parse_operation(op.name, &request.args)?;
+            let operation = agent_operation(op.name, &request.args)?;
             check_agent_operation(&operation)?;
             let agent = state.store.agent(&name).await.map_err(|err| match err {
                 StoreError::NotFound => ApiError::not_found(
@@ -171,7 +171,7 @@ pub(crate) async fn create(
         }
         Target::Labels(labels) => {
             caller.require(op.resource, op.action, None)?;
-            let operation: AgentOperation = parse_operation(op.name, &request.args)?;
+            let operation = agent_operation(op.name, &request.args)?;
             check_agent_operation(&operation)?;
             let agents: Vec<Agent> = state
                 .store
@@ -264,15 +264,51 @@ fn shown(operation: &ServerOperation) -> Result<String, ApiError> {
         .unwrap_or_else(|| "{}".to_owned()))
 }
 
-/// Reads an operation's arguments into its type; a mismatch names the JSON pointer of the
-/// field at fault (`/args/argv/0`).
-fn parse_operation<T: DeserializeOwned>(
-    name: &str,
-    args: &serde_json::Value,
-) -> Result<T, ApiError> {
-    let tagged = serde_json::json!({ "operation": name, "args": args });
-    serde_path_to_error::deserialize(tagged).map_err(|err| {
-        let mut pointer = String::new();
+/// An agent's operation with its arguments read into their type.
+fn agent_operation(name: &str, args: &serde_json::Value) -> Result<AgentOperation, ApiError> {
+    use AgentOperation as Op;
+    Ok(match name {
+        "exec" => Op::Exec(args_of(args)?),
+        "processes" => Op::Processes(args_of(args)?),
+        "signal_process" => Op::SignalProcess(args_of(args)?),
+        "files.list" => Op::FilesList(args_of(args)?),
+        "files.read" => Op::FilesRead(args_of(args)?),
+        "files.write" => Op::FilesWrite(args_of(args)?),
+        "info" => Op::Info(args_of(args)?),
+        "agent.restart" => Op::Restart(args_of(args)?),
+        "session.screenshot" => Op::SessionScreenshot(args_of(args)?),
+        "session.restart" => Op::SessionRestart(args_of(args)?),
+        other => return Err(ApiError::internal(format!("operation {other:?} has no type"))),
+    })
+}
+
+/// An operation of the orchestrator with its arguments read into their type.
+fn server_operation(name: &str, args: &serde_json::Value) -> Result<ServerOperation, ApiError> {
+    use ServerOperation as Op;
+    Ok(match name {
+        "info" => Op::Info(args_of(args)?),
+        "maintenance" => Op::Maintenance(args_of(args)?),
+        "robots.list" => Op::RobotsList(args_of(args)?),
+        "robot.show" => Op::RobotShow(args_of(args)?),
+        "run.start" => Op::RunStart(args_of(args)?),
+        "runs.list" => Op::RunsList(args_of(args)?),
+        "run.show" => Op::RunShow(args_of(args)?),
+        "run.stop" => Op::RunStop(args_of(args)?),
+        "run.kill" => Op::RunKill(args_of(args)?),
+        "triggers.list" => Op::TriggersList(args_of(args)?),
+        "trigger.enable" => Op::TriggerEnable(args_of(args)?),
+        "trigger.disable" => Op::TriggerDisable(args_of(args)?),
+        "queues.list" => Op::QueuesList(args_of(args)?),
+        "queue.show" => Op::QueueShow(args_of(args)?),
+        other => return Err(ApiError::internal(format!("operation {other:?} has no type"))),
+    })
+}
+
+/// Reads arguments into their type; a mismatch names the JSON pointer of the field at fault
+/// in the request (`/args/argv/0`).
+fn args_of<T: DeserializeOwned>(args: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(args).map_err(|err| {
+        let mut pointer = "/args".to_owned();
         for segment in err.path().iter() {
             use serde_path_to_error::Segment;
             let part = match segment {
@@ -292,10 +328,6 @@ fn parse_operation<T: DeserializeOwned>(
         {
             Some(missing) => (format!("{pointer}/{missing}"), "is required".to_owned()),
             None => (pointer, reason),
-        };
-        let field = match field.is_empty() || field == "/args" {
-            true => "/args".to_owned(),
-            false => field,
         };
         ApiError::invalid(InvalidField::new(field, reason))
     })

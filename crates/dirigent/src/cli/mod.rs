@@ -4,6 +4,7 @@
 //! Exit codes: 0 done, 1 failed, 2 bad usage, 3 not logged in or not allowed, 4 not found,
 //! 5 conflict (exists already), 6 invalid input, 7 server unreachable.
 
+pub(crate) mod activity;
 pub(crate) mod audit;
 pub(crate) mod graphical;
 pub(crate) mod node;
@@ -93,6 +94,9 @@ pub(crate) fn trust(ca_file: Option<PathBuf>) -> Trust {
 
 /// The exit code for an error: see the module documentation.
 pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(activity::Exit(code)) = err.downcast_ref::<activity::Exit>() {
+        return *code;
+    }
     if err.is::<queue::NothingReady>() {
         return 4;
     }
