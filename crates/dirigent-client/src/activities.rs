@@ -20,7 +20,10 @@ pub struct ActivityFilter {
 }
 
 impl Client {
-    pub async fn create_activity(&self, request: &ActivityRequest) -> Result<Activity, ClientError> {
+    pub async fn create_activity(
+        &self,
+        request: &ActivityRequest,
+    ) -> Result<Activity, ClientError> {
         self.call(Method::POST, &["api", "v1", "activities"], Some(request))
             .await
     }
@@ -42,7 +45,11 @@ impl Client {
     }
 
     /// One activity; with `wait_seconds`, once it ended or the wait is over.
-    pub async fn activity(&self, id: &str, wait_seconds: Option<u32>) -> Result<Activity, ClientError> {
+    pub async fn activity(
+        &self,
+        id: &str,
+        wait_seconds: Option<u32>,
+    ) -> Result<Activity, ClientError> {
         let query: Vec<(&str, String)> = wait_seconds
             .map(|wait| ("wait", wait.to_string()))
             .into_iter()
@@ -52,8 +59,12 @@ impl Client {
     }
 
     pub async fn activity_catalog(&self) -> Result<Vec<CatalogEntry>, ClientError> {
-        self.call(Method::GET, &["api", "v1", "activities", "catalog"], None::<&()>)
-            .await
+        self.call(
+            Method::GET,
+            &["api", "v1", "activities", "catalog"],
+            None::<&()>,
+        )
+        .await
     }
 
     /// Follows an activity's output until it ends; answers it as it ended.
@@ -62,18 +73,30 @@ impl Client {
         id: &str,
         on_line: impl FnMut(LogLine),
     ) -> Result<Activity, ClientError> {
-        self.follow(&["api", "v1", "activities", id, "output", "stream"], 0, on_line)
-            .await
+        self.follow(
+            &["api", "v1", "activities", id, "output", "stream"],
+            0,
+            on_line,
+        )
+        .await
     }
 
     pub async fn activity_output(&self, id: &str) -> Result<Vec<LogLine>, ClientError> {
         let query = [("limit", "10000".to_owned())];
-        self.call_query(Method::GET, &["api", "v1", "activities", id, "output"], &query)
-            .await
+        self.call_query(
+            Method::GET,
+            &["api", "v1", "activities", id, "output"],
+            &query,
+        )
+        .await
     }
 
     pub async fn cancel_activity(&self, id: &str) -> Result<Activity, ClientError> {
-        self.call(Method::POST, &["api", "v1", "activities", id, "cancel"], None::<&()>)
-            .await
+        self.call(
+            Method::POST,
+            &["api", "v1", "activities", id, "cancel"],
+            None::<&()>,
+        )
+        .await
     }
 }

@@ -10,6 +10,7 @@ mod triggers;
 
 use std::fmt;
 
+pub use activities::ActivityFilter;
 use dirigent_proto::{
     agent::{
         Agent, CreateEnrollmentToken, DrainRequest, EnrollRequest, EnrollResponse, EnrollmentToken,
@@ -24,7 +25,6 @@ use dirigent_proto::{
 };
 use reqwest::{Method, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
-pub use activities::ActivityFilter;
 pub use tls::Trust;
 
 /// What can go wrong talking to the server.

@@ -278,7 +278,11 @@ fn agent_operation(name: &str, args: &serde_json::Value) -> Result<AgentOperatio
         "agent.restart" => Op::Restart(args_of(args)?),
         "session.screenshot" => Op::SessionScreenshot(args_of(args)?),
         "session.restart" => Op::SessionRestart(args_of(args)?),
-        other => return Err(ApiError::internal(format!("operation {other:?} has no type"))),
+        other => {
+            return Err(ApiError::internal(format!(
+                "operation {other:?} has no type"
+            )));
+        }
     })
 }
 
@@ -300,7 +304,11 @@ fn server_operation(name: &str, args: &serde_json::Value) -> Result<ServerOperat
         "trigger.disable" => Op::TriggerDisable(args_of(args)?),
         "queues.list" => Op::QueuesList(args_of(args)?),
         "queue.show" => Op::QueueShow(args_of(args)?),
-        other => return Err(ApiError::internal(format!("operation {other:?} has no type"))),
+        other => {
+            return Err(ApiError::internal(format!(
+                "operation {other:?} has no type"
+            )));
+        }
     })
 }
 

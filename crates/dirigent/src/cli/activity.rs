@@ -131,7 +131,11 @@ pub(crate) async fn run(command: ActivityCommand) -> anyhow::Result<()> {
                 limit: Some(limit),
                 ..ActivityFilter::default()
             };
-            let activities = client.client()?.activities(&filter).await.map_err(explain)?;
+            let activities = client
+                .client()?
+                .activities(&filter)
+                .await
+                .map_err(explain)?;
             if client.json {
                 return print_json(&activities);
             }
@@ -150,7 +154,15 @@ pub(crate) async fn run(command: ActivityCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             print_table(
-                &["ID", "OPERATION", "TARGET", "STATE", "BY", "CREATED", "REASON"],
+                &[
+                    "ID",
+                    "OPERATION",
+                    "TARGET",
+                    "STATE",
+                    "BY",
+                    "CREATED",
+                    "REASON",
+                ],
                 &rows,
             );
             Ok(())
@@ -173,7 +185,11 @@ pub(crate) async fn run(command: ActivityCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ActivityCommand::Cancel { id, client } => {
-            let activity = client.client()?.cancel_activity(&id).await.map_err(explain)?;
+            let activity = client
+                .client()?
+                .cancel_activity(&id)
+                .await
+                .map_err(explain)?;
             if client.json {
                 return print_json(&activity);
             }
@@ -191,7 +207,7 @@ pub(crate) async fn run(command: ActivityCommand) -> anyhow::Result<()> {
                 serde_json::from_str(&args).context("--args takes a JSON object")?;
             let api = client.client()?;
             let activity = ask(&api, &target, &operation, args, &options).await?;
-            let ended = follow(&api, &activity).await?;
+            let ended = follow(&api, &activity, client.json).await?;
             if client.json {
                 print_json(&ended)?;
             } else {
@@ -237,7 +253,7 @@ pub(crate) async fn exec(args: ExecArgs) -> anyhow::Result<()> {
     let exec = json!({ "argv": args.argv, "working_dir": args.cwd, "env": env, "stdin": stdin });
     let api = args.client.client()?;
     let activity = ask(&api, &args.target, "exec", exec, &args.options).await?;
-    let ended = follow(&api, &activity).await?;
+    let ended = follow(&api, &activity, false).await?;
     let code = ended
         .result
         .as_ref()
@@ -277,7 +293,10 @@ pub(crate) async fn processes(agent: &str, client: &ClientArgs) -> anyhow::Resul
             ]
         })
         .collect();
-    print_table(&["PID", "PPID", "USER", "CPU s", "RSS KiB", "COMMAND"], &rows);
+    print_table(
+        &["PID", "PPID", "USER", "CPU s", "RSS KiB", "COMMAND"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -308,7 +327,11 @@ pub(crate) async fn restart(agent: &str, client: &ClientArgs) -> anyhow::Result<
 }
 
 /// `dirigent agent cp SOURCE DESTINATION`: one of them `AGENT:/PATH`.
-pub(crate) async fn copy(source: &str, destination: &str, client: &ClientArgs) -> anyhow::Result<()> {
+pub(crate) async fn copy(
+    source: &str,
+    destination: &str,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
     let remote = |text: &str| {
         text.split_once(':')
             .filter(|(agent, path)| !agent.is_empty() && path.starts_with('/'))
@@ -367,7 +390,7 @@ async fn run_on(
         timeout: None,
     };
     let activity = ask(&api, target, operation, args, &options).await?;
-    let ended = follow(&api, &activity).await?;
+    let ended = follow(&api, &activity, true).await?;
     ended_well(&ended)?;
     Ok(ended)
 }
@@ -392,21 +415,28 @@ async fn ask(
     api.create_activity(&request).await.map_err(explain)
 }
 
-/// Follows an activity to its end, its output on stdout and stderr; a fan-out's children one
-/// after another.
-async fn follow(api: &Client, activity: &Activity) -> anyhow::Result<Activity> {
+/// Follows an activity to its end, its output on stdout and stderr (all on stderr when
+/// stdout is for JSON); a fan-out's children one after another.
+async fn follow(api: &Client, activity: &Activity, json: bool) -> anyhow::Result<Activity> {
     let print = |line: dirigent_proto::run::LogLine| match line.stream {
-        Stream::Stdout => out!("{}", line.text),
-        Stream::Stderr => eprintln!("{}", line.text),
+        Stream::Stdout if !json => out!("{}", line.text),
+        _ => eprintln!("{}", line.text),
     };
     if activity.children.is_empty() {
-        return api.follow_activity(&activity.id, print).await.map_err(explain);
+        return api
+            .follow_activity(&activity.id, print)
+            .await
+            .map_err(explain);
     }
     for child in &activity.children {
         let ended = api.follow_activity(child, |line| {
             let stream = line.stream;
             let text = format!("{child}: {}", line.text);
-            print(dirigent_proto::run::LogLine { text, stream, ..line });
+            print(dirigent_proto::run::LogLine {
+                text,
+                stream,
+                ..line
+            });
         });
         let ended = ended.await.map_err(explain)?;
         eprintln!("{child} on {}: {}", ended.target, ended.state.as_str());
@@ -450,12 +480,28 @@ fn show(activity: &Activity) {
         ("reason", activity.reason.clone().unwrap_or_default()),
         ("requested by", activity.requested_by.clone()),
         ("created", activity.created_at.to_string()),
-        ("started", activity.started_at.map(|at| at.to_string()).unwrap_or_default()),
-        ("ended", activity.ended_at.map(|at| at.to_string()).unwrap_or_default()),
+        (
+            "started",
+            activity
+                .started_at
+                .map(|at| at.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "ended",
+            activity
+                .ended_at
+                .map(|at| at.to_string())
+                .unwrap_or_default(),
+        ),
         ("children", activity.children.join(" ")),
         (
             "result",
-            activity.result.as_ref().map(ToString::to_string).unwrap_or_default(),
+            activity
+                .result
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         ),
     ];
     for (label, value) in fields {

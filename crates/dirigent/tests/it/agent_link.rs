@@ -82,6 +82,7 @@ async fn garbage_is_ignored_and_commands_apply_once() {
             xvfb: "Xvfb".to_owned(),
             frame_every: None,
         },
+        policy: dirigent_agent::activities::Policy::enrolled(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(dirigent_agent::run(

@@ -12,6 +12,7 @@
     reason = "these tests run the dirigent binary itself"
 )]
 
+mod activities;
 mod agent_link;
 mod browser;
 mod cli;
