@@ -91,7 +91,7 @@ pub(crate) async fn list_activities(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Activity>>, ApiError> {
-    let everyone = caller.may(Resource::Console, Action::Use, None);
+    let everyone = may_read_all(&caller)?;
     if !everyone
         && query
             .requested_by
@@ -381,13 +381,19 @@ pub(crate) async fn cancel_activity(
     Ok(Json(shown(&state, id).await?))
 }
 
-/// An activity the caller may read: their own, or anyone's with `console:use`. Without either
-/// a missing one is refused like an existing one.
-async fn readable(state: &AppState, caller: &Caller, id: &str) -> Result<ActivityRecord, ApiError> {
+/// Whether the caller reads everyone's activities (`console:use`) or only their own; a run
+/// token, or an API token limited to other permissions, reads none.
+fn may_read_all(caller: &Caller) -> Result<bool, ApiError> {
     let everyone = caller.may(Resource::Console, Action::Use, None);
-    if caller.user_id.is_none() {
+    if !everyone && (caller.user_id.is_none() || caller.is_limited()) {
         caller.require(Resource::Console, Action::Use, None)?;
     }
+    Ok(everyone)
+}
+
+/// An activity the caller may read: their own, or anyone's with `console:use`.
+async fn readable(state: &AppState, caller: &Caller, id: &str) -> Result<ActivityRecord, ApiError> {
+    let everyone = may_read_all(caller)?;
     let record = state.store.activity(id).await.map_err(|err| match err {
         StoreError::NotFound => ApiError::not_found(
             ErrorCode::ActivityNotFound,

@@ -127,6 +127,28 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         "YYY......",
     ),
     ("GET", "/metrics", None, "YYY......"),
+    ("GET", "/api/v1/activities", None, "YYYYY...."),
+    (
+        "POST",
+        "/api/v1/activities",
+        Some(r#"{"target": "server", "operation": "info"}"#),
+        "YYY......",
+    ),
+    ("GET", "/api/v1/activities/catalog", None, "YYYYYYY.."),
+    ("GET", "/api/v1/activities/{activity}", None, "Y.Y......"),
+    ("GET", "/api/v1/activities/{activity}/output", None, "Y.Y......"),
+    (
+        "GET",
+        "/api/v1/activities/{activity}/output/stream",
+        None,
+        "Y.Y......",
+    ),
+    (
+        "POST",
+        "/api/v1/activities/{activity}/cancel",
+        None,
+        "Y.Y......",
+    ),
     (
         "POST",
         "/api/v1/agents/local/drain",
@@ -438,6 +460,16 @@ async fn every_operation_by_every_kind_of_credential() {
     let run_id = run.body["id"].as_str().unwrap().to_owned();
     assert_eq!(run.body["state"], "starting", "{:?}", run.body);
 
+    let activity = send(
+        Method::POST,
+        "/api/v1/activities",
+        &admin,
+        json!({"target": "local", "operation": "info"}),
+    )
+    .await;
+    assert_eq!(activity.status, StatusCode::CREATED, "{:?}", activity.body);
+    let activity_id = activity.body["id"].as_str().unwrap().to_owned();
+
     let tokens = [
         admin.clone(),
         app.user_with_roles("olivia", &["operator"]).await,
@@ -463,7 +495,8 @@ async fn every_operation_by_every_kind_of_credential() {
         let path = path
             .replace("{run}", &run_id)
             .replace("{item}", &item_id)
-            .replace("{trigger}", &trigger_id);
+            .replace("{trigger}", &trigger_id)
+            .replace("{activity}", &activity_id);
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         for (idx, who) in WHO.iter().enumerate() {
             let mut request = http.request(method.clone(), format!("{base}{path}"));
@@ -539,7 +572,7 @@ fn the_matrix_covers_every_authenticated_operation() {
 
 /// A concrete path with its names replaced by `{}`, and a route template likewise.
 fn normalize(path: &str) -> String {
-    const NAMES: [&str; 14] = [
+    const NAMES: [&str; 15] = [
         "run_missing",
         "finance-invoices",
         "hr-payroll",
@@ -553,6 +586,7 @@ fn normalize(path: &str) -> String {
         "hr-q",
         "{item}",
         "{trigger}",
+        "{activity}",
         "finance-holidays",
     ];
     path.split('/')
