@@ -569,3 +569,50 @@ pub(crate) fn state_from_wire(state: ActivityState) -> State {
         ActivityState::Cancelled => State::Cancelled,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_of_the_catalogue_has_its_types_and_schemas() {
+        for entry in catalog() {
+            assert!(entry.args_schema.is_object(), "{}", entry.operation);
+            assert!(entry.result_schema.is_object(), "{}", entry.operation);
+            let empty = serde_json::json!({});
+            let parsed = match entry.target {
+                TargetKind::Agent => {
+                    agent_operation(&entry.operation, &empty).map(|op| op.name().to_owned())
+                }
+                TargetKind::Server => {
+                    server_operation(&entry.operation, &empty).map(|_| entry.operation.clone())
+                }
+            };
+            match parsed {
+                Ok(name) => assert_eq!(name, entry.operation),
+                Err(err) => assert_eq!(
+                    err.status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{}: {}",
+                    entry.operation,
+                    err.message
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_argument_is_named_by_its_json_pointer() {
+        let args = serde_json::json!({ "argv": ["ls", 1], "env": { "A/B": 2 } });
+        let err = agent_operation("exec", &args).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("/args/argv/1"));
+        let err = agent_operation(
+            "exec",
+            &serde_json::json!({ "argv": ["ls"], "env": { "A/B": 2 } }),
+        )
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("/args/env/A~1B"));
+        let err = agent_operation("files.write", &serde_json::json!({ "path": "/x" })).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("/args/content_base64"));
+    }
+}

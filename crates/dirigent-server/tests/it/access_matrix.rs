@@ -136,7 +136,12 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
     ),
     ("GET", "/api/v1/activities/catalog", None, "YYYYYYY.."),
     ("GET", "/api/v1/activities/{activity}", None, "Y.Y......"),
-    ("GET", "/api/v1/activities/{activity}/output", None, "Y.Y......"),
+    (
+        "GET",
+        "/api/v1/activities/{activity}/output",
+        None,
+        "Y.Y......",
+    ),
     (
         "GET",
         "/api/v1/activities/{activity}/output/stream",

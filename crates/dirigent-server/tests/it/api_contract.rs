@@ -102,13 +102,21 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/activities", Access::Authenticated),
     ("GET", "/api/v1/activities/catalog", Access::Authenticated),
     ("GET", "/api/v1/activities/{id}", Access::Authenticated),
-    ("GET", "/api/v1/activities/{id}/output", Access::Authenticated),
+    (
+        "GET",
+        "/api/v1/activities/{id}/output",
+        Access::Authenticated,
+    ),
     (
         "GET",
         "/api/v1/activities/{id}/output/stream",
         Access::Authenticated,
     ),
-    ("POST", "/api/v1/activities/{id}/cancel", Access::Authenticated),
+    (
+        "POST",
+        "/api/v1/activities/{id}/cancel",
+        Access::Authenticated,
+    ),
     ("GET", "/api/v1/users", Access::Authenticated),
     ("POST", "/api/v1/users", Access::Authenticated),
     ("GET", "/api/v1/users/{name}", Access::Authenticated),

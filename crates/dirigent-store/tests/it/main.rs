@@ -11,6 +11,7 @@
 )]
 
 mod accounts;
+mod activities;
 mod agents_and_runs;
 mod backends;
 mod queue_model;
