@@ -244,6 +244,11 @@ function followEvents() {
     });
   }
   if (kinds.includes("agent")) events.addEventListener("agent", refreshSoon);
+  if (kinds.includes("activity")) {
+    events.addEventListener("activity", (event) => {
+      if (!main.dataset.activity || JSON.parse(event.data).id === main.dataset.activity) refreshSoon();
+    });
+  }
   events.addEventListener("resync", refreshSoon);
   // Whatever changed between rendering the page and (re)connecting is read once more.
   events.addEventListener("open", () => {
@@ -433,8 +438,193 @@ function controlScreens() {
   });
 }
 
+/** The field for one argument of an operation, as its JSON Schema property says. */
+function argumentField(name, property, required, value) {
+  const types = [].concat(property.type || "string");
+  const type = types.find((each) => each !== "null") || "string";
+  const id = `console-arg-${name}`;
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = required ? `${name} *` : name;
+  let field;
+  let kind = type;
+  if (type === "boolean") {
+    field = document.createElement("input");
+    field.type = "checkbox";
+    field.checked = value === true;
+  } else if (type === "array" || type === "object" || name === "stdin") {
+    field = document.createElement("textarea");
+    field.rows = 3;
+    if (type === "array") {
+      kind = "lines";
+      field.placeholder = "one per line";
+      field.value = Array.isArray(value) ? value.join("\n") : "";
+    } else if (type === "object") {
+      kind = "pairs";
+      field.placeholder = "KEY=VALUE, one per line";
+      field.value = value && typeof value === "object"
+        ? Object.entries(value).map(([key, each]) => `${key}=${each}`).join("\n") : "";
+    } else {
+      field.value = value ?? "";
+    }
+  } else {
+    field = document.createElement("input");
+    field.type = type === "integer" || type === "number" ? "number" : "text";
+    field.value = value ?? "";
+  }
+  field.id = id;
+  field.dataset.arg = name;
+  field.dataset.kind = kind;
+  field.required = required && type !== "boolean";
+  const hint = document.createElement("small");
+  hint.textContent = property.description || "";
+  label.append(" ", hint);
+  return [label, field];
+}
+
+/** The arguments the console's fields hold, empty optional ones left out. */
+function consoleArguments(box) {
+  const args = {};
+  for (const field of box.querySelectorAll("[data-arg]")) {
+    const name = field.dataset.arg;
+    const text = field.value;
+    switch (field.dataset.kind) {
+      case "boolean":
+        if (field.checked) args[name] = true;
+        break;
+      case "lines": {
+        const lines = text.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line !== "");
+        if (lines.length) args[name] = lines;
+        break;
+      }
+      case "pairs": {
+        const pairs = text.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) => line !== "");
+        if (pairs.length) {
+          args[name] = Object.fromEntries(pairs.map((line) => line.includes("=")
+            ? [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)] : [line, ""]));
+        }
+        break;
+      }
+      case "integer":
+      case "number":
+        if (text !== "") args[name] = Number(text);
+        break;
+      default:
+        if (text !== "") args[name] = text;
+    }
+  }
+  return args;
+}
+
+/** Follows an activity the console started: its output, then its state and result. */
+function followActivity(activity) {
+  const section = document.getElementById("console-run");
+  const output = document.getElementById("console-output");
+  const result = document.getElementById("console-result");
+  const state = document.getElementById("console-run-state");
+  const link = document.getElementById("console-run-link");
+  const reason = document.getElementById("console-run-reason");
+  section.hidden = false;
+  output.textContent = "";
+  result.textContent = "";
+  reason.textContent = "";
+  link.textContent = activity.id;
+  link.href = `/activities/${activity.id}`;
+  const show = (shown) => {
+    state.textContent = shown.state;
+    state.className = `state state-${shown.state}`;
+    reason.textContent = shown.reason || "";
+    if (shown.result !== undefined) result.textContent = JSON.stringify(shown.result, null, 2);
+  };
+  show(activity);
+  const stream = new EventSource(`/api/v1/activities/${activity.id}/output/stream`);
+  stream.addEventListener("line", (event) => {
+    const line = JSON.parse(event.data);
+    const span = document.createElement("span");
+    span.className = line.stream;
+    span.textContent = `${line.text}\n`;
+    output.append(span);
+    output.scrollTop = output.scrollHeight;
+  });
+  stream.addEventListener("end", (event) => {
+    stream.close();
+    show(JSON.parse(event.data));
+    section.dataset.ended = "true";
+    refreshSoon();
+  });
+  stream.addEventListener("error", () => stream.close());
+}
+
+/** The console: operations offered for the kind of target typed, their arguments' form made
+ * from their schema, run and followed; an earlier activity's values filled in from the
+ * address's fragment (its Repeat link). */
+function consoleForm() {
+  const form = document.getElementById("console-form");
+  if (!form) return;
+  const target = form.elements.target;
+  const operation = form.elements.operation;
+  const box = document.getElementById("console-args");
+  const legend = box.querySelector("legend");
+  const description = document.getElementById("console-description");
+  const kindOf = (text) => text.trim() === "server" ? "server" : "agent";
+  const render = (values = {}) => {
+    box.replaceChildren(legend);
+    const chosen = operation.selectedOptions[0];
+    description.textContent = chosen?.title || "";
+    const schema = JSON.parse(chosen?.dataset.schema || "{}");
+    const required = schema.required || [];
+    for (const [name, property] of Object.entries(schema.properties || {})) {
+      box.append(...argumentField(name, property, required.includes(name), values[name]));
+    }
+  };
+  const offer = () => {
+    const kind = kindOf(target.value);
+    for (const option of operation.options) option.hidden = option.dataset.kind !== kind;
+    if (operation.selectedOptions[0]?.hidden) {
+      operation.value = [...operation.options].find((option) => !option.hidden)?.value || "";
+      render();
+    }
+  };
+  target.addEventListener("input", offer);
+  operation.addEventListener("change", () => render());
+  const asked = new URLSearchParams(location.hash.slice(1));
+  if (asked.get("target")) target.value = asked.get("target");
+  offer();
+  if (asked.get("operation")) operation.value = `${kindOf(target.value)}:${asked.get("operation")}`;
+  if (asked.get("mode")) form.elements.mode.value = asked.get("mode");
+  let values = {};
+  try {
+    values = JSON.parse(asked.get("args") || "{}");
+  } catch {
+    values = {};
+  }
+  render(values);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearError();
+    const submit = form.querySelector('[type="submit"]');
+    submit.disabled = true;
+    try {
+      const activity = await call("POST", "/api/v1/activities", {
+        target: target.value.trim(),
+        operation: operation.selectedOptions[0].dataset.name,
+        args: consoleArguments(box),
+        mode: form.elements.mode.value,
+        timeout_seconds: Number(form.elements.timeout.value) || undefined,
+      });
+      followActivity(activity);
+      refreshSoon();
+    } catch (error) {
+      showError(error.message);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}
+
 localTimes(document);
 followEvents();
+consoleForm();
 followOutput();
 watchScreens();
 liveScreens();

@@ -284,7 +284,7 @@ impl Cluster {
                 self.scheduler.changed();
                 FleetEvent::Triggers
             }
-            What::Activity { id } => FleetEvent::Activity { id },
+            What::Activity { id, output } => FleetEvent::Activity { id, output },
             What::Output { run_id, after_seq } => {
                 match self.store.output(&run_id, after_seq, 10_000).await {
                     Ok(lines) if !lines.is_empty() => FleetEvent::Output {
@@ -315,7 +315,7 @@ enum What {
     Agent { name: String },
     Output { run_id: String, after_seq: u64 },
     Triggers,
-    Activity { id: String },
+    Activity { id: String, output: bool },
 }
 
 impl What {
@@ -324,7 +324,10 @@ impl What {
             FleetEvent::Run(run) => What::Run { id: run.id.clone() },
             FleetEvent::Agent { name } => What::Agent { name: name.clone() },
             FleetEvent::Triggers => What::Triggers,
-            FleetEvent::Activity { id } => What::Activity { id: id.clone() },
+            FleetEvent::Activity { id, output } => What::Activity {
+                id: id.clone(),
+                output: *output,
+            },
             FleetEvent::Output { run_id, lines } => What::Output {
                 run_id: run_id.clone(),
                 after_seq: lines

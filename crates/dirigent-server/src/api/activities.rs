@@ -61,20 +61,20 @@ pub(crate) async fn create_activity(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
-    state: Option<ActivityState>,
+    pub(crate) state: Option<ActivityState>,
     /// `server`, an agent's name, or a fan-out's selector.
-    target: Option<String>,
-    operation: Option<String>,
+    pub(crate) target: Option<String>,
+    pub(crate) operation: Option<String>,
     /// Only those this user asked for.
-    requested_by: Option<String>,
+    pub(crate) requested_by: Option<String>,
     /// Only those older than this activity (the cursor: the last id of the previous page).
-    before: Option<String>,
+    pub(crate) before: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// Activities, newest first: the caller's own, or with `console:use` everyone's.
@@ -133,7 +133,7 @@ pub(crate) async fn catalog(_caller: Caller) -> Json<Vec<CatalogEntry>> {
     Json(activities::catalog())
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GetQuery {
@@ -176,7 +176,10 @@ pub(crate) async fn get_activity(
         let ended = async {
             loop {
                 match events.recv().await {
-                    Ok(FleetEvent::Activity { id: changed }) if changed == id => {
+                    Ok(FleetEvent::Activity {
+                        id: changed,
+                        output: false,
+                    }) if changed == id => {
                         if state
                             .store
                             .activity(&id)
@@ -335,7 +338,7 @@ impl Follower {
             }
             loop {
                 match self.events.recv().await {
-                    Ok(FleetEvent::Activity { id }) if id == self.id => break,
+                    Ok(FleetEvent::Activity { id, .. }) if id == self.id => break,
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => return None,

@@ -29,7 +29,7 @@ const RECHECK: SignedDuration = SignedDuration::from_secs(5);
     tag = "events",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "text/event-stream of `run`, `agent` and `resync` events", content_type = "text/event-stream"),
+        (status = 200, description = "text/event-stream of `run`, `agent`, `activity` and `resync` events", content_type = "text/event-stream"),
         (status = 401, body = ErrorBody),
     )
 )]
@@ -60,6 +60,14 @@ pub(super) async fn follow_events(
                         Event::default()
                             .event("agent")
                             .json_data(serde_json::json!({ "name": name }))
+                            .ok()
+                    }
+                    Ok(FleetEvent::Activity { id, output: false })
+                        if caller.may(Resource::Console, Action::Use, None) =>
+                    {
+                        Event::default()
+                            .event("activity")
+                            .json_data(serde_json::json!({ "id": id }))
                             .ok()
                     }
                     Ok(_) => None,

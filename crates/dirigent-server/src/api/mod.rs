@@ -5,7 +5,7 @@
 //! Handlers are thin: take a [`Caller`](crate::auth::Caller), declare the permission they
 //! need, parse, call the store, convert to wire types.
 
-mod activities;
+pub(crate) mod activities;
 pub(crate) mod agents;
 pub(crate) mod audit;
 mod events;

@@ -68,9 +68,12 @@ impl Fleet {
         Ok(())
     }
 
-    /// Tells listeners that an activity changed (its state or its output).
+    /// Tells listeners that an activity's state changed.
     pub(crate) fn activity_changed(&self, id: &str) {
-        self.publish(FleetEvent::Activity { id: id.to_owned() });
+        self.publish(FleetEvent::Activity {
+            id: id.to_owned(),
+            output: false,
+        });
     }
 
     /// Applies what an agent reports of an activity.
@@ -93,7 +96,7 @@ impl Fleet {
             AgentEvent::ActivityOutput { id, lines } => {
                 let lines: Vec<OutputLine> = lines.into_iter().map(stored_line).collect();
                 self.store.add_activity_output(&id, &lines).await?;
-                self.activity_changed(&id);
+                self.publish(FleetEvent::Activity { id, output: true });
             }
             AgentEvent::ActivityEnded {
                 id,

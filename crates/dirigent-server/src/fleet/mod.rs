@@ -76,8 +76,8 @@ pub enum FleetEvent {
     Agent { name: String },
     /// A trigger was created, changed or deleted: schedulers look again.
     Triggers,
-    /// An activity changed: its state, or its output grew.
-    Activity { id: String },
+    /// An activity changed: its state, or (`output`) its output grew.
+    Activity { id: String, output: bool },
 }
 
 /// A session's display, run id and reason are cut to this many characters.

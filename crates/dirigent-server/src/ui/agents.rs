@@ -1,5 +1,5 @@
-//! The agents page: each agent's state, labels, capacity and current runs, and the button that
-//! drains it (or gives it runs again).
+//! The agents page: each agent's state, labels, capacity and current runs, the buttons that
+//! drain it (or give it runs again) and restart it, and its ways into the console.
 
 use askama::Template;
 use axum::{Json, extract::State, response::Response};
@@ -19,6 +19,9 @@ pub(super) struct AgentRow {
     pub agent: Agent,
     pub runs: Vec<Run>,
     pub drain: Option<Button>,
+    pub restart: Option<Button>,
+    /// Links into the console for this agent, if the reader may use it.
+    pub console: Vec<(&'static str, String)>,
 }
 
 #[derive(Template)]
@@ -53,7 +56,45 @@ async fn agents_page<'a>(state: &AppState, viewer: &'a Viewer) -> Result<AgentsP
                         class: "",
                     }
                 });
+            let restart = caller
+                .may(Resource::Agents, Action::Admin, Some(&agent.name))
+                .then(|| Button {
+                    label: "Restart",
+                    method: "POST",
+                    path: "/api/v1/activities".to_owned(),
+                    body: serde_json::json!({
+                        "target": agent.name,
+                        "operation": "agent.restart",
+                        "mode": "parallel",
+                    })
+                    .to_string(),
+                    then: "refresh",
+                    confirm: true,
+                    class: "",
+                });
+            let console = match caller.may(Resource::Console, Action::Use, None) {
+                true => [
+                    ("Console", ""),
+                    ("Info", "info"),
+                    ("Processes", "processes"),
+                    ("Files", "files.list"),
+                ]
+                .into_iter()
+                .map(|(label, operation)| {
+                    let link = match operation {
+                        "" => format!("/console#target={}", agent.name),
+                        operation => {
+                            format!("/console#target={}&operation={operation}", agent.name)
+                        }
+                    };
+                    (label, link)
+                })
+                .collect(),
+                false => Vec::new(),
+            };
             AgentRow {
+                restart,
+                console,
                 runs: active
                     .iter()
                     .filter(|run| run.agent.as_deref() == Some(agent.name.as_str()))

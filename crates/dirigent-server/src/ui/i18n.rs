@@ -83,6 +83,23 @@ const ENGLISH: &[(&str, &str)] = &[
 /// templates and pages use is here.
 const RUSSIAN: &[(&str, &str)] = &[
     ("Dashboard", "Обзор"),
+    ("Console", "Консоль"),
+    ("Operation", "Операция"),
+    ("Arguments", "Аргументы"),
+    ("sequential", "по очереди"),
+    ("parallel", "параллельно"),
+    ("Timeout, seconds", "Тайм-аут, секунд"),
+    ("Activity", "Действие"),
+    ("Result", "Результат"),
+    ("Asked by", "Кто запросил"),
+    ("Repeat", "Повторить"),
+    ("Part of", "Часть действия"),
+    ("Children", "Дочерние"),
+    ("Cancel", "Отменить"),
+    ("cancelled", "отменено"),
+    ("Processes", "Процессы"),
+    ("Info", "Сведения"),
+    ("Files", "Файлы"),
     ("Robots", "Роботы"),
     ("Robot", "Робот"),
     ("Runs", "Запуски"),
@@ -330,6 +347,8 @@ mod tests {
             include_str!("../../templates/users.html"),
             include_str!("../../templates/audit.html"),
             include_str!("../../templates/message.html"),
+            include_str!("../../templates/console.html"),
+            include_str!("../../templates/activity.html"),
         );
         // Labels chosen in Rust (buttons, navigation, error titles): every capitalized
         // string literal outside comments.
@@ -342,6 +361,7 @@ mod tests {
             include_str!("triggers.rs"),
             include_str!("queues.rs"),
             include_str!("admin.rs"),
+            include_str!("console.rs"),
         );
         let mut phrases: Vec<&str> = templates
             .match_indices(".t(\"")

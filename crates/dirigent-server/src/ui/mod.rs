@@ -8,6 +8,7 @@
 
 mod admin;
 mod agents;
+mod console;
 mod dashboard;
 mod i18n;
 mod queues;
@@ -53,6 +54,8 @@ pub fn router() -> Router<AppState> {
         .route("/calendars", get(triggers::calendars))
         .route("/queues", get(queues::list))
         .route("/queues/{name}", get(queues::queue))
+        .route("/console", get(console::console))
+        .route("/activities/{id}", get(console::activity))
         .route("/users", get(admin::users))
         .route("/audit", get(admin::audit))
         .route("/assets/{file}", get(asset))
@@ -201,6 +204,11 @@ impl FromRequestParts<AppState> for Viewer {
                 Some((Resource::Calendars, Action::Read)),
             ),
             ("/queues", "Queues", Some((Resource::Queues, Action::Read))),
+            (
+                "/console",
+                "Console",
+                Some((Resource::Console, Action::Use)),
+            ),
             ("/users", "Users", Some((Resource::Users, Action::Admin))),
             (
                 "/audit",

@@ -423,3 +423,81 @@ fn an_operator_schedules_and_sorts_work_from_the_panel() {
     browser.screenshot("audit");
     assert_accessible(&browser);
 }
+
+#[test]
+fn an_administrator_runs_a_program_from_the_console_and_a_viewer_has_no_console() {
+    let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
+    server.login(PASSWORD);
+    ok(run_with_input(
+        server.cli(&[
+            "user",
+            "create",
+            "vera",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ]),
+        &format!("{VIEWER_PASSWORD}\n"),
+    ));
+    let browser = Browser::start("en-US");
+    browser.open(&format!("{}/login?next=%2Fagents", server.url));
+    log_in(&browser, &server, "admin", PASSWORD);
+
+    // From the agents page into the console, aimed at the local agent.
+    browser.click("#agents a[href='/console#target=local']");
+    browser.wait_for("#console-form");
+    assert_eq!(
+        browser.run_async("arguments[0](document.getElementById('console-target').value);"),
+        "local"
+    );
+    browser.click("#console-operation option[value='agent:exec']");
+    browser.type_into(
+        "#console-arg-argv",
+        "sh\n-c\necho hello from the console; echo careful >&2; exit 3",
+    );
+    assert_accessible(&browser);
+    browser.click("#console-form button[type=submit]");
+    browser.wait_text("#console-output", "hello from the console");
+    browser.wait_text("#console-output", "careful");
+    browser.wait_text("#console-run-state", "failed");
+    browser.wait_text("#console-result", "\"exit_code\": 3");
+    browser.wait_text("#activities", "exec");
+    browser.screenshot("console");
+
+    // Its page shows what was asked and how it ended; Repeat fills the console in again.
+    browser.click("#console-run-link");
+    browser.wait_text("#activity-state", "exited with code 3");
+    browser.wait_text("#output", "hello from the console");
+    browser.click("#activity-state a.repeat");
+    browser.wait_for("#console-arg-argv");
+    let filled = browser.run_async(
+        "arguments[0]([document.getElementById('console-operation').value, document.getElementById('console-arg-argv').value]);",
+    );
+    assert_eq!(filled[0], "agent:exec", "{filled}");
+    assert!(
+        filled[1]
+            .as_str()
+            .unwrap()
+            .contains("echo hello from the console"),
+        "{filled}"
+    );
+
+    // The orchestrator is a target too.
+    browser.clear("#console-target");
+    browser.type_into("#console-target", "server");
+    browser.click("#console-operation option[value='server:info']");
+    browser.click("#console-form button[type=submit]");
+    browser.wait_text("#console-run-state", "succeeded");
+    browser.wait_text("#console-result", "\"database\": \"sqlite\"");
+
+    // A viewer has no console: not in the navigation, refused at its address.
+    browser.click("button[data-path='/api/v1/logout']");
+    browser.wait_for("#login");
+    browser.open(&format!("{}/login?next=%2F", server.url));
+    log_in(&browser, &server, "vera", VIEWER_PASSWORD);
+    assert!(browser.find("nav a[href='/console']").is_none());
+    browser.open(&format!("{}/console", server.url));
+    browser.wait_text("main", "Not allowed");
+    let listed = json(&server, &["activity", "ls"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+}
