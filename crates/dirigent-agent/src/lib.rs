@@ -171,10 +171,16 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let sessions = (0 < config.sessions.count)
         .then(|| sessions::start(config.sessions.clone(), &config.data_dir, events_tx.clone()));
+    let blobs = activities::BlobSource {
+        server_urls: config.server_urls.clone(),
+        credential: credential.clone(),
+        trust: config.trust.clone(),
+    };
     let (activities, mut restarts) = Activities::start(
         config.policy.clone(),
         config.data_dir.clone(),
         sessions.clone(),
+        blobs,
         events_tx.clone(),
     );
     let mut runner = Runner::new(
@@ -304,11 +310,9 @@ async fn restart(activities: &Activities, runner: &mut Runner) -> AgentError {
     tracing::warn!("restarting, as an activity asked");
     activities.cancel_all();
     runner.leave().await;
-    let exe = match std::env::current_exe() {
+    let exe = match activities::running_program() {
         Ok(exe) => exe,
-        Err(err) => {
-            return AgentError::Setup(format!("finding the agent's program to restart: {err}"));
-        }
+        Err(err) => return AgentError::Setup(format!("restarting: {err}")),
     };
     #[allow(
         clippy::disallowed_methods,

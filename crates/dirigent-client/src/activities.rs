@@ -1,7 +1,7 @@
 //! The client's methods for activities: asking, listing, waiting, following, cancelling.
 
 use dirigent_proto::{
-    activity::{Activity, ActivityRequest, CatalogEntry},
+    activity::{Activity, ActivityRequest, Blob, CatalogEntry},
     run::LogLine,
 };
 use reqwest::Method;
@@ -89,6 +89,26 @@ impl Client {
             &query,
         )
         .await
+    }
+
+    /// Uploads a file for activities (a new agent binary); answers its SHA-256.
+    pub async fn upload_blob(&self, content: Vec<u8>) -> Result<Blob, ClientError> {
+        let bytes = self
+            .send_raw(
+                Method::POST,
+                &["api", "v1", "blobs"],
+                "application/octet-stream",
+                content,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|err| ClientError::Decode(err.to_string()))
+    }
+
+    /// An uploaded file, as the agent an activity names it to downloads it (with its
+    /// credential).
+    pub async fn agent_blob(&self, sha256: &str) -> Result<Vec<u8>, ClientError> {
+        self.send(Method::GET, &["agent", "v1", "blobs", sha256], None::<&()>)
+            .await
     }
 
     pub async fn cancel_activity(&self, id: &str) -> Result<Activity, ClientError> {

@@ -572,11 +572,33 @@ impl Client {
         body: Option<&impl Serialize>,
     ) -> Result<Vec<u8>, ClientError> {
         let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
         if let Some(body) = body {
             request = request.json(body);
+        }
+        self.answer(request).await
+    }
+
+    /// Sends `content` as it is, declared as `content_type`.
+    async fn send_raw(
+        &self,
+        method: Method,
+        segments: &[&str],
+        content_type: &str,
+        content: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let request = self
+            .http
+            .request(method, self.url(segments)?)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(content);
+        self.answer(request).await
+    }
+
+    /// Sends a request with the client's token; answers the body of a success, else the
+    /// server's error.
+    async fn answer(&self, mut request: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
         let unreachable = |err: reqwest::Error| ClientError::Unreachable {
             url: self.base_url().to_owned(),

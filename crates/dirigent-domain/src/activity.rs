@@ -108,6 +108,13 @@ pub const CATALOG: &[Operation] = &[
         "Restarts the agent; its robots keep running and are adopted again.",
     ),
     agent_op(
+        "agent.update",
+        Resource::Agents,
+        Action::Admin,
+        "Replaces the agent's binary with an uploaded one (checked by SHA-256, tried before it \
+         is swapped in) and restarts it; its robots keep running.",
+    ),
+    agent_op(
         "session.screenshot",
         Resource::Sessions,
         Action::View,

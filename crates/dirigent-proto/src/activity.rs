@@ -188,6 +188,8 @@ pub enum AgentOperation {
     Info(NoArgs),
     #[serde(rename = "agent.restart")]
     Restart(NoArgs),
+    #[serde(rename = "agent.update")]
+    Update(UpdateArgs),
     #[serde(rename = "session.screenshot")]
     SessionScreenshot(SessionArgs),
     #[serde(rename = "session.restart")]
@@ -206,6 +208,7 @@ impl AgentOperation {
             AgentOperation::FilesWrite(_) => "files.write",
             AgentOperation::Info(_) => "info",
             AgentOperation::Restart(_) => "agent.restart",
+            AgentOperation::Update(_) => "agent.update",
             AgentOperation::SessionScreenshot(_) => "session.screenshot",
             AgentOperation::SessionRestart(_) => "session.restart",
         }
@@ -423,6 +426,30 @@ pub struct PolicyInfo {
     pub file_roots: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_user: Option<String>,
+}
+
+/// `agent.update`: a new agent binary, uploaded first (`POST /api/v1/blobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateArgs {
+    /// The SHA-256 (hex) of the uploaded binary: the agent checks what it downloads against it.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Updated {
+    /// The SHA-256 of the binary it ran before.
+    pub previous_sha256: String,
+    pub sha256: String,
+    /// What the new binary says its version is.
+    pub version: String,
+}
+
+/// `POST /api/v1/blobs`: a file kept for activities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Blob {
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// `session.screenshot`.

@@ -61,6 +61,8 @@ pub enum ErrorCode {
     FrameNotFound,
     /// 404: no activity has this id.
     ActivityNotFound,
+    /// 404: no uploaded file has this SHA-256.
+    BlobNotFound,
     /// 405: the route exists but not for this method.
     MethodNotAllowed,
     /// 409: a robot with this name exists already.
@@ -117,6 +119,7 @@ impl ErrorCode {
             ErrorCode::SessionNotFound => "session_not_found",
             ErrorCode::FrameNotFound => "frame_not_found",
             ErrorCode::ActivityNotFound => "activity_not_found",
+            ErrorCode::BlobNotFound => "blob_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RobotExists => "robot_exists",
             ErrorCode::TokenExists => "token_exists",

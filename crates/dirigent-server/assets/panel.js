@@ -622,6 +622,34 @@ function consoleForm() {
   });
 }
 
+/** An agent's update from the agents page: the binary is uploaded, then `agent.update` asked
+ * for it; the activity's page follows it. */
+document.addEventListener("submit", async (event) => {
+  const form = event.target.closest("form.agent-update");
+  if (!form) return;
+  event.preventDefault();
+  clearError();
+  const file = form.elements.binary.files[0];
+  if (!file) return;
+  const submit = form.querySelector('[type="submit"]');
+  submit.disabled = true;
+  try {
+    const headers = { "content-type": "application/octet-stream", accept: "application/json" };
+    if (csrf) headers["x-csrf-token"] = csrf;
+    const uploaded = await fetch("/api/v1/blobs", { method: "POST", headers, body: file, credentials: "same-origin" });
+    const blob = await uploaded.json();
+    if (!uploaded.ok) throw new Error(blob?.message || `${uploaded.status}`);
+    const activity = await call("POST", "/api/v1/activities", {
+      target: form.dataset.agent, operation: "agent.update", args: { sha256: blob.sha256 }, mode: "parallel",
+    });
+    location.assign(`/activities/${activity.id}`);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    submit.disabled = false;
+  }
+});
+
 localTimes(document);
 followEvents();
 consoleForm();

@@ -1,6 +1,6 @@
 //! The janitor: ages out finished data on a timer: expired login sessions (already refused,
-//! but whose rows would otherwise stay), failed logins a day old, and finished work items past
-//! their queue's retention.
+//! but whose rows would otherwise stay), failed logins a day old, files uploaded for
+//! activities a week old, and finished work items past their queue's retention.
 //! With several nodes, only the one holding the singleton duties does it.
 
 use std::{sync::Arc, time::Duration};
@@ -30,6 +30,14 @@ pub(crate) fn spawn(store: Store, clock: Arc<dyn Clock>, cluster: Arc<Cluster>) 
                 Ok(0) => {}
                 Ok(n_deleted) => tracing::info!(n_deleted, "forgot old failed logins"),
                 Err(err) => tracing::warn!(%err, "forgetting old failed logins"),
+            }
+            match store
+                .delete_blobs_before(clock.now() - jiff::SignedDuration::from_hours(24 * 7))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n_deleted) => tracing::info!(n_deleted, "forgot uploaded files a week old"),
+                Err(err) => tracing::warn!(%err, "forgetting uploaded files"),
             }
             match store.purge_finished_items(clock.now()).await {
                 Ok(0) => {}

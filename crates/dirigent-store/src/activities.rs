@@ -1,5 +1,5 @@
-//! Activities (typed operations on agents and on the orchestrator), their output, and the
-//! orchestrator's switches (maintenance). An activity aimed at an agent is queued with the
+//! Activities (typed operations on agents and on the orchestrator), their output, the files
+//! uploaded for them (blobs), and the orchestrator's switches (maintenance). An activity aimed at an agent is queued with the
 //! agent command that carries it, in one transaction.
 
 use dirigent_domain::{activity::State, agent::AgentId};
@@ -375,6 +375,85 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Keeps a file (once per SHA-256), in chunks of `chunk` bytes.
+    pub async fn put_blob(
+        &self,
+        sha256: &str,
+        data: &[u8],
+        chunk: usize,
+        by: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin_write().await?;
+            let added = sqlx::query(
+                "INSERT INTO blobs (sha256, size, created_by, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(sha256)
+            .bind(i64::try_from(data.len()).unwrap_or(i64::MAX))
+            .bind(by)
+            .bind(to_millis(at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if added == 1 {
+                for (seq, part) in data.chunks(chunk.max(1)).enumerate() {
+                    sqlx::query("INSERT INTO blob_chunks (sha256, seq, data) VALUES ($1, $2, $3)")
+                        .bind(sha256)
+                        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                        .bind(part)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// A kept file's size, if it is kept.
+    pub async fn blob_size(&self, sha256: &str) -> StoreResult<Option<u64>> {
+        let size: Option<i64> = dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT size FROM blobs WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(size.map(|size| u64::try_from(size).unwrap_or(0)))
+    }
+
+    /// One chunk of a kept file (`None` past its end).
+    pub async fn blob_chunk(&self, sha256: &str, seq: u64) -> StoreResult<Option<Vec<u8>>> {
+        dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT data FROM blob_chunks WHERE sha256 = $1 AND seq = $2")
+                .bind(sha256)
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(Into::into)
+    }
+
+    /// Forgets the files kept before `before`; answers how many.
+    pub async fn delete_blobs_before(&self, before: Timestamp) -> StoreResult<u64> {
+        let deleted = dispatch!(self, writer, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("DELETE FROM blob_chunks WHERE sha256 IN (SELECT sha256 FROM blobs WHERE created_at < $1)")
+                .bind(to_millis(before))
+                .execute(&mut *tx)
+                .await?;
+            let deleted = sqlx::query("DELETE FROM blobs WHERE created_at < $1")
+                .bind(to_millis(before))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            deleted
+        });
+        Ok(deleted)
     }
 
     /// How many robots, active runs, agents (online), queues and triggers there are.

@@ -162,6 +162,16 @@ enum AgentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Replace an agent's binary (checked by SHA-256 and tried before it is swapped in) and
+    /// restart it; its robots keep running.
+    Update {
+        name: String,
+        /// The new `dirigent` binary.
+        #[arg(long, value_name = "FILE")]
+        binary: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Copy a file to or from an agent's machine: `cp AGENT:/PATH LOCAL` or
     /// `cp LOCAL AGENT:/PATH` (checked by SHA-256).
     Cp {
@@ -238,6 +248,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(AgentCommand::Ps { name, client }) => activity::processes(&name, &client).await,
         Some(AgentCommand::Info { name, client }) => activity::info(&name, &client).await,
         Some(AgentCommand::Restart { name, client }) => activity::restart(&name, &client).await,
+        Some(AgentCommand::Update {
+            name,
+            binary,
+            client,
+        }) => activity::update(&name, &binary, &client).await,
         Some(AgentCommand::Cp {
             source,
             destination,

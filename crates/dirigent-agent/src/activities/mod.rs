@@ -7,6 +7,7 @@
 mod files;
 mod ops;
 mod policy;
+mod update;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -22,6 +23,8 @@ use dirigent_proto::{
 use tokio::sync::{mpsc, watch};
 
 pub use policy::Policy;
+pub use update::BlobSource;
+pub(crate) use update::running_program;
 
 use crate::{runner::now, sessions::SessionsHandle};
 
@@ -70,6 +73,8 @@ struct Shared {
     policy: Policy,
     data_dir: PathBuf,
     sessions: Option<SessionsHandle>,
+    /// Where uploaded files (a new binary) come from.
+    blobs: BlobSource,
     events: mpsc::UnboundedSender<AgentEvent>,
     /// The activities held (queued or running), and how to cancel each.
     live: Mutex<HashMap<String, watch::Sender<bool>>>,
@@ -86,6 +91,7 @@ impl Activities {
         policy: Policy,
         data_dir: PathBuf,
         sessions: Option<SessionsHandle>,
+        blobs: BlobSource,
         events: mpsc::UnboundedSender<AgentEvent>,
     ) -> (Activities, mpsc::UnboundedReceiver<()>) {
         let (restart, restarts) = mpsc::unbounded_channel();
@@ -93,6 +99,7 @@ impl Activities {
             policy,
             data_dir,
             sessions,
+            blobs,
             events,
             live: Mutex::default(),
             robot_dirs: Mutex::default(),
@@ -192,7 +199,10 @@ async fn run_job(shared: &Arc<Shared>, job: Job) {
         });
         let output = ops::Output::new(job.id.clone(), shared.events.clone());
         let stop = ops::Stop::new(job.timeout, job.cancelled.clone());
-        let restart = matches!(job.operation, AgentOperation::Restart(_));
+        let restart = matches!(
+            job.operation,
+            AgentOperation::Restart(_) | AgentOperation::Update(_)
+        );
         let done = ops::run(shared, job.operation, output, stop).await;
         if restart && done.outcome == Outcome::Succeeded {
             // The end is journaled before the agent goes: its next life resends it.

@@ -166,6 +166,15 @@ pub(super) async fn run(
                     blocking(move || info(&data_dir, policy, sessions)).await,
                 ))
             }
+            AgentOperation::Update(args) => {
+                let data_dir = shared.data_dir.clone();
+                match shared.blobs.fetch(&args.sha256).await {
+                    Ok(binary) => value(to_json(
+                        super::update::swap_in(binary, args.sha256, data_dir).await,
+                    )),
+                    Err(reason) => Done::failed(reason),
+                }
+            }
             AgentOperation::Restart(_) => {
                 // Nothing of this life is left running: the next one adopts the robots.
                 Done::succeeded(json!({}))
@@ -208,7 +217,7 @@ fn to_json<T: serde::Serialize>(result: Result<T, String>) -> Result<serde_json:
 }
 
 /// Runs blocking file-system work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(work)
@@ -473,6 +482,21 @@ fn page_size() -> u64 {
         .unwrap_or(4096)
 }
 
+/// The SHA-256 of the agent's own binary, read once: it does not change under a running agent
+/// (an update restarts it).
+fn own_digest() -> Result<String, String> {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(digest) = DIGEST.get() {
+        return Ok(digest.clone());
+    }
+    use sha2::Digest;
+    let exe = std::fs::read("/proc/self/exe")
+        .map_err(|err| format!("reading the agent's binary: {err}"))?;
+    Ok(DIGEST
+        .get_or_init(|| files::hex(&sha2::Sha256::digest(&exe)))
+        .clone())
+}
+
 fn info(
     data_dir: &std::path::Path,
     policy: dirigent_proto::activity::PolicyInfo,
@@ -515,9 +539,7 @@ fn info(
         .and_then(|value| value.parse::<f64>().ok())
         .unwrap_or(0.0);
     let live_runs = std::fs::read_dir(data_dir.join("runs")).map_or(0, |dir| dir.count());
-    let exe = std::fs::read("/proc/self/exe")
-        .map_err(|err| format!("reading the agent's binary: {err}"))?;
-    use sha2::Digest;
+    let agent_sha256 = own_digest()?;
     Ok(AgentInfo {
         host: read("/proc/sys/kernel/hostname").trim().to_owned(),
         os,
@@ -532,7 +554,7 @@ fn info(
         load,
         uptime_seconds: uptime as u64,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        agent_sha256: files::hex(&sha2::Sha256::digest(&exe)),
+        agent_sha256,
         agent_pid: std::process::id(),
         live_runs: u32::try_from(live_runs).unwrap_or(u32::MAX),
         sessions,

@@ -33,6 +33,8 @@ use crate::{AppState, Clock, auth::Caller, auth::secrets, error::ApiError, fleet
 pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 /// How large a request to create an activity may be (a file to write, base64-encoded).
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// How large an uploaded file (a new agent binary) may be.
+pub const MAX_BLOB_BYTES: usize = 512 * 1024 * 1024;
 
 /// What this node keeps for activities.
 #[derive(Debug)]
@@ -150,6 +152,7 @@ pub(crate) async fn create(
             caller.require(op.resource, op.action, Some(&name))?;
             let operation = agent_operation(op.name, &request.args)?;
             check_agent_operation(&operation)?;
+            check_uploaded(state, &operation).await?;
             let agent = state.store.agent(&name).await.map_err(|err| match err {
                 StoreError::NotFound => ApiError::not_found(
                     ErrorCode::AgentNotFound,
@@ -173,6 +176,7 @@ pub(crate) async fn create(
             caller.require(op.resource, op.action, None)?;
             let operation = agent_operation(op.name, &request.args)?;
             check_agent_operation(&operation)?;
+            check_uploaded(state, &operation).await?;
             let agents: Vec<Agent> = state
                 .store
                 .agents()
@@ -276,6 +280,7 @@ fn agent_operation(name: &str, args: &serde_json::Value) -> Result<AgentOperatio
         "files.write" => Op::FilesWrite(args_of(args)?),
         "info" => Op::Info(args_of(args)?),
         "agent.restart" => Op::Restart(args_of(args)?),
+        "agent.update" => Op::Update(args_of(args)?),
         "session.screenshot" => Op::SessionScreenshot(args_of(args)?),
         "session.restart" => Op::SessionRestart(args_of(args)?),
         other => {
@@ -409,11 +414,29 @@ fn check_agent_operation(operation: &AgentOperation) -> Result<(), ApiError> {
                 );
             }
         }
+        AgentOperation::Update(args) => check_digest("/args/sha256", &args.sha256)?,
         AgentOperation::Processes(_)
         | AgentOperation::Info(_)
         | AgentOperation::Restart(_)
         | AgentOperation::SessionScreenshot(_)
         | AgentOperation::SessionRestart(_) => {}
+    }
+    Ok(())
+}
+
+/// An update's binary must have been uploaded.
+async fn check_uploaded(state: &AppState, operation: &AgentOperation) -> Result<(), ApiError> {
+    if let AgentOperation::Update(args) = operation
+        && state
+            .store
+            .blob_size(&args.sha256.to_ascii_lowercase())
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::invalid(InvalidField::new(
+            "/args/sha256",
+            "no file with this SHA-256 was uploaded: upload it first (POST /api/v1/blobs)",
+        )));
     }
     Ok(())
 }
@@ -428,6 +451,16 @@ fn check_path(field: &str, path: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(InvalidField::new(
             field,
             "must be an absolute path (on the agent's machine)",
+        )));
+    }
+    Ok(())
+}
+
+fn check_digest(field: &str, digest: &str) -> Result<(), ApiError> {
+    if digest.len() != 64 || !digest.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid(InvalidField::new(
+            field,
+            "must be a SHA-256: 64 hexadecimal digits",
         )));
     }
     Ok(())

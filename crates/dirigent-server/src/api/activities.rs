@@ -4,6 +4,7 @@
 
 use std::{convert::Infallible, time::Duration};
 
+use axum::body::Bytes;
 use axum::{
     Json,
     extract::State,
@@ -15,13 +16,14 @@ use axum::{
 };
 use dirigent_domain::access::{Action, Resource};
 use dirigent_proto::{
-    activity::{Activity, ActivityRequest, ActivityState, CatalogEntry},
+    activity::{Activity, ActivityRequest, ActivityState, Blob, CatalogEntry},
     error::{ErrorBody, ErrorCode},
     run::LogLine,
 };
 use dirigent_store::{ActivityQuery, ActivityRecord, StoreError};
 use futures_util::stream;
 use serde::Deserialize;
+use sha2::Digest;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
@@ -392,6 +394,121 @@ fn may_read_all(caller: &Caller) -> Result<bool, ApiError> {
         caller.require(Resource::Console, Action::Use, None)?;
     }
     Ok(everyone)
+}
+
+/// Uploads a file for activities (a new agent binary for `agent.update`): answers its SHA-256,
+/// by which activities name it. Kept for a week.
+#[utoipa::path(
+    post,
+    path = "/blobs",
+    tag = "activities",
+    security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, body = Blob),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+    )
+)]
+pub(crate) async fn upload_blob(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Resource::Agents, Action::Admin, None)?;
+    let binary = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim()
+                .eq_ignore_ascii_case("application/octet-stream")
+        });
+    if !binary {
+        return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE),
+        status => ApiError::new(status, ErrorCode::MalformedRequest, rejection.body_text()),
+    })?;
+    let sha256: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    state
+        .store
+        .put_blob(
+            &sha256,
+            &body,
+            BLOB_CHUNK,
+            &caller.username,
+            state.clock.now(),
+        )
+        .await?;
+    let blob = Blob {
+        sha256,
+        size: body.len() as u64,
+    };
+    Ok((StatusCode::CREATED, Json(blob)))
+}
+
+/// The chunks files are kept in.
+const BLOB_CHUNK: usize = 4 * 1024 * 1024;
+
+/// An uploaded file, for the agent an activity names it to.
+#[utoipa::path(
+    get,
+    path = "/agent/v1/blobs/{sha256}",
+    tag = "agents",
+    security(("bearer" = [])),
+    params(("sha256" = String, Path)),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn download_blob(
+    State(state): State<AppState>,
+    _agent: crate::fleet::link::AgentCaller,
+    PathSegment(sha256): PathSegment,
+) -> Result<impl IntoResponse, ApiError> {
+    let missing = || {
+        ApiError::not_found(
+            ErrorCode::BlobNotFound,
+            format!("no file with SHA-256 {sha256}"),
+        )
+    };
+    let size = state.store.blob_size(&sha256).await?.ok_or_else(missing)?;
+    let chunks = stream::unfold(
+        (state, sha256.clone(), 0u64),
+        |(state, sha256, seq)| async move {
+            match state.store.blob_chunk(&sha256, seq).await {
+                Ok(Some(chunk)) => Some((
+                    Ok::<_, std::io::Error>(Bytes::from(chunk)),
+                    (state, sha256, seq + 1),
+                )),
+                Ok(None) => None,
+                Err(err) => Some((
+                    Err(std::io::Error::other(err.to_string())),
+                    (state, sha256, u64::MAX),
+                )),
+            }
+        },
+    );
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, size.to_string()),
+        ],
+        axum::body::Body::from_stream(chunks),
+    ))
 }
 
 /// An activity the caller may read: their own, or anyone's with `console:use`.

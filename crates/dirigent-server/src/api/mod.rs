@@ -159,13 +159,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::activities::MAX_REQUEST_BYTES,
         ));
-    let v1 = v1.merge(activities);
+    let blobs = OpenApiRouter::new()
+        .routes(routes!(activities::upload_blob))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::activities::MAX_BLOB_BYTES,
+        ));
+    let v1 = v1.merge(activities).merge(blobs);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(crate::metrics::scrape))
         .routes(routes!(agents::enroll))
         .routes(routes!(crate::fleet::link::connect))
+        .routes(routes!(activities::download_blob))
         .nest("/api/v1", v1)
 }
 

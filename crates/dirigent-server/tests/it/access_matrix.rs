@@ -167,6 +167,13 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         "Y........",
     ),
     ("GET", "/agent/v1/connect", None, ".......Y."),
+    (
+        "GET",
+        "/agent/v1/blobs/0000000000000000000000000000000000000000000000000000000000000000",
+        None,
+        ".......Y.",
+    ),
+    ("POST", "/api/v1/blobs", Some("{}"), "Y........"),
     ("GET", "/api/v1/users", None, "Y........"),
     (
         "POST",
@@ -577,7 +584,7 @@ fn the_matrix_covers_every_authenticated_operation() {
 
 /// A concrete path with its names replaced by `{}`, and a route template likewise.
 fn normalize(path: &str) -> String {
-    const NAMES: [&str; 15] = [
+    const NAMES: [&str; 16] = [
         "run_missing",
         "finance-invoices",
         "hr-payroll",
@@ -592,6 +599,7 @@ fn normalize(path: &str) -> String {
         "{item}",
         "{trigger}",
         "{activity}",
+        "0000000000000000000000000000000000000000000000000000000000000000",
         "finance-holidays",
     ];
     path.split('/')

@@ -227,6 +227,8 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
     ("DELETE", "/api/v1/calendars/{name}", Access::Authenticated),
     ("POST", "/agent/v1/enroll", Access::Open),
     ("GET", "/agent/v1/connect", Access::Authenticated),
+    ("GET", "/agent/v1/blobs/{sha256}", Access::Authenticated),
+    ("POST", "/api/v1/blobs", Access::Authenticated),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,3 +44,18 @@ CREATE TABLE server_switches (
     changed_by TEXT NOT NULL,
     changed_at BIGINT NOT NULL
 );
+
+-- Files uploaded for activities (a new agent binary), by SHA-256, in chunks.
+CREATE TABLE blobs (
+    sha256 TEXT PRIMARY KEY NOT NULL,
+    size BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE blob_chunks (
+    sha256 TEXT NOT NULL REFERENCES blobs (sha256) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (sha256, seq)
+);

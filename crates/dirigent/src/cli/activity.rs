@@ -326,6 +326,40 @@ pub(crate) async fn restart(agent: &str, client: &ClientArgs) -> anyhow::Result<
     Ok(())
 }
 
+/// `dirigent agent update AGENT --binary FILE`.
+pub(crate) async fn update(
+    agent: &str,
+    binary: &std::path::Path,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let content = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let blob = client
+        .client()?
+        .upload_blob(content)
+        .await
+        .map_err(explain)?;
+    let ended = run_on(
+        client,
+        agent,
+        "agent.update",
+        json!({ "sha256": blob.sha256 }),
+    )
+    .await?;
+    if client.json {
+        return print_json(&ended);
+    }
+    let version = ended
+        .result
+        .as_ref()
+        .and_then(|result| result.get("version")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    eprintln!(
+        "Agent {agent} now runs {version} (SHA-256 {}); it is restarting, its robots keep running.",
+        blob.sha256
+    );
+    Ok(())
+}
+
 /// `dirigent agent cp SOURCE DESTINATION`: one of them `AGENT:/PATH`.
 pub(crate) async fn copy(
     source: &str,

@@ -548,3 +548,118 @@ fn an_agent_restarted_by_an_activity_keeps_its_robots() {
     assert_eq!(shown["state"], "running", "{shown}");
     assert_eq!(shown["pid"], pid);
 }
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[test]
+fn an_agent_updated_to_a_new_binary_keeps_its_robots_and_a_broken_one_changes_nothing() {
+    let server = server_with(&["--no-local-agent"]);
+    let dir = server.dir.path();
+    // The agent runs a copy of the binary of its own, which the update replaces.
+    std::fs::create_dir(dir.join("bin")).unwrap();
+    let program = dir.join("bin/dirigent");
+    std::fs::copy(crate::support::BIN, &program).unwrap();
+    let token = ok(run(server.cli(&["agent", "enroll-token"])))
+        .trim()
+        .to_owned();
+    let mut command = std::process::Command::new(&program);
+    command
+        .args([
+            "agent",
+            "--server",
+            &server.url,
+            "--name",
+            "pc-up",
+            "--enroll-token",
+            &token,
+        ])
+        .args(["--allow", "agent.update,info", "--data"])
+        .arg(dir.join("pc-up"))
+        .env_remove("DIRIGENT_URL")
+        .env_remove("DIRIGENT_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _agent = KillOnDrop(command.spawn().unwrap());
+    create_robot(&server, "steady", &[], &["sleep", "120"]);
+    let (id, pid) = start_running(&server, "steady");
+    let before = json(&server, &["agent", "info", "pc-up"]);
+    assert_eq!(before["agent_sha256"], sha256_of(&program));
+
+    // A new build: the same program with bytes appended, so another digest.
+    let new = dir.join("dirigent-new");
+    let mut content = std::fs::read(&program).unwrap();
+    content.extend_from_slice(b"\nanother build\n");
+    std::fs::write(&new, &content).unwrap();
+    let updated = run(server.cli(&[
+        "agent",
+        "update",
+        "pc-up",
+        "--binary",
+        new.to_str().unwrap(),
+    ]));
+    assert!(updated.status.success(), "{}", stderr(&updated));
+    assert!(
+        stderr(&updated).contains("now runs dirigent "),
+        "{}",
+        stderr(&updated)
+    );
+    let after = eventually("the updated agent back", || {
+        let info = json(&server, &["agent", "info", "pc-up"]);
+        (info["agent_sha256"] == sha256_of(&new)).then_some(info)
+    });
+    assert_eq!(
+        after["agent_pid"], before["agent_pid"],
+        "restarted in place"
+    );
+    assert_eq!(sha256_of(&program), sha256_of(&new));
+    assert_eq!(
+        sha256_of(&dir.join("pc-up/dirigent.previous")),
+        before["agent_sha256"].as_str().unwrap()
+    );
+    let shown = json(&server, &["run", "show", &id]);
+    assert_eq!(
+        (shown["state"].as_str(), shown["pid"].as_u64()),
+        (Some("running"), Some(u64::from(pid)))
+    );
+
+    // A binary that does not run here is refused, and the agent stays as it was.
+    let broken = dir.join("broken");
+    std::fs::write(&broken, b"\x7fELF not really a program").unwrap();
+    let refused = run(server.cli(&[
+        "agent",
+        "update",
+        "pc-up",
+        "--binary",
+        broken.to_str().unwrap(),
+    ]));
+    assert_eq!(refused.status.code(), Some(125), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("the agent stays as it was"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(sha256_of(&program), sha256_of(&new));
+    let still = json(&server, &["agent", "info", "pc-up"]);
+    assert_eq!(still["agent_sha256"], sha256_of(&new));
+    // An update naming nothing uploaded is refused before it is queued.
+    let args = serde_json::json!({ "sha256": "0".repeat(64) }).to_string();
+    fails(
+        run(server.cli(&[
+            "activity",
+            "run",
+            "agent.update",
+            "--target",
+            "pc-up",
+            "--args",
+            &args,
+        ])),
+        6,
+        "no file with this SHA-256 was uploaded",
+    );
+}
