@@ -123,7 +123,7 @@ async fn garbage_is_ignored_and_commands_apply_once() {
     let synced = next_json(&mut socket).await;
     assert_eq!(
         synced,
-        json!({"type": "synced", "live_runs": [], "sessions": []})
+        json!({"type": "synced", "live_runs": [], "sessions": [], "live_activities": [], "last_applied_command": 0})
     );
 
     let start = json!({"type": "command", "id": 1, "command": {"op": "start", "run_id": "run_a", "robot": "hello",
