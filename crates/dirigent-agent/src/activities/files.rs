@@ -277,7 +277,7 @@ mod tests {
             base64::engine::general_purpose::STANDARD
                 .decode(part.content_base64)
                 .unwrap(),
-            b"t da"
+            b" dat"
         );
     }
 }
