@@ -304,6 +304,22 @@ impl Client {
         })
     }
 
+    pub async fn retention(
+        &self,
+    ) -> Result<dirigent_proto::retention::RetentionReport, ClientError> {
+        self.call(Method::GET, &["api", "v1", "retention"], None::<&()>)
+            .await
+    }
+
+    pub async fn sweep(&self) -> Result<dirigent_proto::retention::Deleted, ClientError> {
+        self.call(
+            Method::POST,
+            &["api", "v1", "retention", "sweep"],
+            None::<&()>,
+        )
+        .await
+    }
+
     pub async fn users(&self) -> Result<Vec<User>, ClientError> {
         self.call(Method::GET, &["api", "v1", "users"], None::<&()>)
             .await

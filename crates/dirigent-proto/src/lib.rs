@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod link;
 pub mod queue;
+pub mod retention;
 pub mod robot;
 pub mod run;
 pub mod session;

@@ -26,6 +26,58 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// A program that checks passwords the local ones do not match (PAM, LDAP, …).
     pub login_command: Option<crate::auth::external::LoginCommand>,
+    /// How long finished data is kept.
+    pub retention: Retention,
+}
+
+/// How long finished data is kept, each kind by itself; 0 keeps it forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Ended runs, with their transitions, output and frames.
+    pub runs_days: u32,
+    /// The most run output kept; the oldest ended runs' output goes first.
+    pub run_output_max_mib: u64,
+    pub trigger_firings_days: u32,
+    pub work_item_attempts_days: u32,
+    pub activities_days: u32,
+    /// The audit log, trimmed by this alone.
+    pub audit_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            runs_days: 90,
+            run_output_max_mib: 2048,
+            trigger_firings_days: 90,
+            work_item_attempts_days: 90,
+            activities_days: 90,
+            audit_days: 365,
+        }
+    }
+}
+
+impl Retention {
+    /// Before when each kind is deleted, at `now`.
+    pub fn cutoffs(&self, now: jiff::Timestamp) -> dirigent_store::Cutoffs {
+        let before = |days: u32| {
+            (0 < days)
+                .then(|| {
+                    now.checked_sub(SignedDuration::from_hours(24 * i64::from(days)))
+                        .ok()
+                })
+                .flatten()
+        };
+        dirigent_store::Cutoffs {
+            runs: before(self.runs_days),
+            output_max_bytes: (0 < self.run_output_max_mib)
+                .then(|| self.run_output_max_mib.saturating_mul(1024 * 1024)),
+            trigger_firings: before(self.trigger_firings_days),
+            work_item_attempts: before(self.work_item_attempts_days),
+            activities: before(self.activities_days),
+            audit: before(self.audit_days),
+        }
+    }
 }
 
 impl ServerConfig {

@@ -1,6 +1,8 @@
 //! The janitor: ages out finished data on a timer: expired login sessions (already refused,
 //! but whose rows would otherwise stay), failed logins a day old, files uploaded for
-//! activities a week old, and finished work items past their queue's retention.
+//! activities a week old, finished work items past their queue's retention, and whatever the
+//! retention settings say is old (runs, output over its size, firings, attempts, activities,
+//! the audit log).
 //! With several nodes, only the one holding the singleton duties does it.
 
 use std::{sync::Arc, time::Duration};
@@ -8,12 +10,45 @@ use std::{sync::Arc, time::Duration};
 use dirigent_store::Store;
 use tokio::task::JoinHandle;
 
-use crate::{Clock, cluster::Cluster};
+use dirigent_proto::retention::Deleted;
+
+use crate::{Clock, cluster::Cluster, config::Retention};
+
+/// The switch that keeps the last sweep, for the figures (`GET /api/v1/retention`).
+pub(crate) const LAST_SWEEP: &str = "retention.last_sweep";
+
+/// Deletes what the retention settings say is old, and notes when and what.
+pub(crate) async fn sweep(
+    store: &Store,
+    clock: &dyn Clock,
+    retention: &Retention,
+) -> Result<Deleted, dirigent_store::StoreError> {
+    let now = clock.now();
+    let pruned = store.prune(&retention.cutoffs(now)).await?;
+    let deleted = Deleted {
+        runs: pruned.runs,
+        run_outputs: pruned.outputs,
+        trigger_firings: pruned.trigger_firings,
+        work_item_attempts: pruned.work_item_attempts,
+        activities: pruned.activities,
+        audit_records: pruned.audit,
+    };
+    let noted = serde_json::to_string(&deleted).unwrap_or_default();
+    store
+        .set_switch(LAST_SWEEP, Some(&noted), "janitor", now)
+        .await?;
+    Ok(deleted)
+}
 
 const EVERY: Duration = Duration::from_secs(3600);
 
 /// Starts the janitor; it runs until the handle is aborted.
-pub(crate) fn spawn(store: Store, clock: Arc<dyn Clock>, cluster: Arc<Cluster>) -> JoinHandle<()> {
+pub(crate) fn spawn(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    cluster: Arc<Cluster>,
+    retention: Retention,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(EVERY);
         loop {
@@ -46,6 +81,10 @@ pub(crate) fn spawn(store: Store, clock: Arc<dyn Clock>, cluster: Arc<Cluster>) 
                     "removed finished work items past their retention"
                 ),
                 Err(err) => tracing::warn!(%err, "removing finished work items"),
+            }
+            match sweep(&store, clock.as_ref(), &retention).await {
+                Ok(deleted) => tracing::info!(?deleted, "retention"),
+                Err(err) => tracing::warn!(%err, "retention"),
             }
         }
     })

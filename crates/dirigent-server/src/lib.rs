@@ -156,6 +156,7 @@ pub async fn start(
         store.clone(),
         clock.clone(),
         cluster.clone(),
+        config.retention,
     ));
     let config_listen = config.listen;
     let state = AppState {

@@ -20,6 +20,7 @@ mod batch;
 mod frames;
 mod nodes;
 mod queues;
+mod retention;
 mod robots;
 mod runs;
 mod sessions;
@@ -47,6 +48,7 @@ pub use queues::{
     AppliedOps, AttemptRecord, Claimer, Completion, ItemFilter, ItemRecord, NewItem, QueueAnswer,
     QueueOp, QueueOpError, QueueRecord, QueueStats,
 };
+pub use retention::{Cutoffs, Kept, Pruned};
 pub use runs::{OutputLine, Placement, RunEnd, RunQuery};
 pub use sessions::SessionUpdate;
 pub use triggers::{CalendarRecord, FiringRecord, FiringTake, NewFiring, Taken, TriggerRecord};

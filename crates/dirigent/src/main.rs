@@ -61,6 +61,8 @@ enum Command {
     /// Roles: ls, create, rm.
     #[command(subcommand)]
     Role(cli::user::RoleCommand),
+    /// How long finished data is kept and how much is kept now; `--sweep` deletes what is old.
+    Retention(cli::retention::RetentionArgs),
     /// Run a program on an agent's machine (no shell): its output here, its exit code as
     /// this command's.
     Exec(cli::activity::ExecArgs),
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
             Command::Calendar(command) => cli::trigger::run_calendar(command).await,
             Command::Audit(args) => cli::audit::run(args).await,
             Command::Exec(args) => cli::activity::exec(args).await,
+            Command::Retention(args) => cli::retention::run(args).await,
             Command::Activity(command) => cli::activity::run(command).await,
             Command::User(command) => cli::user::run_user(command).await,
             Command::Role(command) => cli::user::run_role(command).await,

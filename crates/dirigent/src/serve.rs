@@ -15,7 +15,7 @@ use dirigent_server::{
 use dirigent_server::{
     ServerConfig,
     clock::SystemClock,
-    config::{DatabaseUrl, Secret},
+    config::{DatabaseUrl, Retention, Secret},
 };
 use jiff::SignedDuration;
 use serde::Deserialize;
@@ -116,6 +116,39 @@ struct SettingsFile {
     trusted_proxies: Option<Vec<String>>,
     /// A node silent this long is dead: another takes over its duties and agents.
     takeover_after_seconds: Option<u32>,
+    /// How long finished data is kept (a table; each key optional, 0 keeps forever).
+    retention: Option<RetentionFile>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    runs_days: Option<u32>,
+    run_output_max_mib: Option<u64>,
+    trigger_firings_days: Option<u32>,
+    work_item_attempts_days: Option<u32>,
+    activities_days: Option<u32>,
+    audit_days: Option<u32>,
+}
+
+impl RetentionFile {
+    fn settings(self) -> Retention {
+        let default = Retention::default();
+        Retention {
+            runs_days: self.runs_days.unwrap_or(default.runs_days),
+            run_output_max_mib: self
+                .run_output_max_mib
+                .unwrap_or(default.run_output_max_mib),
+            trigger_firings_days: self
+                .trigger_firings_days
+                .unwrap_or(default.trigger_firings_days),
+            work_item_attempts_days: self
+                .work_item_attempts_days
+                .unwrap_or(default.work_item_attempts_days),
+            activities_days: self.activities_days.unwrap_or(default.activities_days),
+            audit_days: self.audit_days.unwrap_or(default.audit_days),
+        }
+    }
 }
 
 #[expect(
@@ -335,6 +368,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<(ServerConfig, PathBuf, Option<Loc
         tls,
         trusted_proxies,
         login_command,
+        retention: file.retention.unwrap_or_default().settings(),
     };
     Ok((config, data_dir, local_agent))
 }

@@ -12,6 +12,7 @@ mod events;
 mod health;
 mod json;
 pub(crate) mod queues;
+mod retention;
 pub(crate) mod robots;
 pub(crate) mod runs;
 mod session;
@@ -105,6 +106,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(activities::follow_output))
         .routes(routes!(activities::cancel_activity))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(retention::get_retention))
+        .routes(routes!(retention::sweep))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(
             users::get_user,

@@ -127,6 +127,8 @@ const MATRIX: &[(&str, &str, Option<&str>, &str)] = &[
         "YYY......",
     ),
     ("GET", "/metrics", None, "YYY......"),
+    ("GET", "/api/v1/retention", None, "YYY......"),
+    ("POST", "/api/v1/retention/sweep", None, "Y........"),
     ("GET", "/api/v1/activities", None, "YYYYY...."),
     (
         "POST",

@@ -98,6 +98,8 @@ pub(crate) const OPERATIONS: &[(&str, &str, Access)] = &[
         Access::Authenticated,
     ),
     ("GET", "/api/v1/audit", Access::Authenticated),
+    ("GET", "/api/v1/retention", Access::Authenticated),
+    ("POST", "/api/v1/retention/sweep", Access::Authenticated),
     ("GET", "/api/v1/activities", Access::Authenticated),
     ("POST", "/api/v1/activities", Access::Authenticated),
     ("GET", "/api/v1/activities/catalog", Access::Authenticated),

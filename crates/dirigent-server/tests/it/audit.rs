@@ -2,6 +2,7 @@
 //! refused.
 
 use axum::http::{Method, StatusCode};
+use dirigent_server::Clock;
 use jiff::SignedDuration;
 use serde_json::{Value, json};
 
@@ -168,4 +169,78 @@ async fn repeated_failed_logins_lock_the_user_for_a_while() {
     let admin = app.admin().await;
     let denials = audit(&app, &admin, "?actor=user:admin&outcome=denied&limit=50").await;
     assert_eq!(denials.len(), 7, "every refused login is in the audit log");
+}
+
+#[tokio::test]
+async fn retention_shows_what_is_kept_and_a_sweep_trims_the_audit_log_by_its_own_limit() {
+    let app = TestApp::with_config(|config| config.retention.audit_days = 30).await;
+    let admin = app.admin().await;
+    let created = app
+        .send(
+            Method::POST,
+            "/api/v1/robots",
+            Some(&admin),
+            Some(json!({"name": "payroll", "argv": ["x"]})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let run = app
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(&admin),
+            Some(json!({"robot": "payroll"})),
+        )
+        .await;
+    assert_eq!(run.body["state"], "queued", "{:?}", run.body);
+
+    let report = app
+        .send(Method::GET, "/api/v1/retention", Some(&admin), None)
+        .await;
+    assert_eq!(report.status, StatusCode::OK, "{:?}", report.body);
+    assert_eq!(report.body["settings"]["audit_days"], 30);
+    assert_eq!(report.body["settings"]["runs_days"], 90);
+    let kept = |report: &Value, kind: &str| {
+        report["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kept| kept["kind"] == kind)
+            .unwrap()["count"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        1 <= kept(&report.body, "audit_records"),
+        "{:?}",
+        report.body
+    );
+
+    // A month and a day later the audit records go; the queued run, still active, stays.
+    app.clock.advance(SignedDuration::from_hours(24 * 31));
+    let admin = app.admin().await;
+    let swept = app
+        .send(Method::POST, "/api/v1/retention/sweep", Some(&admin), None)
+        .await;
+    assert_eq!(swept.status, StatusCode::OK, "{:?}", swept.body);
+    assert!(
+        1 <= swept.body["audit_records"].as_u64().unwrap(),
+        "{:?}",
+        swept.body
+    );
+    assert_eq!(swept.body["runs"], 0);
+    let after = app
+        .send(Method::GET, "/api/v1/retention", Some(&admin), None)
+        .await;
+    assert_eq!(kept(&after.body, "runs"), 1);
+    assert_eq!(after.body["last_sweep"]["deleted"], swept.body);
+    assert_eq!(after.body["last_sweep"]["at"], app.clock.now().to_string());
+    // Only the new login and the sweep's own request, recorded after it.
+    assert!(kept(&after.body, "audit_records") <= 2, "{:?}", after.body);
+
+    let viewer = app.user_with_roles("vera", &["viewer"]).await;
+    let refused = app
+        .send(Method::POST, "/api/v1/retention/sweep", Some(&viewer), None)
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
 }

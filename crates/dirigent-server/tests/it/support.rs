@@ -114,6 +114,7 @@ pub(crate) fn config(database_url: String) -> ServerConfig {
         tls: None,
         trusted_proxies: Vec::new(),
         login_command: None,
+        retention: dirigent_server::config::Retention::default(),
     }
 }
 

@@ -16,5 +16,6 @@ mod agents_and_runs;
 mod backends;
 mod queue_model;
 mod queues;
+mod retention;
 mod robots;
 mod triggers;

@@ -9,6 +9,7 @@ pub(crate) mod audit;
 pub(crate) mod graphical;
 pub(crate) mod node;
 pub(crate) mod queue;
+pub(crate) mod retention;
 pub(crate) mod robot;
 pub(crate) mod run;
 pub(crate) mod session;

@@ -1,0 +1,130 @@
+//! Retention: what is old goes, in batches, and nothing of an active run, on both backends.
+
+use dirigent_domain::run::RunState;
+use dirigent_store::{AuditRecord, Cutoffs, OutputLine};
+use jiff::Timestamp;
+
+use crate::{
+    agents_and_runs::{queued, transition},
+    backends::store_test,
+};
+
+fn day(n: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + n * 86_400).unwrap()
+}
+
+fn lines(count: u64, bytes: usize, when: Timestamp) -> Vec<OutputLine> {
+    (1..=count)
+        .map(|seq| OutputLine {
+            seq,
+            stream: "stdout".to_owned(),
+            at: when,
+            text: "x".repeat(bytes),
+        })
+        .collect()
+}
+
+fn audit(at: Timestamp) -> AuditRecord {
+    AuditRecord {
+        id: 0,
+        at,
+        actor: "user:admin".to_owned(),
+        action: "POST /api/v1/runs".to_owned(),
+        target: "/api/v1/runs".to_owned(),
+        address: "127.0.0.1".to_owned(),
+        outcome: "allowed".to_owned(),
+        status: 201,
+    }
+}
+
+store_test!(retention_story, |store| {
+    // An old ended run, an old run still running, a recent ended run.
+    for (id, created) in [("run_old", 1), ("run_active", 1), ("run_new", 99)] {
+        let mut run = queued(id, "invoices", 0);
+        run.created_at = day(created);
+        store
+            .insert_run(&run, &transition(RunState::Queued, 0, "user:admin"), None)
+            .await
+            .unwrap();
+    }
+    for (id, state, ended) in [
+        ("run_old", RunState::Failed, Some(day(2))),
+        ("run_active", RunState::Running, None),
+        ("run_new", RunState::Failed, Some(day(100))),
+    ] {
+        let mut run = store.run(id).await.unwrap();
+        run.state = state;
+        run.ended_at = ended;
+        store
+            .update_run(&mut run, Some(&transition(state, 1, "agent:pc-1")))
+            .await
+            .unwrap();
+    }
+    store
+        .append_output("run_old", &lines(3, 10, day(1)))
+        .await
+        .unwrap();
+    store
+        .append_output("run_active", &lines(2, 500, day(1)))
+        .await
+        .unwrap();
+    store
+        .append_output("run_new", &lines(3, 500, day(99)))
+        .await
+        .unwrap();
+    store
+        .insert_audit(&[audit(day(1)), audit(day(100))])
+        .await
+        .unwrap();
+
+    let cutoffs = Cutoffs {
+        runs: Some(day(50)),
+        audit: Some(day(50)),
+        ..Cutoffs::default()
+    };
+    let pruned = store.prune(&cutoffs).await.unwrap();
+    assert_eq!((pruned.runs, pruned.audit), (1, 1));
+    assert!(store.run("run_old").await.is_err());
+    assert!(
+        store.output("run_old", 0, 10).await.unwrap().is_empty(),
+        "its output went with it"
+    );
+    assert_eq!(
+        store.run("run_active").await.unwrap().state,
+        RunState::Running,
+        "an active run stays"
+    );
+    assert!(store.run_transitions("run_old").await.unwrap().is_empty());
+
+    // Over the output cap, the oldest ended runs' output goes; an active run's stays.
+    let capped = Cutoffs {
+        output_max_bytes: Some(1200),
+        ..Cutoffs::default()
+    };
+    assert_eq!(store.prune(&capped).await.unwrap().outputs, 1);
+    assert!(store.output("run_new", 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.output("run_active", 0, 10).await.unwrap().len(), 2);
+    let tight = Cutoffs {
+        output_max_bytes: Some(10),
+        ..Cutoffs::default()
+    };
+    assert_eq!(
+        store.prune(&tight).await.unwrap().outputs,
+        0,
+        "nothing ended is left to cut"
+    );
+    assert_eq!(store.output("run_active", 0, 10).await.unwrap().len(), 2);
+
+    let kept = store.kept().await.unwrap();
+    let count = |kind: &str| kept.iter().find(|kept| kept.kind == kind).unwrap().count;
+    assert_eq!(count("runs"), 2);
+    assert_eq!(count("run_output_lines"), 2);
+    assert_eq!(count("run_output_bytes"), 1000);
+    assert_eq!(count("audit_records"), 1);
+    let oldest_audit = kept
+        .iter()
+        .find(|kept| kept.kind == "audit_records")
+        .unwrap()
+        .oldest;
+    assert_eq!(oldest_audit, Some(day(100)));
+});
