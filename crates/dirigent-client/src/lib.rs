@@ -383,12 +383,16 @@ impl Client {
     pub async fn audit(
         &self,
         actor: Option<&str>,
+        resource: Option<&str>,
         outcome: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, ClientError> {
         let mut query = vec![("limit", limit.to_string())];
         if let Some(actor) = actor {
             query.push(("actor", actor.to_owned()));
+        }
+        if let Some(resource) = resource {
+            query.push(("resource", resource.to_owned()));
         }
         if let Some(outcome) = outcome {
             query.push(("outcome", outcome.to_owned()));

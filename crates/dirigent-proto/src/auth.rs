@@ -111,6 +111,9 @@ pub struct AuditEntry {
     /// `allowed`, `denied` or `failed`.
     pub outcome: String,
     pub status: u16,
+    /// What the request was about: `robot:hr-b`, the `run:…` it created, …
+    #[serde(default)]
+    pub resources: Vec<String>,
 }
 
 /// One permission: actions on a kind of resource whose names match a pattern.

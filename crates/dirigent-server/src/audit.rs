@@ -1,7 +1,8 @@
 //! The audit trail: a middleware records every state-changing request and every denial —
 //! who, what, on which target, when, from which address, and the outcome — in the store's
 //! append-only audit log. The extractors that identify a caller name the actor through the
-//! [`AuditSlot`] the middleware puts in each request. Records go through the group-commit
+//! [`AuditSlot`] the middleware puts in each request; the resources it is about come from the
+//! path, and handlers whose body names one add it (`AuditSlot::about`). Records go through the group-commit
 //! [`Writer`](crate::writer::Writer) before the response leaves; the record of a work-item
 //! operation in the operation's own transaction.
 
@@ -41,6 +42,15 @@ impl AuditSlot {
 
     pub fn set(&self, actor: String) {
         self.lock().actor = Some(actor);
+    }
+
+    /// Notes a resource the request is about (`robot:hr-b`), for a record not yet taken.
+    pub fn about(&self, resource: String) {
+        if let Some(record) = &mut self.lock().record
+            && !record.resources.contains(&resource)
+        {
+            record.resources.push(resource);
+        }
     }
 
     /// The request's record, its actor named, for the handler to store with its operation (the
@@ -89,6 +99,10 @@ pub(crate) async fn record(
         &state.config.trusted_proxies,
     )
     .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let resources = route
+        .as_deref()
+        .map(|route| resources_in(route, &target))
+        .unwrap_or_default();
     let slot = AuditSlot::default();
     slot.lock().record = Some(AuditRecord {
         id: 0,
@@ -99,6 +113,7 @@ pub(crate) async fn record(
         address,
         outcome: String::new(),
         status: 0,
+        resources,
     });
     request.extensions_mut().insert(slot.clone());
 
@@ -120,6 +135,42 @@ pub(crate) async fn record(
         tracing::error!(?err, action, "could not write the audit record");
     }
     response
+}
+
+/// The resources a path names: each `{parameter}` of its route after a collection
+/// (`/api/v1/robots/{name}` → `robot:NAME`; `/queues/{name}/items/{id}` → `queue:…`, `item:…`).
+fn resources_in(route: &str, path: &str) -> Vec<String> {
+    let route: Vec<&str> = route.split('/').collect();
+    let path: Vec<&str> = path.split('/').collect();
+    route
+        .iter()
+        .zip(&path)
+        .enumerate()
+        .filter(|(_, (segment, _))| segment.starts_with('{'))
+        .filter_map(|(at, (_, value))| {
+            let collection = route.get(at.checked_sub(1)?)?;
+            if collection.starts_with('{') {
+                return None;
+            }
+            let kind = match collection.strip_suffix("ies") {
+                Some(stem) => format!("{stem}y"),
+                None => collection
+                    .strip_suffix('s')
+                    .unwrap_or(collection)
+                    .to_owned(),
+            };
+            let value = percent_decoded(value);
+            Some(format!("{kind}:{value}"))
+        })
+        .collect()
+}
+
+fn percent_decoded(segment: &str) -> String {
+    // As in a path: `+` is itself.
+    let segment = segment.replace('+', "%2B");
+    form_urlencoded::parse(format!("v={segment}").as_bytes())
+        .next()
+        .map_or(segment, |(_, value)| value.into_owned())
 }
 
 /// `allowed`, `denied` or `failed`: how a request answered with `status` ended.

@@ -23,12 +23,16 @@ pub struct AuditRecord {
     pub outcome: String,
     /// The HTTP status answered.
     pub status: u16,
+    /// What the request was about, such as `robot:hr-b` and the `run:…` it created.
+    pub resources: Vec<String>,
 }
 
 /// Which audit records to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery<'a> {
     pub actor: Option<&'a str>,
+    /// Only records about this resource (`robot:hr-b`).
+    pub resource: Option<&'a str>,
     pub outcome: Option<&'a str>,
     /// Only records with an id below this one (paging backwards).
     pub before_id: Option<i64>,
@@ -46,6 +50,7 @@ struct AuditRow {
     address: String,
     outcome: String,
     status: i64,
+    resources: String,
 }
 
 /// Inserts audit records through the connection or transaction `$conn`.
@@ -53,7 +58,7 @@ macro_rules! insert_audit_rows {
     ($conn:expr, $records:expr) => {
         for chunk in $records.chunks(1000) {
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_log (at, actor, action, target, address, outcome, status) ",
+                "INSERT INTO audit_log (at, actor, action, target, address, outcome, status, resources) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind($crate::to_millis(record.at))
@@ -62,7 +67,8 @@ macro_rules! insert_audit_rows {
                     .push_bind(record.target.clone())
                     .push_bind(record.address.clone())
                     .push_bind(record.outcome.clone())
-                    .push_bind(i64::from(record.status));
+                    .push_bind(i64::from(record.status))
+                    .push_bind(record.resources.join(" "));
             });
             insert.build().execute($conn).await?;
         }
@@ -75,13 +81,18 @@ pub(crate) async fn insert_audit_batch(
 ) -> StoreResult<()> {
     for chunk in records.chunks(1000) {
         let sql = crate::batch::values_sql(
-            "INSERT INTO audit_log (at, actor, action, target, address, outcome, status)",
+            "INSERT INTO audit_log (at, actor, action, target, address, outcome, status, resources)",
             chunk.len(),
-            7,
+            8,
         );
+        let resources: Vec<String> = chunk
+            .iter()
+            .map(|record| record.resources.join(" "))
+            .collect();
         let args: Vec<crate::batch::Arg<'_>> = chunk
             .iter()
-            .flat_map(|record| {
+            .zip(&resources)
+            .flat_map(|(record, resources)| {
                 crate::batch::args![
                     to_millis(record.at),
                     &record.actor,
@@ -90,6 +101,7 @@ pub(crate) async fn insert_audit_batch(
                     &record.address,
                     &record.outcome,
                     i64::from(record.status),
+                    resources,
                 ]
                 .to_owned()
             })
@@ -114,9 +126,10 @@ impl Store {
     pub async fn audit(&self, query: &AuditQuery<'_>) -> StoreResult<Vec<AuditRecord>> {
         let rows: Vec<AuditRow> = dispatch!(self, reader, pool => {
             sqlx::query_as(
-                "SELECT id, at, actor, action, target, address, outcome, status FROM audit_log \
+                "SELECT id, at, actor, action, target, address, outcome, status, resources FROM audit_log \
                  WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR outcome = $2) \
                  AND ($3 IS NULL OR id < $3) AND ($4 IS NULL OR at >= $4) \
+                 AND ($6 IS NULL OR (' ' || resources || ' ') LIKE $6 ESCAPE '\\') \
                  ORDER BY id DESC LIMIT $5",
             )
             .bind(query.actor)
@@ -124,6 +137,13 @@ impl Store {
             .bind(query.before_id)
             .bind(query.since.map(to_millis))
             .bind(i64::from(query.limit.max(1)))
+            .bind(query.resource.map(|resource| {
+                let escaped = resource
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                format!("% {escaped} %")
+            }))
             .fetch_all(pool)
             .await
         })?;
@@ -138,6 +158,11 @@ impl Store {
                     address: row.address,
                     outcome: row.outcome,
                     status: u16::try_from(row.status).unwrap_or(0),
+                    resources: row
+                        .resources
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
                 })
             })
             .collect()

@@ -22,6 +22,7 @@ use utoipa::{PartialSchema, ToSchema};
 use crate::{
     AppState,
     api::{self, ApiJson, ApiQuery, PathSegment},
+    audit::AuditSlot,
     auth::Caller,
     error::ApiError,
 };
@@ -46,7 +47,10 @@ pub(crate) async fn run(
             answer(api::robots::get_robot(state, caller, PathSegment(robot)).await).await
         }
         ServerOperation::RunStart(request) => {
-            answer(api::runs::create_run(state, caller, ApiJson(request)).await).await
+            answer(
+                api::runs::create_run(state, caller, AuditSlot::default(), ApiJson(request)).await,
+            )
+            .await
         }
         ServerOperation::RunsList(args) => {
             let query = api::runs::ListQuery {

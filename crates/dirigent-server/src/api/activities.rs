@@ -31,6 +31,7 @@ use crate::{
     AppState,
     activities::{self, state_from_wire, to_wire},
     api::{ApiJson, ApiQuery, PathSegment, runs::line_to_wire},
+    audit::AuditSlot,
     auth::Caller,
     error::ApiError,
     fleet::FleetEvent,
@@ -56,9 +57,17 @@ use crate::{
 pub(crate) async fn create_activity(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(request): ApiJson<ActivityRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let target = request.target.trim();
+    audit.about(match target {
+        "server" => "server".to_owned(),
+        agent if !agent.contains('=') => format!("agent:{agent}"),
+        selector => format!("agents:{selector}"),
+    });
     let record = activities::create(&state, &caller, request).await?;
+    audit.about(format!("activity:{}", record.id));
     let shown = shown(&state, record.id.clone()).await?;
     Ok((StatusCode::CREATED, Json(shown)))
 }

@@ -19,6 +19,8 @@ use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError};
 pub(crate) struct AuditParams {
     /// Only this actor, such as `user:alice`.
     pub(crate) actor: Option<String>,
+    /// Only records about this resource, such as `robot:hr-b` or `run:run_4f0c…`.
+    pub(crate) resource: Option<String>,
     /// Only `allowed`, `denied` or `failed`.
     pub(crate) outcome: Option<String>,
     /// Only records older than the one with this id (the next page).
@@ -56,6 +58,7 @@ pub(crate) async fn list_audit(
     }
     let query = AuditQuery {
         actor: params.actor.as_deref(),
+        resource: params.resource.as_deref(),
         outcome: params.outcome.as_deref(),
         before_id: params.before,
         since: params.since,
@@ -73,6 +76,7 @@ pub(crate) async fn list_audit(
             address: record.address,
             outcome: record.outcome,
             status: record.status,
+            resources: record.resources,
         })
         .collect();
     Ok(Json(entries))

@@ -73,11 +73,13 @@ pub(crate) async fn list_queues(
 pub(super) async fn create_queue(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(spec): ApiJson<QueueSpec>,
 ) -> Result<Response, ApiError> {
     let Some(name) = spec.name.clone() else {
         return Err(ApiError::invalid(InvalidField::new("name", "is required")));
     };
+    audit.about(format!("queue:{name}"));
     caller.require(Resource::Queues, Action::Admin, Some(&name))?;
     check_queue_name(&name).map_err(ApiError::invalid)?;
     let settings = settings(spec)?;

@@ -19,6 +19,7 @@ use dirigent_proto::{
 use crate::{
     AppState,
     api::{ApiJson, PathSegment},
+    audit::AuditSlot,
     auth::Caller,
     error::ApiError,
     fleet::FleetError,
@@ -70,11 +71,13 @@ pub(crate) async fn list_robots(
 pub(super) async fn create_robot(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(spec): ApiJson<RobotSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Some(name) = spec.name.clone() else {
         return Err(ApiError::invalid(InvalidField::new("name", "is required")));
     };
+    audit.about(format!("robot:{name}"));
     caller.require(Resource::Robots, Action::Edit, Some(&name))?;
     let definition = to_domain(name, spec).map_err(ApiError::invalid)?;
     let name = definition.name.to_string();

@@ -29,6 +29,7 @@ use utoipa::IntoParams;
 use crate::{
     AppState,
     api::{ApiJson, ApiQuery, PathSegment},
+    audit::AuditSlot,
     auth::Caller,
     error::ApiError,
     fleet::{Cause, FleetEvent, Launch},
@@ -52,8 +53,10 @@ use crate::{
 pub(crate) async fn create_run(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(request): ApiJson<StartRunRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    audit.about(format!("robot:{}", request.robot));
     caller.require(Resource::Robots, Action::Run, Some(&request.robot))?;
     dirigent_domain::robot::check_args("args", &request.args).map_err(ApiError::invalid)?;
     dirigent_domain::robot::check_env(&request.env).map_err(ApiError::invalid)?;
@@ -65,6 +68,7 @@ pub(crate) async fn create_run(
         .fleet
         .start_run(&request.robot, Cause::User(caller.username.clone()), launch)
         .await?;
+    audit.about(format!("run:{}", run.id));
     let location = format!("/api/v1/runs/{}", run.id);
     Ok((
         StatusCode::CREATED,

@@ -24,6 +24,7 @@ use utoipa::IntoParams;
 use crate::{
     AppState,
     api::{ApiJson, ApiQuery, PathSegment},
+    audit::AuditSlot,
     auth::{Caller, secrets},
     error::ApiError,
     scheduler::{
@@ -76,11 +77,14 @@ pub(crate) async fn list_triggers(
 pub(super) async fn create_trigger(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(spec): ApiJson<TriggerSpec>,
 ) -> Result<Response, ApiError> {
+    audit.about(format!("robot:{}", spec.robot));
     caller.require(Resource::Triggers, Action::Edit, Some(&spec.robot))?;
     let now = state.clock.now();
     let id = secrets::new_id("trg_").map_err(ApiError::internal)?;
+    audit.about(format!("trigger:{id}"));
     let mut record = TriggerRecord {
         id,
         robot: spec.robot.clone(),
@@ -452,11 +456,13 @@ pub(crate) async fn list_calendars(
 pub(super) async fn create_calendar(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(spec): ApiJson<CalendarSpec>,
 ) -> Result<Response, ApiError> {
     let Some(name) = spec.name.clone() else {
         return Err(ApiError::invalid(InvalidField::new("name", "is required")));
     };
+    audit.about(format!("calendar:{name}"));
     caller.require(Resource::Calendars, Action::Edit, Some(&name))?;
     schedule::check_calendar_name(&name).map_err(ApiError::invalid)?;
     let spec = normalized_calendar(spec)?;

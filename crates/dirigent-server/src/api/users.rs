@@ -21,6 +21,7 @@ use dirigent_store::{RoleRecord, StoreError, UserRecord};
 use crate::{
     AppState,
     api::{ApiJson, PathSegment},
+    audit::AuditSlot,
     auth::{self, Caller, secrets},
     error::ApiError,
 };
@@ -51,8 +52,10 @@ pub(crate) async fn list_users(
 pub(super) async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(request): ApiJson<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
+    audit.about(format!("user:{}", request.username));
     caller.require(Resource::Users, Action::Admin, Some(&request.username))?;
     let username = Username::parse(&request.username).map_err(ApiError::invalid)?;
     check_password("password", &request.password).map_err(ApiError::invalid)?;
@@ -256,8 +259,10 @@ pub(crate) async fn list_roles(
 pub(super) async fn create_role(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     ApiJson(request): ApiJson<RoleSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
+    audit.about(format!("role:{}", request.name));
     caller.require(Resource::Users, Action::Admin, None)?;
     let name = Username::parse(&request.name)
         .map_err(|err| ApiError::invalid(InvalidField::new("name", err.reason)))?;

@@ -391,5 +391,12 @@ fn audit_record(activity: &ActivityRecord) -> AuditRecord {
         address: String::new(),
         outcome: activity.state.as_str().to_owned(),
         status: 0,
+        resources: match activity.agent_id {
+            Some(_) => vec![
+                format!("activity:{}", activity.id),
+                format!("agent:{}", activity.target),
+            ],
+            None => vec![format!("activity:{}", activity.id)],
+        },
     }
 }

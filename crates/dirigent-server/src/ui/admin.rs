@@ -40,6 +40,7 @@ struct AuditPage<'a> {
     frame: &'a Frame,
     entries: Vec<AuditEntry>,
     actor: String,
+    resource: String,
     outcome: String,
     /// The address of the next (older) page, when this one is full.
     older: Option<String>,
@@ -66,6 +67,7 @@ async fn audit_page<'a>(
     mut params: AuditParams,
 ) -> Result<AuditPage<'a>, ApiError> {
     let actor = params.actor.clone().unwrap_or_default();
+    let resource = params.resource.clone().unwrap_or_default();
     let outcome = params.outcome.clone().unwrap_or_default();
     params.limit = Some(params.limit.unwrap_or(AUDIT_PAGE));
     let limit = params.limit.unwrap_or(AUDIT_PAGE) as usize;
@@ -83,6 +85,9 @@ async fn audit_page<'a>(
             if !actor.is_empty() {
                 query.append_pair("actor", &actor);
             }
+            if !resource.is_empty() {
+                query.append_pair("resource", &resource);
+            }
             if !outcome.is_empty() {
                 query.append_pair("outcome", &outcome);
             }
@@ -93,6 +98,7 @@ async fn audit_page<'a>(
         frame: &viewer.frame,
         entries,
         actor,
+        resource,
         outcome,
         older,
     })

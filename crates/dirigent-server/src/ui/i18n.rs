@@ -84,6 +84,7 @@ const ENGLISH: &[(&str, &str)] = &[
 const RUSSIAN: &[(&str, &str)] = &[
     ("Dashboard", "Обзор"),
     ("Console", "Консоль"),
+    ("About", "О чём"),
     ("Operation", "Операция"),
     ("Arguments", "Аргументы"),
     ("sequential", "по очереди"),

@@ -244,3 +244,76 @@ async fn retention_shows_what_is_kept_and_a_sweep_trims_the_audit_log_by_its_own
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_audit_log_names_what_each_request_was_about_allowed_or_denied() {
+    let app = TestApp::new().await;
+    let admin = app.admin().await;
+    let viewer = app.user_with_roles("vera", &["viewer"]).await;
+    let created = app
+        .send(
+            Method::POST,
+            "/api/v1/robots",
+            Some(&admin),
+            Some(json!({"name": "hr-b", "argv": ["x"]})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let denied = app
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(&viewer),
+            Some(json!({"robot": "hr-b"})),
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let started = app
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(&admin),
+            Some(json!({"robot": "hr-b"})),
+        )
+        .await;
+    let run = started.body["id"].as_str().unwrap().to_owned();
+    let stopped = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/stop"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(stopped.status, StatusCode::FORBIDDEN);
+
+    // "Who started hr-b, and who tried?" — by the robot's name.
+    let about_robot = audit(&app, &admin, "?resource=robot:hr-b").await;
+    let summary: Vec<(String, String)> = about_robot
+        .iter()
+        .map(|entry| {
+            (
+                entry["actor"].as_str().unwrap().to_owned(),
+                entry["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("user:admin".to_owned(), "POST /api/v1/runs".to_owned()),
+            ("user:vera".to_owned(), "POST /api/v1/runs".to_owned()),
+            ("user:admin".to_owned(), "POST /api/v1/robots".to_owned()),
+        ]
+    );
+    assert_eq!(about_robot[1]["outcome"], "denied");
+    assert_eq!(
+        about_robot[0]["resources"],
+        json!(["robot:hr-b", format!("run:{run}")])
+    );
+    // And by the run it created, whose stop was refused.
+    let about_run = audit(&app, &admin, &format!("?resource=run:{run}")).await;
+    assert_eq!(about_run.len(), 2, "{about_run:?}");
+    assert_eq!(about_run[0]["action"], "POST /api/v1/runs/{id}/stop");
+    assert_eq!(about_run[0]["outcome"], "denied");
+}

@@ -193,6 +193,7 @@ store_test!(audit_story, |store| {
         address: "127.0.0.1".to_owned(),
         outcome: outcome.to_owned(),
         status: if outcome == "denied" { 403 } else { 201 },
+        resources: vec![format!("robot:{actor}_x"), "robot:hr-b".to_owned()],
     };
     store
         .insert_audit(&[record("user:alice", "allowed", 1)])
@@ -206,6 +207,24 @@ store_test!(audit_story, |store| {
         ])
         .await
         .unwrap();
+
+    // By resource: a whole item of the list, `_` and `%` taken as themselves.
+    let about = |resource: &'static str| {
+        let store = store.clone();
+        async move {
+            let query = AuditQuery {
+                resource: Some(resource),
+                limit: 10,
+                ..AuditQuery::default()
+            };
+            store.audit(&query).await.unwrap().len()
+        }
+    };
+    assert_eq!(about("robot:hr-b").await, 3);
+    assert_eq!(about("robot:user:bob_x").await, 1);
+    assert_eq!(about("robot:user:bob%").await, 0);
+    assert_eq!(about("robot:user:bobxx").await, 0);
+    assert_eq!(about("robot:hr").await, 0);
 
     let all = store
         .audit(&AuditQuery {

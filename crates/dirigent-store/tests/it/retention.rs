@@ -34,6 +34,7 @@ fn audit(at: Timestamp) -> AuditRecord {
         address: "127.0.0.1".to_owned(),
         outcome: "allowed".to_owned(),
         status: 201,
+        resources: Vec::new(),
     }
 }
 

@@ -9,6 +9,9 @@ pub(crate) struct AuditArgs {
     /// Only this actor, such as `user:alice`.
     #[arg(long)]
     actor: Option<String>,
+    /// Only what concerns this resource, such as `robot:hr-b`, `run:run_4f0c…`, `user:alice`.
+    #[arg(long)]
+    resource: Option<String>,
     /// Only denials.
     #[arg(long, conflicts_with = "outcome")]
     denied: bool,
@@ -30,7 +33,12 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
     let entries = args
         .client
         .client()?
-        .audit(args.actor.as_deref(), outcome.as_deref(), args.limit)
+        .audit(
+            args.actor.as_deref(),
+            args.resource.as_deref(),
+            outcome.as_deref(),
+            args.limit,
+        )
         .await
         .map_err(explain)?;
     if args.client.json {
@@ -44,13 +52,13 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 entry.actor,
                 format!("{} {}", entry.outcome, entry.status),
                 entry.action,
-                entry.target,
+                entry.resources.join(" "),
                 entry.address,
             ]
         })
         .collect();
     print_table(
-        &["AT", "ACTOR", "OUTCOME", "ACTION", "TARGET", "ADDRESS"],
+        &["AT", "ACTOR", "OUTCOME", "ACTION", "ABOUT", "ADDRESS"],
         &rows,
     );
     Ok(())
