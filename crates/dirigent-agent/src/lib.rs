@@ -381,6 +381,18 @@ pub fn is_running(dir: &std::path::Path) -> bool {
 
 /// Holds an exclusive lock on the data directory for the agent's life: two agents sharing a
 /// journal would corrupt it.
+/// The SHA-256 of `bytes`, in hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
 /// Locks a mutex; a panic elsewhere while it was held does not make its data unusable.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex

@@ -946,13 +946,7 @@ pub(crate) fn now() -> Timestamp {
 
 /// The SHA-256 of a token in hex: how the server knows a run's token.
 fn token_digest(token: &str) -> String {
-    use sha2::Digest;
-    use std::fmt::Write;
-    let mut hex = String::with_capacity(64);
-    for byte in sha2::Sha256::digest(token.as_bytes()) {
-        let _ = write!(hex, "{byte:02x}");
-    }
-    hex
+    crate::sha256_hex(token.as_bytes())
 }
 
 /// When the process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`);

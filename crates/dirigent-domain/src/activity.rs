@@ -48,11 +48,8 @@ const fn server_op(
     description: &'static str,
 ) -> Operation {
     Operation {
-        name,
         runs: Runs::OnServer,
-        resource,
-        action,
-        description,
+        ..agent_op(name, resource, action, description)
     }
 }
 

@@ -7,7 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     BackendKind, BeginWrite, OutputLine, Store, StoreError, StoreResult, agents::queue_command,
-    dispatch, from_millis, from_millis_opt, to_millis,
+    dispatch, from_millis, from_millis_opt, runs::output_sql, to_millis,
 };
 
 /// A stored activity.
@@ -263,27 +263,12 @@ impl Store {
 
     /// Keeps lines of an activity's output (a line sent again is kept once).
     pub async fn add_activity_output(&self, id: &str, lines: &[OutputLine]) -> StoreResult<()> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        dispatch!(self, writer, pool => {
-            let mut tx = pool.begin_write().await?;
-            for line in lines {
-                sqlx::query(
-                    "INSERT INTO activity_output (activity_id, seq, stream, at, text) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (activity_id, seq) DO NOTHING",
-                )
-                .bind(id)
-                .bind(i64::try_from(line.seq).unwrap_or(i64::MAX))
-                .bind(&line.stream)
-                .bind(to_millis(line.at))
-                .bind(&line.text)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        self.insert_lines(
+            output_sql!(insert, "activity_output", "activity_id"),
+            id,
+            lines,
+        )
+        .await
     }
 
     /// Lines of an activity's output after `after_seq`, in order, at most `limit`.
@@ -293,27 +278,8 @@ impl Store {
         after_seq: u64,
         limit: u32,
     ) -> StoreResult<Vec<OutputLine>> {
-        let rows: Vec<(i64, String, i64, String)> = dispatch!(self, reader, pool => {
-            sqlx::query_as(
-                "SELECT seq, stream, at, text FROM activity_output WHERE activity_id = $1 AND seq > $2 \
-                 ORDER BY seq LIMIT $3",
-            )
-            .bind(id)
-            .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-        })?;
-        rows.into_iter()
-            .map(|(seq, stream, at, text)| {
-                Ok(OutputLine {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    stream,
-                    at: from_millis("at", at)?,
-                    text,
-                })
-            })
-            .collect()
+        let sql = output_sql!(select, "activity_output", "activity_id");
+        self.lines_after(sql, id, after_seq, limit).await
     }
 
     /// Activities not ended, oldest first: those of one agent, or all.

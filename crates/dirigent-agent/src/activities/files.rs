@@ -8,9 +8,9 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use crate::sha256_hex;
 use base64::Engine;
 use dirigent_proto::activity::{FileContent, FileEntry, FileWritten, ReadArgs, WriteArgs};
-use sha2::Digest;
 
 /// The most one read or write may hold.
 pub(super) const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -117,7 +117,7 @@ pub(super) fn read(path: &Path, args: &ReadArgs) -> Result<FileContent, String> 
     let mut content = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
     file.take(length).read_to_end(&mut content).map_err(shown)?;
     Ok(FileContent {
-        sha256: hex(&sha2::Sha256::digest(&content)),
+        sha256: sha256_hex(&content),
         content_base64: base64::engine::general_purpose::STANDARD.encode(&content),
         size,
     })
@@ -133,7 +133,7 @@ pub(super) fn write(path: &Path, args: &WriteArgs) -> Result<FileWritten, String
             MAX_FILE_BYTES / (1024 * 1024)
         ));
     }
-    let digest = hex(&sha2::Sha256::digest(&content));
+    let digest = sha256_hex(&content);
     if !digest.eq_ignore_ascii_case(&args.sha256) {
         return Err(format!(
             "the content's SHA-256 is {digest}, not {}: nothing was written",
@@ -170,16 +170,6 @@ pub(super) fn write(path: &Path, args: &WriteArgs) -> Result<FileWritten, String
         size: content.len() as u64,
         sha256: digest,
     })
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
 }
 
 #[cfg(test)]
@@ -248,7 +238,7 @@ mod tests {
         );
         assert!(!target.exists());
         let right = WriteArgs {
-            sha256: hex(&sha2::Sha256::digest(&content)),
+            sha256: sha256_hex(&content),
             ..wrong
         };
         let written = write(&target, &right).unwrap();

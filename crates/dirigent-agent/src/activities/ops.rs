@@ -489,12 +489,9 @@ fn own_digest() -> Result<String, String> {
     if let Some(digest) = DIGEST.get() {
         return Ok(digest.clone());
     }
-    use sha2::Digest;
     let exe = std::fs::read("/proc/self/exe")
         .map_err(|err| format!("reading the agent's binary: {err}"))?;
-    Ok(DIGEST
-        .get_or_init(|| files::hex(&sha2::Sha256::digest(&exe)))
-        .clone())
+    Ok(DIGEST.get_or_init(|| crate::sha256_hex(&exe)).clone())
 }
 
 fn info(

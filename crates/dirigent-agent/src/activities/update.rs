@@ -11,9 +11,9 @@ use std::{
 };
 
 use dirigent_proto::activity::Updated;
-use sha2::Digest;
 
-use super::{files::hex, ops::blocking};
+use super::ops::blocking;
+use crate::sha256_hex;
 
 /// How long the new binary gets to say its version.
 const TRY_FOR: Duration = Duration::from_secs(10);
@@ -55,7 +55,7 @@ pub(super) async fn swap_in(
     sha256: String,
     data_dir: PathBuf,
 ) -> Result<Updated, String> {
-    let digest = hex(&sha2::Sha256::digest(&binary));
+    let digest = sha256_hex(&binary);
     if !digest.eq_ignore_ascii_case(&sha256) {
         return Err(format!(
             "the download's SHA-256 is {digest}, not {sha256}: the agent stays as it was"
@@ -97,7 +97,7 @@ pub(super) async fn swap_in(
             )
         })?;
         Ok(Updated {
-            previous_sha256: hex(&sha2::Sha256::digest(&previous)),
+            previous_sha256: sha256_hex(&previous),
             sha256: digest,
             version,
         })
