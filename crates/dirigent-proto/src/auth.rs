@@ -114,6 +114,10 @@ pub struct AuditEntry {
     /// What the request was about: `robot:hr-b`, the `run:…` it created, …
     #[serde(default)]
     pub resources: Vec<String>,
+    /// The fields a change changed: `{"field": [before, after]}`, secrets redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub changes: Option<serde_json::Value>,
 }
 
 /// One permission: actions on a kind of resource whose names match a pattern.

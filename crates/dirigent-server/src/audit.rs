@@ -44,6 +44,35 @@ impl AuditSlot {
         self.lock().actor = Some(actor);
     }
 
+    /// Notes what a change changed: the fields of `before` and `after` (a resource as the API
+    /// shows it) that differ, times left out; secrets (passwords, tokens, environment values)
+    /// redacted.
+    pub fn changed(&self, before: &impl serde::Serialize, after: &impl serde::Serialize) {
+        let (Ok(serde_json::Value::Object(before)), Ok(serde_json::Value::Object(after))) =
+            (serde_json::to_value(before), serde_json::to_value(after))
+        else {
+            return;
+        };
+        let mut changes = serde_json::Map::new();
+        let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        for key in keys {
+            let (old, new) = (before.get(key), after.get(key));
+            if old == new || key.ends_with("_at") {
+                continue;
+            }
+            changes.insert(
+                key.clone(),
+                serde_json::json!([shown(key, old), shown(key, new)]),
+            );
+        }
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(record) = &mut self.lock().record {
+            record.changes = Some(serde_json::Value::Object(changes).to_string());
+        }
+    }
+
     /// Notes a resource the request is about (`robot:hr-b`), for a record not yet taken.
     pub fn about(&self, resource: String) {
         if let Some(record) = &mut self.lock().record
@@ -114,6 +143,7 @@ pub(crate) async fn record(
         outcome: String::new(),
         status: 0,
         resources,
+        changes: None,
     });
     request.extensions_mut().insert(slot.clone());
 
@@ -136,6 +166,33 @@ pub(crate) async fn record(
     }
     response
 }
+
+/// A field's value as the audit log shows it: secrets redacted (an environment's names stay,
+/// its values go), long values cut.
+fn shown(key: &str, value: Option<&serde_json::Value>) -> serde_json::Value {
+    const SECRET: [&str; 4] = ["password", "token", "secret", "credential"];
+    let Some(value) = value else {
+        return serde_json::Value::Null;
+    };
+    if SECRET.iter().any(|secret| key.contains(secret)) {
+        return serde_json::Value::String(REDACTED.to_owned());
+    }
+    if key == "env"
+        && let serde_json::Value::Object(env) = value
+    {
+        let names = env
+            .keys()
+            .map(|name| (name.clone(), serde_json::json!(REDACTED)));
+        return serde_json::Value::Object(names.collect());
+    }
+    let text = value.to_string();
+    match text.char_indices().nth(500) {
+        Some((cut, _)) => serde_json::Value::String(format!("{}…", &text[..cut])),
+        None => value.clone(),
+    }
+}
+
+const REDACTED: &str = "(redacted)";
 
 /// The resources a path names: each `{parameter}` of its route after a collection
 /// (`/api/v1/robots/{name}` → `robot:NAME`; `/queues/{name}/items/{id}` → `queue:…`, `item:…`).

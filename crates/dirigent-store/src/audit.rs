@@ -25,6 +25,8 @@ pub struct AuditRecord {
     pub status: u16,
     /// What the request was about, such as `robot:hr-b` and the `run:…` it created.
     pub resources: Vec<String>,
+    /// The fields it changed, as JSON (`{"field": [before, after]}`, secrets redacted).
+    pub changes: Option<String>,
 }
 
 /// Which audit records to list, newest first.
@@ -51,6 +53,7 @@ struct AuditRow {
     outcome: String,
     status: i64,
     resources: String,
+    changes: Option<String>,
 }
 
 /// Inserts audit records through the connection or transaction `$conn`.
@@ -58,7 +61,7 @@ macro_rules! insert_audit_rows {
     ($conn:expr, $records:expr) => {
         for chunk in $records.chunks(1000) {
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_log (at, actor, action, target, address, outcome, status, resources) ",
+                "INSERT INTO audit_log (at, actor, action, target, address, outcome, status, resources, changes) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind($crate::to_millis(record.at))
@@ -68,7 +71,8 @@ macro_rules! insert_audit_rows {
                     .push_bind(record.address.clone())
                     .push_bind(record.outcome.clone())
                     .push_bind(i64::from(record.status))
-                    .push_bind(record.resources.join(" "));
+                    .push_bind(record.resources.join(" "))
+                    .push_bind(record.changes.clone());
             });
             insert.build().execute($conn).await?;
         }
@@ -81,9 +85,9 @@ pub(crate) async fn insert_audit_batch(
 ) -> StoreResult<()> {
     for chunk in records.chunks(1000) {
         let sql = crate::batch::values_sql(
-            "INSERT INTO audit_log (at, actor, action, target, address, outcome, status, resources)",
+            "INSERT INTO audit_log (at, actor, action, target, address, outcome, status, resources, changes)",
             chunk.len(),
-            8,
+            9,
         );
         let resources: Vec<String> = chunk
             .iter()
@@ -102,6 +106,7 @@ pub(crate) async fn insert_audit_batch(
                     &record.outcome,
                     i64::from(record.status),
                     resources,
+                    record.changes.as_deref(),
                 ]
                 .to_owned()
             })
@@ -126,7 +131,7 @@ impl Store {
     pub async fn audit(&self, query: &AuditQuery<'_>) -> StoreResult<Vec<AuditRecord>> {
         let rows: Vec<AuditRow> = dispatch!(self, reader, pool => {
             sqlx::query_as(
-                "SELECT id, at, actor, action, target, address, outcome, status, resources FROM audit_log \
+                "SELECT id, at, actor, action, target, address, outcome, status, resources, changes FROM audit_log \
                  WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR outcome = $2) \
                  AND ($3 IS NULL OR id < $3) AND ($4 IS NULL OR at >= $4) \
                  AND ($6 IS NULL OR (' ' || resources || ' ') LIKE $6 ESCAPE '\\') \
@@ -163,6 +168,7 @@ impl Store {
                         .split_whitespace()
                         .map(str::to_owned)
                         .collect(),
+                    changes: row.changes,
                 })
             })
             .collect()

@@ -77,6 +77,9 @@ pub(crate) async fn list_audit(
             outcome: record.outcome,
             status: record.status,
             resources: record.resources,
+            changes: record
+                .changes
+                .and_then(|changes| serde_json::from_str(&changes).ok()),
         })
         .collect();
     Ok(Json(entries))

@@ -153,6 +153,7 @@ pub(crate) async fn get_robot(
 pub(super) async fn replace_robot(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     PathSegment(name): PathSegment,
     ApiJson(spec): ApiJson<RobotSpec>,
 ) -> Result<Json<Robot>, ApiError> {
@@ -168,12 +169,17 @@ pub(super) async fn replace_robot(
         )));
     }
     let definition = to_domain(name.clone(), spec).map_err(ApiError::invalid)?;
+    let before = state.store.robot(&name).await.ok().map(to_wire);
     let robot = state
         .fleet
         .replace_robot(&definition)
         .await
         .map_err(|err| robot_fleet_error(err, &name))?;
-    Ok(Json(to_wire(robot)))
+    let robot = to_wire(robot);
+    if let Some(before) = before {
+        audit.changed(&before, &robot);
+    }
+    Ok(Json(robot))
 }
 
 /// Deletes a robot's definition.

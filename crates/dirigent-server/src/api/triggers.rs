@@ -137,10 +137,12 @@ pub(crate) async fn get_trigger(
 pub(super) async fn replace_trigger(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     PathSegment(id): PathSegment,
     ApiJson(spec): ApiJson<TriggerSpec>,
 ) -> Result<Json<Trigger>, ApiError> {
     let mut record = lookup(&state, &caller, &id, Action::Edit).await?;
+    let before = to_wire(record.clone())?;
     caller.require(Resource::Triggers, Action::Edit, Some(&spec.robot))?;
     let now = state.clock.now();
     record.robot = spec.robot.clone();
@@ -160,7 +162,9 @@ pub(super) async fn replace_trigger(
     })?;
     state.scheduler.changed();
     state.fleet.triggers_changed();
-    Ok(Json(to_wire(record)?))
+    let after = to_wire(record)?;
+    audit.changed(&before, &after);
+    Ok(Json(after))
 }
 
 /// Deletes a trigger.

@@ -102,10 +102,12 @@ pub(super) async fn get_user(
 pub(super) async fn update_user(
     State(state): State<AppState>,
     caller: Caller,
+    audit: AuditSlot,
     PathSegment(name): PathSegment,
     ApiJson(request): ApiJson<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
     caller.require(Resource::Users, Action::Admin, Some(&name))?;
+    let before = state.store.user(&name).await.ok().map(to_wire);
     if name == caller.username && request.disabled == Some(true) {
         return Err(ApiError::invalid(InvalidField::new(
             "disabled",
@@ -139,7 +141,17 @@ pub(super) async fn update_user(
         .await
         .map_err(|err| user_error(err, &name))?;
     state.credentials.clear();
-    Ok(Json(to_wire(user)))
+    let user = to_wire(user);
+    if let (Some(before), Ok(mut after)) = (before, serde_json::to_value(&user)) {
+        // A new password shows as changed, its value redacted.
+        let mut before = serde_json::to_value(before).unwrap_or_default();
+        if hash.is_some() {
+            before["password"] = "old".into();
+            after["password"] = "new".into();
+        }
+        audit.changed(&before, &after);
+    }
+    Ok(Json(user))
 }
 
 /// Deletes a user with their sessions and API tokens.

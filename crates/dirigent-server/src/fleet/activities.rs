@@ -391,6 +391,7 @@ fn audit_record(activity: &ActivityRecord) -> AuditRecord {
         address: String::new(),
         outcome: activity.state.as_str().to_owned(),
         status: 0,
+        changes: None,
         resources: match activity.agent_id {
             Some(_) => vec![
                 format!("activity:{}", activity.id),

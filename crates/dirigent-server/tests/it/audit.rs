@@ -317,3 +317,60 @@ async fn the_audit_log_names_what_each_request_was_about_allowed_or_denied() {
     assert_eq!(about_run[0]["action"], "POST /api/v1/runs/{id}/stop");
     assert_eq!(about_run[0]["outcome"], "denied");
 }
+
+#[tokio::test]
+async fn a_change_records_the_fields_it_changed_with_secrets_redacted() {
+    let app = TestApp::new().await;
+    let admin = app.admin().await;
+    let robot = json!({"name": "payroll", "argv": ["run.sh"], "env": {"API_KEY": "k-1"}});
+    let created = app
+        .send(Method::POST, "/api/v1/robots", Some(&admin), Some(robot))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let changed = json!({"argv": ["run.sh", "--fast"], "env": {"API_KEY": "k-2", "MODE": "x"}});
+    let replaced = app
+        .send(
+            Method::PUT,
+            "/api/v1/robots/payroll",
+            Some(&admin),
+            Some(changed),
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK, "{:?}", replaced.body);
+    let entries = audit(&app, &admin, "?resource=robot:payroll").await;
+    let changes = &entries[0]["changes"];
+    assert_eq!(
+        changes["argv"],
+        json!([["run.sh"], ["run.sh", "--fast"]]),
+        "{changes}"
+    );
+    assert_eq!(
+        changes["env"],
+        json!([{"API_KEY": "(redacted)"}, {"API_KEY": "(redacted)", "MODE": "(redacted)"}]),
+        "the names, never the values: {changes}"
+    );
+    assert!(!entries[0].to_string().contains("k-2"));
+    assert!(changes.get("updated_at").is_none());
+
+    // The user whose roles changed, and a new password, named but not shown.
+    app.user_with_roles("olga", &["viewer"]).await;
+    let update = json!({"roles": ["operator"], "password": "a-new-password-1"});
+    let updated = app
+        .send(
+            Method::PUT,
+            "/api/v1/users/olga",
+            Some(&admin),
+            Some(update),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{:?}", updated.body);
+    let entries = audit(&app, &admin, "?resource=user:olga").await;
+    let changes = &entries[0]["changes"];
+    assert_eq!(
+        changes["roles"],
+        json!([["viewer"], ["operator"]]),
+        "{changes}"
+    );
+    assert_eq!(changes["password"], json!(["(redacted)", "(redacted)"]));
+    assert!(!entries[0].to_string().contains("a-new-password-1"));
+}

@@ -54,11 +54,15 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 entry.action,
                 entry.resources.join(" "),
                 entry.address,
+                entry
+                    .changes
+                    .map(|changes| changes.to_string())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
     print_table(
-        &["AT", "ACTOR", "OUTCOME", "ACTION", "ABOUT", "ADDRESS"],
+        &["AT", "ACTOR", "OUTCOME", "ACTION", "ABOUT", "ADDRESS", "CHANGES"],
         &rows,
     );
     Ok(())
