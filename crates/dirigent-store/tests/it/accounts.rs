@@ -194,6 +194,7 @@ store_test!(audit_story, |store| {
         outcome: outcome.to_owned(),
         status: if outcome == "denied" { 403 } else { 201 },
         resources: vec![format!("robot:{actor}_x"), "robot:hr-b".to_owned()],
+        changes: (outcome == "allowed").then(|| r#"{"argv":[["a"],["b"]]}"#.to_owned()),
     };
     store
         .insert_audit(&[record("user:alice", "allowed", 1)])
@@ -238,6 +239,8 @@ store_test!(audit_story, |store| {
         [at(3), at(2), at(1)],
         "newest first"
     );
+    assert_eq!(all[2].changes.as_deref(), Some(r#"{"argv":[["a"],["b"]]}"#));
+    assert_eq!(all[0].changes, None);
     let alice = store
         .audit(&AuditQuery {
             actor: Some("user:alice"),

@@ -35,6 +35,7 @@ fn audit(at: Timestamp) -> AuditRecord {
         outcome: "allowed".to_owned(),
         status: 201,
         resources: Vec::new(),
+        changes: None,
     }
 }
 

@@ -62,7 +62,9 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
         })
         .collect();
     print_table(
-        &["AT", "ACTOR", "OUTCOME", "ACTION", "ABOUT", "ADDRESS", "CHANGES"],
+        &[
+            "AT", "ACTOR", "OUTCOME", "ACTION", "ABOUT", "ADDRESS", "CHANGES",
+        ],
         &rows,
     );
     Ok(())
