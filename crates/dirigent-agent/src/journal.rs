@@ -9,6 +9,10 @@
 //! The file holds one JSON record per line; once it has grown (past 1 MiB, and to twice its
 //! size after the last rewrite) it is rewritten with only what is not acknowledged, so that a
 //! chatty robot or a long outage does not keep acknowledged output on disk.
+//!
+//! What is not acknowledged is bounded: past its cap the journal says it is full
+//! ([`Journal::full`]), and the runs stop reading their robots' output until acknowledgements
+//! bring it back under — the robots then wait on their writes instead of the journal growing.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -62,12 +66,18 @@ pub struct Journal {
     last_output: BTreeMap<String, u64>,
     /// The file's size after its last rewrite.
     compacted_bytes: u64,
+    /// The size of each unacknowledged event's line, in order, and their sum.
+    unacked_sizes: VecDeque<u64>,
+    unacked_bytes: u64,
+    /// How many unacknowledged bytes make the journal full.
+    cap: u64,
+    full: tokio::sync::watch::Sender<bool>,
 }
 
 impl Journal {
     /// Opens (or creates) the journal at `path` and reads back what it holds. A torn last
     /// line, from a crash in the middle of a write, is ignored.
-    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+    pub fn open(path: &Path, cap: u64) -> Result<Journal, JournalError> {
         let error = |source| JournalError {
             path: path.to_owned(),
             source,
@@ -76,6 +86,7 @@ impl Journal {
         let mut last_acked = 0;
         let mut last_applied_command = 0;
         let mut unacked = VecDeque::new();
+        let mut sizes = VecDeque::new();
         let mut last_output = BTreeMap::new();
         match File::open(path) {
             Ok(file) => {
@@ -90,6 +101,7 @@ impl Journal {
                             last_event_id = last_event_id.max(id);
                             note_output(&mut last_output, &event);
                             unacked.push_back((id, event));
+                            sizes.push_back(line.len() as u64 + 1);
                         }
                         Record::LastOutput { run_id, seq } => {
                             last_output.insert(run_id, seq);
@@ -104,7 +116,10 @@ impl Journal {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(error(err)),
         }
-        unacked.retain(|(id, _)| last_acked < *id);
+        while unacked.front().is_some_and(|(id, _)| *id <= last_acked) {
+            unacked.pop_front();
+            sizes.pop_front();
+        }
         // After a compaction only the acknowledgement remembers how far the ids went.
         let last_event_id = last_event_id.max(last_acked);
         let file = OpenOptions::new()
@@ -122,8 +137,13 @@ impl Journal {
             last_applied_command,
             last_output,
             compacted_bytes: 0,
+            unacked_bytes: sizes.iter().sum(),
+            unacked_sizes: sizes,
+            cap,
+            full: tokio::sync::watch::Sender::new(false),
         };
         journal.compact()?;
+        journal.note_fullness();
         Ok(journal)
     }
 
@@ -139,11 +159,13 @@ impl Journal {
         for event in events {
             let id = self.last_event_id + 1;
             let record = Record::Event { id, event };
-            self.write(&record, false)?;
+            let size = self.write(&record, false)?;
             self.last_event_id = id;
             if let Record::Event { event, .. } = record {
                 note_output(&mut self.last_output, &event);
                 self.unacked.push_back((id, event));
+                self.unacked_sizes.push_back(size);
+                self.unacked_bytes += size;
             }
             ids.push(id);
         }
@@ -151,6 +173,7 @@ impl Journal {
             path: self.path.clone(),
             source,
         })?;
+        self.note_fullness();
         Ok(ids)
     }
 
@@ -163,12 +186,30 @@ impl Journal {
             .is_some_and(|(event_id, _)| *event_id <= id)
         {
             self.unacked.pop_front();
+            self.unacked_bytes -= self.unacked_sizes.pop_front().unwrap_or(0);
         }
+        self.note_fullness();
         if before != self.unacked.len() {
             // Losing an ack costs a resend, which the server ignores: no need to sync.
             self.write(&Record::Acked { id }, false)?;
         }
         self.compact()
+    }
+
+    /// Whether the unacknowledged events are past the cap, now and as it changes.
+    pub fn full(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.full.subscribe()
+    }
+
+    /// The size of what is not acknowledged.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes
+    }
+
+    fn note_fullness(&self) {
+        let full = self.cap < self.unacked_bytes;
+        self.full
+            .send_if_modified(|was| std::mem::replace(was, full) != full);
     }
 
     /// The events not yet acknowledged, in order.
@@ -193,7 +234,8 @@ impl Journal {
         Ok(())
     }
 
-    fn write(&mut self, record: &Record, sync: bool) -> Result<(), JournalError> {
+    /// Appends one record; answers the size of its line.
+    fn write(&mut self, record: &Record, sync: bool) -> Result<u64, JournalError> {
         let error = |source| JournalError {
             path: self.path.clone(),
             source,
@@ -205,7 +247,7 @@ impl Journal {
             self.file.sync_data().map_err(error)?;
         }
         self.bytes += line.len() as u64;
-        Ok(())
+        Ok(line.len() as u64)
     }
 
     fn compact(&mut self) -> Result<(), JournalError> {
@@ -280,7 +322,7 @@ mod tests {
     fn the_acknowledged_prefix_is_compacted_away_while_events_stay_unacknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
-        let mut journal = Journal::open(&path).unwrap();
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
         let text = "x".repeat(64 * 1024);
         let mut ids = Vec::new();
         for _ in 0..20 {
@@ -296,7 +338,7 @@ mod tests {
         let size = std::fs::metadata(&path).unwrap().len();
         assert!(size < 6 * 65 * 1024, "five events left: {size} bytes");
         drop(journal);
-        let mut journal = Journal::open(&path).unwrap();
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
         let left: Vec<u64> = journal.unacked().map(|(id, _)| *id).collect();
         assert_eq!(
             left,
@@ -314,6 +356,28 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn past_its_cap_the_journal_is_full_until_acknowledgements_bring_it_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut journal = Journal::open(&path, 300).unwrap();
+        let full = journal.full();
+        let first = journal.append(paused("a")).unwrap();
+        assert!(!*full.borrow());
+        let mut last = first;
+        while journal.unacked_bytes() <= 300 {
+            last = journal.append(paused("b")).unwrap();
+        }
+        assert!(*full.borrow(), "{} bytes", journal.unacked_bytes());
+        journal.ack(last - 1).unwrap();
+        assert!(!*full.borrow(), "{} bytes", journal.unacked_bytes());
+        // What it holds is counted again after a restart.
+        drop(journal);
+        let journal = Journal::open(&path, 10).unwrap();
+        assert!(*journal.full().borrow());
+        assert_eq!(journal.unacked().count(), 1);
+    }
+
     fn paused(run_id: &str) -> AgentEvent {
         AgentEvent::Paused {
             run_id: run_id.to_owned(),
@@ -325,7 +389,7 @@ mod tests {
     fn unacknowledged_events_and_the_applied_command_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
-        let mut journal = Journal::open(&path).unwrap();
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
         assert_eq!(journal.append(paused("a")).unwrap(), 1);
         assert_eq!(journal.append(paused("b")).unwrap(), 2);
         assert_eq!(journal.append(paused("c")).unwrap(), 3);
@@ -338,7 +402,7 @@ mod tests {
         file.write_all(b"{\"event\":{\"id\":4,\"ev").unwrap();
         drop(file);
 
-        let mut journal = Journal::open(&path).unwrap();
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
         let ids: Vec<u64> = journal.unacked().map(|(id, _)| *id).collect();
         assert_eq!(ids, [2, 3]);
         assert_eq!(journal.last_applied_command(), 9);
@@ -351,7 +415,7 @@ mod tests {
     fn a_fully_acknowledged_journal_is_compacted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
-        let mut journal = Journal::open(&path).unwrap();
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
         let text = "x".repeat(64 * 1024);
         let output = |run_id: &str, seq| AgentEvent::Output {
             run_id: run_id.into(),
@@ -377,7 +441,7 @@ mod tests {
         journal.ack(last).unwrap();
         assert!(std::fs::metadata(&path).unwrap().len() < 200, "compacted");
         drop(journal);
-        let mut journal = Journal::open(&path).unwrap();
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
         assert_eq!(journal.last_applied_command(), 5);
         assert_eq!(
             journal.last_output_seq("live"),

@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub sessions: sessions::SessionsConfig,
     /// What activities may do here.
     pub policy: activities::Policy,
+    /// The most the journal keeps unacknowledged before the robots' output waits.
+    pub journal_max_bytes: u64,
 }
 
 /// When a local agent's orchestrator is gone, and what the agent then does.
@@ -167,7 +169,10 @@ pub async fn run(
         )),
         false => None,
     };
-    let mut journal = Journal::open(&config.data_dir.join(JOURNAL_FILE))?;
+    let mut journal = Journal::open(
+        &config.data_dir.join(JOURNAL_FILE),
+        config.journal_max_bytes,
+    )?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let sessions = (0 < config.sessions.count)
         .then(|| sessions::start(config.sessions.clone(), &config.data_dir, events_tx.clone()));
@@ -189,6 +194,7 @@ pub async fn run(
             data_dir: config.data_dir.clone(),
             keeper: config.keeper.clone(),
             sessions: sessions.clone(),
+            journal_full: journal.full(),
         },
         events_tx,
     );

@@ -64,6 +64,8 @@ pub struct RunnerConfig {
     pub keeper: KeeperCommand,
     /// The graphical sessions, if the agent offers any.
     pub sessions: Option<SessionsHandle>,
+    /// Whether the journal is full: then runs stop reading their robots' output.
+    pub journal_full: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A live run as recorded on disk: enough to tell its process from a later one with the same
@@ -583,6 +585,7 @@ impl Runner {
             pipes: keeper::pipe_paths(&keeper::run_dir(&self.config.data_dir, &run_id)),
             events: self.events.clone(),
             ended: self.ended_tx.clone(),
+            journal_full: self.config.journal_full.clone(),
         };
         tokio::spawn(supervisor.run(exit, control_rx, record.clone(), last_seq, session));
         self.runs
@@ -601,11 +604,12 @@ struct Supervisor {
     pipes: [PathBuf; 2],
     events: mpsc::UnboundedSender<AgentEvent>,
     ended: mpsc::UnboundedSender<String>,
+    journal_full: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Supervisor {
     async fn run(
-        self,
+        mut self,
         exit: ExitReceiver,
         mut control: mpsc::UnboundedReceiver<Control>,
         resume: Recorded,
@@ -676,15 +680,28 @@ impl Supervisor {
                 }
             }
         };
+        // While the journal is full, output is not read: the robot waits on its writes.
+        let mut held_back = 0u32;
+        let mut held = *self.journal_full.borrow_and_update();
+        if held {
+            held_back += 1;
+        }
         let status = loop {
             tokio::select! {
                 status = &mut exit => break status,
+                Ok(()) = self.journal_full.changed() => {
+                    let full = *self.journal_full.borrow_and_update();
+                    if full && !held {
+                        held_back += 1;
+                    }
+                    held = full;
+                }
                 Some(reason) = &mut display_died => {
                     // Its display is gone: it cannot go on, and ends as a failure.
                     notes.push(reason);
                     signal(group, Signal::SIGKILL);
                 }
-                Some((stream, text)) = lines.recv() => {
+                Some((stream, text)) = lines.recv(), if !held => {
                     if output.push(stream, text) {
                         self.send(output.take());
                         flush_at = far;
@@ -761,6 +778,12 @@ impl Supervisor {
 
         if let Some((number, sessions)) = &session {
             sessions.release(*number, &run_id);
+        }
+        if 0 < held_back {
+            notes.push(format!(
+                "its output waited {held_back} time(s) for the agent's journal, full while the \
+                 orchestrator was away or slow: the robot's writes waited meanwhile"
+            ));
         }
         if !lost_pipes.is_empty() {
             notes.push(format!(

@@ -23,8 +23,8 @@ pub(crate) struct AgentArgs {
 #[derive(Debug, Args)]
 struct RunAgentArgs {
     /// A TOML settings file: `server`, `labels` (a table), `capacity`, `sessions`,
-    /// `session_size`, `session_desktop` (argv), `session_frame_seconds`, `xvfb`, and the
-    /// policy: `allow`, `file_roots`, `exec_user`. Flags and environment variables win over
+    /// `session_size`, `session_desktop` (argv), `session_frame_seconds`, `xvfb`,
+    /// `journal_max_mib`, and the policy: `allow`, `file_roots`, `exec_user`. Flags and environment variables win over
     /// it.
     #[arg(long, env = "DIRIGENT_AGENT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -98,6 +98,11 @@ struct RunAgentArgs {
     /// The user programs run by `exec` run as (the agent must be able to switch to it).
     #[arg(long, value_name = "USER")]
     exec_user: Option<String>,
+    /// How much output and other reports the agent keeps while the orchestrator has not
+    /// acknowledged them, in MiB; beyond it the robots' output waits (their writes block)
+    /// [default: 256].
+    #[arg(long, value_name = "MIB")]
+    journal_max_mib: Option<u64>,
     /// The built-in local agent: its robots' working directories are file roots too.
     #[arg(long, hide = true)]
     allow_robot_dirs: bool,
@@ -294,6 +299,7 @@ struct AgentFile {
     allow: Option<Vec<String>>,
     file_roots: Option<Vec<PathBuf>>,
     exec_user: Option<String>,
+    journal_max_mib: Option<u64>,
 }
 
 async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
@@ -360,6 +366,10 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         bail!("--sessions must be between 0 and 64");
     }
     let (width, height) = parse_size(&session_size)?;
+    let journal_max_mib = args.journal_max_mib.or(file.journal_max_mib).unwrap_or(256);
+    if !(1..=1024 * 1024).contains(&journal_max_mib) {
+        bail!("--journal-max-mib must be between 1 and 1048576");
+    }
     let policy = policy(
         args.allow.as_deref(),
         file.allow,
@@ -420,6 +430,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
         labels,
         capacity,
         policy,
+        journal_max_bytes: journal_max_mib * 1024 * 1024,
         heartbeat: Duration::from_secs(15),
         orphaned: args
             .exit_when_orphaned

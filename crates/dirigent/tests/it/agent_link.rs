@@ -83,6 +83,7 @@ async fn garbage_is_ignored_and_commands_apply_once() {
             frame_every: None,
         },
         policy: dirigent_agent::activities::Policy::enrolled(),
+        journal_max_bytes: u64::MAX,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(dirigent_agent::run(

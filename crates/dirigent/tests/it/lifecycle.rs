@@ -878,3 +878,86 @@ fn a_local_agent_whose_orchestrator_is_gone_stops_its_robots_and_itself() {
         group_members(pid).is_empty().then_some(())
     });
 }
+
+/// Where the processes of `pids` wait in the kernel (`…pipe_write` for a blocked writer).
+fn waiting_in(pids: &[u32]) -> Vec<String> {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok())
+        .collect()
+}
+
+#[test]
+fn a_full_journal_makes_a_chatty_robot_wait_and_loses_nothing() {
+    let server = server_with(&["--no-local-agent"]);
+    let dir = server.dir.path().to_owned();
+    let go = dir.join("go");
+    let chatty = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; seq 1 60000; echo done",
+        go.display()
+    );
+    create_robot(&server, "chatty", &[], &["sh", "-c", &chatty]);
+    let token = ok(run(server.cli(&["agent", "enroll-token"])))
+        .trim()
+        .to_owned();
+    let agent_dir = dir.join("agent");
+    let mut command = dirigent(&server.config_dir());
+    command
+        .args([
+            "agent",
+            "--server",
+            &server.url,
+            "--name",
+            "pc-1",
+            "--enroll-token",
+            &token,
+        ])
+        .args(["--journal-max-mib", "1", "--data"])
+        .arg(&agent_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _agent = KillOnDrop(command.spawn().unwrap());
+    let (id, pid) = start_running(&server, "chatty");
+    let listen = server.addr();
+    let dir = server.kill9();
+
+    // With the orchestrator away, the robot's output (some 4 MB as journaled events) would
+    // pile up; past 1 MiB the agent stops reading, and the robot waits.
+    std::fs::write(&go, "").unwrap();
+    eventually("the robot waiting on its writes", || {
+        waiting_in(&group_members(pid))
+            .iter()
+            .any(|wchan| wchan.ends_with("pipe_write"))
+            .then_some(())
+    });
+    let journal = std::fs::metadata(agent_dir.join("journal.jsonl"))
+        .unwrap()
+        .len();
+    assert!(
+        journal < 3 * 1024 * 1024,
+        "the journal stays near its cap: {journal} bytes"
+    );
+
+    // Back, the orchestrator acknowledges; the robot goes on and ends; nothing is lost.
+    let restarted = ServerProcess::start_in(
+        Arc::clone(&dir),
+        &listen,
+        &[],
+        &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)],
+    );
+    let ended = wait_state(&restarted, &id, "succeeded");
+    assert!(
+        ended["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waited"),
+        "{ended}"
+    );
+    let logs = ok(run(restarted.cli(&["run", "logs", &id])));
+    let numbers: Vec<u64> = logs.lines().filter_map(|line| line.parse().ok()).collect();
+    assert_eq!(numbers.len(), 60_000);
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "in order, none doubled"
+    );
+    assert_eq!(logs.lines().last(), Some("done"));
+}
