@@ -31,7 +31,7 @@ enum Command {
     Whoami(cli::ClientArgs),
     /// Run the agent of this robot machine (`--server URL`), or manage agents: ls,
     /// enroll-token, drain, undrain, ps, info, restart, cp.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// The orchestrator nodes sharing the database: ls.
     #[command(subcommand)]
     Node(cli::node::NodeCommand),
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             Command::Login(args) => cli::session::login(args).await,
             Command::Logout(args) => cli::session::logout(args).await,
             Command::Whoami(args) => cli::session::whoami(args).await,
-            Command::Agent(args) => agent::run(args).await,
+            Command::Agent(args) => agent::run(*args).await,
             Command::Node(command) => cli::node::run(command).await,
             Command::Session(command) => cli::graphical::run(command).await,
             Command::Run(command) => cli::run::run(command).await,
