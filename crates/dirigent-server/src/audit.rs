@@ -30,6 +30,8 @@ struct Slot {
     actor: Option<String>,
     /// What the middleware knows of the request; gone once taken.
     record: Option<AuditRecord>,
+    /// The route it matched, whose parameters name resources (read only if it is recorded).
+    route: Option<String>,
 }
 
 impl AuditSlot {
@@ -88,6 +90,12 @@ impl AuditSlot {
         let mut slot = self.lock();
         let mut record = slot.record.take()?;
         record.actor = slot.actor.clone().unwrap_or_else(|| "anonymous".to_owned());
+        if let Some(route) = &slot.route {
+            let mut resources = resources_in(route, &record.target);
+            resources.retain(|resource| !record.resources.contains(resource));
+            resources.append(&mut record.resources);
+            record.resources = resources;
+        }
         Some(record)
     }
 
@@ -128,11 +136,8 @@ pub(crate) async fn record(
         &state.config.trusted_proxies,
     )
     .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-    let resources = route
-        .as_deref()
-        .map(|route| resources_in(route, &target))
-        .unwrap_or_default();
     let slot = AuditSlot::default();
+    slot.lock().route = route.clone();
     slot.lock().record = Some(AuditRecord {
         id: 0,
         at: state.clock.now(),
@@ -142,7 +147,7 @@ pub(crate) async fn record(
         address,
         outcome: String::new(),
         status: 0,
-        resources,
+        resources: Vec::new(),
         changes: None,
     });
     request.extensions_mut().insert(slot.clone());

@@ -36,6 +36,11 @@ pub struct ActivityRecord {
 }
 
 impl ActivityRecord {
+    /// Whether it is a fan-out: a parent that carries no command, whose children do.
+    pub fn is_fan_out(&self) -> bool {
+        self.command_id.is_none() && self.target != "server"
+    }
+
     /// When it times out.
     pub fn deadline(&self) -> Timestamp {
         self.created_at

@@ -437,7 +437,11 @@ pub(crate) async fn upload_blob(
                 .eq_ignore_ascii_case("application/octet-stream")
         });
     if !binary {
-        return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            "the file must be sent as it is, with Content-Type: application/octet-stream",
+        ));
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE),
@@ -542,7 +546,7 @@ async fn shown(state: &AppState, id: String) -> Result<Activity, ApiError> {
 }
 
 async fn with_children(state: &AppState, record: ActivityRecord) -> Result<Activity, ApiError> {
-    let children = match record.agent_id.is_none() && record.target != "server" {
+    let children = match record.is_fan_out() {
         true => state
             .store
             .activity_children(&record.id)

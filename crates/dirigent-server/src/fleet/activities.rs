@@ -200,7 +200,7 @@ impl Fleet {
         let mut next: Option<Timestamp> = None;
         for activity in self.store.active_activities(None).await? {
             let on_agent_running = activity.agent_id.is_some() && activity.state == State::Running;
-            let fan_out = activity.agent_id.is_none() && activity.target != "server";
+            let fan_out = activity.is_fan_out();
             let due = match on_agent_running {
                 // Its agent times it out; the orchestrator only if the agent stays silent.
                 true => activity.deadline().saturating_add(END_GRACE).unwrap_or(now),

@@ -70,8 +70,18 @@ pub(crate) async fn run(args: RetentionArgs) -> anyhow::Result<()> {
         .collect();
     print_table(&["KEPT", "COUNT", "OLDEST"], &rows);
     if let Some(sweep) = report.last_sweep {
+        let deleted = sweep.deleted;
         out!();
-        out!("last sweep {}: {:?}", sweep.at, sweep.deleted);
+        out!(
+            "last sweep {}: deleted {} runs, the output of {} more, {} trigger firings, {} work-item attempts, {} activities, {} audit records",
+            sweep.at,
+            deleted.runs,
+            deleted.run_outputs,
+            deleted.trigger_firings,
+            deleted.work_item_attempts,
+            deleted.activities,
+            deleted.audit_records
+        );
     }
     Ok(())
 }
