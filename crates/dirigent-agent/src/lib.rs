@@ -150,6 +150,7 @@ pub fn store_credential(data_dir: &std::path::Path, credential: &str) -> Result<
 pub async fn run(
     config: AgentConfig,
     credential: String,
+    own_logs: Option<mpsc::Receiver<dirigent_proto::log::OwnLog>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|err| {
@@ -174,6 +175,9 @@ pub async fn run(
         config.journal_max_bytes,
     )?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    if let Some(own_logs) = own_logs {
+        tokio::spawn(ship_own_logs(own_logs, events_tx.clone()));
+    }
     let sessions = (0 < config.sessions.count)
         .then(|| sessions::start(config.sessions.clone(), &config.data_dir, events_tx.clone()));
     let blobs = activities::BlobSource {
@@ -305,6 +309,32 @@ pub async fn run(
                     return Err(restart(&activities, &mut runner).await);
                 }
             }
+        }
+    }
+}
+
+/// The agent's own records waiting to be journaled, at most this many in one event...
+const OWN_LOGS_BATCH: usize = 256;
+/// ...or after at most this long.
+const OWN_LOGS_DELAY: Duration = Duration::from_millis(250);
+
+/// Turns the agent's own records into events, in batches: journaled and sent like the
+/// robots' output.
+async fn ship_own_logs(
+    mut own_logs: mpsc::Receiver<dirigent_proto::log::OwnLog>,
+    events: mpsc::UnboundedSender<AgentEvent>,
+) {
+    while let Some(first) = own_logs.recv().await {
+        let mut records = vec![first];
+        let deadline = tokio::time::Instant::now() + OWN_LOGS_DELAY;
+        while records.len() < OWN_LOGS_BATCH {
+            match tokio::time::timeout_at(deadline, own_logs.recv()).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if events.send(AgentEvent::Logs { records }).is_err() {
+            return;
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod activity;
 pub mod agent;
+pub mod log;
 pub mod queue;
 pub mod robot;
 pub mod run;

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod link;
+pub mod log;
 pub mod queue;
 pub mod retention;
 pub mod robot;

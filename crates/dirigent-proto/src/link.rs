@@ -239,6 +239,10 @@ pub enum AgentEvent {
         run_id: String,
         lines: Vec<OutputLine>,
     },
+    /// The agent's own log records.
+    Logs {
+        records: Vec<crate::log::OwnLog>,
+    },
     /// A graphical session changed.
     Session(SessionReport),
     /// A frame of a run's screen: a thumbnail taken every few seconds while it runs, and its

@@ -140,5 +140,12 @@ pub struct LogLine {
     pub stream: Stream,
     #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
+    /// The record's level (a structured record's own; `info` for stdout, `warn` for stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<crate::log::LogLevel>,
+    /// A structured record's fields; its `text` is then its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
     pub text: String,
 }

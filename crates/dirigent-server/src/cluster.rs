@@ -285,8 +285,10 @@ impl Cluster {
                 FleetEvent::Triggers
             }
             What::Activity { id, output } => FleetEvent::Activity { id, output },
+            What::Logged => FleetEvent::Logged,
             What::Output { run_id, after_seq } => {
-                match self.store.output(&run_id, after_seq, 10_000).await {
+                let output = dirigent_store::OutputOf::Run(&run_id);
+                match self.store.output(output, after_seq, 10_000).await {
                     Ok(lines) if !lines.is_empty() => FleetEvent::Output {
                         run_id,
                         lines: Arc::new(lines),
@@ -316,6 +318,7 @@ enum What {
     Output { run_id: String, after_seq: u64 },
     Triggers,
     Activity { id: String, output: bool },
+    Logged,
 }
 
 impl What {
@@ -324,6 +327,7 @@ impl What {
             FleetEvent::Run(run) => What::Run { id: run.id.clone() },
             FleetEvent::Agent { name } => What::Agent { name: name.clone() },
             FleetEvent::Triggers => What::Triggers,
+            FleetEvent::Logged => What::Logged,
             FleetEvent::Activity { id, output } => What::Activity {
                 id: id.clone(),
                 output: *output,
@@ -332,7 +336,7 @@ impl What {
                 run_id: run_id.clone(),
                 after_seq: lines
                     .iter()
-                    .map(|line| line.seq)
+                    .filter_map(|line| line.seq)
                     .min()
                     .unwrap_or(1)
                     .saturating_sub(1),

@@ -42,6 +42,12 @@ pub struct Retention {
     pub activities_days: u32,
     /// The audit log, trimmed by this alone.
     pub audit_days: u32,
+    /// Agents' own log records: by age, and the most kept.
+    pub agent_logs_days: u32,
+    pub agent_logs_max_mib: u64,
+    /// The orchestrator's own log records: by age, and the most kept.
+    pub server_logs_days: u32,
+    pub server_logs_max_mib: u64,
 }
 
 impl Default for Retention {
@@ -53,6 +59,10 @@ impl Default for Retention {
             work_item_attempts_days: 90,
             activities_days: 90,
             audit_days: 365,
+            agent_logs_days: 30,
+            agent_logs_max_mib: 1024,
+            server_logs_days: 30,
+            server_logs_max_mib: 1024,
         }
     }
 }
@@ -68,14 +78,18 @@ impl Retention {
                 })
                 .flatten()
         };
+        let bytes = |mib: u64| (0 < mib).then(|| mib.saturating_mul(1024 * 1024));
         dirigent_store::Cutoffs {
             runs: before(self.runs_days),
-            output_max_bytes: (0 < self.run_output_max_mib)
-                .then(|| self.run_output_max_mib.saturating_mul(1024 * 1024)),
+            output_max_bytes: bytes(self.run_output_max_mib),
             trigger_firings: before(self.trigger_firings_days),
             work_item_attempts: before(self.work_item_attempts_days),
             activities: before(self.activities_days),
             audit: before(self.audit_days),
+            agent_logs: before(self.agent_logs_days),
+            agent_logs_max_bytes: bytes(self.agent_logs_max_mib),
+            server_logs: before(self.server_logs_days),
+            server_logs_max_bytes: bytes(self.server_logs_max_mib),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod fleet;
 mod http;
 mod janitor;
+mod logs;
 pub mod metrics;
 pub mod scheduler;
 pub mod tls;
@@ -225,6 +226,13 @@ impl RunningServer {
     /// The password generated for `admin` on an empty database; to be shown once.
     pub fn generated_admin_password(&self) -> Option<&str> {
         self.generated_admin_password.as_deref()
+    }
+
+    /// Keeps this node's own log records (`tracing` events the program captures) in the log
+    /// store, as they come.
+    pub fn keep_own_logs(&mut self, own: tokio::sync::mpsc::Receiver<dirigent_proto::log::OwnLog>) {
+        self.background
+            .push(tokio::spawn(logs::keep_own_logs(self.fleet.clone(), own)));
     }
 
     /// Gives the agent `name` this credential, enrolling it if needed: the built-in local

@@ -6,8 +6,8 @@ use dirigent_domain::{activity::State, agent::AgentId};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    BackendKind, BeginWrite, OutputLine, Store, StoreError, StoreResult, agents::queue_command,
-    dispatch, from_millis, from_millis_opt, runs::output_sql, to_millis,
+    BackendKind, BeginWrite, Store, StoreError, StoreResult, agents::queue_command, dispatch,
+    from_millis, from_millis_opt, to_millis,
 };
 
 /// A stored activity.
@@ -264,27 +264,6 @@ impl Store {
             0 => Ok(None),
             _ => self.activity(id).await.map(Some),
         }
-    }
-
-    /// Keeps lines of an activity's output (a line sent again is kept once).
-    pub async fn add_activity_output(&self, id: &str, lines: &[OutputLine]) -> StoreResult<()> {
-        self.insert_lines(
-            output_sql!(insert, "activity_output", "activity_id"),
-            id,
-            lines,
-        )
-        .await
-    }
-
-    /// Lines of an activity's output after `after_seq`, in order, at most `limit`.
-    pub async fn activity_output(
-        &self,
-        id: &str,
-        after_seq: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<OutputLine>> {
-        let sql = output_sql!(select, "activity_output", "activity_id");
-        self.lines_after(sql, id, after_seq, limit).await
     }
 
     /// Activities not ended, oldest first: those of one agent, or all.

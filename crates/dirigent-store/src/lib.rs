@@ -18,6 +18,7 @@ mod agents;
 mod audit;
 mod batch;
 mod frames;
+mod logs;
 mod nodes;
 mod queues;
 mod retention;
@@ -43,13 +44,14 @@ pub use activities::{ActivityQuery, ActivityRecord, Counts, NewActivity, Switch}
 pub use agents::{AgentFacts, COMMANDS_CHANNEL};
 pub use audit::{AuditQuery, AuditRecord};
 pub use frames::FrameInfo;
+pub use logs::{LogQuery, LogRecord, LogScope, OutputOf};
 pub use nodes::{Listener, NodeRecord};
 pub use queues::{
     AppliedOps, AttemptRecord, Claimer, Completion, ItemFilter, ItemRecord, NewItem, QueueAnswer,
     QueueOp, QueueOpError, QueueRecord, QueueStats,
 };
 pub use retention::{Cutoffs, Kept, Pruned};
-pub use runs::{OutputLine, Placement, RunEnd, RunQuery};
+pub use runs::{Placement, RunEnd, RunQuery};
 pub use sessions::SessionUpdate;
 pub use triggers::{CalendarRecord, FiringRecord, FiringTake, NewFiring, Taken, TriggerRecord};
 pub use users::{RoleRecord, UserRecord};

@@ -1,9 +1,11 @@
 //! Retention: what the janitor deletes once it is older than its kind's limit — ended runs
-//! (with their transitions, output and frames), run output over a total size, settled trigger
-//! firings, closed work-item attempts, ended activities, and the audit log by its own, longer,
-//! limit. Deletes go in small batches (each its own short transaction, so writers wait at most
+//! (with their transitions, output and frames), run output over a total size, agents' and the
+//! orchestrator's own log records by age and over a total size each, settled trigger firings,
+//! closed work-item attempts, ended activities (with their output), and the audit log by its
+//! own, longer, limit. Deletes go in small batches (each its own short transaction, so writers wait at most
 //! one batch); nothing of an active run, an unsettled firing or an open attempt is touched.
 
+use dirigent_domain::log::Source;
 use jiff::Timestamp;
 
 use crate::{BeginWrite, Store, StoreResult, dispatch, from_millis_opt, to_millis};
@@ -23,6 +25,12 @@ pub struct Cutoffs {
     pub work_item_attempts: Option<Timestamp>,
     pub activities: Option<Timestamp>,
     pub audit: Option<Timestamp>,
+    /// Agents' own records: before when, and the most bytes kept.
+    pub agent_logs: Option<Timestamp>,
+    pub agent_logs_max_bytes: Option<u64>,
+    /// The orchestrator's own records: before when, and the most bytes kept.
+    pub server_logs: Option<Timestamp>,
+    pub server_logs_max_bytes: Option<u64>,
 }
 
 /// What one sweep deleted.
@@ -35,6 +43,8 @@ pub struct Pruned {
     pub work_item_attempts: u64,
     pub activities: u64,
     pub audit: u64,
+    pub agent_logs: u64,
+    pub server_logs: u64,
 }
 
 /// How much of one kind is kept, and since when.
@@ -101,7 +111,104 @@ impl Store {
                 )
                 .await?;
         }
+        for (source, before, max, pruned) in [
+            (
+                Source::Agent,
+                cutoffs.agent_logs,
+                cutoffs.agent_logs_max_bytes,
+                &mut pruned.agent_logs,
+            ),
+            (
+                Source::Server,
+                cutoffs.server_logs,
+                cutoffs.server_logs_max_bytes,
+                &mut pruned.server_logs,
+            ),
+        ] {
+            if let Some(before) = before {
+                *pruned += self.delete_old_logs(source, before).await?;
+            }
+            if let Some(max) = max {
+                *pruned += self.cap_logs(source, max).await?;
+            }
+        }
         Ok(pruned)
+    }
+
+    /// Deletes a source's records older than `before`, oldest first, batch by batch.
+    async fn delete_old_logs(&self, source: Source, before: Timestamp) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = dispatch!(self, writer, pool => {
+                let mut tx = pool.begin_write().await?;
+                let deleted = sqlx::query(
+                    "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE source = $1 \
+                     AND at < $2 ORDER BY id LIMIT $3)",
+                )
+                .bind(source.as_str())
+                .bind(to_millis(before))
+                .bind(BATCH)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                deleted
+            });
+            total += deleted;
+            if deleted < BATCH.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes a source's oldest records until what is kept of it is at most `max` bytes.
+    async fn cap_logs(&self, source: Source, max: u64) -> StoreResult<u64> {
+        let total: Option<i64> = dispatch!(self, reader, pool => {
+            sqlx::query_scalar(
+                "SELECT CAST(SUM(LENGTH(text) + COALESCE(LENGTH(fields), 0)) AS BIGINT) \
+                 FROM logs WHERE source = $1",
+            )
+            .bind(source.as_str())
+            .fetch_one(pool)
+            .await
+        })?;
+        let mut excess = total.unwrap_or(0).unsigned_abs().saturating_sub(max);
+        let mut deleted = 0;
+        while 0 < excess {
+            let oldest: Vec<(i64, i64)> = dispatch!(self, reader, pool => {
+                sqlx::query_as(
+                    "SELECT id, CAST(LENGTH(text) + COALESCE(LENGTH(fields), 0) AS BIGINT) \
+                     FROM logs WHERE source = $1 ORDER BY id LIMIT $2",
+                )
+                .bind(source.as_str())
+                .bind(BATCH)
+                .fetch_all(pool)
+                .await
+            })?;
+            let mut last = None;
+            for (id, bytes) in oldest {
+                if excess == 0 {
+                    break;
+                }
+                excess = excess.saturating_sub(bytes.unsigned_abs());
+                last = Some(id);
+            }
+            let Some(last) = last else {
+                return Ok(deleted);
+            };
+            deleted += dispatch!(self, writer, pool => {
+                let mut tx = pool.begin_write().await?;
+                let deleted = sqlx::query("DELETE FROM logs WHERE source = $1 AND id <= $2")
+                    .bind(source.as_str())
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                deleted
+            });
+        }
+        Ok(deleted)
     }
 
     /// Runs `sql` (binding the cutoff and the batch size) until it deletes nothing; answers
@@ -132,8 +239,10 @@ impl Store {
         let mut runs = 0;
         loop {
             let total: Option<i64> = dispatch!(self, reader, pool => {
-                sqlx::query_scalar("SELECT CAST(SUM(LENGTH(text)) AS BIGINT) FROM run_output")
-                    .fetch_one(pool)
+                sqlx::query_scalar(
+                    "SELECT CAST(SUM(LENGTH(text)) AS BIGINT) FROM logs WHERE run_id IS NOT NULL",
+                )
+                .fetch_one(pool)
                     .await
             })?;
             if total.unwrap_or(0).unsigned_abs() <= max {
@@ -144,14 +253,14 @@ impl Store {
                 let oldest: Vec<String> = sqlx::query_scalar(concat!(
                     "SELECT id FROM runs WHERE state IN ",
                     "('succeeded', 'failed', 'stopped', 'killed', 'timed_out', 'lost')",
-                    " AND EXISTS (SELECT 1 FROM run_output o WHERE o.run_id = runs.id) ",
+                    " AND EXISTS (SELECT 1 FROM logs o WHERE o.run_id = runs.id) ",
                     "ORDER BY ended_at LIMIT $1"
                 ))
                 .bind(OUTPUT_BATCH)
                 .fetch_all(&mut *tx)
                 .await?;
                 for id in &oldest {
-                    sqlx::query("DELETE FROM run_output WHERE run_id = $1")
+                    sqlx::query("DELETE FROM logs WHERE run_id = $1")
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
@@ -169,11 +278,23 @@ impl Store {
 
     /// How much of each kind is kept, and its oldest.
     pub async fn kept(&self) -> StoreResult<Vec<Kept>> {
-        let queries: [(&'static str, &'static str); 6] = [
+        let queries: [(&'static str, &'static str); 9] = [
             ("runs", "SELECT COUNT(*), MIN(created_at) FROM runs"),
             (
                 "run_output_lines",
-                "SELECT COUNT(*), MIN(at) FROM run_output",
+                "SELECT COUNT(*), MIN(at) FROM logs WHERE run_id IS NOT NULL",
+            ),
+            (
+                "agent_log_records",
+                "SELECT COUNT(*), MIN(at) FROM logs WHERE source = 'agent'",
+            ),
+            (
+                "server_log_records",
+                "SELECT COUNT(*), MIN(at) FROM logs WHERE source = 'server'",
+            ),
+            (
+                "activity_output_lines",
+                "SELECT COUNT(*), MIN(at) FROM logs WHERE activity_id IS NOT NULL",
             ),
             (
                 "trigger_firings",
@@ -201,9 +322,11 @@ impl Store {
             });
         }
         let bytes: Option<i64> = dispatch!(self, reader, pool => {
-            sqlx::query_scalar("SELECT CAST(SUM(LENGTH(text)) AS BIGINT) FROM run_output")
-                .fetch_one(pool)
-                .await
+            sqlx::query_scalar(
+                "SELECT CAST(SUM(LENGTH(text)) AS BIGINT) FROM logs WHERE run_id IS NOT NULL",
+            )
+            .fetch_one(pool)
+            .await
         })?;
         kept.push(Kept {
             kind: "run_output_bytes",

@@ -11,16 +11,6 @@ use crate::{
     from_millis, from_millis_opt, to_millis,
 };
 
-/// One line of output to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputLine {
-    pub seq: u64,
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    pub at: Timestamp,
-    pub text: String,
-}
-
 /// Which runs to list.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery<'a> {
@@ -464,113 +454,7 @@ impl Store {
             })
             .collect()
     }
-
-    /// Stores output lines; lines already stored (same run and seq) are skipped, so a
-    /// resent batch is harmless.
-    pub async fn append_output(&self, run_id: &str, lines: &[OutputLine]) -> StoreResult<()> {
-        self.insert_lines(output_sql!(insert, "run_output", "run_id"), run_id, lines)
-            .await
-    }
-
-    /// Output lines of a run after `after_seq`, in order, at most `limit`.
-    pub async fn output(
-        &self,
-        run_id: &str,
-        after_seq: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<OutputLine>> {
-        self.lines_after(
-            output_sql!(select, "run_output", "run_id"),
-            run_id,
-            after_seq,
-            limit,
-        )
-        .await
-    }
-
-    /// Stores the lines of an output (`sql` from `output_sql!`) in one transaction.
-    pub(crate) async fn insert_lines(
-        &self,
-        sql: &'static str,
-        owner: &str,
-        lines: &[OutputLine],
-    ) -> StoreResult<()> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        dispatch!(self, writer, pool => {
-            let mut tx = pool.begin_write().await?;
-            for line in lines {
-                sqlx::query(sql)
-                    .bind(owner)
-                    .bind(i64::try_from(line.seq).unwrap_or(i64::MAX))
-                    .bind(&line.stream)
-                    .bind(to_millis(line.at))
-                    .bind(&line.text)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
-    /// The lines of an output (`sql` from `output_sql!`) after `after_seq`, in order.
-    pub(crate) async fn lines_after(
-        &self,
-        sql: &'static str,
-        owner: &str,
-        after_seq: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<OutputLine>> {
-        let rows: Vec<(i64, String, i64, String)> = dispatch!(self, reader, pool => {
-            sqlx::query_as(sql)
-                .bind(owner)
-                .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await
-        })?;
-        rows.into_iter()
-            .map(|(seq, stream, at, text)| {
-                Ok(OutputLine {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    stream,
-                    at: from_millis("at", at)?,
-                    text,
-                })
-            })
-            .collect()
-    }
 }
-
-/// The statements of an output table (`run_output`, `activity_output`): lines numbered from 1
-/// under their owner's key.
-macro_rules! output_sql {
-    (insert, $table:literal, $key:literal) => {
-        concat!(
-            "INSERT INTO ",
-            $table,
-            " (",
-            $key,
-            ", seq, stream, at, text) VALUES ($1, $2, $3, $4, $5) ",
-            "ON CONFLICT (",
-            $key,
-            ", seq) DO NOTHING"
-        )
-    };
-    (select, $table:literal, $key:literal) => {
-        concat!(
-            "SELECT seq, stream, at, text FROM ",
-            $table,
-            " WHERE ",
-            $key,
-            " = $1 AND seq > $2 ",
-            "ORDER BY seq LIMIT $3"
-        )
-    };
-}
-pub(crate) use output_sql;
 
 /// Inserts a new run inside a transaction.
 macro_rules! insert_run {

@@ -403,7 +403,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
             enrolled.credential
         }
     };
-    crate::init_tracing();
+    let own_logs = crate::own_logs::init();
     let data_dir = std::path::absolute(&args.data)
         .with_context(|| format!("resolving {}", args.data.display()))?;
     let exe = std::env::current_exe().context("finding the dirigent binary")?;
@@ -442,7 +442,7 @@ async fn run_agent(args: RunAgentArgs) -> anyhow::Result<()> {
                 orchestrator_data: args.orchestrator_data,
             }),
     };
-    dirigent_agent::run(config, credential, crate::shutdown_signal()).await?;
+    dirigent_agent::run(config, credential, Some(own_logs), crate::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 mod agent;
 mod cli;
+mod own_logs;
 mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -143,18 +144,6 @@ fn config_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("dirigent"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config").join("dirigent"))
-}
-
-/// Server and agent logs go to standard error; `DIRIGENT_LOG` takes a filter.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DIRIGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -129,6 +129,10 @@ struct RetentionFile {
     work_item_attempts_days: Option<u32>,
     activities_days: Option<u32>,
     audit_days: Option<u32>,
+    agent_logs_days: Option<u32>,
+    agent_logs_max_mib: Option<u64>,
+    server_logs_days: Option<u32>,
+    server_logs_max_mib: Option<u64>,
 }
 
 impl RetentionFile {
@@ -147,6 +151,14 @@ impl RetentionFile {
                 .unwrap_or(default.work_item_attempts_days),
             activities_days: self.activities_days.unwrap_or(default.activities_days),
             audit_days: self.audit_days.unwrap_or(default.audit_days),
+            agent_logs_days: self.agent_logs_days.unwrap_or(default.agent_logs_days),
+            agent_logs_max_mib: self
+                .agent_logs_max_mib
+                .unwrap_or(default.agent_logs_max_mib),
+            server_logs_days: self.server_logs_days.unwrap_or(default.server_logs_days),
+            server_logs_max_mib: self
+                .server_logs_max_mib
+                .unwrap_or(default.server_logs_max_mib),
         }
     }
 }
@@ -157,7 +169,7 @@ impl RetentionFile {
 )]
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, data_dir, local_agent) = resolve(args)?;
-    crate::init_tracing();
+    let own_logs = crate::own_logs::init();
     let database = config.database_url.to_string();
     let scheme = if config.tls.is_some() {
         "https"
@@ -171,7 +183,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         true => "local".to_owned(),
         false => local_agent_name(&config.cluster.node_id),
     };
-    let server = dirigent_server::start(config, Arc::new(SystemClock)).await?;
+    let mut server = dirigent_server::start(config, Arc::new(SystemClock)).await?;
+    server.keep_own_logs(own_logs);
     if let Some(local) = &local_agent {
         let pinned = config_tls_cert.as_deref();
         start_local_agent(&server, &local_agent_name, &data_dir, local, pinned).await?;

@@ -30,7 +30,7 @@ use utoipa::IntoParams;
 use crate::{
     AppState,
     activities::{self, state_from_wire, to_wire},
-    api::{ApiJson, ApiQuery, PathSegment, runs::line_to_wire},
+    api::{ApiJson, ApiQuery, PathSegment},
     audit::AuditSlot,
     auth::Caller,
     error::ApiError,
@@ -243,8 +243,11 @@ pub(crate) async fn activity_output(
 ) -> Result<Json<Vec<LogLine>>, ApiError> {
     readable(&state, &caller, &id).await?;
     let limit = super::page_limit(query.limit, 1000, 10_000)?;
-    let lines = state.store.activity_output(&id, query.after, limit).await?;
-    Ok(Json(lines.into_iter().map(line_to_wire).collect()))
+    let lines = state
+        .store
+        .output(dirigent_store::OutputOf::Activity(&id), query.after, limit)
+        .await?;
+    Ok(Json(lines.into_iter().map(crate::logs::to_line).collect()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -323,11 +326,15 @@ impl Follower {
             let lines = self
                 .state
                 .store
-                .activity_output(&self.id, self.last_seq, 1000)
+                .output(
+                    dirigent_store::OutputOf::Activity(&self.id),
+                    self.last_seq,
+                    1000,
+                )
                 .await
                 .ok()?;
-            if let Some(last) = lines.last() {
-                self.last_seq = last.seq;
+            if let Some(last) = lines.last().and_then(|line| line.seq) {
+                self.last_seq = last;
             }
             let full_page = lines.len() == 1000;
             let mut events: Vec<Event> = lines
@@ -335,7 +342,7 @@ impl Follower {
                 .filter_map(|line| {
                     Event::default()
                         .event("line")
-                        .json_data(line_to_wire(line))
+                        .json_data(crate::logs::to_line(line))
                         .ok()
                 })
                 .collect();

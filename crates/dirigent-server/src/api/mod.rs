@@ -11,6 +11,7 @@ pub(crate) mod audit;
 mod events;
 mod health;
 mod json;
+mod logs;
 pub(crate) mod queues;
 mod retention;
 pub(crate) mod robots;
@@ -106,6 +107,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(activities::follow_output))
         .routes(routes!(activities::cancel_activity))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(logs::search_logs))
+        .routes(routes!(logs::export_logs))
+        .routes(routes!(logs::follow_logs))
         .routes(routes!(retention::get_retention))
         .routes(routes!(retention::sweep))
         .routes(routes!(users::list_users, users::create_user))

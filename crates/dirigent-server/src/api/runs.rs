@@ -19,8 +19,9 @@ use dirigent_domain::{
 };
 use dirigent_proto::{
     error::ErrorBody,
-    run::{LogLine, Run, RunDetail, RunState, RunTransition, StartRunRequest, Stream},
+    run::{LogLine, Run, RunDetail, RunState, RunTransition, StartRunRequest},
 };
+use dirigent_store::OutputOf;
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -323,8 +324,11 @@ pub(super) async fn run_logs(
     let run = state.fleet.run(&id).await?;
     caller.require_run(&run.id, &run.robot, Action::Logs)?;
     let limit = super::page_limit(query.limit, 1000, 10_000)?;
-    let lines = state.store.output(&id, query.after, limit).await?;
-    Ok(Json(lines.into_iter().map(line_to_wire).collect()))
+    let lines = state
+        .store
+        .output(OutputOf::Run(&id), query.after, limit)
+        .await?;
+    Ok(Json(lines.into_iter().map(crate::logs::to_line).collect()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -411,16 +415,16 @@ impl Follower {
                 Ok(FleetEvent::Output { run_id, lines }) if run_id == self.run_id => {
                     let fresh: Vec<Event> = lines
                         .iter()
-                        .filter(|line| self.last_seq < line.seq)
+                        .filter(|line| line.seq.is_some_and(|seq| self.last_seq < seq))
                         .filter_map(|line| {
                             Event::default()
                                 .event("line")
-                                .json_data(line_to_wire(line.clone()))
+                                .json_data(crate::logs::to_line(line.clone()))
                                 .ok()
                         })
                         .collect();
-                    if let Some(last) = lines.last() {
-                        self.last_seq = self.last_seq.max(last.seq);
+                    if let Some(last) = lines.last().and_then(|line| line.seq) {
+                        self.last_seq = self.last_seq.max(last);
                     }
                     if !fresh.is_empty() {
                         return Some(fresh);
@@ -440,20 +444,20 @@ impl Follower {
         let Ok(lines) = self
             .state
             .store
-            .output(&self.run_id, self.last_seq, 1000)
+            .output(OutputOf::Run(&self.run_id), self.last_seq, 1000)
             .await
         else {
             return Vec::new();
         };
-        if let Some(last) = lines.last() {
-            self.last_seq = last.seq;
+        if let Some(last) = lines.last().and_then(|line| line.seq) {
+            self.last_seq = last;
         }
         lines
             .into_iter()
             .filter_map(|line| {
                 Event::default()
                     .event("line")
-                    .json_data(line_to_wire(line))
+                    .json_data(crate::logs::to_line(line))
                     .ok()
             })
             .collect()
@@ -492,18 +496,5 @@ fn state_to_wire(state: domain::RunState) -> RunState {
         domain::RunState::Killed => RunState::Killed,
         domain::RunState::TimedOut => RunState::TimedOut,
         domain::RunState::Lost => RunState::Lost,
-    }
-}
-
-pub(crate) fn line_to_wire(line: dirigent_store::OutputLine) -> LogLine {
-    LogLine {
-        seq: line.seq,
-        stream: if line.stream == "stderr" {
-            Stream::Stderr
-        } else {
-            Stream::Stdout
-        },
-        at: line.at,
-        text: line.text,
     }
 }

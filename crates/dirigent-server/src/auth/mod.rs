@@ -108,6 +108,16 @@ impl Caller {
             .ok_or_else(|| ApiError::forbidden("a run token cannot do this"))
     }
 
+    /// The name patterns of the caller's own grants of `action` on `resource` (an API token's
+    /// limits aside: check each resource with [`Caller::may`]).
+    pub fn patterns(&self, resource: Resource, action: Action) -> Vec<&str> {
+        self.permissions
+            .iter()
+            .filter(|perm| perm.resource == resource && perm.actions.contains(&action))
+            .map(|perm| perm.pattern.as_str())
+            .collect()
+    }
+
     /// Whether the caller may do `action` on `target`; for filtering lists.
     pub fn may(&self, resource: Resource, action: Action, target: Option<&str>) -> bool {
         access::allows(&self.permissions, resource, action, target)

@@ -11,10 +11,9 @@ use dirigent_domain::{
 };
 use dirigent_proto::{
     activity::Outcome,
-    link::{AgentCommand, AgentEvent, OutputLine as WireLine},
-    run::Stream,
+    link::{AgentCommand, AgentEvent},
 };
-use dirigent_store::{ActivityRecord, AuditRecord, NewActivity, OutputLine, StoreError};
+use dirigent_store::{ActivityRecord, AuditRecord, NewActivity, StoreError};
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Fleet, FleetError, FleetEvent, FleetResult};
@@ -94,9 +93,13 @@ impl Fleet {
                 self.activity_changed(&id);
             }
             AgentEvent::ActivityOutput { id, lines } => {
-                let lines: Vec<OutputLine> = lines.into_iter().map(stored_line).collect();
-                self.store.add_activity_output(&id, &lines).await?;
+                let records: Vec<_> = lines
+                    .into_iter()
+                    .map(|line| crate::logs::activity_record(&id, Some(&agent.name), line))
+                    .collect();
+                self.store.add_logs(&records).await?;
                 self.publish(FleetEvent::Activity { id, output: true });
+                self.publish(FleetEvent::Logged);
             }
             AgentEvent::ActivityEnded {
                 id,
@@ -349,18 +352,6 @@ fn outcome_state(outcome: Outcome) -> State {
         Outcome::Failed => State::Failed,
         Outcome::TimedOut => State::TimedOut,
         Outcome::Cancelled => State::Cancelled,
-    }
-}
-
-fn stored_line(line: WireLine) -> OutputLine {
-    OutputLine {
-        seq: line.seq,
-        stream: match line.stream {
-            Stream::Stdout => "stdout".to_owned(),
-            Stream::Stderr => "stderr".to_owned(),
-        },
-        at: line.at,
-        text: line.text,
     }
 }
 

@@ -12,7 +12,7 @@ use axum::{
     response::Response,
 };
 use dirigent_domain::agent::Agent;
-use dirigent_proto::link::{AgentFrame, Hello, ServerFrame};
+use dirigent_proto::link::{AgentEvent, AgentFrame, Hello, ServerFrame};
 use dirigent_store::{AgentFacts, StoreError};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -160,6 +160,19 @@ async fn read_frames(
         }
         match frame {
             None => {}
+            Some(AgentFrame::Event {
+                id,
+                event: AgentEvent::Logs { records },
+            }) => {
+                if last_applied < id {
+                    fleet
+                        .agent_logs(agent, id, records)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    last_applied = id;
+                }
+                let _ = frames.send(ServerFrame::Ack { id });
+            }
             Some(AgentFrame::Event { id, event }) => {
                 if last_applied < id {
                     fleet

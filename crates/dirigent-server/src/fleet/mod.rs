@@ -34,7 +34,7 @@ use dirigent_proto::{
     link::{AgentCommand, AgentEvent, AgentReply, AgentRequest, LiveRun, ServerFrame, StartSpec},
     session::SessionReport,
 };
-use dirigent_store::{OutputLine, Placement, RunEnd, SessionUpdate, Store, StoreError};
+use dirigent_store::{LogRecord, Placement, RunEnd, SessionUpdate, Store, StoreError};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -70,8 +70,10 @@ pub enum FleetEvent {
     /// New output lines of a run.
     Output {
         run_id: String,
-        lines: Arc<Vec<OutputLine>>,
+        lines: Arc<Vec<LogRecord>>,
     },
+    /// New records in the log store: followers read what is past their cursor.
+    Logged,
     /// An agent connected, disconnected or changed.
     Agent { name: String },
     /// A trigger was created, changed or deleted: schedulers look again.
@@ -196,7 +198,12 @@ pub struct Fleet {
     /// Told of every run that ends here (unlike `events`, never lagging behind).
     run_ends: Mutex<Vec<mpsc::UnboundedSender<Run>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The robots of runs whose output came lately.
+    robots_of_runs: Mutex<HashMap<String, String>>,
 }
+
+/// How many runs' robots are remembered before the memory is emptied.
+const ROBOTS_OF_RUNS_KEPT: usize = 10_000;
 
 impl Fleet {
     pub fn new(
@@ -221,6 +228,7 @@ impl Fleet {
             relay: std::sync::OnceLock::new(),
             run_ends: Mutex::default(),
             metrics: Arc::default(),
+            robots_of_runs: Mutex::default(),
         })
     }
 
@@ -362,7 +370,11 @@ impl Fleet {
     }
 
     /// Tells this node's listeners and the other nodes.
-    fn publish(&self, event: FleetEvent) {
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn publish(&self, event: FleetEvent) {
         if let Some(relay) = self.relay.get() {
             let _ = relay.send(event.clone());
         }
@@ -640,23 +652,21 @@ impl Fleet {
         event: AgentEvent,
     ) -> FleetResult<()> {
         if let AgentEvent::Output { run_id, lines } = event {
-            let lines: Vec<OutputLine> = lines
+            let robot = self.robot_of_run(&run_id).await?;
+            let origin = crate::logs::OutputOrigin {
+                robot: &robot,
+                agent: &agent.name,
+            };
+            let records: Vec<LogRecord> = lines
                 .into_iter()
-                .map(|line| OutputLine {
-                    seq: line.seq,
-                    stream: match line.stream {
-                        dirigent_proto::run::Stream::Stdout => "stdout".to_owned(),
-                        dirigent_proto::run::Stream::Stderr => "stderr".to_owned(),
-                    },
-                    at: line.at,
-                    text: line.text,
-                })
+                .map(|line| crate::logs::output_record(&run_id, &origin, line))
                 .collect();
-            self.store.append_output(&run_id, &lines).await?;
+            self.store.add_logs(&records).await?;
             self.publish(FleetEvent::Output {
                 run_id,
-                lines: Arc::new(lines),
+                lines: Arc::new(records),
             });
+            self.publish(FleetEvent::Logged);
             return Ok(());
         }
         if let AgentEvent::Session(report) = &event {
@@ -689,6 +699,51 @@ impl Fleet {
             self.dispatch().await?;
         }
         Ok(())
+    }
+
+    /// Keeps an agent's own log records, which came in its event `event_id` (once, however
+    /// often the event is sent).
+    pub(crate) async fn agent_logs(
+        &self,
+        agent: &Agent,
+        event_id: u64,
+        logs: Vec<dirigent_proto::log::OwnLog>,
+    ) -> FleetResult<()> {
+        let records: Vec<LogRecord> = logs
+            .into_iter()
+            .map(|log| {
+                crate::logs::own_record(
+                    dirigent_domain::log::Source::Agent,
+                    Some(&agent.name),
+                    None,
+                    log,
+                )
+            })
+            .collect();
+        self.store
+            .add_agent_logs(agent.id, event_id, &records)
+            .await?;
+        self.publish(FleetEvent::Logged);
+        Ok(())
+    }
+
+    /// The robot of a run (remembered: output comes in many batches per run).
+    async fn robot_of_run(&self, run_id: &str) -> FleetResult<String> {
+        if let Some(robot) = lock(&self.robots_of_runs).get(run_id) {
+            return Ok(robot.clone());
+        }
+        let robot = self
+            .store
+            .run(run_id)
+            .await
+            .map_err(|err| not_found_as(err, || FleetError::RunNotFound(run_id.to_owned())))?
+            .robot;
+        let mut known = lock(&self.robots_of_runs);
+        if ROBOTS_OF_RUNS_KEPT <= known.len() {
+            known.clear();
+        }
+        known.insert(run_id.to_owned(), robot.clone());
+        Ok(robot)
     }
 
     /// Stores a graphical session's state as its agent reports it (into its history too when
@@ -787,6 +842,7 @@ impl Fleet {
             | AgentEvent::Exited { run_id, .. }
             | AgentEvent::Output { run_id, .. } => run_id,
             AgentEvent::Session(_)
+            | AgentEvent::Logs { .. }
             | AgentEvent::Frame { .. }
             | AgentEvent::ActivityStarted { .. }
             | AgentEvent::ActivityOutput { .. }

@@ -2,7 +2,7 @@
 //! and paging) and the orchestrator's switches, on both backends.
 
 use dirigent_domain::activity::State;
-use dirigent_store::{ActivityQuery, ActivityRecord, NewActivity, OutputLine};
+use dirigent_store::{ActivityQuery, ActivityRecord, LogRecord, NewActivity, OutputOf};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{agents_and_runs::online_agent, backends::store_test};
@@ -124,22 +124,17 @@ store_test!(activities_story, |store| {
     assert_eq!(store.active_activities(None).await.unwrap().len(), 2);
 
     // Output sent twice is kept once.
-    let line = |seq, text: &str| OutputLine {
-        seq,
-        stream: "stdout".to_owned(),
-        at: at(4),
-        text: text.to_owned(),
+    let line = |seq, text: &str| LogRecord {
+        source: dirigent_domain::log::Source::Activity,
+        run_id: None,
+        robot: None,
+        activity_id: Some("act_child".to_owned()),
+        ..crate::logs::output_line("", seq, text, at(4))
     };
-    store
-        .add_activity_output("act_child", &[line(1, "a"), line(2, "b")])
-        .await
-        .unwrap();
-    store
-        .add_activity_output("act_child", &[line(2, "b"), line(3, "c")])
-        .await
-        .unwrap();
+    store.add_logs(&[line(1, "a"), line(2, "b")]).await.unwrap();
+    store.add_logs(&[line(2, "b"), line(3, "c")]).await.unwrap();
     let texts: Vec<String> = store
-        .activity_output("act_child", 1, 10)
+        .output(OutputOf::Activity("act_child"), 1, 10)
         .await
         .unwrap()
         .into_iter()

@@ -7,7 +7,7 @@ use dirigent_domain::{
     session::SessionState,
 };
 use dirigent_store::{
-    AgentFacts, OutputLine, Placement, RunEnd, RunQuery, SessionUpdate, StoreError,
+    AgentFacts, OutputOf, Placement, RunEnd, RunQuery, SessionUpdate, StoreError,
 };
 use jiff::Timestamp;
 
@@ -351,17 +351,12 @@ store_test!(runs_story, |store| {
         "run_1"
     );
 
-    let lines: Vec<OutputLine> = (1..=3)
-        .map(|seq| OutputLine {
-            seq,
-            stream: "stdout".into(),
-            at: at(14),
-            text: format!("line {seq}"),
-        })
+    let lines: Vec<_> = (1..=3)
+        .map(|seq| crate::logs::output_line("run_1", seq, &format!("line {seq}"), at(14)))
         .collect();
-    store.append_output("run_1", &lines).await.unwrap();
-    store.append_output("run_1", &lines[1..]).await.unwrap();
-    let read = store.output("run_1", 1, 10).await.unwrap();
+    store.add_logs(&lines).await.unwrap();
+    store.add_logs(&lines[1..]).await.unwrap();
+    let read = store.output(OutputOf::Run("run_1"), 1, 10).await.unwrap();
     assert_eq!(
         read.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
         ["line 2", "line 3"],

@@ -14,6 +14,7 @@ mod accounts;
 mod activities;
 mod agents_and_runs;
 mod backends;
+mod logs;
 mod queue_model;
 mod queues;
 mod retention;

@@ -1,7 +1,8 @@
 //! Retention: what is old goes, in batches, and nothing of an active run, on both backends.
 
+use dirigent_domain::log::Source;
 use dirigent_domain::run::RunState;
-use dirigent_store::{AuditRecord, Cutoffs, OutputLine};
+use dirigent_store::{AuditRecord, Cutoffs, LogRecord, OutputOf};
 use jiff::Timestamp;
 
 use crate::{
@@ -13,14 +14,9 @@ fn day(n: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + n * 86_400).unwrap()
 }
 
-fn lines(count: u64, bytes: usize, when: Timestamp) -> Vec<OutputLine> {
+fn lines(run: &str, count: u64, bytes: usize, when: Timestamp) -> Vec<LogRecord> {
     (1..=count)
-        .map(|seq| OutputLine {
-            seq,
-            stream: "stdout".to_owned(),
-            at: when,
-            text: "x".repeat(bytes),
-        })
+        .map(|seq| crate::logs::output_line(run, seq, &"x".repeat(bytes), when))
         .collect()
 }
 
@@ -63,15 +59,15 @@ store_test!(retention_story, |store| {
             .unwrap();
     }
     store
-        .append_output("run_old", &lines(3, 10, day(1)))
+        .add_logs(&lines("run_old", 3, 10, day(1)))
         .await
         .unwrap();
     store
-        .append_output("run_active", &lines(2, 500, day(1)))
+        .add_logs(&lines("run_active", 2, 500, day(1)))
         .await
         .unwrap();
     store
-        .append_output("run_new", &lines(3, 500, day(99)))
+        .add_logs(&lines("run_new", 3, 500, day(99)))
         .await
         .unwrap();
     store
@@ -88,7 +84,11 @@ store_test!(retention_story, |store| {
     assert_eq!((pruned.runs, pruned.audit), (1, 1));
     assert!(store.run("run_old").await.is_err());
     assert!(
-        store.output("run_old", 0, 10).await.unwrap().is_empty(),
+        store
+            .output(OutputOf::Run("run_old"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "its output went with it"
     );
     assert_eq!(
@@ -104,8 +104,21 @@ store_test!(retention_story, |store| {
         ..Cutoffs::default()
     };
     assert_eq!(store.prune(&capped).await.unwrap().outputs, 1);
-    assert!(store.output("run_new", 0, 10).await.unwrap().is_empty());
-    assert_eq!(store.output("run_active", 0, 10).await.unwrap().len(), 2);
+    assert!(
+        store
+            .output(OutputOf::Run("run_new"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .output(OutputOf::Run("run_active"), 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let tight = Cutoffs {
         output_max_bytes: Some(10),
         ..Cutoffs::default()
@@ -115,7 +128,14 @@ store_test!(retention_story, |store| {
         0,
         "nothing ended is left to cut"
     );
-    assert_eq!(store.output("run_active", 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .output(OutputOf::Run("run_active"), 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     let kept = store.kept().await.unwrap();
     let count = |kind: &str| kept.iter().find(|kept| kept.kind == kind).unwrap().count;
@@ -129,4 +149,43 @@ store_test!(retention_story, |store| {
         .unwrap()
         .oldest;
     assert_eq!(oldest_audit, Some(day(100)));
+});
+
+store_test!(own_logs_go_by_age_and_by_size, |store| {
+    let record = |source: Source, when: Timestamp, bytes: usize| LogRecord {
+        source,
+        run_id: None,
+        robot: None,
+        seq: None,
+        ..crate::logs::output_line("", 0, &"y".repeat(bytes), when)
+    };
+    store
+        .add_logs(&[
+            record(Source::Agent, day(1), 100),
+            record(Source::Agent, day(60), 100),
+            record(Source::Agent, day(61), 100),
+            record(Source::Server, day(1), 100),
+            record(Source::Server, day(60), 100),
+        ])
+        .await
+        .unwrap();
+    let pruned = store
+        .prune(&Cutoffs {
+            agent_logs: Some(day(30)),
+            agent_logs_max_bytes: Some(150),
+            server_logs_max_bytes: Some(100),
+            ..Cutoffs::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((pruned.agent_logs, pruned.server_logs), (2, 1));
+    let kept = store.kept().await.unwrap();
+    let kept = |kind: &str| {
+        kept.iter()
+            .find(|kept| kept.kind == kind)
+            .map(|kept| (kept.count, kept.oldest))
+            .unwrap()
+    };
+    assert_eq!(kept("agent_log_records"), (1, Some(day(61))));
+    assert_eq!(kept("server_log_records"), (1, Some(day(60))));
 });

@@ -89,6 +89,7 @@ async fn garbage_is_ignored_and_commands_apply_once() {
     let agent = tokio::spawn(dirigent_agent::run(
         config,
         "dga_test".to_owned(),
+        None,
         async move {
             let _ = stopped.await;
         },

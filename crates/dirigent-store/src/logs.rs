@@ -1,0 +1,389 @@
+//! The log store: one table of records from robots, agents, the orchestrator and activities,
+//! with a full-text index (FTS5 on SQLite, a `tsvector` GIN index on PostgreSQL). A run's and an
+//! activity's output are its records in `seq` order.
+
+use dirigent_domain::{
+    agent::AgentId,
+    log::{Level, Search, Source},
+};
+use jiff::Timestamp;
+use sqlx::QueryBuilder;
+
+use crate::{
+    BackendKind, BeginWrite, Store, StoreError, StoreResult, dispatch, from_millis, to_millis,
+};
+
+/// The key of the advisory lock PostgreSQL writers of logs take, so that ids commit in order.
+const LOGS_LOCK: i64 = 0x6469_7269_6c6f_6773;
+/// Records inserted by one statement.
+const INSERT_CHUNK: usize = 256;
+
+/// One log record; `id` is the store's (0 in a record not stored yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub id: u64,
+    pub at: Timestamp,
+    pub source: Source,
+    pub level: Level,
+    pub robot: Option<String>,
+    pub run_id: Option<String>,
+    pub activity_id: Option<String>,
+    pub agent: Option<String>,
+    pub node: Option<String>,
+    /// The position in its run's or activity's output, from 1.
+    pub seq: Option<u64>,
+    /// `stdout` or `stderr`, for output.
+    pub stream: Option<String>,
+    /// A JSON object of structured fields.
+    pub fields: Option<String>,
+    pub text: String,
+}
+
+/// Which records a caller may read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogScope {
+    /// Robot records: of every robot (`None`), or of the robots whose names match one of these
+    /// patterns (`*` for any run of characters).
+    pub robots: Option<Vec<String>>,
+    pub agent: bool,
+    pub activity: bool,
+    pub server: bool,
+}
+
+impl LogScope {
+    /// Every record.
+    pub fn all() -> LogScope {
+        LogScope {
+            robots: None,
+            agent: true,
+            activity: true,
+            server: true,
+        }
+    }
+}
+
+/// Which records to read, and in what order.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery<'a> {
+    pub search: Option<&'a Search>,
+    pub sources: &'a [Source],
+    /// This level and above.
+    pub level: Option<Level>,
+    pub robot: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    pub activity_id: Option<&'a str>,
+    pub agent: Option<&'a str>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// Only records past this id (older when newest first, newer when oldest first).
+    pub cursor: Option<u64>,
+    pub oldest_first: bool,
+    pub limit: u32,
+    pub scope: LogScope,
+}
+
+#[derive(sqlx::FromRow)]
+struct LogRow {
+    id: i64,
+    at: i64,
+    source: String,
+    level: String,
+    robot: Option<String>,
+    run_id: Option<String>,
+    activity_id: Option<String>,
+    agent: Option<String>,
+    node: Option<String>,
+    seq: Option<i64>,
+    stream: Option<String>,
+    fields: Option<String>,
+    text: String,
+}
+
+impl LogRow {
+    fn into_record(self) -> StoreResult<LogRecord> {
+        Ok(LogRecord {
+            id: self.id.unsigned_abs(),
+            at: from_millis("at", self.at)?,
+            source: Source::parse(&self.source)
+                .ok_or_else(|| StoreError::Corrupt(format!("log source {:?}", self.source)))?,
+            level: Level::parse(&self.level)
+                .ok_or_else(|| StoreError::Corrupt(format!("log level {:?}", self.level)))?,
+            robot: self.robot,
+            run_id: self.run_id,
+            activity_id: self.activity_id,
+            agent: self.agent,
+            node: self.node,
+            seq: self.seq.map(i64::unsigned_abs),
+            stream: self.stream,
+            fields: self.fields,
+            text: self.text,
+        })
+    }
+}
+
+const COLUMNS: &str = "l.id, l.at, l.source, l.level, l.robot, l.run_id, l.activity_id, l.agent, l.node, l.seq, \
+     l.stream, l.fields, l.text";
+
+/// Appends the records' values to an `INSERT INTO logs`.
+macro_rules! push_log_values {
+    ($insert:expr, $records:expr) => {
+        $insert.push_values($records, |mut row, record: &LogRecord| {
+            row.push_bind(to_millis(record.at))
+                .push_bind(record.source.as_str())
+                .push_bind(record.level.as_str())
+                .push_bind(record.robot.clone())
+                .push_bind(record.run_id.clone())
+                .push_bind(record.activity_id.clone())
+                .push_bind(record.agent.clone())
+                .push_bind(record.node.clone())
+                .push_bind(record.seq.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX)))
+                .push_bind(record.stream.clone())
+                .push_bind(record.fields.clone())
+                .push_bind(record.text.clone());
+        })
+    };
+}
+
+/// Inserts records inside a transaction (a run's or an activity's line stored already, by its
+/// `seq`, is skipped).
+macro_rules! insert_logs {
+    ($tx:expr, $postgres:expr, $records:expr) => {{
+        if $postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LOGS_LOCK)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        for chunk in $records.chunks(INSERT_CHUNK) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO logs (at, source, level, robot, run_id, activity_id, agent, node, \
+                 seq, stream, fields, text) ",
+            );
+            push_log_values!(insert, chunk);
+            insert.push(" ON CONFLICT DO NOTHING");
+            insert.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+impl Store {
+    /// Keeps records, in one transaction.
+    pub async fn add_logs(&self, records: &[LogRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let postgres = self.backend_kind() == BackendKind::Postgres;
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin_write().await?;
+            insert_logs!(tx, postgres, records);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Keeps an agent's own records that came in its event `event_id`, and notes the event as
+    /// applied, in one transaction: an event sent again after a crash is not kept twice.
+    pub async fn add_agent_logs(
+        &self,
+        agent: AgentId,
+        event_id: u64,
+        records: &[LogRecord],
+    ) -> StoreResult<()> {
+        let postgres = self.backend_kind() == BackendKind::Postgres;
+        let event_id = i64::try_from(event_id).unwrap_or(i64::MAX);
+        dispatch!(self, writer, pool => {
+            let mut tx = pool.begin_write().await?;
+            let fresh = sqlx::query(
+                "UPDATE agents SET last_event_id = $1 WHERE id = $2 AND last_event_id < $1",
+            )
+            .bind(event_id)
+            .bind(agent.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if fresh == 1 && !records.is_empty() {
+                insert_logs!(tx, postgres, records);
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Records as `query` asks, at most its limit.
+    pub async fn logs(&self, query: &LogQuery<'_>) -> StoreResult<Vec<LogRecord>> {
+        let postgres = self.backend_kind() == BackendKind::Postgres;
+        let rows: Vec<LogRow> = dispatch!(self, reader, pool => {
+            let mut sql = QueryBuilder::new(format!("SELECT {COLUMNS} FROM "));
+            match query.search {
+                Some(search) if !postgres => {
+                    sql.push("logs_fts f JOIN logs l ON l.id = f.rowid WHERE logs_fts MATCH ")
+                        .push_bind(search.to_fts5());
+                }
+                Some(search) => {
+                    sql.push(
+                        "logs l WHERE to_tsvector('simple', regexp_replace(l.text || ' ' || \
+                         COALESCE(l.fields, ''), '[^[:alnum:]]+', ' ', 'g')) \
+                         @@ to_tsquery('simple', ",
+                    )
+                    .push_bind(search.to_tsquery())
+                    .push(")");
+                }
+                None => {
+                    sql.push("logs l WHERE 1 = 1");
+                }
+            }
+            push_conditions(&mut sql, query);
+            sql.push(if query.oldest_first {
+                " ORDER BY l.id LIMIT "
+            } else {
+                " ORDER BY l.id DESC LIMIT "
+            })
+            .push_bind(i64::from(query.limit.max(1)));
+            sql.build_query_as().fetch_all(pool).await
+        })?;
+        rows.into_iter().map(LogRow::into_record).collect()
+    }
+
+    /// The id of the newest record (0 when there is none).
+    pub async fn last_log_id(&self) -> StoreResult<u64> {
+        let id: Option<i64> = dispatch!(self, reader, pool => {
+            sqlx::query_scalar("SELECT MAX(id) FROM logs").fetch_one(pool).await
+        })?;
+        Ok(id.unwrap_or(0).unsigned_abs())
+    }
+
+    /// The output of a run (`run_id`) or an activity after `after_seq`, in order, at most
+    /// `limit` lines.
+    pub async fn output(
+        &self,
+        owner: OutputOf<'_>,
+        after_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<LogRecord>> {
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let rows: Vec<LogRow> = dispatch!(self, reader, pool => {
+            let sql = match owner {
+                OutputOf::Run(_) => sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM logs l WHERE l.run_id = $1 AND l.seq > $2 \
+                     ORDER BY l.seq LIMIT $3"
+                )),
+                OutputOf::Activity(_) => sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM logs l WHERE l.activity_id = $1 AND l.seq > $2 \
+                     ORDER BY l.seq LIMIT $3"
+                )),
+            };
+            sqlx::query_as(sql)
+                .bind(owner.id())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })?;
+        rows.into_iter().map(LogRow::into_record).collect()
+    }
+}
+
+/// Whose output.
+#[derive(Debug, Clone, Copy)]
+pub enum OutputOf<'a> {
+    Run(&'a str),
+    Activity(&'a str),
+}
+
+impl OutputOf<'_> {
+    fn id(&self) -> &str {
+        match self {
+            OutputOf::Run(id) | OutputOf::Activity(id) => id,
+        }
+    }
+}
+
+/// Adds the query's filters and the caller's scope (`AND …`) to a statement over `logs l`.
+fn push_conditions<DB: sqlx::Database>(sql: &mut QueryBuilder<DB>, query: &LogQuery<'_>)
+where
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let any_of = |sql: &mut QueryBuilder<DB>, column: &str, values: Vec<String>| {
+        sql.push(format!(" AND {column} IN ("));
+        let mut list = sql.separated(", ");
+        for value in values {
+            list.push_bind(value);
+        }
+        sql.push(")");
+    };
+    if !query.sources.is_empty() {
+        let sources = query
+            .sources
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        any_of(sql, "l.source", sources);
+    }
+    if let Some(level) = query.level {
+        let levels = level.and_above().map(|l| l.as_str().to_owned()).collect();
+        any_of(sql, "l.level", levels);
+    }
+    let equal = [
+        ("l.robot", query.robot),
+        ("l.run_id", query.run_id),
+        ("l.activity_id", query.activity_id),
+        ("l.agent", query.agent),
+    ];
+    for (column, value) in equal {
+        if let Some(value) = value {
+            sql.push(format!(" AND {column} = "))
+                .push_bind(value.to_owned());
+        }
+    }
+    if let Some(since) = query.since {
+        sql.push(" AND l.at >= ").push_bind(to_millis(since));
+    }
+    if let Some(until) = query.until {
+        sql.push(" AND l.at < ").push_bind(to_millis(until));
+    }
+    if let Some(cursor) = query.cursor {
+        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+        sql.push(if query.oldest_first {
+            " AND l.id > "
+        } else {
+            " AND l.id < "
+        })
+        .push_bind(cursor);
+    }
+    let scope = &query.scope;
+    sql.push(" AND (");
+    match &scope.robots {
+        None => {
+            sql.push("l.source = 'robot'");
+        }
+        Some(patterns) => {
+            sql.push("(l.source = 'robot' AND (1 = 0");
+            for pattern in patterns {
+                sql.push(" OR l.robot LIKE ")
+                    .push_bind(like_pattern(pattern))
+                    .push(" ESCAPE '\\'");
+            }
+            sql.push("))");
+        }
+    }
+    for (allowed, source) in [
+        (scope.agent, Source::Agent),
+        (scope.activity, Source::Activity),
+        (scope.server, Source::Server),
+    ] {
+        if allowed {
+            sql.push(format!(" OR l.source = '{source}'"));
+        }
+    }
+    sql.push(")");
+}
+
+/// A name pattern (`*` for any run of characters) as a `LIKE` pattern escaped with `\`.
+fn like_pattern(pattern: &str) -> String {
+    pattern
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+        .replace('*', "%")
+}
