@@ -37,8 +37,6 @@ use tokio::{
 use crate::keeper::{self, ExitReceiver, KeeperCommand, KeeperLink, Kept, Request, SpawnError};
 use crate::sessions::SessionsHandle;
 
-/// A line longer than this is cut into several lines.
-const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Output is sent in batches of at most this many lines...
 const BATCH_LINES: usize = 500;
 /// ...or after at most this long.
@@ -481,6 +479,12 @@ impl Runner {
                 return;
             }
         };
+        tracing::info!(
+            run_id = spec.run_id,
+            robot = spec.robot,
+            pid,
+            "started a robot"
+        );
         let _ = self.events.send(AgentEvent::Started {
             run_id: spec.run_id.clone(),
             pid,
@@ -925,14 +929,17 @@ impl OutputBatcher {
     }
 }
 
-/// Reads a pipe line by line (a longer line is cut) until its end.
+/// Reads a pipe line by line until its end. A line longer than the log store keeps is cut,
+/// marked, and the rest of it skipped.
 pub(crate) async fn read_lines(
     pipe: impl AsyncRead + Unpin,
     stream: Stream,
     lines: mpsc::Sender<(Stream, String)>,
 ) {
+    use dirigent_domain::log::{MAX_LINE_BYTES, TRUNCATED_MARKER};
     let mut reader = BufReader::new(pipe);
     let mut buffer = Vec::new();
+    let mut skipped = Vec::new();
     loop {
         buffer.clear();
         let read = (&mut reader)
@@ -942,13 +949,32 @@ pub(crate) async fn read_lines(
         match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {
+                let mut cut = false;
                 if buffer.last() == Some(&b'\n') {
                     buffer.pop();
                     if buffer.last() == Some(&b'\r') {
                         buffer.pop();
                     }
+                } else if buffer.len() == MAX_LINE_BYTES {
+                    // The rest of the line, up to its end, is not kept.
+                    loop {
+                        skipped.clear();
+                        match (&mut reader)
+                            .take(MAX_LINE_BYTES as u64)
+                            .read_until(b'\n', &mut skipped)
+                            .await
+                        {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if skipped.last() == Some(&b'\n') => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    cut = true;
                 }
-                let text = String::from_utf8_lossy(&buffer).into_owned();
+                let mut text = String::from_utf8_lossy(&buffer).into_owned();
+                if cut {
+                    text.push_str(TRUNCATED_MARKER);
+                }
                 if lines.send((stream, text)).await.is_err() {
                     return;
                 }

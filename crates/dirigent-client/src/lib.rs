@@ -4,6 +4,7 @@
 //! [`ClientError::Api`] carrying the server's stable code and message.
 
 mod activities;
+mod logs;
 mod queues;
 pub mod tls;
 mod triggers;
@@ -23,6 +24,7 @@ use dirigent_proto::{
     robot::{Robot, RobotSpec},
     run::{LogLine, Run, RunDetail, StartRunRequest},
 };
+pub use logs::LogFilter;
 use reqwest::{Method, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
 pub use tls::Trust;
@@ -259,21 +261,37 @@ impl Client {
         after: u64,
         mut on_line: impl FnMut(LogLine),
     ) -> Result<T, ClientError> {
-        let url = self.url(segments)?;
-        let mut request = self.http.get(url).query(&[("after", after.to_string())]);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let query = [("after", after.to_string())];
+        self.events(segments, &query, |event, data| {
+            let decode = |err: serde_json::Error| ClientError::Decode(err.to_string());
+            match event {
+                "line" => match serde_json::from_str(data) {
+                    Ok(line) => {
+                        on_line(line);
+                        None
+                    }
+                    Err(err) => Some(Err(decode(err))),
+                },
+                "end" => Some(serde_json::from_str(data).map_err(decode)),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// Reads a stream of server-sent events, giving each (its name and data) to `on_event`
+    /// until that answers.
+    pub(crate) async fn events<T>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        mut on_event: impl FnMut(&str, &str) -> Option<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let mut response = self.get_streaming(segments, query).await?;
         let unreachable = |err: reqwest::Error| ClientError::Unreachable {
             url: self.base_url().to_owned(),
             reason: root_cause(&err),
         };
-        let mut response = request.send().await.map_err(unreachable)?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let bytes = response.bytes().await.map_err(unreachable)?;
-            return Err(api_error(status, &bytes));
-        }
         let mut pending = String::new();
         let mut event = String::new();
         let mut data = String::new();
@@ -287,11 +305,8 @@ impl Client {
                 } else if let Some(value) = line.strip_prefix("data:") {
                     data.push_str(value.trim_start());
                 } else if line.is_empty() && !data.is_empty() {
-                    let decode = |err: serde_json::Error| ClientError::Decode(err.to_string());
-                    match event.as_str() {
-                        "line" => on_line(serde_json::from_str(&data).map_err(decode)?),
-                        "end" => return serde_json::from_str(&data).map_err(decode),
-                        _ => {}
+                    if let Some(answer) = on_event(&event, &data) {
+                        return answer;
                     }
                     data.clear();
                     event.clear();
@@ -302,6 +317,30 @@ impl Client {
             url: self.base_url().to_owned(),
             reason: "the stream ended early".to_owned(),
         })
+    }
+
+    /// Sends a GET whose answer is read as it comes; an error status is an error.
+    pub(crate) async fn get_streaming(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(segments)?;
+        let mut request = self.http.get(url).query(query);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable = |err: reqwest::Error| ClientError::Unreachable {
+            url: self.base_url().to_owned(),
+            reason: root_cause(&err),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(unreachable)?;
+            return Err(api_error(status, &bytes));
+        }
+        Ok(response)
     }
 
     pub async fn retention(

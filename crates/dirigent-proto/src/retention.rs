@@ -24,11 +24,18 @@ pub struct RetentionSettings {
     pub work_item_attempts_days: u32,
     pub activities_days: u32,
     pub audit_days: u32,
+    /// Agents' own log records: days, and the most kept.
+    pub agent_logs_days: u32,
+    pub agent_logs_max_mib: u64,
+    /// The orchestrator's own log records: days, and the most kept.
+    pub server_logs_days: u32,
+    pub server_logs_max_mib: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeptKind {
-    /// `runs`, `run_output_lines`, `run_output_bytes`, `trigger_firings`,
+    /// `runs`, `run_output_lines`, `run_output_bytes`, `agent_log_records`,
+    /// `server_log_records`, `activity_output_lines`, `trigger_firings`,
     /// `work_item_attempts`, `activities` or `audit_records`.
     pub kind: String,
     pub count: u64,
@@ -54,4 +61,9 @@ pub struct Deleted {
     pub work_item_attempts: u64,
     pub activities: u64,
     pub audit_records: u64,
+    /// Agents' and the orchestrator's own log records.
+    #[serde(default)]
+    pub agent_log_records: u64,
+    #[serde(default)]
+    pub server_log_records: u64,
 }

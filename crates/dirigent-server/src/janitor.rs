@@ -32,6 +32,8 @@ pub(crate) async fn sweep(
         work_item_attempts: pruned.work_item_attempts,
         activities: pruned.activities,
         audit_records: pruned.audit,
+        agent_log_records: pruned.agent_logs,
+        server_log_records: pruned.server_logs,
     };
     let noted = serde_json::to_string(&deleted).unwrap_or_default();
     store

@@ -73,6 +73,8 @@ enum Command {
     Activity(cli::activity::ActivityCommand),
     /// The audit log: every change and every denial, newest first.
     Audit(cli::audit::AuditArgs),
+    /// Search the log store, export a search as NDJSON, or follow it live.
+    Logs(cli::logs::LogsArgs),
     /// Your API tokens: ls, create, revoke.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
             Command::Trigger(command) => cli::trigger::run(command).await,
             Command::Calendar(command) => cli::trigger::run_calendar(command).await,
             Command::Audit(args) => cli::audit::run(args).await,
+            Command::Logs(args) => cli::logs::run(args).await,
             Command::Exec(args) => cli::activity::exec(args).await,
             Command::Retention(args) => cli::retention::run(args).await,
             Command::Activity(command) => cli::activity::run(command).await,

@@ -1325,6 +1325,15 @@ impl Fleet {
             }
         };
         self.publish(FleetEvent::Run(Box::new(run.clone())));
+        if ends_here {
+            tracing::info!(
+                run_id = run.id,
+                robot = run.robot,
+                state = state.as_str(),
+                reason = run.reason.as_deref().unwrap_or(""),
+                "run ended"
+            );
+        }
         if let Some((next, _)) = restart {
             self.metrics.count_run_created(&next.robot);
             self.publish(FleetEvent::Run(Box::new(next)));

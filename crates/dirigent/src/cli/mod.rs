@@ -7,6 +7,7 @@
 pub(crate) mod activity;
 pub(crate) mod audit;
 pub(crate) mod graphical;
+pub(crate) mod logs;
 pub(crate) mod node;
 pub(crate) mod queue;
 pub(crate) mod retention;

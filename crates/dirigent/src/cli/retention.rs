@@ -21,15 +21,7 @@ pub(crate) async fn run(args: RetentionArgs) -> anyhow::Result<()> {
         if args.client.json {
             return print_json(&deleted);
         }
-        eprintln!(
-            "Deleted {} runs, the output of {} more, {} trigger firings, {} work-item attempts, {} activities, {} audit records.",
-            deleted.runs,
-            deleted.run_outputs,
-            deleted.trigger_firings,
-            deleted.work_item_attempts,
-            deleted.activities,
-            deleted.audit_records
-        );
+        eprintln!("Deleted {}.", deleted_in_words(&deleted));
         return Ok(());
     }
     let report = api.retention().await.map_err(explain)?;
@@ -56,6 +48,16 @@ pub(crate) async fn run(args: RetentionArgs) -> anyhow::Result<()> {
     );
     out!("activities           {}", keep(settings.activities_days));
     out!("audit log            {}", keep(settings.audit_days));
+    out!(
+        "agents' own logs     {}, at most {} MiB",
+        keep(settings.agent_logs_days),
+        settings.agent_logs_max_mib
+    );
+    out!(
+        "orchestrator's logs  {}, at most {} MiB",
+        keep(settings.server_logs_days),
+        settings.server_logs_max_mib
+    );
     out!();
     let rows: Vec<Vec<String>> = report
         .kept
@@ -70,18 +72,26 @@ pub(crate) async fn run(args: RetentionArgs) -> anyhow::Result<()> {
         .collect();
     print_table(&["KEPT", "COUNT", "OLDEST"], &rows);
     if let Some(sweep) = report.last_sweep {
-        let deleted = sweep.deleted;
         out!();
         out!(
-            "last sweep {}: deleted {} runs, the output of {} more, {} trigger firings, {} work-item attempts, {} activities, {} audit records",
+            "last sweep {}: deleted {}",
             sweep.at,
-            deleted.runs,
-            deleted.run_outputs,
-            deleted.trigger_firings,
-            deleted.work_item_attempts,
-            deleted.activities,
-            deleted.audit_records
+            deleted_in_words(&sweep.deleted)
         );
     }
     Ok(())
+}
+
+fn deleted_in_words(deleted: &dirigent_proto::retention::Deleted) -> String {
+    format!(
+        "{} runs, the output of {} more, {} trigger firings, {} work-item attempts, {} activities, {} audit records, {} agents' and {} the orchestrator's own log records",
+        deleted.runs,
+        deleted.run_outputs,
+        deleted.trigger_firings,
+        deleted.work_item_attempts,
+        deleted.activities,
+        deleted.audit_records,
+        deleted.agent_log_records,
+        deleted.server_log_records
+    )
 }
