@@ -358,7 +358,7 @@ const CREDENTIAL_CHECK: Duration = Duration::from_secs(30);
         (status = 422, body = ErrorBody),
     )
 )]
-pub(crate) async fn follow_logs(
+pub(crate) async fn tail_logs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<LogParams>,

@@ -109,7 +109,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list_audit))
         .routes(routes!(logs::search_logs))
         .routes(routes!(logs::export_logs))
-        .routes(routes!(logs::follow_logs))
+        .routes(routes!(logs::tail_logs))
         .routes(routes!(retention::get_retention))
         .routes(routes!(retention::sweep))
         .routes(routes!(users::list_users, users::create_user))

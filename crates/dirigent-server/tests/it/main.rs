@@ -13,6 +13,7 @@ mod agent_link;
 mod api_contract;
 mod audit;
 mod auth;
+mod logs;
 mod metrics;
 mod panel;
 mod queues;

@@ -874,6 +874,7 @@ async fn a_limit_outside_its_range_is_refused() {
         (format!("/api/v1/triggers/{id}/firings"), 1000),
         ("/api/v1/runs".to_owned(), 1000),
         ("/api/v1/audit".to_owned(), 1000),
+        ("/api/v1/logs".to_owned(), 1000),
     ] {
         for limit in [0, max + 1] {
             let answer = app

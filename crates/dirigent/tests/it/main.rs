@@ -17,6 +17,7 @@ mod agent_link;
 mod browser;
 mod cli;
 mod lifecycle;
+mod logs;
 mod nodes;
 mod panel;
 mod queues;

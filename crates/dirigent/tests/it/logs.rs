@@ -1,0 +1,156 @@
+//! The log store on real processes: a robot's lines and structured records, the local agent's
+//! and the orchestrator's own logs and an activity's output, found by one query, followed
+//! live by `dirigent logs --follow`, exported as NDJSON; a long line kept cut; bad queries.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    process::Stdio,
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    lifecycle::{create_robot, server_with, wait_state},
+    support::{KillOnDrop, fails, json, ok, run},
+};
+
+const ROBOT_SCRIPT: &str = r#"echo "okapi says hello"
+echo '{"level": "error", "msg": "okapi could not book", "invoice": 7}'
+printf 'okapi %070000d\n' 0
+echo "okapi on stderr" >&2"#;
+
+#[test]
+fn every_source_is_found_by_one_query_and_followed_live() {
+    let server = server_with(&[]);
+    // The follower starts first: it must see what comes after it, as it comes.
+    let mut follower = KillOnDrop(
+        server
+            .cli(&["logs", "okapi", "--follow", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, lines) = mpsc::channel::<Value>();
+    let stdout = follower.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+
+    create_robot(&server, "okapi", &[], &["sh", "-c", ROBOT_SCRIPT]);
+    let started = json(&server, &["run", "start", "okapi"]);
+    let run_id = started["id"].as_str().unwrap().to_owned();
+    wait_state(&server, &run_id, "succeeded");
+    ok(run(server.cli(&[
+        "exec",
+        "local",
+        "--",
+        "echo",
+        "okapi via exec",
+    ])));
+
+    // Followed live: all four sources, each record once, in the order stored.
+    let mut followed: Vec<Value> = Vec::new();
+    let sources = |records: &[Value]| -> BTreeSet<String> {
+        records
+            .iter()
+            .map(|record| record["source"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    while sources(&followed).len() < 4 {
+        let record = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the follower saw only {followed:?}"));
+        followed.push(record);
+    }
+    let ids: Vec<u64> = followed.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+
+    // One query finds them all.
+    let page = json(&server, &["logs", "okapi", "--limit", "50"]);
+    let records: Vec<Value> = page["records"].as_array().unwrap().clone();
+    assert_eq!(
+        sources(&records),
+        ["activity", "agent", "robot", "server"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>(),
+        "{records:#?}"
+    );
+    let of_run = |text: &str| {
+        records
+            .iter()
+            .find(|record| record["run_id"] == run_id.as_str() && record["text"] == text)
+            .unwrap_or_else(|| panic!("{text:?} in {records:#?}"))
+            .clone()
+    };
+    assert_eq!(of_run("okapi says hello")["level"], "info");
+    let structured = of_run("okapi could not book");
+    assert_eq!(structured["level"], "error");
+    assert_eq!(structured["fields"]["invoice"], 7);
+    assert_eq!(of_run("okapi on stderr")["level"], "warn");
+    let long = records
+        .iter()
+        .find(|record| record["text"].as_str().unwrap().starts_with("okapi 000"))
+        .unwrap();
+    let long = long["text"].as_str().unwrap();
+    assert!(long.ends_with(" …[truncated]"), "marked");
+    assert_eq!(
+        long.len(),
+        64 * 1024 + " …[truncated]".len(),
+        "cut at 64 KiB"
+    );
+    let server_record = records
+        .iter()
+        .find(|record| record["source"] == "server")
+        .unwrap();
+    assert_eq!(server_record["robot"], "okapi");
+    assert_eq!(server_record["fields"]["state"], "succeeded");
+
+    // The same through the filters, and as NDJSON.
+    let errors = json(&server, &["logs", "--robot", "okapi", "--level", "error"]);
+    let texts: Vec<&str> = errors["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["okapi could not book"]);
+    let exported = ok(run(server.cli(&["logs", "okapi", "--ndjson", "--oldest"])));
+    let exported: Vec<Value> = exported
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(exported.len(), records.len());
+    let exported_ids: Vec<u64> = exported.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert!(exported_ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+
+    // The run page's search goes through the same store.
+    let in_run = json(&server, &["logs", "book*", "--run", &run_id]);
+    assert_eq!(in_run["records"].as_array().unwrap().len(), 1);
+
+    // Bad input: where the query breaks, and which filter is wrong.
+    fails(
+        run(server.cli(&["logs", "okapi \"not closed"])),
+        6,
+        "q: at 7: a quote that is not closed",
+    );
+    fails(
+        run(server.cli(&["logs", "--level", "loud"])),
+        6,
+        "level: \"loud\" is not one of trace, debug, info, warn, error",
+    );
+    fails(
+        run(server.cli(&["logs", "--source", "robots"])),
+        6,
+        "source: \"robots\" is not one of robot, agent, server, activity",
+    );
+}
