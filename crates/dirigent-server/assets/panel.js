@@ -283,8 +283,8 @@ function followOutput() {
       }
       const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
       const span = document.createElement("span");
-      span.className = line.stream;
-      span.textContent = `${line.text}\n`;
+      span.className = `${line.stream} level-${line.level || "info"}`;
+      span.textContent = `${line.text}${fieldsText(line.fields)}\n`;
       output.append(span);
       while (output.childElementCount > limit) output.firstElementChild.remove();
       if (atBottom) output.scrollTop = output.scrollHeight;
@@ -301,6 +301,83 @@ function followOutput() {
     });
   };
   connect();
+}
+
+/** A record's structured fields as ` key=value` words (nothing when it has none). */
+function fieldsText(fields) {
+  if (!fields) return "";
+  return Object.entries(fields)
+    .map(([key, value]) => ` ${key}=${typeof value === "string" ? value : JSON.stringify(value)}`)
+    .join("");
+}
+
+/**
+ * The Logs page's live tail: the latest records that match its filters, then each new one,
+ * at the top of the table.
+ */
+function followLogs() {
+  const button = document.getElementById("logs-follow");
+  const table = document.getElementById("log-records");
+  if (!button || !table) return;
+  const body = table.tBodies[0];
+  const startLabel = button.textContent;
+  const limit = 2000;
+  let stream = null;
+  let lastId = 0;
+  const row = (record) => {
+    const tr = document.createElement("tr");
+    tr.className = `level-${record.level}`;
+    const time = document.createElement("time");
+    time.dateTime = record.at;
+    time.textContent = record.at;
+    const level = document.createElement("span");
+    level.className = "level";
+    level.textContent = record.level;
+    const place = document.createElement("span");
+    place.textContent = [record.robot, record.run_id, record.agent && `agent ${record.agent}`,
+      record.activity_id, record.node && `server ${record.node}`].filter(Boolean).join(" ");
+    const text = document.createElement("span");
+    text.textContent = `${record.text}${fieldsText(record.fields)}`;
+    for (const part of [time, level, place, text]) {
+      const td = document.createElement("td");
+      td.append(part);
+      tr.append(td);
+    }
+    localTimes(tr);
+    return tr;
+  };
+  const stop = () => {
+    stream?.close();
+    stream = null;
+    button.textContent = startLabel;
+    button.setAttribute("aria-pressed", "false");
+  };
+  const connect = () => {
+    const address = lastId ? `${button.dataset.tail}&cursor=${lastId}` : button.dataset.tail;
+    stream = new EventSource(address);
+    stream.addEventListener("record", (event) => {
+      const record = JSON.parse(event.data);
+      if (record.id <= lastId) return;
+      lastId = record.id;
+      body.prepend(row(record));
+      while (body.rows.length > limit) body.lastElementChild.remove();
+    });
+    stream.addEventListener("error", () => {
+      if (!stream) return;
+      stream.close();
+      setTimeout(() => stream && connect(), 2000);
+    });
+  };
+  button.addEventListener("click", () => {
+    if (stream) return stop();
+    body.replaceChildren();
+    table.hidden = false;
+    document.getElementById("logs-empty")?.remove();
+    lastId = 0;
+    button.textContent = button.dataset.stop;
+    button.setAttribute("aria-pressed", "true");
+    connect();
+  });
 }
 
 /**
@@ -654,6 +731,7 @@ localTimes(document);
 followEvents();
 consoleForm();
 followOutput();
+followLogs();
 watchScreens();
 liveScreens();
 controlScreens();

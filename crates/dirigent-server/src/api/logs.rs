@@ -36,33 +36,33 @@ use crate::{AppState, api::ApiQuery, auth::Caller, error::ApiError, fleet::Fleet
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogParams {
     /// Full-text search: words (all must occur), `"a phrase"`, `prefix*`, `a OR b`, `-word`.
-    q: Option<String>,
+    pub(crate) q: Option<String>,
     /// Only these sources, comma-separated: `robot`, `agent`, `server`, `activity`.
-    source: Option<String>,
+    pub(crate) source: Option<String>,
     /// Only this level and above: `trace`, `debug`, `info`, `warn`, `error`.
-    level: Option<String>,
+    pub(crate) level: Option<String>,
     /// Only this robot's records.
-    robot: Option<String>,
+    pub(crate) robot: Option<String>,
     /// Only this run's output.
-    run: Option<String>,
+    pub(crate) run: Option<String>,
     /// Only this activity's output.
-    activity: Option<String>,
+    pub(crate) activity: Option<String>,
     /// Only records from (or about runs on) this agent.
-    agent: Option<String>,
+    pub(crate) agent: Option<String>,
     /// Only records at or after this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
-    since: Option<Timestamp>,
+    pub(crate) since: Option<Timestamp>,
     /// Only records before this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
-    until: Option<Timestamp>,
+    pub(crate) until: Option<Timestamp>,
     /// Where the previous page ended (its `next_cursor`); for the live tail, the record to
     /// follow from.
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// `newest` first (the default) or `oldest` first.
-    order: Option<String>,
+    pub(crate) order: Option<String>,
     /// At most this many per page (default 100, at most 1000); for the live tail, how many
     /// of the latest records come first (default 50, at most 1000).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// A query checked: what to read, and the caller's scope.

@@ -11,7 +11,7 @@ pub(crate) mod audit;
 mod events;
 mod health;
 mod json;
-mod logs;
+pub(crate) mod logs;
 pub(crate) mod queues;
 mod retention;
 pub(crate) mod robots;

@@ -308,6 +308,25 @@ const RUSSIAN: &[(&str, &str)] = &[
     ("New role", "Новая роль"),
     ("Create role", "Создать роль"),
     ("Next page", "Следующая страница"),
+    ("Logs", "Журналы"),
+    ("Search", "Найти"),
+    ("Source", "Источник"),
+    ("Level", "Уровень"),
+    ("Where", "Откуда"),
+    ("Text", "Текст"),
+    ("Follow live", "Следить вживую"),
+    ("Stop following", "Перестать следить"),
+    ("Within run", "В запуске"),
+    ("Nothing found.", "Ничего не найдено."),
+    ("Search the output", "Искать в выводе"),
+    ("robot", "робот"),
+    ("agent", "агент"),
+    ("server", "сервер"),
+    ("activity", "действие"),
+    ("debug", "отладка"),
+    ("info", "сведения"),
+    ("warn", "предупреждение"),
+    ("error", "ошибка"),
 ];
 
 #[cfg(test)]
@@ -352,6 +371,8 @@ mod tests {
             include_str!("../../templates/message.html"),
             include_str!("../../templates/console.html"),
             include_str!("../../templates/activity.html"),
+            include_str!("../../templates/logs.html"),
+            include_str!("../../templates/log_place.html"),
         );
         // Labels chosen in Rust (buttons, navigation, error titles): every capitalized
         // string literal outside comments.
@@ -365,6 +386,7 @@ mod tests {
             include_str!("queues.rs"),
             include_str!("admin.rs"),
             include_str!("console.rs"),
+            include_str!("logs.rs"),
         );
         let mut phrases: Vec<&str> = templates
             .match_indices(".t(\"")

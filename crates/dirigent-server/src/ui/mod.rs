@@ -11,6 +11,7 @@ mod agents;
 mod console;
 mod dashboard;
 mod i18n;
+mod logs;
 mod queues;
 mod robots;
 mod sessions;
@@ -58,6 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/activities/{id}", get(console::activity))
         .route("/users", get(admin::users))
         .route("/audit", get(admin::audit))
+        .route("/logs", get(logs::logs))
         .route("/assets/{file}", get(asset))
 }
 
@@ -204,6 +206,7 @@ impl FromRequestParts<AppState> for Viewer {
                 Some((Resource::Calendars, Action::Read)),
             ),
             ("/queues", "Queues", Some((Resource::Queues, Action::Read))),
+            ("/logs", "Logs", Some((Resource::Logs, Action::Read))),
             (
                 "/console",
                 "Console",

@@ -501,3 +501,73 @@ fn an_administrator_runs_a_program_from_the_console_and_a_viewer_has_no_console(
     let listed = json(&server, &["activity", "ls"]);
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
 }
+
+#[test]
+fn an_operator_searches_and_follows_the_logs_and_a_runs_output() {
+    let server = ServerProcess::start(&[], &[("DIRIGENT_ADMIN_PASSWORD", PASSWORD)]);
+    server.login(PASSWORD);
+    ok(run(server.cli(&[
+        "robot",
+        "create",
+        "heron",
+        "--",
+        "sh",
+        "-c",
+        r#"echo "heron starts $N"; echo '{"level": "error", "msg": "heron stuck", "invoice": 9}'"#,
+    ])));
+    let first = json(&server, &["run", "start", "heron", "--env", "N=1"]);
+    let first = first["id"].as_str().unwrap().to_owned();
+    json(
+        &server,
+        &[
+            "run",
+            "wait",
+            &first,
+            "--state",
+            "succeeded",
+            "--timeout",
+            "30",
+        ],
+    );
+    let browser = Browser::start("en-US");
+    browser.open(&format!("{}/login?next=%2Flogs%3Fq%3Dheron", server.url));
+    log_in(&browser, &server, "admin", PASSWORD);
+
+    // Found, coloured by level, with the record's fields and a link to its run.
+    browser.wait_text("#log-records", "heron starts 1");
+    browser.wait_text("#log-records tr.level-error", "heron stuck invoice=9");
+    assert!(
+        browser
+            .find(&format!("#log-records a[href='/runs/{first}']"))
+            .is_some()
+    );
+    assert_accessible(&browser);
+    browser.screenshot("logs");
+
+    // A query that does not parse says where.
+    browser.open(&format!("{}/logs?q=%22heron", server.url));
+    browser.wait_text("#logs-problem", "q: at 1: a quote that is not closed");
+
+    // Followed live: a new run's lines arrive without reloading.
+    browser.open(&format!("{}/logs?q=heron", server.url));
+    browser.wait_for("#logs-follow");
+    mark_page(&browser);
+    browser.click("#logs-follow");
+    browser.wait_text("#log-records", "heron starts 1");
+    json(&server, &["run", "start", "heron", "--env", "N=2"]);
+    browser.wait_text("#log-records", "heron starts 2");
+    assert!(page_was_kept(&browser));
+
+    // From a run's page, a search within its output.
+    browser.open(&format!("{}/runs/{first}", server.url));
+    browser.wait_text("#output", "heron stuck invoice=9");
+    browser.type_into("#run-search-q", "stuck");
+    browser.click("#run-search button[type=submit]");
+    browser.wait_text("#log-records", "heron stuck");
+    assert!(
+        browser.url().contains(&format!("run={first}")),
+        "{}",
+        browser.url()
+    );
+    assert!(!browser.text("#log-records").contains("heron starts"));
+}
