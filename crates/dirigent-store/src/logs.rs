@@ -15,6 +15,10 @@ use crate::{
 
 /// The key of the advisory lock PostgreSQL writers of logs take, so that ids commit in order.
 const LOGS_LOCK: i64 = 0x6469_7269_6c6f_6773;
+/// A record's words on PostgreSQL: the expression of the `logs_words` index, exactly.
+const WORDS: &str = "to_tsvector('simple', regexp_replace(l.text || ' ' || \
+    replace(replace(replace(COALESCE(l.fields, ''), '\\n', ' '), '\\r', ' '), '\\t', ' '), \
+    '[^[:alnum:]]+', ' ', 'g'))";
 /// Records inserted by one statement.
 const INSERT_CHUNK: usize = 256;
 
@@ -220,11 +224,7 @@ impl Store {
                         .push_bind(search.to_fts5());
                 }
                 Some(search) => {
-                    sql.push(
-                        "logs l WHERE to_tsvector('simple', regexp_replace(l.text || ' ' || \
-                         COALESCE(l.fields, ''), '[^[:alnum:]]+', ' ', 'g')) \
-                         @@ to_tsquery('simple', ",
-                    )
+                    sql.push(format!("logs l WHERE {WORDS} @@ to_tsquery('simple', "))
                     .push_bind(search.to_tsquery())
                     .push(")");
                 }

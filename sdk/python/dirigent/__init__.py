@@ -17,17 +17,88 @@ environment; this module uses them. Only the standard library is needed.
 
 An item the loop body leaves unanswered is failed as an application error (retried later), so
 that no item waits for its lease to expire.
+
+Structured log records go to the orchestrator's log store with the run's output, searchable by
+their words and fields:
+
+    from dirigent import log
+    log.info("booked", invoice=7)              # {"level": "info", "msg": "booked", "invoice": 7}
+
+    import logging
+    logging.getLogger().addHandler(dirigent.LogHandler())   # or Python's own logging
 """
 
 import json
+import logging
 import os
 import ssl
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["Client", "DirigentError", "Item", "queue", "add", "should_stop"]
+__all__ = ["Client", "DirigentError", "Item", "queue", "add", "should_stop", "log", "LogHandler"]
+
+
+_write_lock = threading.Lock()
+
+
+def _write_record(level, message, fields):
+    """Writes one structured record as a JSON line on standard output (which the orchestrator
+    reads as a record: its level, its message, its other keys as fields)."""
+    record = {"level": level, "msg": str(message)}
+    for key, value in fields.items():
+        if key not in record:
+            record[key] = value
+    line = json.dumps(record, default=str, ensure_ascii=False)
+    with _write_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+class Log:
+    """Structured records: `log.info("booked", invoice=7)`; also debug, warning, error."""
+
+    def debug(self, message, **fields):
+        _write_record("debug", message, fields)
+
+    def info(self, message, **fields):
+        _write_record("info", message, fields)
+
+    def warning(self, message, **fields):
+        _write_record("warn", message, fields)
+
+    warn = warning
+
+    def error(self, message, **fields):
+        _write_record("error", message, fields)
+
+
+log = Log()
+
+
+class LogHandler(logging.Handler):
+    """A `logging` handler that writes each record as a structured record: its level, its
+    message, the logger's name, the exception if any, and what was given as `extra`."""
+
+    _standard = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def emit(self, record):
+        try:
+            fields = {"logger": record.name}
+            for key, value in vars(record).items():
+                if key not in self._standard:
+                    fields[key] = value
+            if record.exc_info:
+                fields["exception"] = self.formatException(record.exc_info)
+            _write_record(record.levelname.lower(), record.getMessage(), fields)
+        except Exception:  # noqa: BLE001 - a log handler must never raise
+            self.handleError(record)
+
+    def formatException(self, exc_info):
+        return logging.Formatter().formatException(exc_info)
 
 
 class DirigentError(Exception):

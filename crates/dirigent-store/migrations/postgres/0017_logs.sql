@@ -31,9 +31,12 @@ CREATE INDEX logs_robot ON logs (robot, id) WHERE robot IS NOT NULL;
 CREATE INDEX logs_agent ON logs (agent, id) WHERE agent IS NOT NULL;
 CREATE INDEX logs_source ON logs (source, id);
 CREATE INDEX logs_at ON logs (at);
--- Words as the search language splits them (runs of letters and digits), text and fields.
-CREATE INDEX logs_words ON logs USING GIN (to_tsvector('simple',
-    regexp_replace(text || ' ' || COALESCE(fields, ''), '[^[:alnum:]]+', ' ', 'g')));
+-- Words as the search language splits them (runs of letters and digits), of the text and of
+-- the fields' JSON with the escapes of line breaks and tabs undone. Queries repeat this
+-- expression exactly (`WORDS` in src/logs.rs), or the index is not used.
+CREATE INDEX logs_words ON logs USING GIN (to_tsvector('simple', regexp_replace(text || ' ' ||
+    replace(replace(replace(COALESCE(fields, ''), '\n', ' '), '\r', ' '), '\t', ' '),
+    '[^[:alnum:]]+', ' ', 'g')));
 
 INSERT INTO logs (at, source, level, robot, run_id, agent, seq, stream, text)
 SELECT o.at, 'robot', CASE o.stream WHEN 'stderr' THEN 'warn' ELSE 'info' END, r.robot,

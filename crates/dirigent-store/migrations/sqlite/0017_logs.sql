@@ -32,13 +32,16 @@ CREATE INDEX logs_at ON logs (at);
 
 CREATE VIRTUAL TABLE logs_fts USING fts5 (text, fields, content = 'logs', content_rowid = 'id');
 
+-- The fields are indexed as their JSON with the escapes of line breaks and tabs undone, so
+-- that a value's words are words (`\nZeroDivisionError` is `ZeroDivisionError`).
 CREATE TRIGGER logs_fts_insert AFTER INSERT ON logs BEGIN
-    INSERT INTO logs_fts (rowid, text, fields) VALUES (new.id, new.text, new.fields);
+    INSERT INTO logs_fts (rowid, text, fields) VALUES (new.id, new.text,
+        replace(replace(replace(new.fields, '\n', ' '), '\r', ' '), '\t', ' '));
 END;
 
 CREATE TRIGGER logs_fts_delete AFTER DELETE ON logs BEGIN
-    INSERT INTO logs_fts (logs_fts, rowid, text, fields)
-    VALUES ('delete', old.id, old.text, old.fields);
+    INSERT INTO logs_fts (logs_fts, rowid, text, fields) VALUES ('delete', old.id, old.text,
+        replace(replace(replace(old.fields, '\n', ' '), '\r', ' '), '\t', ' '));
 END;
 
 INSERT INTO logs (at, source, level, robot, run_id, agent, seq, stream, text)

@@ -83,7 +83,9 @@ store_test!(one_query_over_every_source, |store| {
     insert_run(&store, "run_2", "hr-payroll").await;
     let mut booked = output_line("run_1", 2, "booked invoice", at(2));
     booked.level = Level::Warn;
-    booked.fields = Some(r#"{"invoice":"INV-0042"}"#.to_owned());
+    booked.fields = Some(
+        serde_json::json!({"invoice": "INV-0042", "trace": "File x\nKeyError: 'due'"}).to_string(),
+    );
     store
         .add_logs(&[
             output_line("run_1", 1, "portal timeout while logging in", at(1)),
@@ -127,6 +129,7 @@ store_test!(one_query_over_every_source, |store| {
     // Fields are searched too; a prefix, a phrase, an alternative, an exclusion.
     for (q, expected) in [
         ("inv 0042", vec!["booked invoice"]),
+        ("keyerror", vec!["booked invoice"]),
         ("inv*", vec!["booked invoice"]),
         ("\"timeout while\"", vec!["portal timeout while logging in"]),
         ("\"while timeout\"", vec![]),

@@ -154,3 +154,65 @@ fn every_source_is_found_by_one_query_and_followed_live() {
         "source: \"robots\" is not one of robot, agent, server, activity",
     );
 }
+
+#[test]
+fn a_python_robot_writes_structured_records_with_the_sdk() {
+    let server = server_with(&[]);
+    let script = r#"
+import logging
+from dirigent import log, LogHandler
+log.info("booked", invoice=7, supplier="ACME")
+logger = logging.getLogger("portal")
+logger.addHandler(LogHandler())
+logger.warning("portal slow", extra={"seconds": 3.5})
+try:
+    1 / 0
+except ZeroDivisionError:
+    logger.exception("could not total")
+"#;
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/python");
+    create_robot(
+        &server,
+        "ledger",
+        &["--env", &format!("PYTHONPATH={sdk}")],
+        &["python3", "-c", script],
+    );
+    let run_id = json(&server, &["run", "start", "ledger"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_state(&server, &run_id, "succeeded");
+
+    let found = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["logs", "--run", &run_id, "--oldest"];
+        all.extend_from_slice(args);
+        json(&server, &all)["records"].as_array().unwrap().clone()
+    };
+    let records = found(&[]);
+    let summary: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r["level"].as_str().unwrap(), r["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("info", "booked"),
+            ("warn", "portal slow"),
+            ("error", "could not total")
+        ]
+    );
+    assert_eq!(records[0]["fields"]["supplier"], "ACME");
+    assert_eq!(records[1]["fields"]["seconds"], 3.5);
+    assert_eq!(records[1]["fields"]["logger"], "portal");
+    assert!(
+        records[2]["fields"]["exception"]
+            .as_str()
+            .unwrap()
+            .contains("ZeroDivisionError")
+    );
+    // Fields are searched as words.
+    let by_field = found(&["acme"]);
+    assert_eq!(by_field.len(), 1);
+    assert_eq!(by_field[0]["text"], "booked");
+    assert_eq!(found(&["zerodivisionerror"]).len(), 1);
+}
