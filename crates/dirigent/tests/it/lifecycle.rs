@@ -434,6 +434,17 @@ fn robots_and_their_output_survive_a_server_restart() {
         numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
         "no line lost or doubled"
     );
+    // The agent's own record of starting it is kept once, and the output is in the log store.
+    let started = json(&restarted, &["logs", "--source", "agent", &id]);
+    let started: Vec<&Value> = started["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|record| record["text"] == "started a robot")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let found = json(&restarted, &["logs", "\"tick 150\"", "--run", &id]);
+    assert_eq!(found["records"].as_array().unwrap().len(), 1, "{found}");
 }
 
 #[test]
