@@ -13,6 +13,11 @@
 //! What is not acknowledged is bounded: past its cap the journal says it is full
 //! ([`Journal::full`]), and the runs stop reading their robots' output until acknowledgements
 //! bring it back under — the robots then wait on their writes instead of the journal growing.
+//!
+//! A write that fails (the disk full, say) is undone (the file cut back to where it was, so no
+//! torn line is left for the next to run into); the events wait in memory, the journal says
+//! it is full meanwhile, and every later append — [`Journal::append_all`], also with nothing
+//! new — writes them first, in order. Nothing is sent before it is written.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -48,6 +53,13 @@ enum Record {
     },
 }
 
+/// An event as [`Record::Event`] writes it, borrowed.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum EventRecord<'a> {
+    Event { id: u64, event: &'a AgentEvent },
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("journal {path}: {source}")]
 pub struct JournalError {
@@ -72,6 +84,10 @@ pub struct Journal {
     /// How many unacknowledged bytes make the journal full.
     cap: u64,
     full: tokio::sync::watch::Sender<bool>,
+    /// Events not written yet, because writing failed: written first by the next append.
+    waiting: Vec<AgentEvent>,
+    /// Whether the last append failed (to say so once).
+    failing: bool,
 }
 
 impl Journal {
@@ -88,10 +104,21 @@ impl Journal {
         let mut unacked = VecDeque::new();
         let mut sizes = VecDeque::new();
         let mut last_output = BTreeMap::new();
+        // The end of the last whole line: a torn line after it (a crash in the middle of a
+        // write) is cut off, so that the next write starts a line of its own.
+        let mut whole = 0;
         match File::open(path) {
             Ok(file) => {
-                for line in BufReader::new(file).lines() {
-                    let line = line.map_err(error)?;
+                let mut reader = BufReader::new(file);
+                let mut raw = Vec::new();
+                loop {
+                    raw.clear();
+                    let read = reader.read_until(b'\n', &mut raw).map_err(error)?;
+                    if read == 0 || raw.last() != Some(&b'\n') {
+                        break;
+                    }
+                    whole += read as u64;
+                    let line = String::from_utf8_lossy(&raw[..read - 1]);
                     let Ok(record) = serde_json::from_str::<Record>(&line) else {
                         tracing::warn!(path = %path.display(), "skipping an unreadable journal line");
                         continue;
@@ -127,7 +154,11 @@ impl Journal {
             .append(true)
             .open(path)
             .map_err(error)?;
-        let bytes = file.metadata().map_err(error)?.len();
+        if whole < file.metadata().map_err(error)?.len() {
+            tracing::warn!(path = %path.display(), "cutting off a torn last journal line");
+            file.set_len(whole).map_err(error)?;
+        }
+        let bytes = whole;
         let mut journal = Journal {
             path: path.to_owned(),
             file,
@@ -141,44 +172,84 @@ impl Journal {
             unacked_sizes: sizes,
             cap,
             full: tokio::sync::watch::Sender::new(false),
+            waiting: Vec::new(),
+            failing: false,
         };
         journal.compact()?;
         journal.note_fullness();
         Ok(journal)
     }
 
-    /// Writes an event durably and answers its id.
-    pub fn append(&mut self, event: AgentEvent) -> Result<u64, JournalError> {
-        let ids = self.append_all(vec![event])?;
-        Ok(ids.first().copied().unwrap_or(self.last_event_id))
+    /// Writes an event durably and answers its id; `None` when it waits (writing failed).
+    pub fn append(&mut self, event: AgentEvent) -> Option<u64> {
+        self.append_all(vec![event]).first().map(|(id, _)| *id)
     }
 
-    /// Writes events durably with one sync (group commit) and answers their ids.
-    pub fn append_all(&mut self, events: Vec<AgentEvent>) -> Result<Vec<u64>, JournalError> {
-        let mut ids = Vec::with_capacity(events.len());
-        for event in events {
-            let id = self.last_event_id + 1;
-            let record = Record::Event { id, event };
-            let size = self.write(&record, false)?;
-            self.last_event_id = id;
-            if let Record::Event { event, .. } = record {
-                note_output(&mut self.last_output, &event);
-                self.unacked.push_back((id, event));
-                self.unacked_sizes.push_back(size);
-                self.unacked_bytes += size;
-            }
-            ids.push(id);
+    /// Writes events durably with one sync (group commit) — after those waiting from a write
+    /// that failed — and answers what is now written, with ids. When writing fails, nothing
+    /// is written and everything waits for the next append.
+    pub fn append_all(&mut self, events: Vec<AgentEvent>) -> Vec<(u64, AgentEvent)> {
+        self.waiting.extend(events);
+        if self.waiting.is_empty() {
+            return Vec::new();
         }
-        self.file.sync_data().map_err(|source| JournalError {
-            path: self.path.clone(),
-            source,
-        })?;
+        let mut buffer = Vec::new();
+        let mut sizes = Vec::with_capacity(self.waiting.len());
+        for (n, event) in (1..).zip(&self.waiting) {
+            let before = buffer.len();
+            let record = EventRecord::Event {
+                id: self.last_event_id + n,
+                event,
+            };
+            if serde_json::to_writer(&mut buffer, &record).is_err() {
+                buffer.truncate(before);
+                continue;
+            }
+            buffer.push(b'\n');
+            sizes.push((buffer.len() - before) as u64);
+        }
+        let written = self
+            .file
+            .write_all(&buffer)
+            .and_then(|()| self.file.sync_data());
+        if let Err(err) = written {
+            // Undo what part was written; the events wait for the next append.
+            let _ = self.file.set_len(self.bytes);
+            if !std::mem::replace(&mut self.failing, true) {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    %err,
+                    waiting = self.waiting.len(),
+                    "cannot write the journal: events wait in memory, robots' output is not read"
+                );
+            }
+            self.note_fullness();
+            return Vec::new();
+        }
+        if std::mem::replace(&mut self.failing, false) {
+            tracing::info!(path = %self.path.display(), "the journal can be written again");
+        }
+        self.bytes += buffer.len() as u64;
+        let mut journaled = Vec::with_capacity(sizes.len());
+        for (event, size) in std::mem::take(&mut self.waiting).into_iter().zip(sizes) {
+            self.last_event_id += 1;
+            note_output(&mut self.last_output, &event);
+            self.unacked.push_back((self.last_event_id, event.clone()));
+            self.unacked_sizes.push_back(size);
+            self.unacked_bytes += size;
+            journaled.push((self.last_event_id, event));
+        }
         self.note_fullness();
-        Ok(ids)
+        journaled
+    }
+
+    /// Whether events wait to be written (a write failed).
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     /// The server applied every event up to `id`.
-    pub fn ack(&mut self, id: u64) -> Result<(), JournalError> {
+    pub fn ack(&mut self, id: u64) {
         let before = self.unacked.len();
         while self
             .unacked
@@ -190,10 +261,14 @@ impl Journal {
         }
         self.note_fullness();
         if before != self.unacked.len() {
-            // Losing an ack costs a resend, which the server ignores: no need to sync.
-            self.write(&Record::Acked { id }, false)?;
+            // Losing an ack costs a resend, which the server ignores: no need to sync, nor
+            // to fail when it cannot be written.
+            let _ = self.write(&Record::Acked { id }, false);
         }
-        self.compact()
+        if let Err(err) = self.compact() {
+            tracing::warn!(%err, "cannot compact the journal: trying again once it has grown");
+            self.compacted_bytes = self.bytes;
+        }
     }
 
     /// Whether the unacknowledged events are past the cap, now and as it changes.
@@ -207,7 +282,7 @@ impl Journal {
     }
 
     fn note_fullness(&self) {
-        let full = self.cap < self.unacked_bytes;
+        let full = self.cap < self.unacked_bytes || !self.waiting.is_empty();
         self.full
             .send_if_modified(|was| std::mem::replace(was, full) != full);
     }
@@ -242,9 +317,14 @@ impl Journal {
         };
         let mut line = serde_json::to_vec(record).map_err(|err| error(err.into()))?;
         line.push(b'\n');
-        self.file.write_all(&line).map_err(error)?;
-        if sync {
-            self.file.sync_data().map_err(error)?;
+        let written = self.file.write_all(&line).and_then(|()| match sync {
+            true => self.file.sync_data(),
+            false => Ok(()),
+        });
+        if let Err(err) = written {
+            // Undone, so that no torn line is left for the next write to run into.
+            let _ = self.file.set_len(self.bytes);
+            return Err(error(err));
         }
         self.bytes += line.len() as u64;
         Ok(line.len() as u64)
@@ -259,7 +339,28 @@ impl Journal {
             source,
         };
         let fresh = self.path.with_extension("compacting");
-        let mut file = File::create(&fresh).map_err(error)?;
+        let written = self.write_compacted(&fresh);
+        if written.is_err() {
+            let _ = std::fs::remove_file(&fresh);
+        }
+        let bytes = written?;
+        std::fs::rename(&fresh, &self.path).map_err(error)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(error)?;
+        self.bytes = bytes;
+        self.compacted_bytes = bytes;
+        Ok(())
+    }
+
+    /// Writes what a compaction keeps to `fresh`, synced; answers its size.
+    fn write_compacted(&self, fresh: &Path) -> Result<u64, JournalError> {
+        let error = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = File::create(fresh).map_err(error)?;
         let last_acked = self
             .unacked
             .front()
@@ -289,14 +390,7 @@ impl Journal {
             bytes += line.len() as u64;
         }
         file.sync_all().map_err(error)?;
-        std::fs::rename(&fresh, &self.path).map_err(error)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(error)?;
-        self.bytes = bytes;
-        self.compacted_bytes = bytes;
-        Ok(())
+        Ok(bytes)
     }
 }
 
@@ -334,7 +428,7 @@ mod tests {
             ids.push(journal.append(event).unwrap());
         }
         assert!(COMPACT_BYTES < std::fs::metadata(&path).unwrap().len());
-        journal.ack(ids[14]).unwrap();
+        journal.ack(ids[14]);
         let size = std::fs::metadata(&path).unwrap().len();
         assert!(size < 6 * 65 * 1024, "five events left: {size} bytes");
         drop(journal);
@@ -369,7 +463,7 @@ mod tests {
             last = journal.append(paused("b")).unwrap();
         }
         assert!(*full.borrow(), "{} bytes", journal.unacked_bytes());
-        journal.ack(last - 1).unwrap();
+        journal.ack(last - 1);
         assert!(!*full.borrow(), "{} bytes", journal.unacked_bytes());
         // What it holds is counted again after a restart.
         drop(journal);
@@ -393,7 +487,7 @@ mod tests {
         assert_eq!(journal.append(paused("a")).unwrap(), 1);
         assert_eq!(journal.append(paused("b")).unwrap(), 2);
         assert_eq!(journal.append(paused("c")).unwrap(), 3);
-        journal.ack(1).unwrap();
+        journal.ack(1);
         journal.applied(9).unwrap();
         drop(journal);
 
@@ -407,8 +501,60 @@ mod tests {
         assert_eq!(ids, [2, 3]);
         assert_eq!(journal.last_applied_command(), 9);
         assert_eq!(journal.append(paused("d")).unwrap(), 4, "ids continue");
-        journal.ack(4).unwrap();
+        drop(journal);
+        // The torn line was cut off: what came after it is whole.
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
+        let ids: Vec<u64> = journal.unacked().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [2, 3, 4]);
+        journal.ack(4);
         assert_eq!(journal.unacked().count(), 0);
+    }
+
+    #[test]
+    fn events_wait_in_memory_while_the_disk_is_full_and_are_written_in_order_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
+        let full = journal.full();
+        assert_eq!(journal.append(paused("a")), Some(1));
+        let size = std::fs::metadata(&path).unwrap().len();
+        // Every write fails as on a full disk (ENOSPC).
+        let real = std::mem::replace(
+            &mut journal.file,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        assert_eq!(journal.append(paused("b")), None);
+        assert!(journal.append_all(vec![paused("c")]).is_empty());
+        assert!(journal.has_waiting());
+        assert!(
+            *full.borrow(),
+            "full while events wait: the robots' output is not read"
+        );
+        assert_eq!(journal.unacked().count(), 1, "nothing unwritten is sent");
+        // An ack that cannot be written is no failure.
+        journal.ack(1);
+        // Space again: what waited is written first, then what comes.
+        journal.file = real;
+        let written: Vec<u64> = journal
+            .append_all(vec![paused("d")])
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(written, [2, 3, 4]);
+        assert!(!journal.has_waiting());
+        assert!(!*full.borrow());
+        drop(journal);
+        let journal = Journal::open(&path, u64::MAX).unwrap();
+        let runs: Vec<String> = journal
+            .unacked()
+            .map(|(_, event)| match event {
+                AgentEvent::Paused { run_id, .. } => run_id.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The ack that could not be written costs a resend of `a`, which the server ignores.
+        assert_eq!(runs, ["a", "b", "c", "d"], "in order, each once");
+        assert!(size < std::fs::metadata(&path).unwrap().len());
     }
 
     #[test]
@@ -438,7 +584,7 @@ mod tests {
         }
         journal.applied(5).unwrap();
         assert!(COMPACT_BYTES < std::fs::metadata(&path).unwrap().len());
-        journal.ack(last).unwrap();
+        journal.ack(last);
         assert!(std::fs::metadata(&path).unwrap().len() < 200, "compacted");
         drop(journal);
         let mut journal = Journal::open(&path, u64::MAX).unwrap();

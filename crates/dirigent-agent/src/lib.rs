@@ -221,7 +221,7 @@ pub async fn run(
         while let Ok(event) = events.try_recv() {
             ended.push(event);
         }
-        record(&mut journal, &mut runner, ended).await?;
+        record(&mut journal, &mut runner, ended).await;
     }
     let mut failures: u32 = 0;
     let mut offline_since = tokio::time::Instant::now();
@@ -252,7 +252,6 @@ pub async fn run(
         };
         match ended {
             Ok(never) => match never {},
-            Err(SessionError::Journal(err)) => return Err(err.into()),
             Err(SessionError::Restart) => return Err(restart(&activities, &mut runner).await),
             Err(SessionError::Refused(reason)) => {
                 tracing::error!(reason, "the server refused this agent")
@@ -302,10 +301,13 @@ pub async fn run(
                     return Ok(());
                 }
                 Some(event) = events.recv() => {
-                    record(&mut journal, &mut runner, drain_batch(event, &mut events)).await?;
+                    record(&mut journal, &mut runner, drain_batch(event, &mut events)).await;
+                }
+                () = tokio::time::sleep(JOURNAL_RETRY), if journal.has_waiting() => {
+                    record(&mut journal, &mut runner, Vec::new()).await;
                 }
                 Some(()) = restarts.recv() => {
-                    record_waiting(&mut journal, &mut runner, &mut events).await?;
+                    record_waiting(&mut journal, &mut runner, &mut events).await;
                     return Err(restart(&activities, &mut runner).await);
                 }
             }
@@ -365,31 +367,35 @@ async fn record_waiting(
     journal: &mut Journal,
     runner: &mut Runner,
     events: &mut mpsc::UnboundedReceiver<AgentEvent>,
-) -> Result<(), JournalError> {
+) {
     let mut waiting = Vec::new();
     while let Ok(event) = events.try_recv() {
         waiting.push(event);
     }
-    record(journal, runner, waiting).await.map(|_| ())
+    record(journal, runner, waiting).await;
 }
 
-/// Journals events (one sync), then lets the keeper forget the runs whose ends they report.
+/// Journals events (one sync; after those waiting from a write that failed), then lets the
+/// keeper forget the runs whose ends are journaled. Answers what was journaled, with ids.
 async fn record(
     journal: &mut Journal,
     runner: &mut Runner,
     events: Vec<AgentEvent>,
-) -> Result<Vec<u64>, JournalError> {
-    let ended: Vec<String> = events
+) -> Vec<(u64, AgentEvent)> {
+    let journaled = journal.append_all(events);
+    let ended: Vec<String> = journaled
         .iter()
-        .filter_map(|event| match event {
+        .filter_map(|(_, event)| match event {
             AgentEvent::Exited { run_id, .. } => Some(run_id.clone()),
             _ => None,
         })
         .collect();
-    let ids = journal.append_all(events)?;
     runner.forget_kept(ended).await;
-    Ok(ids)
+    journaled
 }
+
+/// How often events that could not be journaled are tried again.
+const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 
 /// The event just received and those already waiting behind it (up to a bound), to be
 /// journaled with one sync.
@@ -472,7 +478,6 @@ fn backoff(failures: u32) -> Duration {
 enum SessionError {
     Link(String),
     Refused(String),
-    Journal(JournalError),
     /// An activity asked the agent to restart.
     Restart,
 }
@@ -486,9 +491,11 @@ struct Link<'a> {
     restarts: &'a mut mpsc::UnboundedReceiver<()>,
 }
 
+/// A command whose application cannot be journaled (the disk full) is not acknowledged: the
+/// connection ends, and the server sends it again on the next.
 impl From<JournalError> for SessionError {
     fn from(err: JournalError) -> SessionError {
-        SessionError::Journal(err)
+        SessionError::Link(err.to_string())
     }
 }
 
@@ -549,7 +556,7 @@ async fn session(
         }
     };
     *failures = 0;
-    journal.ack(last_event_id)?;
+    journal.ack(last_event_id);
     let resend: Vec<AgentFrame> = journal
         .unacked()
         .map(|(id, event)| AgentFrame::Event {
@@ -581,8 +588,12 @@ async fn session(
             Some(frame) = outgoing.recv() => send(&mut socket, &frame).await?,
             Some(event) = events.recv() => {
                 let batch = drain_batch(event, events);
-                let ids = record(journal, runner, batch.clone()).await?;
-                for (id, event) in ids.into_iter().zip(batch) {
+                for (id, event) in record(journal, runner, batch).await {
+                    send(&mut socket, &AgentFrame::Event { id, event }).await?;
+                }
+            }
+            () = tokio::time::sleep(JOURNAL_RETRY), if journal.has_waiting() => {
+                for (id, event) in record(journal, runner, Vec::new()).await {
                     send(&mut socket, &AgentFrame::Event { id, event }).await?;
                 }
             }
@@ -607,7 +618,7 @@ async fn session(
                     }
                     send(&mut socket, &AgentFrame::Ack { id }).await?;
                 }
-                Some(ServerFrame::Ack { id }) => journal.ack(id)?,
+                Some(ServerFrame::Ack { id }) => journal.ack(id),
                 Some(ServerFrame::Request { id, request }) => {
                     let answer = runner.answer(request, outgoing_tx.clone());
                     let replies = outgoing_tx.clone();
@@ -619,7 +630,7 @@ async fn session(
                 None => {}
             },
             Some(()) = restarts.recv() => {
-                record_waiting(journal, runner, events).await?;
+                record_waiting(journal, runner, events).await;
                 return Err(SessionError::Restart);
             }
             _ = heartbeat.tick() => {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     lifecycle::{create_robot, server_with, wait_state},
-    support::{KillOnDrop, fails, json, ok, run},
+    support::{KillOnDrop, dirigent, eventually, fails, json, ok, run},
 };
 
 const ROBOT_SCRIPT: &str = r#"echo "okapi says hello"
@@ -215,4 +215,105 @@ except ZeroDivisionError:
     assert_eq!(by_field.len(), 1);
     assert_eq!(by_field[0]["text"], "booked");
     assert_eq!(found(&["zerodivisionerror"]).len(), 1);
+}
+
+/// A size-limited tmpfs, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, mib: u32) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", path.display());
+        SmallDisk(path)
+    }
+
+    /// Fills what is left, to the last byte the file system gives.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        for chunk in [64 * 1024, 4096, 1] {
+            let bytes = vec![0u8; chunk];
+            while file.write_all(&bytes).is_ok() {}
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn on_a_full_disk_an_agents_lines_wait_and_arrive_later_none_lost() {
+    let server = server_with(&["--no-local-agent"]);
+    let disk = SmallDisk::mount(server.dir.path().join("small"), 8);
+    let token = ok(run(server.cli(&["agent", "enroll-token"])))
+        .trim()
+        .to_owned();
+    let _agent = KillOnDrop(
+        dirigent(&server.config_dir())
+            .args(["agent", "--server", &server.url, "--name", "cramped"])
+            .args(["--enroll-token", &token, "--data"])
+            .arg(disk.0.join("agent"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the agent online", || {
+        let agents = json(&server, &["agent", "ls"]);
+        (agents[0]["state"] == "online").then_some(())
+    });
+    let go = server.dir.path().join("go");
+    let done = server.dir.path().join("done");
+    let script = format!(
+        "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo \"line $i\"; \
+         if [ $i = 100 ]; then while [ ! -e {go} ]; do sleep 0.02; done; fi; done; touch {done}",
+        go = go.display(),
+        done = done.display()
+    );
+    create_robot(&server, "scribe", &[], &["sh", "-c", &script]);
+    let run_id = json(&server, &["run", "start", "scribe"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    crate::lifecycle::await_output(&server, &run_id, "line 100");
+
+    // The disk fills; the robot writes the rest and ends meanwhile.
+    let filler = disk.fill();
+    std::fs::write(&go, "").unwrap();
+    eventually("the robot done", || done.exists().then_some(()));
+    let shown = json(&server, &["run", "show", &run_id]);
+    assert_eq!(
+        shown["state"], "running",
+        "its end waits in the agent's memory: {shown}"
+    );
+    let stored = ok(run(server.cli(&["run", "logs", &run_id])));
+    assert!(stored.lines().count() < 3000, "not all arrived while full");
+
+    // Space again: everything arrives, in order, once.
+    std::fs::remove_file(filler).unwrap();
+    wait_state(&server, &run_id, "succeeded");
+    let lines = ok(run(server.cli(&["run", "logs", &run_id])));
+    let numbers: Vec<u32> = lines
+        .lines()
+        .map(|line| line.strip_prefix("line ").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=3000).collect::<Vec<_>>());
+    let said = json(
+        &server,
+        &["logs", "--source", "agent", "\"cannot write the journal\""],
+    );
+    assert_eq!(said["records"].as_array().unwrap().len(), 1, "{said}");
 }
