@@ -24,6 +24,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use dirigent_proto::link::AgentEvent;
@@ -69,7 +70,8 @@ pub struct JournalError {
 
 pub struct Journal {
     path: PathBuf,
-    file: File,
+    /// Written on blocking threads (see [`Journal::write_out`]).
+    file: Arc<Mutex<File>>,
     bytes: u64,
     last_event_id: u64,
     unacked: VecDeque<(u64, AgentEvent)>,
@@ -159,9 +161,9 @@ impl Journal {
             file.set_len(whole).map_err(error)?;
         }
         let bytes = whole;
-        let mut journal = Journal {
+        let journal = Journal {
             path: path.to_owned(),
-            file,
+            file: Arc::new(Mutex::new(file)),
             bytes,
             last_event_id,
             unacked,
@@ -175,20 +177,23 @@ impl Journal {
             waiting: Vec::new(),
             failing: false,
         };
-        journal.compact()?;
+
         journal.note_fullness();
         Ok(journal)
     }
 
     /// Writes an event durably and answers its id; `None` when it waits (writing failed).
-    pub fn append(&mut self, event: AgentEvent) -> Option<u64> {
-        self.append_all(vec![event]).first().map(|(id, _)| *id)
+    pub async fn append(&mut self, event: AgentEvent) -> Option<u64> {
+        self.append_all(vec![event])
+            .await
+            .first()
+            .map(|(id, _)| *id)
     }
 
     /// Writes events durably with one sync (group commit) — after those waiting from a write
     /// that failed — and answers what is now written, with ids. When writing fails, nothing
     /// is written and everything waits for the next append.
-    pub fn append_all(&mut self, events: Vec<AgentEvent>) -> Vec<(u64, AgentEvent)> {
+    pub async fn append_all(&mut self, events: Vec<AgentEvent>) -> Vec<(u64, AgentEvent)> {
         self.waiting.extend(events);
         if self.waiting.is_empty() {
             return Vec::new();
@@ -208,16 +213,9 @@ impl Journal {
             buffer.push(b'\n');
             sizes.push((buffer.len() - before) as u64);
         }
-        let written = self
-            .file
-            .write_all(&buffer)
-            .and_then(|()| self.file.sync_data());
-        if let Err(err) = written {
-            // Undo what part was written; the events wait for the next append.
-            let _ = self.file.set_len(self.bytes);
+        if let Err(err) = self.write_out(buffer, true).await {
             if !std::mem::replace(&mut self.failing, true) {
                 tracing::warn!(
-                    path = %self.path.display(),
                     %err,
                     waiting = self.waiting.len(),
                     "cannot write the journal: events wait in memory, robots' output is not read"
@@ -229,7 +227,6 @@ impl Journal {
         if std::mem::replace(&mut self.failing, false) {
             tracing::info!(path = %self.path.display(), "the journal can be written again");
         }
-        self.bytes += buffer.len() as u64;
         let mut journaled = Vec::with_capacity(sizes.len());
         for (event, size) in std::mem::take(&mut self.waiting).into_iter().zip(sizes) {
             self.last_event_id += 1;
@@ -249,7 +246,7 @@ impl Journal {
     }
 
     /// The server applied every event up to `id`.
-    pub fn ack(&mut self, id: u64) {
+    pub async fn ack(&mut self, id: u64) {
         let before = self.unacked.len();
         while self
             .unacked
@@ -263,9 +260,9 @@ impl Journal {
         if before != self.unacked.len() {
             // Losing an ack costs a resend, which the server ignores: no need to sync, nor
             // to fail when it cannot be written.
-            let _ = self.write(&Record::Acked { id }, false);
+            let _ = self.write(&Record::Acked { id }, false).await;
         }
-        if let Err(err) = self.compact() {
+        if let Err(err) = self.compact().await {
             tracing::warn!(%err, "cannot compact the journal: trying again once it has grown");
             self.compacted_bytes = self.bytes;
         }
@@ -303,64 +300,58 @@ impl Journal {
     }
 
     /// Records durably that the command `id` was applied.
-    pub fn applied(&mut self, id: u64) -> Result<(), JournalError> {
-        self.write(&Record::Applied { id }, true)?;
+    pub async fn applied(&mut self, id: u64) -> Result<(), JournalError> {
+        self.write(&Record::Applied { id }, true).await?;
         self.last_applied_command = id;
         Ok(())
     }
 
     /// Appends one record; answers the size of its line.
-    fn write(&mut self, record: &Record, sync: bool) -> Result<u64, JournalError> {
-        let error = |source| JournalError {
-            path: self.path.clone(),
-            source,
-        };
-        let mut line = serde_json::to_vec(record).map_err(|err| error(err.into()))?;
+    async fn write(&mut self, record: &Record, sync: bool) -> Result<u64, JournalError> {
+        let mut line = serde_json::to_vec(record).map_err(|err| self.error(err.into()))?;
         line.push(b'\n');
-        let written = self.file.write_all(&line).and_then(|()| match sync {
-            true => self.file.sync_data(),
-            false => Ok(()),
-        });
-        if let Err(err) = written {
-            // Undone, so that no torn line is left for the next write to run into.
-            let _ = self.file.set_len(self.bytes);
-            return Err(error(err));
-        }
-        self.bytes += line.len() as u64;
-        Ok(line.len() as u64)
+        let length = line.len() as u64;
+        self.write_out(line, sync).await?;
+        Ok(length)
     }
 
-    fn compact(&mut self) -> Result<(), JournalError> {
-        if self.bytes < COMPACT_BYTES.max(2 * self.compacted_bytes) {
-            return Ok(());
-        }
-        let error = |source| JournalError {
-            path: self.path.clone(),
-            source,
-        };
-        let fresh = self.path.with_extension("compacting");
-        let written = self.write_compacted(&fresh);
-        if written.is_err() {
-            let _ = std::fs::remove_file(&fresh);
-        }
-        let bytes = written?;
-        std::fs::rename(&fresh, &self.path).map_err(error)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(error)?;
-        self.bytes = bytes;
-        self.compacted_bytes = bytes;
+    /// Appends `bytes` (synced when `sync`) on a blocking thread, so that a slow disk stalls no
+    /// other task. A write that fails is undone — the file cut back to where it was — so that
+    /// no torn line is left for the next write to run into.
+    async fn write_out(&mut self, bytes: Vec<u8>, sync: bool) -> Result<(), JournalError> {
+        let file = Arc::clone(&self.file);
+        let end = self.bytes;
+        let length = bytes.len() as u64;
+        blocking(move || {
+            let mut file = crate::lock(&file);
+            let written = file.write_all(&bytes).and_then(|()| match sync {
+                true => file.sync_data(),
+                false => Ok(()),
+            });
+            if written.is_err() {
+                let _ = file.set_len(end);
+            }
+            written
+        })
+        .await
+        .map_err(|err| self.error(err))?;
+        self.bytes += length;
         Ok(())
     }
 
-    /// Writes what a compaction keeps to `fresh`, synced; answers its size.
-    fn write_compacted(&self, fresh: &Path) -> Result<u64, JournalError> {
-        let error = |source| JournalError {
+    fn error(&self, source: std::io::Error) -> JournalError {
+        JournalError {
             path: self.path.clone(),
             source,
-        };
-        let mut file = File::create(fresh).map_err(error)?;
+        }
+    }
+
+    /// Rewrites the file with only what is not acknowledged, once it has grown enough; the
+    /// writing, syncing and renaming on a blocking thread.
+    async fn compact(&mut self) -> Result<(), JournalError> {
+        if self.bytes < COMPACT_BYTES.max(2 * self.compacted_bytes) {
+            return Ok(());
+        }
         let last_acked = self
             .unacked
             .front()
@@ -378,20 +369,49 @@ impl Journal {
                 run_id: run_id.clone(),
                 seq: *seq,
             });
-        let unacked = self.unacked.iter().map(|(id, event)| Record::Event {
-            id: *id,
-            event: event.clone(),
-        });
-        let mut bytes = 0;
-        for record in head.into_iter().chain(last_output).chain(unacked) {
-            let mut line = serde_json::to_vec(&record).map_err(|err| error(err.into()))?;
-            line.push(b'\n');
-            file.write_all(&line).map_err(error)?;
-            bytes += line.len() as u64;
+        let mut kept = Vec::new();
+        for record in head.into_iter().chain(last_output) {
+            serde_json::to_writer(&mut kept, &record).map_err(|err| self.error(err.into()))?;
+            kept.push(b'\n');
         }
-        file.sync_all().map_err(error)?;
-        Ok(bytes)
+        for (id, event) in &self.unacked {
+            let record = EventRecord::Event { id: *id, event };
+            serde_json::to_writer(&mut kept, &record).map_err(|err| self.error(err.into()))?;
+            kept.push(b'\n');
+        }
+        let bytes = kept.len() as u64;
+        let path = self.path.clone();
+        let file = Arc::clone(&self.file);
+        blocking(move || {
+            let fresh = path.with_extension("compacting");
+            let written = File::create(&fresh).and_then(|mut new| {
+                new.write_all(&kept)?;
+                new.sync_all()
+            });
+            if let Err(err) = written {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(err);
+            }
+            let mut file = crate::lock(&file);
+            std::fs::rename(&fresh, &path)?;
+            *file = OpenOptions::new().append(true).open(&path)?;
+            Ok(())
+        })
+        .await
+        .map_err(|err| self.error(err))?;
+        self.bytes = bytes;
+        self.compacted_bytes = bytes;
+        Ok(())
     }
+}
+
+/// Runs file work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Follows the last output line of each run until its end.
@@ -412,8 +432,8 @@ fn note_output(last_output: &mut BTreeMap<String, u64>, event: &AgentEvent) {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_acknowledged_prefix_is_compacted_away_while_events_stay_unacknowledged() {
+    #[tokio::test]
+    async fn the_acknowledged_prefix_is_compacted_away_while_events_stay_unacknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut journal = Journal::open(&path, u64::MAX).unwrap();
@@ -425,10 +445,10 @@ mod tests {
                 reason: text.clone(),
                 at: Timestamp::UNIX_EPOCH,
             };
-            ids.push(journal.append(event).unwrap());
+            ids.push(journal.append(event).await.unwrap());
         }
         assert!(COMPACT_BYTES < std::fs::metadata(&path).unwrap().len());
-        journal.ack(ids[14]);
+        journal.ack(ids[14]).await;
         let size = std::fs::metadata(&path).unwrap().len();
         assert!(size < 6 * 65 * 1024, "five events left: {size} bytes");
         drop(journal);
@@ -440,7 +460,7 @@ mod tests {
             "the unacknowledged events survive the rewrite"
         );
         assert_eq!(
-            journal.append(paused("y")).unwrap(),
+            journal.append(paused("y")).await.unwrap(),
             ids[19] + 1,
             "ids go on"
         );
@@ -450,20 +470,20 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn past_its_cap_the_journal_is_full_until_acknowledgements_bring_it_under() {
+    #[tokio::test]
+    async fn past_its_cap_the_journal_is_full_until_acknowledgements_bring_it_under() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut journal = Journal::open(&path, 300).unwrap();
         let full = journal.full();
-        let first = journal.append(paused("a")).unwrap();
+        let first = journal.append(paused("a")).await.unwrap();
         assert!(!*full.borrow());
         let mut last = first;
         while journal.unacked_bytes() <= 300 {
-            last = journal.append(paused("b")).unwrap();
+            last = journal.append(paused("b")).await.unwrap();
         }
         assert!(*full.borrow(), "{} bytes", journal.unacked_bytes());
-        journal.ack(last - 1);
+        journal.ack(last - 1).await;
         assert!(!*full.borrow(), "{} bytes", journal.unacked_bytes());
         // What it holds is counted again after a restart.
         drop(journal);
@@ -479,16 +499,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unacknowledged_events_and_the_applied_command_survive_a_restart() {
+    #[tokio::test]
+    async fn unacknowledged_events_and_the_applied_command_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut journal = Journal::open(&path, u64::MAX).unwrap();
-        assert_eq!(journal.append(paused("a")).unwrap(), 1);
-        assert_eq!(journal.append(paused("b")).unwrap(), 2);
-        assert_eq!(journal.append(paused("c")).unwrap(), 3);
-        journal.ack(1);
-        journal.applied(9).unwrap();
+        assert_eq!(journal.append(paused("a")).await.unwrap(), 1);
+        assert_eq!(journal.append(paused("b")).await.unwrap(), 2);
+        assert_eq!(journal.append(paused("c")).await.unwrap(), 3);
+        journal.ack(1).await;
+        journal.applied(9).await.unwrap();
         drop(journal);
 
         // A crash in the middle of a write leaves a torn line.
@@ -500,31 +520,35 @@ mod tests {
         let ids: Vec<u64> = journal.unacked().map(|(id, _)| *id).collect();
         assert_eq!(ids, [2, 3]);
         assert_eq!(journal.last_applied_command(), 9);
-        assert_eq!(journal.append(paused("d")).unwrap(), 4, "ids continue");
+        assert_eq!(
+            journal.append(paused("d")).await.unwrap(),
+            4,
+            "ids continue"
+        );
         drop(journal);
         // The torn line was cut off: what came after it is whole.
         let mut journal = Journal::open(&path, u64::MAX).unwrap();
         let ids: Vec<u64> = journal.unacked().map(|(id, _)| *id).collect();
         assert_eq!(ids, [2, 3, 4]);
-        journal.ack(4);
+        journal.ack(4).await;
         assert_eq!(journal.unacked().count(), 0);
     }
 
-    #[test]
-    fn events_wait_in_memory_while_the_disk_is_full_and_are_written_in_order_after() {
+    #[tokio::test]
+    async fn events_wait_in_memory_while_the_disk_is_full_and_are_written_in_order_after() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut journal = Journal::open(&path, u64::MAX).unwrap();
         let full = journal.full();
-        assert_eq!(journal.append(paused("a")), Some(1));
+        assert_eq!(journal.append(paused("a")).await, Some(1));
         let size = std::fs::metadata(&path).unwrap().len();
         // Every write fails as on a full disk (ENOSPC).
         let real = std::mem::replace(
-            &mut journal.file,
+            &mut *crate::lock(&journal.file),
             OpenOptions::new().append(true).open("/dev/full").unwrap(),
         );
-        assert_eq!(journal.append(paused("b")), None);
-        assert!(journal.append_all(vec![paused("c")]).is_empty());
+        assert_eq!(journal.append(paused("b")).await, None);
+        assert!(journal.append_all(vec![paused("c")]).await.is_empty());
         assert!(journal.has_waiting());
         assert!(
             *full.borrow(),
@@ -532,11 +556,12 @@ mod tests {
         );
         assert_eq!(journal.unacked().count(), 1, "nothing unwritten is sent");
         // An ack that cannot be written is no failure.
-        journal.ack(1);
+        journal.ack(1).await;
         // Space again: what waited is written first, then what comes.
-        journal.file = real;
+        *crate::lock(&journal.file) = real;
         let written: Vec<u64> = journal
             .append_all(vec![paused("d")])
+            .await
             .into_iter()
             .map(|(id, _)| id)
             .collect();
@@ -557,8 +582,8 @@ mod tests {
         assert!(size < std::fs::metadata(&path).unwrap().len());
     }
 
-    #[test]
-    fn a_fully_acknowledged_journal_is_compacted() {
+    #[tokio::test]
+    async fn a_fully_acknowledged_journal_is_compacted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut journal = Journal::open(&path, u64::MAX).unwrap();
@@ -572,19 +597,19 @@ mod tests {
                 text: "hello".into(),
             }],
         };
-        journal.append(output("r", 3)).unwrap();
-        let mut last = journal.append(output("live", 7)).unwrap();
+        journal.append(output("r", 3)).await.unwrap();
+        let mut last = journal.append(output("live", 7)).await.unwrap();
         for _ in 0..20 {
             let event = AgentEvent::StartFailed {
                 run_id: "r".into(),
                 reason: text.clone(),
                 at: Timestamp::UNIX_EPOCH,
             };
-            last = journal.append(event).unwrap();
+            last = journal.append(event).await.unwrap();
         }
-        journal.applied(5).unwrap();
+        journal.applied(5).await.unwrap();
         assert!(COMPACT_BYTES < std::fs::metadata(&path).unwrap().len());
-        journal.ack(last);
+        journal.ack(last).await;
         assert!(std::fs::metadata(&path).unwrap().len() < 200, "compacted");
         drop(journal);
         let mut journal = Journal::open(&path, u64::MAX).unwrap();
@@ -596,7 +621,7 @@ mod tests {
         );
         assert_eq!(journal.last_output_seq("r"), 0, "an ended run is forgotten");
         assert_eq!(
-            journal.append(paused("x")).unwrap(),
+            journal.append(paused("x")).await.unwrap(),
             last + 1,
             "ids never repeat"
         );

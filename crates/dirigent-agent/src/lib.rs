@@ -382,7 +382,7 @@ async fn record(
     runner: &mut Runner,
     events: Vec<AgentEvent>,
 ) -> Vec<(u64, AgentEvent)> {
-    let journaled = journal.append_all(events);
+    let journaled = journal.append_all(events).await;
     let ended: Vec<String> = journaled
         .iter()
         .filter_map(|(_, event)| match event {
@@ -556,7 +556,7 @@ async fn session(
         }
     };
     *failures = 0;
-    journal.ack(last_event_id);
+    journal.ack(last_event_id).await;
     let resend: Vec<AgentFrame> = journal
         .unacked()
         .map(|(id, event)| AgentFrame::Event {
@@ -604,7 +604,7 @@ async fn session(
                             // Taken at most once: noted before it runs (a restart meanwhile
                             // loses it, and the server learns so at the next sync).
                             AgentCommand::Activity { .. } | AgentCommand::CancelActivity { .. } => {
-                                journal.applied(id)?;
+                                journal.applied(id).await?;
                                 activities.apply(command);
                             }
                             command => {
@@ -612,13 +612,13 @@ async fn session(
                                     activities.note_run(spec);
                                 }
                                 runner.apply(command).await;
-                                journal.applied(id)?;
+                                journal.applied(id).await?;
                             }
                         }
                     }
                     send(&mut socket, &AgentFrame::Ack { id }).await?;
                 }
-                Some(ServerFrame::Ack { id }) => journal.ack(id),
+                Some(ServerFrame::Ack { id }) => journal.ack(id).await,
                 Some(ServerFrame::Request { id, request }) => {
                     let answer = runner.answer(request, outgoing_tx.clone());
                     let replies = outgoing_tx.clone();

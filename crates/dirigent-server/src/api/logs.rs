@@ -181,8 +181,8 @@ impl LogParams {
 /// own role grants; an API token's narrower limits are applied to each record after).
 fn scope_of(caller: &Caller) -> LogScope {
     let patterns = caller.patterns(Resource::Logs, Action::Read);
-    let every_robot = patterns.iter().any(|pattern| *pattern == "*")
-        && caller.may(Resource::Logs, Action::Read, Some("*"));
+    let every_robot =
+        patterns.contains(&"*") && caller.may(Resource::Logs, Action::Read, Some("*"));
     LogScope {
         robots: (!every_robot).then(|| patterns.into_iter().map(str::to_owned).collect()),
         agent: every_robot,
