@@ -16,6 +16,7 @@ Measures on this machine:
     cargo build --release && python3 scripts/bench/logs.py [RECORDS]
 """
 
+import itertools
 import json
 import os
 import random
@@ -59,7 +60,8 @@ class Server:
             if " listening on " in line:
                 break
         session = call(self.base, "POST", "/api/v1/login", {"username": "admin", "password": PASSWORD})["token"]
-        self.token = call(self.base, "POST", "/api/v1/tokens", {"name": "bench"}, session)["token"]
+        name = f"bench-{self.port}"
+        self.token = call(self.base, "POST", "/api/v1/tokens", {"name": name}, session)["token"]
 
     def call(self, method, path, body=None):
         return call(self.base, method, path, body, self.token)
@@ -150,7 +152,7 @@ def fill(db_path, records):
     """Loads `records` robot records over 30 days into the server's own `logs` table (its
     triggers keep the full-text index), with words drawn from a Zipf-like vocabulary."""
     words = vocabulary()
-    weights = [1 / (rank + 1) for rank in range(len(words))]
+    cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
     rng = random.Random(11)
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
@@ -161,7 +163,7 @@ def fill(db_path, records):
     for first in range(0, records, batch):
         rows = []
         for n in range(first, min(first + batch, records)):
-            text = " ".join(rng.choices(words, weights, k=9)) + f" invoice {n % 100_000}"
+            text = " ".join(rng.choices(words, cum_weights=cumulative, k=9)) + f" invoice {n % 100_000}"
             rows.append((start + n * step, f"robot-{n % 50}", text))
         db.execute("BEGIN")
         db.executemany(

@@ -185,8 +185,9 @@ impl Store {
         Ok(())
     }
 
-    /// Keeps an agent's own records that came in its event `event_id`, and notes the event as
-    /// applied, in one transaction: an event sent again after a crash is not kept twice.
+    /// Keeps the records an agent's events up to `event_id` brought (its robots' output, its
+    /// own records), and notes the events as applied, in one transaction: events sent again
+    /// after a crash are not kept twice.
     pub async fn add_agent_logs(
         &self,
         agent: AgentId,
@@ -232,12 +233,14 @@ impl Store {
                     sql.push("logs l WHERE 1 = 1");
                 }
             }
-            push_conditions(&mut sql, query);
-            sql.push(if query.oldest_first {
-                " ORDER BY l.id LIMIT "
-            } else {
-                " ORDER BY l.id DESC LIMIT "
-            })
+            // A search on SQLite is driven by the full-text index, in its rowid order: the
+            // other conditions (`+l.…`) only filter what it finds, so that the planner does
+            // not walk another index and ask the full-text index about every row.
+            let driven = query.search.is_some() && !postgres;
+            push_conditions(&mut sql, query, if driven { "+l." } else { "l." });
+            let order = if driven { "f.rowid" } else { "l.id" };
+            let direction = if query.oldest_first { "" } else { " DESC" };
+            sql.push(format!(" ORDER BY {order}{direction} LIMIT "))
             .push_bind(i64::from(query.limit.max(1)));
             sql.build_query_as().fetch_all(pool).await
         })?;
@@ -298,14 +301,15 @@ impl OutputOf<'_> {
     }
 }
 
-/// Adds the query's filters and the caller's scope (`AND …`) to a statement over `logs l`.
-fn push_conditions<DB: sqlx::Database>(sql: &mut QueryBuilder<DB>, query: &LogQuery<'_>)
+/// Adds the query's filters and the caller's scope (`AND …`) to a statement over `logs l`,
+/// its columns named with `l` (`l.`, or `+l.`, which keeps SQLite from using their indexes).
+fn push_conditions<DB: sqlx::Database>(sql: &mut QueryBuilder<DB>, query: &LogQuery<'_>, l: &str)
 where
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     let any_of = |sql: &mut QueryBuilder<DB>, column: &str, values: Vec<String>| {
-        sql.push(format!(" AND {column} IN ("));
+        sql.push(format!(" AND {l}{column} IN ("));
         let mut list = sql.separated(", ");
         for value in values {
             list.push_bind(value);
@@ -318,63 +322,58 @@ where
             .iter()
             .map(|s| s.as_str().to_owned())
             .collect();
-        any_of(sql, "l.source", sources);
+        any_of(sql, "source", sources);
     }
     if let Some(level) = query.level {
         let levels = level.and_above().map(|l| l.as_str().to_owned()).collect();
-        any_of(sql, "l.level", levels);
+        any_of(sql, "level", levels);
     }
     let equal = [
-        ("l.robot", query.robot),
-        ("l.run_id", query.run_id),
-        ("l.activity_id", query.activity_id),
-        ("l.agent", query.agent),
+        ("robot", query.robot),
+        ("run_id", query.run_id),
+        ("activity_id", query.activity_id),
+        ("agent", query.agent),
     ];
     for (column, value) in equal {
         if let Some(value) = value {
-            sql.push(format!(" AND {column} = "))
+            sql.push(format!(" AND {l}{column} = "))
                 .push_bind(value.to_owned());
         }
     }
     if let Some(since) = query.since {
-        sql.push(" AND l.at >= ").push_bind(to_millis(since));
+        sql.push(format!(" AND {l}at >= "))
+            .push_bind(to_millis(since));
     }
     if let Some(until) = query.until {
-        sql.push(" AND l.at < ").push_bind(to_millis(until));
+        sql.push(format!(" AND {l}at < "))
+            .push_bind(to_millis(until));
     }
     if let Some(cursor) = query.cursor {
         let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
-        sql.push(if query.oldest_first {
-            " AND l.id > "
-        } else {
-            " AND l.id < "
-        })
-        .push_bind(cursor);
+        let direction = if query.oldest_first { '>' } else { '<' };
+        sql.push(format!(" AND l.id {direction} "))
+            .push_bind(cursor);
     }
+    // The caller's scope: the sources they may read whole, and robots' records by pattern.
     let scope = &query.scope;
-    sql.push(" AND (");
-    match &scope.robots {
-        None => {
-            sql.push("l.source = 'robot'");
-        }
-        Some(patterns) => {
-            sql.push("(l.source = 'robot' AND (1 = 0");
-            for pattern in patterns {
-                sql.push(" OR l.robot LIKE ")
-                    .push_bind(like_pattern(pattern))
-                    .push(" ESCAPE '\\'");
-            }
-            sql.push("))");
-        }
-    }
-    for (allowed, source) in [
+    let whole: Vec<&str> = [
+        (scope.robots.is_none(), Source::Robot),
         (scope.agent, Source::Agent),
         (scope.activity, Source::Activity),
         (scope.server, Source::Server),
-    ] {
-        if allowed {
-            sql.push(format!(" OR l.source = '{source}'"));
+    ]
+    .into_iter()
+    .filter_map(|(allowed, source)| allowed.then_some(source.as_str()))
+    .collect();
+    sql.push(format!(" AND ({l}source IN ('{}')", whole.join("', '")));
+    if let Some(patterns) = &scope.robots {
+        sql.push(format!(" OR ({l}source = 'robot' AND (1 = 0"));
+        for pattern in patterns {
+            sql.push(format!(" OR {l}robot LIKE "))
+                .push_bind(like_pattern(pattern))
+                .push(" ESCAPE '\\'");
         }
+        sql.push("))");
     }
     sql.push(")");
 }

@@ -14,7 +14,7 @@ use axum::{
 use dirigent_domain::agent::Agent;
 use dirigent_proto::link::{AgentEvent, AgentFrame, Hello, ServerFrame};
 use dirigent_store::{AgentFacts, StoreError};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::{AppState, auth::secrets, error::ApiError, fleet::Fleet};
@@ -145,10 +145,15 @@ async fn read_frames(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
 ) -> Result<(), String> {
     let mut last_seen_written = fleet.clock.now();
+    // A frame read while gathering log events, handled next.
+    let mut pending = None;
     loop {
-        let frame = tokio::time::timeout(fleet.settings.idle_timeout, next_frame(stream))
-            .await
-            .map_err(|_| "silent past the idle timeout".to_owned())??;
+        let frame = match pending.take() {
+            Some(frame) => Some(frame),
+            None => tokio::time::timeout(fleet.settings.idle_timeout, next_frame(stream))
+                .await
+                .map_err(|_| "silent past the idle timeout".to_owned())??,
+        };
         let now = fleet.clock.now();
         if jiff::SignedDuration::from_secs(30) <= now.duration_since(last_seen_written) {
             fleet
@@ -160,18 +165,37 @@ async fn read_frames(
         }
         match frame {
             None => {}
-            Some(AgentFrame::Event {
-                id,
-                event: AgentEvent::Logs { records },
-            }) => {
-                if last_applied < id {
+            Some(AgentFrame::Event { id, event }) if is_log(&event) => {
+                // Output and own records already waiting behind it are stored with it, in one
+                // transaction with the agent's last event.
+                let mut batch = vec![(id, event)];
+                while batch.len() < LOG_EVENTS_BATCH {
+                    match next_frame(stream).now_or_never() {
+                        Some(Ok(Some(AgentFrame::Event { id, event }))) if is_log(&event) => {
+                            batch.push((id, event));
+                        }
+                        Some(Ok(None)) => {}
+                        Some(Ok(Some(frame))) => {
+                            pending = Some(frame);
+                            break;
+                        }
+                        Some(Err(_)) | None => break,
+                    }
+                }
+                let last = batch.last().map_or(id, |(id, _)| *id);
+                let fresh: Vec<AgentEvent> = batch
+                    .into_iter()
+                    .filter(|(id, _)| last_applied < *id)
+                    .map(|(_, event)| event)
+                    .collect();
+                if !fresh.is_empty() {
                     fleet
-                        .agent_logs(agent, id, records)
+                        .apply_logs(agent, last, fresh)
                         .await
                         .map_err(|err| err.to_string())?;
-                    last_applied = id;
+                    last_applied = last;
                 }
-                let _ = frames.send(ServerFrame::Ack { id });
+                let _ = frames.send(ServerFrame::Ack { id: last });
             }
             Some(AgentFrame::Event { id, event }) => {
                 if last_applied < id {
@@ -225,6 +249,14 @@ async fn read_frames(
             }
         }
     }
+}
+
+/// The most log events stored in one transaction.
+const LOG_EVENTS_BATCH: usize = 64;
+
+/// Whether an event only adds records to the log store (a robot's output, the agent's own).
+fn is_log(event: &AgentEvent) -> bool {
+    matches!(event, AgentEvent::Output { .. } | AgentEvent::Logs { .. })
 }
 
 /// The next frame; `None` for control messages and malformed frames (which are logged).

@@ -651,24 +651,6 @@ impl Fleet {
         agent: &Agent,
         event: AgentEvent,
     ) -> FleetResult<()> {
-        if let AgentEvent::Output { run_id, lines } = event {
-            let robot = self.robot_of_run(&run_id).await?;
-            let origin = crate::logs::OutputOrigin {
-                robot: &robot,
-                agent: &agent.name,
-            };
-            let records: Vec<LogRecord> = lines
-                .into_iter()
-                .map(|line| crate::logs::output_record(&run_id, &origin, line))
-                .collect();
-            self.store.add_logs(&records).await?;
-            self.publish(FleetEvent::Output {
-                run_id,
-                lines: Arc::new(records),
-            });
-            self.publish(FleetEvent::Logged);
-            return Ok(());
-        }
         if let AgentEvent::Session(report) = &event {
             return self.session_reported(agent, report, true).await;
         }
@@ -701,28 +683,62 @@ impl Fleet {
         Ok(())
     }
 
-    /// Keeps an agent's own log records, which came in its event `event_id` (once, however
-    /// often the event is sent).
-    pub(crate) async fn agent_logs(
+    /// Keeps what an agent's events up to `last_event` add to the log store — its robots'
+    /// output and its own records — in one transaction with the agent's last event (once,
+    /// however often the events are sent), and tells the live views.
+    pub(crate) async fn apply_logs(
         &self,
         agent: &Agent,
-        event_id: u64,
-        logs: Vec<dirigent_proto::log::OwnLog>,
+        last_event: u64,
+        events: Vec<AgentEvent>,
     ) -> FleetResult<()> {
-        let records: Vec<LogRecord> = logs
-            .into_iter()
-            .map(|log| {
-                crate::logs::own_record(
-                    dirigent_domain::log::Source::Agent,
-                    Some(&agent.name),
-                    None,
-                    log,
-                )
-            })
-            .collect();
+        let mut records = Vec::new();
+        let mut outputs = Vec::new();
+        for event in events {
+            match event {
+                AgentEvent::Output { run_id, lines } => {
+                    let robot = match self.robot_of_run(&run_id).await {
+                        Ok(robot) => robot,
+                        Err(FleetError::RunNotFound(_)) => {
+                            tracing::warn!(agent = agent.name, run_id, "output of an unknown run");
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    };
+                    let origin = crate::logs::OutputOrigin {
+                        robot: &robot,
+                        agent: &agent.name,
+                    };
+                    let start = records.len();
+                    records.extend(
+                        lines
+                            .into_iter()
+                            .map(|line| crate::logs::output_record(&run_id, &origin, line)),
+                    );
+                    outputs.push((run_id, start..records.len()));
+                }
+                AgentEvent::Logs { records: logs } => {
+                    records.extend(logs.into_iter().map(|log| {
+                        crate::logs::own_record(
+                            dirigent_domain::log::Source::Agent,
+                            Some(&agent.name),
+                            None,
+                            log,
+                        )
+                    }));
+                }
+                _ => {}
+            }
+        }
         self.store
-            .add_agent_logs(agent.id, event_id, &records)
+            .add_agent_logs(agent.id, last_event, &records)
             .await?;
+        for (run_id, lines) in outputs {
+            self.publish(FleetEvent::Output {
+                run_id,
+                lines: Arc::new(records[lines].to_vec()),
+            });
+        }
         self.publish(FleetEvent::Logged);
         Ok(())
     }
@@ -839,9 +855,9 @@ impl Fleet {
             | AgentEvent::Paused { run_id, .. }
             | AgentEvent::Resumed { run_id, .. }
             | AgentEvent::Stopping { run_id, .. }
-            | AgentEvent::Exited { run_id, .. }
-            | AgentEvent::Output { run_id, .. } => run_id,
+            | AgentEvent::Exited { run_id, .. } => run_id,
             AgentEvent::Session(_)
+            | AgentEvent::Output { .. }
             | AgentEvent::Logs { .. }
             | AgentEvent::Frame { .. }
             | AgentEvent::ActivityStarted { .. }
