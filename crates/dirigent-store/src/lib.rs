@@ -221,10 +221,12 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT);
         // An SQLite connection is a file in this process: no ping before each use (it would
         // cost a round trip to the connection's thread on every transaction).
+        // The writer's page cache is 64 MiB (the default is 2 MiB), so that the log store's
+        // indexes stay in memory as it grows.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("cache_size", "-65536"))
             .await
             .map_err(StoreError::Connect)?;
         let reader = SqlitePoolOptions::new()

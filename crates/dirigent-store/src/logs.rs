@@ -7,6 +7,8 @@ use dirigent_domain::{
     log::{Level, Search, Source},
 };
 use jiff::Timestamp;
+use std::sync::OnceLock;
+
 use sqlx::QueryBuilder;
 
 use crate::{
@@ -128,28 +130,57 @@ impl LogRow {
 const COLUMNS: &str = "l.id, l.at, l.source, l.level, l.robot, l.run_id, l.activity_id, l.agent, l.node, l.seq, \
      l.stream, l.fields, l.text";
 
-/// Appends the records' values to an `INSERT INTO logs`.
-macro_rules! push_log_values {
-    ($insert:expr, $records:expr) => {
-        $insert.push_values($records, |mut row, record: &LogRecord| {
-            row.push_bind(to_millis(record.at))
-                .push_bind(record.source.as_str())
-                .push_bind(record.level.as_str())
-                .push_bind(record.robot.clone())
-                .push_bind(record.run_id.clone())
-                .push_bind(record.activity_id.clone())
-                .push_bind(record.agent.clone())
-                .push_bind(record.node.clone())
-                .push_bind(record.seq.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX)))
-                .push_bind(record.stream.clone())
-                .push_bind(record.fields.clone())
-                .push_bind(record.text.clone());
-        })
-    };
+/// The columns a record fills, in the order their values are bound.
+const INSERT_COLUMNS: usize = 12;
+
+/// `INSERT INTO logs` of `rows` records (a power of two up to [`INSERT_CHUNK`]), made once:
+/// few distinct statements, each prepared once per connection. Placeholders are `$n` on
+/// PostgreSQL and `?` on SQLite (where `$n` would be named, each looked up by its name).
+fn insert_sql(rows: usize, postgres: bool) -> &'static str {
+    static STATEMENTS: [[OnceLock<String>; 9]; 2] = [const { [const { OnceLock::new() }; 9] }; 2];
+    let slot = rows.trailing_zeros() as usize;
+    STATEMENTS[usize::from(postgres)][slot].get_or_init(|| {
+        let mut sql = String::from(
+            "INSERT INTO logs (at, source, level, robot, run_id, activity_id, agent, node, seq, \
+             stream, fields, text) VALUES ",
+        );
+        for row in 0..rows {
+            let first = row * INSERT_COLUMNS + 1;
+            let values: Vec<String> = (first..first + INSERT_COLUMNS)
+                .map(|n| {
+                    if postgres {
+                        format!("${n}")
+                    } else {
+                        "?".to_owned()
+                    }
+                })
+                .collect();
+            if 0 < row {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("({})", values.join(", ")));
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        sql
+    })
+}
+
+/// The records in pieces of powers of two, each at most [`INSERT_CHUNK`].
+fn pieces(records: &[LogRecord]) -> impl Iterator<Item = &[LogRecord]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = INSERT_CHUNK.min(1 << rest.len().ilog2());
+        let (piece, after) = rest.split_at(size);
+        rest = after;
+        Some(piece)
+    })
 }
 
 /// Inserts records inside a transaction (a run's or an activity's line stored already, by its
-/// `seq`, is skipped).
+/// `seq`, is skipped), binding the records' own values.
 macro_rules! insert_logs {
     ($tx:expr, $postgres:expr, $records:expr) => {{
         if $postgres {
@@ -158,14 +189,24 @@ macro_rules! insert_logs {
                 .execute(&mut *$tx)
                 .await?;
         }
-        for chunk in $records.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO logs (at, source, level, robot, run_id, activity_id, agent, node, \
-                 seq, stream, fields, text) ",
-            );
-            push_log_values!(insert, chunk);
-            insert.push(" ON CONFLICT DO NOTHING");
-            insert.build().execute(&mut *$tx).await?;
+        for piece in pieces($records) {
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(insert_sql(piece.len(), $postgres)));
+            for record in piece {
+                insert = insert
+                    .bind(to_millis(record.at))
+                    .bind(record.source.as_str())
+                    .bind(record.level.as_str())
+                    .bind(record.robot.as_deref())
+                    .bind(record.run_id.as_deref())
+                    .bind(record.activity_id.as_deref())
+                    .bind(record.agent.as_deref())
+                    .bind(record.node.as_deref())
+                    .bind(record.seq.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX)))
+                    .bind(record.stream.as_deref())
+                    .bind(record.fields.as_deref())
+                    .bind(record.text.as_str());
+            }
+            insert.execute(&mut *$tx).await?;
         }
     }};
 }

@@ -29,7 +29,6 @@ CREATE UNIQUE INDEX logs_run_seq ON logs (run_id, seq) WHERE run_id IS NOT NULL;
 CREATE UNIQUE INDEX logs_activity_seq ON logs (activity_id, seq) WHERE activity_id IS NOT NULL;
 CREATE INDEX logs_robot ON logs (robot, id) WHERE robot IS NOT NULL;
 CREATE INDEX logs_agent ON logs (agent, id) WHERE agent IS NOT NULL;
-CREATE INDEX logs_source ON logs (source, id);
 CREATE INDEX logs_at ON logs (at);
 -- Words as the search language splits them (runs of letters and digits), of the text and of
 -- the fields' JSON with the escapes of line breaks and tabs undone. Queries repeat this
