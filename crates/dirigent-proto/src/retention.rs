@@ -30,6 +30,8 @@ pub struct RetentionSettings {
     /// The orchestrator's own log records: days, and the most kept.
     pub server_logs_days: u32,
     pub server_logs_max_mib: u64,
+    /// The most output of ended activities kept.
+    pub activity_output_max_mib: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -66,4 +68,7 @@ pub struct Deleted {
     pub agent_log_records: u64,
     #[serde(default)]
     pub server_log_records: u64,
+    /// Lines of ended activities' output, beyond its cap.
+    #[serde(default)]
+    pub activity_output_lines: u64,
 }

@@ -48,6 +48,8 @@ pub struct Retention {
     /// The orchestrator's own log records: by age, and the most kept.
     pub server_logs_days: u32,
     pub server_logs_max_mib: u64,
+    /// The most output of ended activities kept (which go by age with their activity).
+    pub activity_output_max_mib: u64,
 }
 
 impl Default for Retention {
@@ -63,6 +65,7 @@ impl Default for Retention {
             agent_logs_max_mib: 1024,
             server_logs_days: 30,
             server_logs_max_mib: 1024,
+            activity_output_max_mib: 512,
         }
     }
 }
@@ -90,6 +93,7 @@ impl Retention {
             agent_logs_max_bytes: bytes(self.agent_logs_max_mib),
             server_logs: before(self.server_logs_days),
             server_logs_max_bytes: bytes(self.server_logs_max_mib),
+            activity_output_max_bytes: bytes(self.activity_output_max_mib),
         }
     }
 }

@@ -34,6 +34,7 @@ pub(crate) async fn sweep(
         audit_records: pruned.audit,
         agent_log_records: pruned.agent_logs,
         server_log_records: pruned.server_logs,
+        activity_output_lines: pruned.activity_output,
     };
     let noted = serde_json::to_string(&deleted).unwrap_or_default();
     store

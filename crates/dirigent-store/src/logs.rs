@@ -189,6 +189,9 @@ macro_rules! insert_logs {
                 .execute(&mut *$tx)
                 .await?;
         }
+        let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM logs")
+            .fetch_one(&mut *$tx)
+            .await?;
         for piece in pieces($records) {
             let mut insert = sqlx::query(sqlx::AssertSqlSafe(insert_sql(piece.len(), $postgres)));
             for record in piece {
@@ -208,6 +211,18 @@ macro_rules! insert_logs {
             }
             insert.execute(&mut *$tx).await?;
         }
+        sqlx::query(
+            "INSERT INTO log_hours (hour, min_id, max_id) \
+             SELECT at / 3600000, MIN(id), MAX(id) FROM logs WHERE id > $1 GROUP BY at / 3600000 \
+             ON CONFLICT (hour) DO UPDATE SET \
+             min_id = CASE WHEN excluded.min_id < log_hours.min_id \
+                 THEN excluded.min_id ELSE log_hours.min_id END, \
+             max_id = CASE WHEN log_hours.max_id < excluded.max_id \
+                 THEN excluded.max_id ELSE log_hours.max_id END",
+        )
+        .bind(before)
+        .execute(&mut *$tx)
+        .await?;
     }};
 }
 
@@ -258,6 +273,14 @@ impl Store {
     /// Records as `query` asks, at most its limit.
     pub async fn logs(&self, query: &LogQuery<'_>) -> StoreResult<Vec<LogRecord>> {
         let postgres = self.backend_kind() == BackendKind::Postgres;
+        // Within a time range, only the ids of its hours.
+        let ids = match (query.since, query.until) {
+            (None, None) => None,
+            (since, until) => match self.ids_between(since, until).await? {
+                Some(ids) => Some(ids),
+                None => return Ok(Vec::new()),
+            },
+        };
         let rows: Vec<LogRow> = dispatch!(self, reader, pool => {
             let mut sql = QueryBuilder::new(format!("SELECT {COLUMNS} FROM "));
             match query.search {
@@ -280,12 +303,45 @@ impl Store {
             let driven = query.search.is_some() && !postgres;
             push_conditions(&mut sql, query, if driven { "+l." } else { "l." });
             let order = if driven { "f.rowid" } else { "l.id" };
+            if let Some((first, last)) = ids {
+                sql.push(format!(" AND {order} BETWEEN "))
+                    .push_bind(first)
+                    .push(" AND ")
+                    .push_bind(last);
+            }
+            if let Some(cursor) = query.cursor {
+                let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+                let direction = if query.oldest_first { '>' } else { '<' };
+                sql.push(format!(" AND {order} {direction} ")).push_bind(cursor);
+            }
             let direction = if query.oldest_first { "" } else { " DESC" };
             sql.push(format!(" ORDER BY {order}{direction} LIMIT "))
             .push_bind(i64::from(query.limit.max(1)));
             sql.build_query_as().fetch_all(pool).await
         })?;
         rows.into_iter().map(LogRow::into_record).collect()
+    }
+
+    /// The first and last ids of the records of the hours from `since` to `until`; `None`
+    /// when those hours have none.
+    async fn ids_between(
+        &self,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> StoreResult<Option<(i64, i64)>> {
+        const HOUR_MS: i64 = 3_600_000;
+        let first_hour = since.map_or(i64::MIN, |at| to_millis(at).div_euclid(HOUR_MS));
+        let last_hour = until.map_or(i64::MAX, |at| (to_millis(at) - 1).div_euclid(HOUR_MS));
+        let (first, last): (Option<i64>, Option<i64>) = dispatch!(self, reader, pool => {
+            sqlx::query_as(
+                "SELECT MIN(min_id), MAX(max_id) FROM log_hours WHERE hour >= $1 AND hour <= $2",
+            )
+            .bind(first_hour)
+            .bind(last_hour)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(first.zip(last))
     }
 
     /// The id of the newest record (0 when there is none).
@@ -388,12 +444,6 @@ where
     if let Some(until) = query.until {
         sql.push(format!(" AND {l}at < "))
             .push_bind(to_millis(until));
-    }
-    if let Some(cursor) = query.cursor {
-        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
-        let direction = if query.oldest_first { '>' } else { '<' };
-        sql.push(format!(" AND l.id {direction} "))
-            .push_bind(cursor);
     }
     // The caller's scope: the sources they may read whole, and robots' records by pattern.
     let scope = &query.scope;

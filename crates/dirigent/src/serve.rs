@@ -133,6 +133,7 @@ struct RetentionFile {
     agent_logs_max_mib: Option<u64>,
     server_logs_days: Option<u32>,
     server_logs_max_mib: Option<u64>,
+    activity_output_max_mib: Option<u64>,
 }
 
 impl RetentionFile {
@@ -159,6 +160,9 @@ impl RetentionFile {
             server_logs_max_mib: self
                 .server_logs_max_mib
                 .unwrap_or(default.server_logs_max_mib),
+            activity_output_max_mib: self
+                .activity_output_max_mib
+                .unwrap_or(default.activity_output_max_mib),
         }
     }
 }

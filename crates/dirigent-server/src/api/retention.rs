@@ -58,6 +58,7 @@ pub(crate) async fn get_retention(
             agent_logs_max_mib: settings.agent_logs_max_mib,
             server_logs_days: settings.server_logs_days,
             server_logs_max_mib: settings.server_logs_max_mib,
+            activity_output_max_mib: settings.activity_output_max_mib,
         },
         kept,
         last_sweep,

@@ -56,5 +56,16 @@ FROM activity_output o JOIN activities t ON t.id = o.activity_id
 LEFT JOIN agents a ON a.id = t.agent_id
 ORDER BY o.at, o.activity_id, o.seq;
 
+-- The ids of each hour's records (by their time): a search within a time range reads only
+-- the ids of its hours (a superset: a late record widens its hour).
+CREATE TABLE log_hours (
+    hour BIGINT PRIMARY KEY NOT NULL,
+    min_id BIGINT NOT NULL,
+    max_id BIGINT NOT NULL
+);
+
+INSERT INTO log_hours (hour, min_id, max_id)
+SELECT at / 3600000, MIN(id), MAX(id) FROM logs GROUP BY at / 3600000;
+
 DROP TABLE run_output;
 DROP TABLE activity_output;

@@ -11,7 +11,7 @@ fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap()
 }
 
-fn record(id: &str, created: i64) -> ActivityRecord {
+pub(crate) fn record(id: &str, created: i64) -> ActivityRecord {
     ActivityRecord {
         id: id.to_owned(),
         parent: None,

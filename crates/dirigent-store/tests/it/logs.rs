@@ -172,6 +172,23 @@ store_test!(one_query_over_every_source, |store| {
         ..query(Some(&timeout))
     };
     assert_eq!(texts(&store, &in_time).await, ["payroll timeout"]);
+    // A record that comes late (an agent's journal after an outage) is found in its hour.
+    store
+        .add_logs(&[own(Source::Agent, Level::Info, "late timeout", at(-7200))])
+        .await
+        .unwrap();
+    let hours_ago = LogQuery {
+        since: Some(at(-7300)),
+        until: Some(at(-7100)),
+        ..query(Some(&timeout))
+    };
+    assert_eq!(texts(&store, &hours_ago).await, ["late timeout"]);
+    let none_then = LogQuery {
+        since: Some(at(-90_000)),
+        until: Some(at(-80_000)),
+        ..query(None)
+    };
+    assert!(texts(&store, &none_then).await.is_empty());
     let of_agent = LogQuery {
         agent: Some("pc-1"),
         robot: Some("invoices"),
@@ -223,7 +240,7 @@ store_test!(one_query_over_every_source, |store| {
         ..dirigent_store::Cutoffs::default()
     };
     store.prune(&cutoffs).await.unwrap();
-    assert_eq!(texts(&store, &query(Some(&timeout))).await.len(), 3);
+    assert_eq!(texts(&store, &query(Some(&timeout))).await.len(), 4);
 });
 
 store_test!(

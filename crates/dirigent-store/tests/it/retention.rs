@@ -189,3 +189,61 @@ store_test!(own_logs_go_by_age_and_by_size, |store| {
     assert_eq!(kept("agent_log_records"), (1, Some(day(61))));
     assert_eq!(kept("server_log_records"), (1, Some(day(60))));
 });
+
+store_test!(
+    ended_activities_output_goes_beyond_its_cap_an_active_ones_stays,
+    |store| {
+        use dirigent_domain::activity::State;
+        use dirigent_store::NewActivity;
+        for id in ["act_ended", "act_running"] {
+            store
+                .insert_activities(&[NewActivity {
+                    record: crate::activities::record(id, 1),
+                    command: None,
+                }])
+                .await
+                .unwrap();
+        }
+        store
+            .end_activity("act_ended", State::Succeeded, None, None, day(2))
+            .await
+            .unwrap();
+        let output = |id: &str| -> Vec<LogRecord> {
+            (1..=3)
+                .map(|seq| LogRecord {
+                    source: Source::Activity,
+                    run_id: None,
+                    robot: None,
+                    activity_id: Some(id.to_owned()),
+                    ..crate::logs::output_line("", seq, &"z".repeat(100), day(1))
+                })
+                .collect()
+        };
+        store.add_logs(&output("act_ended")).await.unwrap();
+        store.add_logs(&output("act_running")).await.unwrap();
+        let pruned = store
+            .prune(&Cutoffs {
+                activity_output_max_bytes: Some(1),
+                ..Cutoffs::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(pruned.activity_output, 3);
+        assert!(
+            store
+                .output(OutputOf::Activity("act_ended"), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .output(OutputOf::Activity("act_running"), 0, 10)
+                .await
+                .unwrap()
+                .len(),
+            3,
+            "a running activity's output stays"
+        );
+    }
+);

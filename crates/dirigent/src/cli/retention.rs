@@ -46,7 +46,11 @@ pub(crate) async fn run(args: RetentionArgs) -> anyhow::Result<()> {
         "work-item attempts   {}",
         keep(settings.work_item_attempts_days)
     );
-    out!("activities           {}", keep(settings.activities_days));
+    out!(
+        "activities           {}, their output at most {} MiB",
+        keep(settings.activities_days),
+        settings.activity_output_max_mib
+    );
     out!("audit log            {}", keep(settings.audit_days));
     out!(
         "agents' own logs     {}, at most {} MiB",
@@ -84,12 +88,13 @@ pub(crate) async fn run(args: RetentionArgs) -> anyhow::Result<()> {
 
 fn deleted_in_words(deleted: &dirigent_proto::retention::Deleted) -> String {
     format!(
-        "{} runs, the output of {} more, {} trigger firings, {} work-item attempts, {} activities, {} audit records, {} agents' and {} the orchestrator's own log records",
+        "{} runs, the output of {} more, {} trigger firings, {} work-item attempts, {} activities and {} lines of others' output, {} audit records, {} agents' and {} the orchestrator's own log records",
         deleted.runs,
         deleted.run_outputs,
         deleted.trigger_firings,
         deleted.work_item_attempts,
         deleted.activities,
+        deleted.activity_output_lines,
         deleted.audit_records,
         deleted.agent_log_records,
         deleted.server_log_records
