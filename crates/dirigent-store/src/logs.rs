@@ -21,6 +21,8 @@ const LOGS_LOCK: i64 = 0x6469_7269_6c6f_6773;
 const WORDS: &str = "to_tsvector('simple', regexp_replace(l.text || ' ' || \
     replace(replace(replace(COALESCE(l.fields, ''), '\\n', ' '), '\\r', ' '), '\\t', ' '), \
     '[^[:alnum:]]+', ' ', 'g'))";
+/// The span of a `log_hours` row, in milliseconds.
+const HOUR_MS: i64 = 3_600_000;
 /// Records inserted by one statement.
 const INSERT_CHUNK: usize = 256;
 
@@ -211,18 +213,31 @@ macro_rules! insert_logs {
             }
             insert.execute(&mut *$tx).await?;
         }
-        sqlx::query(
-            "INSERT INTO log_hours (hour, min_id, max_id) \
-             SELECT at / 3600000, MIN(id), MAX(id) FROM logs WHERE id > $1 GROUP BY at / 3600000 \
-             ON CONFLICT (hour) DO UPDATE SET \
-             min_id = CASE WHEN excluded.min_id < log_hours.min_id \
-                 THEN excluded.min_id ELSE log_hours.min_id END, \
-             max_id = CASE WHEN log_hours.max_id < excluded.max_id \
-                 THEN excluded.max_id ELSE log_hours.max_id END",
-        )
-        .bind(before)
-        .execute(&mut *$tx)
-        .await?;
+        // The ids given now, noted for each hour the records belong to.
+        let after: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM logs")
+            .fetch_one(&mut *$tx)
+            .await?;
+        if before < after {
+            let hours: std::collections::BTreeSet<i64> = $records
+                .iter()
+                .map(|record: &LogRecord| to_millis(record.at).div_euclid(HOUR_MS))
+                .collect();
+            for hour in hours {
+                sqlx::query(
+                    "INSERT INTO log_hours (hour, min_id, max_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (hour) DO UPDATE SET \
+                     min_id = CASE WHEN excluded.min_id < log_hours.min_id \
+                         THEN excluded.min_id ELSE log_hours.min_id END, \
+                     max_id = CASE WHEN log_hours.max_id < excluded.max_id \
+                         THEN excluded.max_id ELSE log_hours.max_id END",
+                )
+                .bind(hour)
+                .bind(before + 1)
+                .bind(after)
+                .execute(&mut *$tx)
+                .await?;
+            }
+        }
     }};
 }
 
@@ -329,7 +344,6 @@ impl Store {
         since: Option<Timestamp>,
         until: Option<Timestamp>,
     ) -> StoreResult<Option<(i64, i64)>> {
-        const HOUR_MS: i64 = 3_600_000;
         let first_hour = since.map_or(i64::MIN, |at| to_millis(at).div_euclid(HOUR_MS));
         let last_hour = until.map_or(i64::MAX, |at| (to_millis(at) - 1).div_euclid(HOUR_MS));
         let (first, last): (Option<i64>, Option<i64>) = dispatch!(self, reader, pool => {

@@ -50,8 +50,8 @@ FROM activity_output o JOIN activities t ON t.id = o.activity_id
 LEFT JOIN agents a ON a.id = t.agent_id
 ORDER BY o.at, o.activity_id, o.seq;
 
--- The ids of each hour's records (by their time): a search within a time range reads only
--- the ids of its hours (a superset: a late record widens its hour).
+-- A range of ids holding each hour's records (by their time; the ids a transaction gave, for
+-- each hour it wrote to): a search within a time range reads only the ids of its hours.
 CREATE TABLE log_hours (
     hour BIGINT PRIMARY KEY NOT NULL,
     min_id BIGINT NOT NULL,
