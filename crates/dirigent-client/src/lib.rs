@@ -288,14 +288,14 @@ impl Client {
         mut on_event: impl FnMut(&str, &str) -> Option<Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
         let mut response = self.get_streaming(segments, query).await?;
-        let unreachable = |err: reqwest::Error| ClientError::Unreachable {
-            url: self.base_url().to_owned(),
-            reason: root_cause(&err),
-        };
         let mut pending = String::new();
         let mut event = String::new();
         let mut data = String::new();
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| self.unreachable(&err))?
+        {
             pending.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(newline) = pending.find('\n') {
                 let line: String = pending.drain(..=newline).collect();
@@ -319,28 +319,42 @@ impl Client {
         })
     }
 
-    /// Sends a GET whose answer is read as it comes; an error status is an error.
+    /// Sends a GET whose answer is read as it comes.
     pub(crate) async fn get_streaming(
         &self,
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<reqwest::Response, ClientError> {
         let url = self.url(segments)?;
-        let mut request = self.http.get(url).query(query);
+        self.respond(self.http.get(url).query(query)).await
+    }
+
+    /// Sends a request with the client's token; answers the response of a success, else the
+    /// server's error.
+    async fn respond(
+        &self,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let unreachable = |err: reqwest::Error| ClientError::Unreachable {
-            url: self.base_url().to_owned(),
-            reason: root_cause(&err),
-        };
-        let response = request.send().await.map_err(unreachable)?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let bytes = response.bytes().await.map_err(unreachable)?;
-            return Err(api_error(status, &bytes));
+        let response = request.send().await.map_err(|err| self.unreachable(&err))?;
+        if response.status().is_success() {
+            return Ok(response);
         }
-        Ok(response)
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| self.unreachable(&err))?;
+        Err(api_error(status, &bytes))
+    }
+
+    fn unreachable(&self, err: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base_url().to_owned(),
+            reason: root_cause(err),
+        }
     }
 
     pub async fn retention(
@@ -655,21 +669,13 @@ impl Client {
 
     /// Sends a request with the client's token; answers the body of a success, else the
     /// server's error.
-    async fn answer(&self, mut request: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let unreachable = |err: reqwest::Error| ClientError::Unreachable {
-            url: self.base_url().to_owned(),
-            reason: root_cause(&err),
-        };
-        let response = request.send().await.map_err(unreachable)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(unreachable)?;
-        if status.is_success() {
-            return Ok(bytes.to_vec());
-        }
-        Err(api_error(status, &bytes))
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
+        let response = self.respond(request).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| self.unreachable(&err))?;
+        Ok(bytes.to_vec())
     }
 
     /// The URL of a route, each segment percent-encoded, so a name can never change the path.

@@ -3,7 +3,7 @@
 use dirigent_proto::log::{LogPage, LogRecord};
 use reqwest::Method;
 
-use crate::{Client, ClientError, root_cause};
+use crate::{Client, ClientError};
 
 /// A search of the log store: the query parameters of `GET /api/v1/logs`, by name.
 #[derive(Debug, Clone, Default)]
@@ -65,10 +65,7 @@ impl Client {
             let chunk = response
                 .chunk()
                 .await
-                .map_err(|err| ClientError::Unreachable {
-                    url: self.base_url().to_owned(),
-                    reason: root_cause(&err),
-                })?;
+                .map_err(|err| self.unreachable(&err))?;
             let Some(chunk) = chunk else {
                 return Ok(());
             };
