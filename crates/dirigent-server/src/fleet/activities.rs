@@ -81,6 +81,25 @@ impl Fleet {
         agent: &Agent,
         event: AgentEvent,
     ) -> FleetResult<()> {
+        // Only the agent an activity was sent to speaks for it.
+        let (AgentEvent::ActivityStarted { id, .. }
+        | AgentEvent::ActivityOutput { id, .. }
+        | AgentEvent::ActivityEnded { id, .. }) = &event
+        else {
+            return Ok(());
+        };
+        match self.store.activity(id).await {
+            Ok(activity) if activity.agent_id == Some(agent.id) => {}
+            Ok(_) | Err(StoreError::NotFound) => {
+                tracing::warn!(
+                    agent = agent.name,
+                    activity = id,
+                    "ignoring an event of an activity not sent to this agent"
+                );
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        }
         match event {
             AgentEvent::ActivityStarted { id, at } => {
                 if self.store.start_activity(&id, at, None).await? {

@@ -198,12 +198,12 @@ pub struct Fleet {
     /// Told of every run that ends here (unlike `events`, never lagging behind).
     run_ends: Mutex<Vec<mpsc::UnboundedSender<Run>>>,
     metrics: Arc<crate::metrics::Metrics>,
-    /// The robots of runs whose output came lately.
-    robots_of_runs: Mutex<HashMap<String, String>>,
+    /// The robots and agents of runs whose output came lately.
+    placements: Mutex<HashMap<String, (String, Option<AgentId>)>>,
 }
 
-/// How many runs' robots are remembered before the memory is emptied.
-const ROBOTS_OF_RUNS_KEPT: usize = 10_000;
+/// How many runs' placements are remembered before the memory is emptied.
+const PLACEMENTS_KEPT: usize = 10_000;
 
 impl Fleet {
     pub fn new(
@@ -228,7 +228,7 @@ impl Fleet {
             relay: std::sync::OnceLock::new(),
             run_ends: Mutex::default(),
             metrics: Arc::default(),
-            robots_of_runs: Mutex::default(),
+            placements: Mutex::default(),
         })
     }
 
@@ -697,10 +697,15 @@ impl Fleet {
         for event in events {
             match event {
                 AgentEvent::Output { run_id, lines } => {
-                    let robot = match self.robot_of_run(&run_id).await {
-                        Ok(robot) => robot,
-                        Err(FleetError::RunNotFound(_)) => {
-                            tracing::warn!(agent = agent.name, run_id, "output of an unknown run");
+                    // Only the agent a run is placed on speaks for it.
+                    let robot = match self.placement_of_run(&run_id).await {
+                        Ok((robot, Some(placed))) if placed == agent.id => robot,
+                        Ok(_) | Err(FleetError::RunNotFound(_)) => {
+                            tracing::warn!(
+                                agent = agent.name,
+                                run_id,
+                                "ignoring output of a run not placed on this agent"
+                            );
                             continue;
                         }
                         Err(err) => return Err(err),
@@ -743,23 +748,26 @@ impl Fleet {
         Ok(())
     }
 
-    /// The robot of a run (remembered: output comes in many batches per run).
-    async fn robot_of_run(&self, run_id: &str) -> FleetResult<String> {
-        if let Some(robot) = lock(&self.robots_of_runs).get(run_id) {
-            return Ok(robot.clone());
+    /// The robot of a run and the agent it is placed on (remembered once placed: output
+    /// comes in many batches per run).
+    async fn placement_of_run(&self, run_id: &str) -> FleetResult<(String, Option<AgentId>)> {
+        if let Some(known) = lock(&self.placements).get(run_id) {
+            return Ok(known.clone());
         }
-        let robot = self
+        let run = self
             .store
             .run(run_id)
             .await
-            .map_err(|err| not_found_as(err, || FleetError::RunNotFound(run_id.to_owned())))?
-            .robot;
-        let mut known = lock(&self.robots_of_runs);
-        if ROBOTS_OF_RUNS_KEPT <= known.len() {
-            known.clear();
+            .map_err(|err| not_found_as(err, || FleetError::RunNotFound(run_id.to_owned())))?;
+        let placement = (run.robot, run.agent_id);
+        if placement.1.is_some() {
+            let mut known = lock(&self.placements);
+            if PLACEMENTS_KEPT <= known.len() {
+                known.clear();
+            }
+            known.insert(run_id.to_owned(), placement.clone());
         }
-        known.insert(run_id.to_owned(), robot.clone());
-        Ok(robot)
+        Ok(placement)
     }
 
     /// Stores a graphical session's state as its agent reports it (into its history too when

@@ -119,6 +119,26 @@ async fn bad_frames_are_survived_and_events_apply_once() {
         next_json(&mut socket).await,
         json!({"type": "welcome", "last_event_id": 1})
     );
+    // Output of a run this agent does not hold is ignored, its own records kept; neither
+    // ends the link.
+    let output = json!({"type": "event", "id": 2, "event": {"kind": "output", "run_id": "run_unknown",
+        "lines": [{"seq": 1, "stream": "stdout", "at": "2027-01-01T00:00:00Z", "text": "forged"}]}});
+    let own = json!({"type": "event", "id": 3, "event": {"kind": "logs", "records": [
+        {"at": "2027-01-01T00:00:00Z", "level": "info", "target": "dirigent_agent", "text": "hello"}]}});
+    for frame in [output, own] {
+        socket
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+    while next_json(&mut socket).await != json!({"type": "ack", "id": 3}) {}
+    drop(socket);
+    let mut socket = connect(addr, &credential).await.unwrap();
+    socket.send(Message::Text(hello().into())).await.unwrap();
+    assert_eq!(
+        next_json(&mut socket).await,
+        json!({"type": "welcome", "last_event_id": 3})
+    );
     drop(socket);
 
     let health = tokio::net::TcpStream::connect(addr).await;
