@@ -12,9 +12,7 @@ use serde_json::Value;
 
 use crate::{
     lifecycle::{create_robot, server_with, start_running},
-    support::{
-        KillOnDrop, ServerProcess, dirigent, eventually, fails, json, ok, run, stderr, stdout,
-    },
+    support::{KillOnDrop, ServerProcess, eventually, fails, json, ok, run, stderr, stdout},
 };
 
 const PASSWORD: &str = "activities-password-1";
@@ -177,28 +175,9 @@ fn sequential_activities_run_in_order_and_parallel_ones_overlap() {
     assert_eq!(waiter.wait().unwrap().code(), Some(0));
 }
 
-/// An agent enrolled with its own labels and flags, killed when dropped.
+/// An agent enrolled with its own labels and flags, its data beside the server's.
 fn enrolled_agent(server: &ServerProcess, name: &str, flags: &[&str]) -> KillOnDrop {
-    let token = ok(run(server.cli(&["agent", "enroll-token"])))
-        .trim()
-        .to_owned();
-    let mut command = dirigent(&server.config_dir());
-    command
-        .args([
-            "agent",
-            "--server",
-            &server.url,
-            "--name",
-            name,
-            "--enroll-token",
-            &token,
-        ])
-        .args(flags)
-        .arg("--data")
-        .arg(server.dir.path().join(name))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    KillOnDrop(command.spawn().unwrap())
+    crate::support::enrolled_agent(server, name, flags, &server.dir.path().join(name))
 }
 
 #[test]

@@ -907,26 +907,9 @@ fn a_full_journal_makes_a_chatty_robot_wait_and_loses_nothing() {
         go.display()
     );
     create_robot(&server, "chatty", &[], &["sh", "-c", &chatty]);
-    let token = ok(run(server.cli(&["agent", "enroll-token"])))
-        .trim()
-        .to_owned();
     let agent_dir = dir.join("agent");
-    let mut command = dirigent(&server.config_dir());
-    command
-        .args([
-            "agent",
-            "--server",
-            &server.url,
-            "--name",
-            "pc-1",
-            "--enroll-token",
-            &token,
-        ])
-        .args(["--journal-max-mib", "1", "--data"])
-        .arg(&agent_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _agent = KillOnDrop(command.spawn().unwrap());
+    let _agent =
+        crate::support::enrolled_agent(&server, "pc-1", &["--journal-max-mib", "1"], &agent_dir);
     let (id, pid) = start_running(&server, "chatty");
     let listen = server.addr();
     let dir = server.kill9();

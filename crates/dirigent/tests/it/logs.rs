@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     lifecycle::{create_robot, server_with, wait_state},
-    support::{KillOnDrop, dirigent, eventually, fails, json, ok, run},
+    support::{KillOnDrop, enrolled_agent, eventually, fails, json, ok, run},
 };
 
 const ROBOT_SCRIPT: &str = r#"echo "okapi says hello"
@@ -258,19 +258,7 @@ impl Drop for SmallDisk {
 fn on_a_full_disk_an_agents_lines_wait_and_arrive_later_none_lost() {
     let server = server_with(&["--no-local-agent"]);
     let disk = SmallDisk::mount(server.dir.path().join("small"), 8);
-    let token = ok(run(server.cli(&["agent", "enroll-token"])))
-        .trim()
-        .to_owned();
-    let _agent = KillOnDrop(
-        dirigent(&server.config_dir())
-            .args(["agent", "--server", &server.url, "--name", "cramped"])
-            .args(["--enroll-token", &token, "--data"])
-            .arg(disk.0.join("agent"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = enrolled_agent(&server, "cramped", &[], &disk.0.join("agent"));
     eventually("the agent online", || {
         let agents = json(&server, &["agent", "ls"]);
         (agents[0]["state"] == "online").then_some(())

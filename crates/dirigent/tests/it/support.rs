@@ -257,6 +257,29 @@ pub(crate) fn json(server: &ServerProcess, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(run(server.cli(&all)))).unwrap()
 }
 
+/// An agent enrolled with `server` under `name`, its data in `data`, with extra flags; killed
+/// when dropped.
+pub(crate) fn enrolled_agent(
+    server: &ServerProcess,
+    name: &str,
+    flags: &[&str],
+    data: &Path,
+) -> KillOnDrop {
+    let token = ok(run(server.cli(&["agent", "enroll-token"])))
+        .trim()
+        .to_owned();
+    let mut command = dirigent(&server.config_dir());
+    command
+        .args(["agent", "--server", &server.url, "--name", name])
+        .args(["--enroll-token", &token])
+        .args(flags)
+        .arg("--data")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    KillOnDrop(command.spawn().unwrap())
+}
+
 /// Asks `check` again (every 50 ms, for at most 60 s) until it answers something: for the
 /// conditions the server offers no wait for.
 #[track_caller]
